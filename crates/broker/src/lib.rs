@@ -1,0 +1,1 @@
+//! lockgate-broker (work in progress).

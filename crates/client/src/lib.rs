@@ -1,0 +1,1 @@
+//! lockgate-client (work in progress).

@@ -1,0 +1,1 @@
+//! lockgate-wire (work in progress).
