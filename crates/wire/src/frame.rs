@@ -1,0 +1,385 @@
+//! Frames and the tokio-util codec: [`Frame`], [`FrameCodec`], [`encode_content`].
+//!
+//! Every frame is `type: u8, channel: u16, size: u32`, `size` payload octets, then the frame-end
+//! octet 0xCE. frame_max bounds the whole frame, the 8 octets of overhead included (as RabbitMQ
+//! and the spec count it); 0 means no limit. Like RabbitMQ, the decoder tolerates frames up to
+//! [`FRAME_SIZE_FUDGE`] octets over frame_max (clients that count frame_max as the payload limit);
+//! the encoder never exceeds frame_max.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::primitive::Reader;
+use crate::{
+    ContentHeader, Method, WireError, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT,
+    FRAME_METHOD,
+};
+
+/// Octets of a frame that are not payload: 7 header octets and the end octet.
+pub const FRAME_OVERHEAD: usize = 8;
+
+/// How far over frame_max a received frame may go. RabbitMQ tolerates 8 octets
+/// (`?FRAME_SIZE_FUDGE` in `rabbit_reader`) because "quite a few" clients count frame_max as the
+/// payload limit rather than the frame limit; we accept what RabbitMQ accepts so those clients keep
+/// working. Encoding never uses the tolerance.
+pub const FRAME_SIZE_FUDGE: usize = FRAME_OVERHEAD;
+
+/// The most a decoder reserves ahead for one incomplete frame. Frames within frame_max are
+/// reserved in full; with an unlimited frame_max (0) a peer's declared size alone never makes us
+/// allocate more than this.
+const MAX_RESERVE: usize = 1 << 20;
+
+/// One AMQP frame.
+///
+/// `Header` is the largest variant (the decoded properties). It is not boxed: a frame lives only
+/// from the decoder to the channel that consumes it, and boxing would cost an allocation per
+/// message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    /// A method frame (type 1).
+    Method {
+        /// The channel (0 for connection methods).
+        channel: u16,
+        /// The method.
+        method: Method,
+    },
+    /// A content header frame (type 2).
+    Header {
+        /// The channel.
+        channel: u16,
+        /// The header.
+        header: ContentHeader,
+    },
+    /// A content body frame (type 3). On decode, a slice of the read buffer (never copied).
+    Body {
+        /// The channel.
+        channel: u16,
+        /// The body octets in this frame.
+        payload: Bytes,
+    },
+    /// A heartbeat frame (type 8, channel 0, empty payload).
+    Heartbeat,
+}
+
+impl Frame {
+    /// The frame's channel (0 for heartbeats).
+    #[must_use]
+    pub fn channel(&self) -> u16 {
+        match self {
+            Frame::Method { channel, .. }
+            | Frame::Header { channel, .. }
+            | Frame::Body { channel, .. } => *channel,
+            Frame::Heartbeat => 0,
+        }
+    }
+}
+
+/// Decodes and encodes [`Frame`]s, enforcing frame_max in both directions (decoding with
+/// RabbitMQ's [`FRAME_SIZE_FUDGE`] tolerance).
+///
+/// Use it with `FramedRead` / `FramedWrite` after the 8-octet protocol header has been exchanged.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameCodec {
+    frame_max: u32,
+}
+
+impl Default for FrameCodec {
+    /// A codec limited to the spec's minimum frame size (4096), what a server allows before tune.
+    fn default() -> Self {
+        FrameCodec::new(crate::FRAME_MIN_SIZE)
+    }
+}
+
+fn limit(frame_max: u32) -> u64 {
+    if frame_max == 0 {
+        u64::from(u32::MAX) + FRAME_OVERHEAD as u64
+    } else {
+        u64::from(frame_max)
+    }
+}
+
+impl FrameCodec {
+    /// A codec that rejects frames over `frame_max` octets (overhead included, plus
+    /// [`FRAME_SIZE_FUDGE`] on decode); 0 means no limit.
+    #[must_use]
+    pub fn new(frame_max: u32) -> Self {
+        FrameCodec { frame_max }
+    }
+
+    /// Changes the limit, typically after `connection.tune-ok`.
+    pub fn set_frame_max(&mut self, frame_max: u32) {
+        self.frame_max = frame_max;
+    }
+
+    /// The current limit (0 = none).
+    #[must_use]
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
+    }
+
+    /// Appends one frame to `dst`. On error `dst` is left as it was.
+    ///
+    /// # Errors
+    /// [`WireError::EncodeTooLarge`] if the frame would exceed frame_max, or the method's or
+    /// header's own encode errors (a shortstr over 255 octets).
+    pub fn encode_frame(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        let start = dst.len();
+        let result = write_frame(frame, dst, self.frame_max);
+        if result.is_err() {
+            dst.truncate(start);
+        }
+        result
+    }
+
+    /// Appends a whole content message with this codec's frame_max; see [`encode_content`].
+    ///
+    /// # Errors
+    /// As [`encode_content`].
+    pub fn encode_content(
+        &self,
+        dst: &mut BytesMut,
+        channel: u16,
+        method: &Method,
+        header: &ContentHeader,
+        body: &[u8],
+    ) -> Result<(), WireError> {
+        encode_content(dst, channel, method, header, body, self.frame_max)
+    }
+}
+
+fn begin(dst: &mut BytesMut, frame_type: u8, channel: u16) -> usize {
+    dst.put_u8(frame_type);
+    dst.put_u16(channel);
+    let at = dst.len();
+    dst.put_u32(0);
+    at
+}
+
+/// Checks the payload written since `at + 4` against frame_max, patches the size, ends the frame.
+fn finish(dst: &mut BytesMut, at: usize, frame_max: u32) -> Result<(), WireError> {
+    let len = dst.len() - at - 4;
+    let size = len + FRAME_OVERHEAD;
+    let len32 = u32::try_from(len).map_err(|_| WireError::EncodeTooLarge { size, frame_max })?;
+    if size as u64 > limit(frame_max) {
+        return Err(WireError::EncodeTooLarge { size, frame_max });
+    }
+    dst[at..at + 4].copy_from_slice(&len32.to_be_bytes());
+    dst.put_u8(FRAME_END);
+    Ok(())
+}
+
+fn write_frame(frame: &Frame, dst: &mut BytesMut, frame_max: u32) -> Result<(), WireError> {
+    match frame {
+        Frame::Method { channel, method } => {
+            let at = begin(dst, FRAME_METHOD, *channel);
+            method.encode(dst)?;
+            finish(dst, at, frame_max)
+        }
+        Frame::Header { channel, header } => {
+            check_size(header.payload_len(), frame_max)?;
+            dst.reserve(header.payload_len() + FRAME_OVERHEAD);
+            let at = begin(dst, FRAME_HEADER, *channel);
+            header.encode(dst);
+            finish(dst, at, frame_max)
+        }
+        Frame::Body { channel, payload } => write_body(dst, *channel, payload, frame_max),
+        Frame::Heartbeat => {
+            dst.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+            Ok(())
+        }
+    }
+}
+
+fn check_size(payload_len: usize, frame_max: u32) -> Result<(), WireError> {
+    let size = payload_len.saturating_add(FRAME_OVERHEAD);
+    if size as u64 > limit(frame_max) {
+        return Err(WireError::EncodeTooLarge { size, frame_max });
+    }
+    Ok(())
+}
+
+fn write_body(
+    dst: &mut BytesMut,
+    channel: u16,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), WireError> {
+    check_size(body.len(), frame_max)?;
+    dst.reserve(body.len() + FRAME_OVERHEAD);
+    let at = begin(dst, FRAME_BODY, channel);
+    dst.put_slice(body);
+    finish(dst, at, frame_max)
+}
+
+/// Appends a whole content message to `dst`: the method frame, the header frame, and the body
+/// split into as few body frames as frame_max allows (none for an empty body). This is how a
+/// server writes `basic.deliver` / `basic.get-ok` / `basic.return` and a client `basic.publish`.
+/// On error `dst` is left as it was.
+///
+/// # Errors
+/// [`WireError::BodySizeMismatch`] if `header.body_size` is not `body.len()`,
+/// [`WireError::EncodeTooLarge`] if the method or header frame alone exceeds frame_max (or
+/// frame_max leaves no room for body octets), or the method's own encode errors.
+pub fn encode_content(
+    dst: &mut BytesMut,
+    channel: u16,
+    method: &Method,
+    header: &ContentHeader,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), WireError> {
+    if header.body_size != body.len() as u64 {
+        return Err(WireError::BodySizeMismatch {
+            declared: header.body_size,
+            actual: body.len(),
+        });
+    }
+    let start = dst.len();
+    let result = write_content(dst, channel, method, header, body, frame_max);
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
+fn write_content(
+    dst: &mut BytesMut,
+    channel: u16,
+    method: &Method,
+    header: &ContentHeader,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), WireError> {
+    let chunk = usize::try_from(limit(frame_max).saturating_sub(FRAME_OVERHEAD as u64))
+        .unwrap_or(usize::MAX)
+        .min(u32::MAX as usize);
+    if chunk == 0 && !body.is_empty() {
+        return Err(WireError::EncodeTooLarge {
+            size: FRAME_OVERHEAD + 1,
+            frame_max,
+        });
+    }
+    let frames = if chunk == 0 {
+        0
+    } else {
+        body.len().div_ceil(chunk)
+    };
+    dst.reserve(
+        64 + header.payload_len() + body.len() + frames * FRAME_OVERHEAD + 3 * FRAME_OVERHEAD,
+    );
+    let at = begin(dst, FRAME_METHOD, channel);
+    method.encode(dst)?;
+    finish(dst, at, frame_max)?;
+    check_size(header.payload_len(), frame_max)?;
+    let at = begin(dst, FRAME_HEADER, channel);
+    header.encode(dst);
+    finish(dst, at, frame_max)?;
+    if chunk > 0 {
+        for part in body.chunks(chunk) {
+            write_body(dst, channel, part, frame_max)?;
+        }
+    }
+    Ok(())
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = WireError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        let mut r = Reader::new(src);
+        let (Ok(frame_type), Ok(channel), Ok(size)) =
+            (r.u8("frame type"), r.u16("channel"), r.u32("frame size"))
+        else {
+            return Ok(None);
+        };
+        let total = u64::from(size) + FRAME_OVERHEAD as u64;
+        if total > limit(self.frame_max) + FRAME_SIZE_FUDGE as u64 {
+            return Err(WireError::FrameTooLarge {
+                size: total,
+                frame_max: self.frame_max,
+            });
+        }
+        // Reject what cannot become a valid frame before buffering its payload.
+        match frame_type {
+            FRAME_METHOD | FRAME_HEADER | FRAME_BODY => {}
+            FRAME_HEARTBEAT if channel != 0 => {
+                return Err(WireError::HeartbeatOnChannel { channel })
+            }
+            FRAME_HEARTBEAT if size != 0 => return Err(WireError::HeartbeatPayload { size }),
+            FRAME_HEARTBEAT => {}
+            _ => {
+                return Err(WireError::UnknownFrameType {
+                    frame_type,
+                    channel,
+                })
+            }
+        }
+        let Ok(total) = usize::try_from(total) else {
+            return Err(WireError::FrameTooLarge {
+                size: total,
+                frame_max: self.frame_max,
+            });
+        };
+        if src.len() < total {
+            src.reserve((total - src.len()).min(MAX_RESERVE));
+            return Ok(None);
+        }
+        let payload_len = total - FRAME_OVERHEAD;
+        let end = src.get(total - 1).copied().unwrap_or_default();
+        if end != FRAME_END {
+            return Err(WireError::BadFrameEnd {
+                found: end,
+                frame_type,
+                channel,
+            });
+        }
+        let frame = match frame_type {
+            FRAME_METHOD => {
+                let method = Method::decode(src.get(7..total - 1).unwrap_or_default())?;
+                src.advance(total);
+                Frame::Method { channel, method }
+            }
+            FRAME_HEADER => {
+                if payload_len < 12 {
+                    return Err(WireError::ShortHeaderFrame { size });
+                }
+                src.advance(7);
+                let payload = src.split_to(payload_len).freeze();
+                src.advance(1);
+                Frame::Header {
+                    channel,
+                    header: ContentHeader::decode(payload)?,
+                }
+            }
+            FRAME_BODY => {
+                src.advance(7);
+                let payload = src.split_to(payload_len).freeze();
+                src.advance(1);
+                Frame::Body { channel, payload }
+            }
+            _ => {
+                src.advance(total);
+                Frame::Heartbeat
+            }
+        };
+        Ok(Some(frame))
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        self.encode_frame(&frame, dst)
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = WireError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
+        self.encode_frame(frame, dst)
+    }
+}

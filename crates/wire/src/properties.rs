@@ -1,0 +1,296 @@
+//! Content headers: [`BasicProperties`] and [`ContentHeader`].
+//!
+//! A content header frame's payload is `class-id: u16`, `weight: u16` (always 0),
+//! `body-size: u64`, then the property flags and the property list. Flags are 16-bit words: bits
+//! 15 down to 2 of the first word say which of the 14 basic properties follow, in order; bit 0
+//! says another flag word follows. Basic has only 14 properties, so continuation words must be
+//! empty: a set bit naming a property that does not exist (bit 1 of the first word, or any
+//! property bit of a continuation word) is [`WireError::BadPropertyFlags`].
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::primitive::{put_shortstr, put_table, Reader};
+use crate::{FieldTable, WireError};
+
+/// The class id of `basic`, the only class with content in AMQP 0-9-1.
+pub const BASIC_CLASS_ID: u16 = 60;
+
+const CONTENT_TYPE: u16 = 1 << 15;
+const CONTENT_ENCODING: u16 = 1 << 14;
+const HEADERS: u16 = 1 << 13;
+const DELIVERY_MODE: u16 = 1 << 12;
+const PRIORITY: u16 = 1 << 11;
+const CORRELATION_ID: u16 = 1 << 10;
+const REPLY_TO: u16 = 1 << 9;
+const EXPIRATION: u16 = 1 << 8;
+const MESSAGE_ID: u16 = 1 << 7;
+const TIMESTAMP: u16 = 1 << 6;
+const KIND: u16 = 1 << 5;
+const USER_ID: u16 = 1 << 4;
+const APP_ID: u16 = 1 << 3;
+const CLUSTER_ID: u16 = 1 << 2;
+const RESERVED: u16 = 1 << 1;
+const CONTINUATION: u16 = 1;
+
+/// The 14 properties of class `basic`; `None` means absent (flag bit clear).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BasicProperties {
+    /// `content-type` (shortstr), MIME type.
+    pub content_type: Option<String>,
+    /// `content-encoding` (shortstr), MIME encoding.
+    pub content_encoding: Option<String>,
+    /// `headers` (table), application headers; headers exchanges route on these.
+    pub headers: Option<FieldTable>,
+    /// `delivery-mode` (octet): 1 transient, 2 persistent.
+    pub delivery_mode: Option<u8>,
+    /// `priority` (octet), 0 to 9.
+    pub priority: Option<u8>,
+    /// `correlation-id` (shortstr).
+    pub correlation_id: Option<String>,
+    /// `reply-to` (shortstr).
+    pub reply_to: Option<String>,
+    /// `expiration` (shortstr): per-message TTL in milliseconds, as a decimal string.
+    pub expiration: Option<String>,
+    /// `message-id` (shortstr).
+    pub message_id: Option<String>,
+    /// `timestamp` (timestamp), seconds since the epoch.
+    pub timestamp: Option<u64>,
+    /// `type` (shortstr), the message type name.
+    pub kind: Option<String>,
+    /// `user-id` (shortstr); RabbitMQ checks it against the connection's user.
+    pub user_id: Option<String>,
+    /// `app-id` (shortstr).
+    pub app_id: Option<String>,
+    /// `cluster-id` (shortstr, deprecated).
+    pub cluster_id: Option<String>,
+}
+
+impl BasicProperties {
+    /// Whether `delivery_mode` is 2 (persistent).
+    #[must_use]
+    pub fn is_persistent(&self) -> bool {
+        self.delivery_mode == Some(2)
+    }
+
+    /// The property flags word for the properties present.
+    #[must_use]
+    pub fn flags(&self) -> u16 {
+        let mut f = 0;
+        let mut set = |present: bool, bit: u16| {
+            if present {
+                f |= bit;
+            }
+        };
+        set(self.content_type.is_some(), CONTENT_TYPE);
+        set(self.content_encoding.is_some(), CONTENT_ENCODING);
+        set(self.headers.is_some(), HEADERS);
+        set(self.delivery_mode.is_some(), DELIVERY_MODE);
+        set(self.priority.is_some(), PRIORITY);
+        set(self.correlation_id.is_some(), CORRELATION_ID);
+        set(self.reply_to.is_some(), REPLY_TO);
+        set(self.expiration.is_some(), EXPIRATION);
+        set(self.message_id.is_some(), MESSAGE_ID);
+        set(self.timestamp.is_some(), TIMESTAMP);
+        set(self.kind.is_some(), KIND);
+        set(self.user_id.is_some(), USER_ID);
+        set(self.app_id.is_some(), APP_ID);
+        set(self.cluster_id.is_some(), CLUSTER_ID);
+        f
+    }
+
+    /// Appends the property flags and property list to `dst`.
+    ///
+    /// # Errors
+    /// A shortstr property over 255 octets, or headers over 4 GiB.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), WireError> {
+        dst.put_u16(self.flags());
+        let s = |dst: &mut BytesMut, v: &Option<String>, what| match v {
+            Some(v) => put_shortstr(dst, v, what),
+            None => Ok(()),
+        };
+        s(dst, &self.content_type, "content-type")?;
+        s(dst, &self.content_encoding, "content-encoding")?;
+        if let Some(h) = &self.headers {
+            put_table(dst, h)?;
+        }
+        if let Some(v) = self.delivery_mode {
+            dst.put_u8(v);
+        }
+        if let Some(v) = self.priority {
+            dst.put_u8(v);
+        }
+        s(dst, &self.correlation_id, "correlation-id")?;
+        s(dst, &self.reply_to, "reply-to")?;
+        s(dst, &self.expiration, "expiration")?;
+        s(dst, &self.message_id, "message-id")?;
+        if let Some(v) = self.timestamp {
+            dst.put_u64(v);
+        }
+        s(dst, &self.kind, "type")?;
+        s(dst, &self.user_id, "user-id")?;
+        s(dst, &self.app_id, "app-id")?;
+        s(dst, &self.cluster_id, "cluster-id")
+    }
+
+    /// Decodes property flags and the property list, which must fill `src` exactly.
+    ///
+    /// # Errors
+    /// Flags naming properties basic does not have, truncated values, invalid UTF-8 in a
+    /// shortstr, a malformed headers table, trailing octets.
+    pub fn decode(src: &[u8]) -> Result<BasicProperties, WireError> {
+        let mut r = Reader::new(src);
+        let flags = r.u16("property flags")?;
+        if flags & RESERVED != 0 {
+            return Err(WireError::BadPropertyFlags { flags, word: 0 });
+        }
+        let mut more = flags & CONTINUATION != 0;
+        let mut word = 0;
+        while more {
+            word += 1;
+            let next = r.u16("property flags")?;
+            if next & !CONTINUATION != 0 {
+                return Err(WireError::BadPropertyFlags { flags: next, word });
+            }
+            more = next & CONTINUATION != 0;
+        }
+        let has = |bit: u16| flags & bit != 0;
+        let s = |r: &mut Reader<'_>, bit: u16, what| -> Result<Option<String>, WireError> {
+            if has(bit) {
+                r.shortstr_lossy(what).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let p = BasicProperties {
+            content_type: s(&mut r, CONTENT_TYPE, "content-type")?,
+            content_encoding: s(&mut r, CONTENT_ENCODING, "content-encoding")?,
+            headers: if has(HEADERS) {
+                Some(r.table("headers")?)
+            } else {
+                None
+            },
+            delivery_mode: if has(DELIVERY_MODE) {
+                Some(r.u8("delivery-mode")?)
+            } else {
+                None
+            },
+            priority: if has(PRIORITY) {
+                Some(r.u8("priority")?)
+            } else {
+                None
+            },
+            correlation_id: s(&mut r, CORRELATION_ID, "correlation-id")?,
+            reply_to: s(&mut r, REPLY_TO, "reply-to")?,
+            expiration: s(&mut r, EXPIRATION, "expiration")?,
+            message_id: s(&mut r, MESSAGE_ID, "message-id")?,
+            timestamp: if has(TIMESTAMP) {
+                Some(r.u64("timestamp")?)
+            } else {
+                None
+            },
+            kind: s(&mut r, KIND, "type")?,
+            user_id: s(&mut r, USER_ID, "user-id")?,
+            app_id: s(&mut r, APP_ID, "app-id")?,
+            cluster_id: s(&mut r, CLUSTER_ID, "cluster-id")?,
+        };
+        r.finish()?;
+        Ok(p)
+    }
+}
+
+/// A content header: the class, the body size, the decoded properties and `raw`, the encoded
+/// property flags + property list exactly as received (or as encoded once by
+/// [`ContentHeader::new`]). Encoding a header writes `raw`, so a delivery re-sends the publisher's
+/// bytes without re-encoding the properties.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContentHeader {
+    /// The class id (60, basic).
+    pub class_id: u16,
+    /// Total size of the body frames that follow.
+    pub body_size: u64,
+    /// The decoded properties.
+    pub properties: BasicProperties,
+    /// The encoded property flags and property list. Must match `properties`: change both with
+    /// [`ContentHeader::set_properties`].
+    pub raw: Bytes,
+}
+
+impl ContentHeader {
+    /// Builds a header, encoding `raw` from `properties` once.
+    ///
+    /// # Errors
+    /// A shortstr property over 255 octets, or headers over 4 GiB.
+    pub fn new(
+        class_id: u16,
+        body_size: u64,
+        properties: BasicProperties,
+    ) -> Result<Self, WireError> {
+        let mut raw = BytesMut::new();
+        properties.encode(&mut raw)?;
+        Ok(ContentHeader {
+            class_id,
+            body_size,
+            properties,
+            raw: raw.freeze(),
+        })
+    }
+
+    /// Rebuilds a header from stored parts (`raw` as kept by a store), decoding the properties.
+    ///
+    /// # Errors
+    /// Properties that do not decode (see [`BasicProperties::decode`]).
+    pub fn from_raw(class_id: u16, body_size: u64, raw: Bytes) -> Result<Self, WireError> {
+        let properties = BasicProperties::decode(&raw)?;
+        Ok(ContentHeader {
+            class_id,
+            body_size,
+            properties,
+            raw,
+        })
+    }
+
+    /// Replaces the properties and re-encodes `raw` (dead-lettering, delivery counts).
+    ///
+    /// # Errors
+    /// As [`ContentHeader::new`]; the header is unchanged on error.
+    pub fn set_properties(&mut self, properties: BasicProperties) -> Result<(), WireError> {
+        let mut raw = BytesMut::new();
+        properties.encode(&mut raw)?;
+        self.properties = properties;
+        self.raw = raw.freeze();
+        Ok(())
+    }
+
+    /// Size of the header frame's payload: 12 fixed octets plus `raw`.
+    #[must_use]
+    pub fn payload_len(&self) -> usize {
+        12 + self.raw.len()
+    }
+
+    /// Appends the header frame's payload (class, weight 0, body size, `raw`) to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.put_u16(self.class_id);
+        dst.put_u16(0);
+        dst.put_u64(self.body_size);
+        dst.put_slice(&self.raw);
+    }
+
+    /// Decodes a header frame's payload. `raw` becomes a slice of `payload` (no copy).
+    ///
+    /// # Errors
+    /// A payload shorter than 12 octets, a class other than basic, a non-zero weight, or
+    /// properties that do not decode.
+    pub fn decode(payload: Bytes) -> Result<Self, WireError> {
+        let mut r = Reader::new(&payload);
+        let class_id = r.u16("class-id")?;
+        let weight = r.u16("weight")?;
+        let body_size = r.u64("body-size")?;
+        if class_id != BASIC_CLASS_ID {
+            return Err(WireError::BadContentClass { class_id });
+        }
+        if weight != 0 {
+            return Err(WireError::BadContentWeight { weight });
+        }
+        ContentHeader::from_raw(class_id, body_size, payload.slice(12..))
+    }
+}
