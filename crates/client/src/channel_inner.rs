@@ -1,0 +1,493 @@
+//! The state of one channel, shared by its [`Channel`](crate::Channel)
+//! handles and the connection's reader task: the pending synchronous calls,
+//! the consumers' senders, outstanding publisher confirms, and the link to
+//! the current session's writer.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use lockgate_wire::{
+    basic, confirm, BasicProperties, ContentHeader, FieldTable, Frame, FrameCodec, Method,
+    BASIC_CLASS_ID,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::confirm::Confirmation;
+use crate::connection::{channel_open, ConnInner};
+use crate::error::{Error, Result};
+use crate::io::{Link, Outgoing};
+use crate::message::{Delivery, ReturnedMessage};
+use crate::options::{ConsumeOptions, PublishOptions};
+
+/// Where a consumer's deliveries go; an `Err` ends its stream with that error.
+pub(crate) type DeliverySender = mpsc::UnboundedSender<Result<Delivery>>;
+
+/// The reply to a synchronous method, with its content for `basic.get-ok`.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) method: Method,
+    pub(crate) content: Option<Content>,
+}
+
+/// A content header and its body.
+#[derive(Debug)]
+pub(crate) struct Content {
+    pub(crate) header: ContentHeader,
+    pub(crate) body: Bytes,
+}
+
+/// A synchronous call awaiting its reply.
+struct PendingCall {
+    reply: oneshot::Sender<Result<Reply>>,
+    /// For `basic.consume`: where its deliveries go, registered under the
+    /// tag the `consume-ok` names (before any delivery for it can arrive).
+    consumer: Option<DeliverySender>,
+}
+
+/// Outstanding publisher confirms of a channel in confirm mode.
+#[derive(Default)]
+struct Confirms {
+    next: u64,
+    pending: BTreeMap<u64, oneshot::Sender<Result<()>>>,
+}
+
+/// Settings re-applied to the channel when the connection recovers.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ChannelSettings {
+    pub(crate) prefetch_per_consumer: Option<u16>,
+    pub(crate) prefetch_global: Option<u16>,
+    pub(crate) confirm: bool,
+}
+
+#[derive(Default)]
+struct ChannelState {
+    /// The session's writer; `None` while the connection is recovering.
+    link: Option<Link>,
+    /// Set once the channel is closed for good.
+    closed: Option<Error>,
+    /// Synchronous calls awaiting their reply, oldest first. Calls are
+    /// serialised, but a caller that gave up (dropped its future) leaves its
+    /// entry here so that its late reply is not taken for the next call's.
+    rpc: VecDeque<PendingCall>,
+    consumers: HashMap<String, DeliverySender>,
+    confirms: Option<Confirms>,
+    returns: Option<mpsc::UnboundedSender<ReturnedMessage>>,
+    settings: ChannelSettings,
+}
+
+/// Shared state of one channel.
+pub(crate) struct ChannelInner {
+    pub(crate) id: u16,
+    pub(crate) conn: Arc<ConnInner>,
+    /// Serialises synchronous calls: their replies come back in order.
+    rpc_lock: tokio::sync::Mutex<()>,
+    state: Mutex<ChannelState>,
+}
+
+impl fmt::Debug for ChannelInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel").field("id", &self.id).finish()
+    }
+}
+
+/// Longest AMQP short string.
+const SHORTSTR_MAX: usize = 255;
+
+/// Checks that a method encodes, so that a bad argument fails the call
+/// instead of the writer (which would have to drop the connection).
+fn validate(method: &Method) -> Result<()> {
+    let mut scratch = BytesMut::new();
+    FrameCodec::new(0)
+        .encode_frame(
+            &Frame::Method {
+                channel: 0,
+                method: method.clone(),
+            },
+            &mut scratch,
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+pub(crate) fn unexpected(method: &Method, expected: &str) -> Error {
+    Error::UnexpectedFrame(format!("{} instead of {expected}", method.name()))
+}
+
+impl ChannelInner {
+    pub(crate) fn new(id: u16, conn: Arc<ConnInner>, link: Link) -> Self {
+        Self {
+            id,
+            conn,
+            rpc_lock: tokio::sync::Mutex::new(()),
+            state: Mutex::new(ChannelState {
+                link: Some(link),
+                ..ChannelState::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ChannelState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn link(&self) -> Result<Link> {
+        let st = self.lock();
+        if let Some(e) = &st.closed {
+            return Err(e.clone());
+        }
+        st.link.clone().ok_or(Error::Disconnected)
+    }
+
+    /// The error to report when the writer went away under a call.
+    fn current_error(&self) -> Error {
+        self.lock().closed.clone().unwrap_or(Error::Disconnected)
+    }
+
+    /// Sends a synchronous method and waits for its reply. `via` is the link
+    /// of a session being recovered (the channel's own link is unset then).
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        consumer: Option<DeliverySender>,
+        via: Option<&Link>,
+    ) -> Result<Reply> {
+        validate(&method)?;
+        let _serial = self.rpc_lock.lock().await;
+        let link = match via {
+            Some(link) => link.clone(),
+            None => self.link()?,
+        };
+        let permit = link
+            .writer
+            .reserve()
+            .await
+            .map_err(|_| self.current_error())?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.lock();
+            if let Some(e) = &st.closed {
+                return Err(e.clone());
+            }
+            if via.is_none() && st.link.as_ref().map(|l| l.epoch) != Some(link.epoch) {
+                return Err(Error::Disconnected);
+            }
+            st.rpc.push_back(PendingCall {
+                reply: tx,
+                consumer,
+            });
+            permit.send(Outgoing::Method {
+                channel: self.id,
+                method,
+            });
+        }
+        rx.await.unwrap_or_else(|_| Err(self.current_error()))
+    }
+
+    /// Sends an asynchronous method (ack, nack, reject). With `epoch`, a
+    /// method meant for an earlier session is dropped: its delivery tag means
+    /// nothing to the new one (the broker has requeued that delivery).
+    pub(crate) async fn send(&self, method: Method, epoch: Option<u64>) -> Result<()> {
+        let link = self.link()?;
+        if epoch.is_some_and(|e| e != link.epoch) {
+            debug!(
+                channel = self.id,
+                "acknowledgement from before recovery dropped"
+            );
+            return Ok(());
+        }
+        link.writer
+            .send(Outgoing::Method {
+                channel: self.id,
+                method,
+            })
+            .await
+            .map_err(|_| self.current_error())
+    }
+
+    /// `channel.open` (and, during recovery, on the new session's link).
+    pub(crate) async fn open(&self, via: Option<&Link>) -> Result<()> {
+        match self.call(channel_open(), None, via).await?.method {
+            Method::ChannelOpenOk(_) => Ok(()),
+            other => Err(unexpected(&other, "channel.open-ok")),
+        }
+    }
+
+    pub(crate) async fn qos(
+        &self,
+        prefetch_count: u16,
+        global: bool,
+        via: Option<&Link>,
+    ) -> Result<()> {
+        let method = Method::BasicQos(basic::Qos {
+            prefetch_size: 0,
+            prefetch_count,
+            global,
+        });
+        match self.call(method, None, via).await?.method {
+            Method::BasicQosOk(_) => {
+                let mut st = self.lock();
+                if global {
+                    st.settings.prefetch_global = Some(prefetch_count);
+                } else {
+                    st.settings.prefetch_per_consumer = Some(prefetch_count);
+                }
+                Ok(())
+            }
+            other => Err(unexpected(&other, "basic.qos-ok")),
+        }
+    }
+
+    pub(crate) async fn confirm_select(&self, via: Option<&Link>) -> Result<()> {
+        let method = Method::ConfirmSelect(confirm::Select { nowait: false });
+        match self.call(method, None, via).await?.method {
+            Method::ConfirmSelectOk(_) => {
+                let mut st = self.lock();
+                st.settings.confirm = true;
+                let confirms = st.confirms.get_or_insert_with(Confirms::default);
+                if confirms.next == 0 {
+                    confirms.next = 1;
+                }
+                Ok(())
+            }
+            other => Err(unexpected(&other, "confirm.select-ok")),
+        }
+    }
+
+    /// `basic.consume`; the consumer's sender is registered when the
+    /// `consume-ok` arrives, before any delivery for it can.
+    pub(crate) async fn consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        options: ConsumeOptions,
+        arguments: FieldTable,
+        sender: Option<DeliverySender>,
+        via: Option<&Link>,
+    ) -> Result<String> {
+        let method = Method::BasicConsume(basic::Consume {
+            queue: queue.into(),
+            consumer_tag: consumer_tag.into(),
+            no_local: options.no_local,
+            no_ack: options.no_ack,
+            exclusive: options.exclusive,
+            nowait: false,
+            arguments,
+        });
+        match self.call(method, sender, via).await?.method {
+            Method::BasicConsumeOk(ok) => Ok(ok.consumer_tag),
+            other => Err(unexpected(&other, "basic.consume-ok")),
+        }
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        options: PublishOptions,
+        properties: BasicProperties,
+        body: Bytes,
+    ) -> Result<Confirmation> {
+        if exchange.len() > SHORTSTR_MAX || routing_key.len() > SHORTSTR_MAX {
+            return Err(Error::InvalidArgument(
+                "exchange and routing key are limited to 255 bytes".into(),
+            ));
+        }
+        let link = self.link()?;
+        let header = ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, properties)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let method = Method::BasicPublish(basic::Publish {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            mandatory: options.mandatory,
+            immediate: false,
+        });
+        let permit = link
+            .writer
+            .reserve()
+            .await
+            .map_err(|_| self.current_error())?;
+        // Sequence numbers are assigned and the message queued under one lock,
+        // so the broker sees messages in sequence-number order.
+        let mut st = self.lock();
+        if let Some(e) = &st.closed {
+            return Err(e.clone());
+        }
+        if st.link.as_ref().map(|l| l.epoch) != Some(link.epoch) {
+            return Err(Error::Disconnected);
+        }
+        let confirmation = match &mut st.confirms {
+            Some(confirms) => {
+                let (tx, rx) = oneshot::channel();
+                confirms.pending.insert(confirms.next, tx);
+                confirms.next += 1;
+                Confirmation::pending(rx)
+            }
+            None => Confirmation::not_requested(),
+        };
+        permit.send(Outgoing::Content {
+            channel: self.id,
+            method,
+            header,
+            body,
+        });
+        Ok(confirmation)
+    }
+
+    pub(crate) fn set_returns(&self, sender: mpsc::UnboundedSender<ReturnedMessage>) {
+        self.lock().returns = Some(sender);
+    }
+
+    pub(crate) fn settings(&self) -> ChannelSettings {
+        self.lock().settings
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        let st = self.lock();
+        st.closed.is_none() && st.link.is_some()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    // ---- called by the reader task ----
+
+    pub(crate) fn on_reply(&self, reply: Reply) {
+        let mut st = self.lock();
+        let Some(call) = st.rpc.pop_front() else {
+            debug!(
+                channel = self.id,
+                method = reply.method.name(),
+                "reply without a pending call dropped"
+            );
+            return;
+        };
+        if let (Method::BasicConsumeOk(ok), Some(sender)) = (&reply.method, call.consumer) {
+            st.consumers.insert(ok.consumer_tag.clone(), sender);
+        }
+        drop(st);
+        // The caller may have given up (dropped its future); nothing to do then.
+        let _ = call.reply.send(Ok(reply));
+    }
+
+    /// The consumer is gone (cancel-ok or a broker cancel): its stream ends.
+    pub(crate) fn on_cancelled(&self, tag: &str) {
+        self.lock().consumers.remove(tag);
+    }
+
+    pub(crate) fn on_confirm(&self, tag: u64, multiple: bool, ack: bool) {
+        let done: Vec<oneshot::Sender<Result<()>>> = {
+            let mut st = self.lock();
+            let Some(confirms) = st.confirms.as_mut() else {
+                debug!(
+                    channel = self.id,
+                    "confirm on a channel not in confirm mode"
+                );
+                return;
+            };
+            if multiple {
+                let rest = if tag == 0 {
+                    BTreeMap::new()
+                } else {
+                    confirms.pending.split_off(&(tag + 1))
+                };
+                std::mem::replace(&mut confirms.pending, rest)
+                    .into_values()
+                    .collect()
+            } else {
+                confirms.pending.remove(&tag).into_iter().collect()
+            }
+        };
+        for tx in done {
+            let _ = tx.send(if ack { Ok(()) } else { Err(Error::Nacked) });
+        }
+    }
+
+    pub(crate) fn on_delivery(&self, delivery: Delivery) {
+        let st = self.lock();
+        match st.consumers.get(&delivery.consumer_tag) {
+            Some(tx) => {
+                if tx.send(Ok(delivery)).is_err() {
+                    debug!(channel = self.id, "delivery for a dropped consumer");
+                }
+            }
+            None => debug!(
+                channel = self.id,
+                "delivery for an unknown consumer dropped"
+            ),
+        }
+    }
+
+    pub(crate) fn on_return(&self, message: ReturnedMessage) {
+        let st = self.lock();
+        match &st.returns {
+            Some(tx) if tx.send(message).is_ok() => {}
+            _ => debug!(
+                channel = self.id,
+                "returned message without a listener dropped"
+            ),
+        }
+    }
+
+    // ---- lifecycle ----
+
+    /// Ends the channel for good: every pending call, confirm and consumer
+    /// gets `error` (consumers end quietly when the application closed it).
+    pub(crate) fn finish(&self, error: Error) {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        st.closed = Some(error.clone());
+        st.link = None;
+        st.returns = None;
+        let rpc = std::mem::take(&mut st.rpc);
+        let confirms = st.confirms.take();
+        let consumers = std::mem::take(&mut st.consumers);
+        drop(st);
+        for call in rpc {
+            let _ = call.reply.send(Err(error.clone()));
+        }
+        for tx in confirms.into_iter().flat_map(|c| c.pending.into_values()) {
+            let _ = tx.send(Err(error.clone()));
+        }
+        if !matches!(error, Error::ClientClosed) {
+            for tx in consumers.into_values() {
+                let _ = tx.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// The connection was lost and is being recovered: pending calls and
+    /// confirms fail, consumers stay (they resume after recovery).
+    pub(crate) fn suspend(&self, error: &Error) {
+        let mut st = self.lock();
+        st.link = None;
+        let rpc = std::mem::take(&mut st.rpc);
+        let pending = st
+            .confirms
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.pending))
+            .unwrap_or_default();
+        drop(st);
+        for call in rpc {
+            let _ = call.reply.send(Err(error.clone()));
+        }
+        for tx in pending.into_values() {
+            let _ = tx.send(Err(error.clone()));
+        }
+    }
+
+    /// Recovery re-opened the channel on a new session.
+    pub(crate) fn resume(&self, link: Link) {
+        let mut st = self.lock();
+        if st.closed.is_none() {
+            st.link = Some(link);
+            if let Some(confirms) = st.confirms.as_mut() {
+                confirms.next = 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Messages coming from the broker: deliveries (with their acknowledgement
+//! methods), `basic.get` results, returned messages, and the streams they
+//! arrive on.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use lockgate_wire::{basic, BasicProperties, Method};
+use tokio::sync::mpsc;
+
+use crate::channel::Channel;
+use crate::channel_inner::ChannelInner;
+use crate::error::Result;
+
+/// What a delivery needs to acknowledge itself.
+#[derive(Clone)]
+pub(crate) struct Acker {
+    pub(crate) channel: Arc<ChannelInner>,
+    /// The session the delivery came on; its tag is void on any other.
+    pub(crate) epoch: u64,
+}
+
+/// A message delivered to a consumer (or fetched with `basic.get`).
+///
+/// Unless the consumer uses `no_ack`, settle it with exactly one of
+/// [`ack`](Delivery::ack), [`nack`](Delivery::nack) or
+/// [`reject`](Delivery::reject) (or a `multiple` variant on a later delivery).
+/// After automatic recovery, settling a delivery from before the reconnection
+/// is a no-op: the broker has already requeued it.
+pub struct Delivery {
+    /// Tag of the consumer it was delivered to (empty for `basic.get`).
+    pub consumer_tag: String,
+    /// Channel-scoped delivery tag, used to acknowledge it.
+    pub delivery_tag: u64,
+    /// Whether it was delivered before and not acknowledged.
+    pub redelivered: bool,
+    /// Exchange it was published to (empty for the default exchange).
+    pub exchange: String,
+    /// Routing key it was published with.
+    pub routing_key: String,
+    /// Its properties (content type, headers, reply-to, correlation id, ...).
+    pub properties: BasicProperties,
+    /// Its body.
+    pub body: Bytes,
+    pub(crate) acker: Acker,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("consumer_tag", &self.consumer_tag)
+            .field("delivery_tag", &self.delivery_tag)
+            .field("redelivered", &self.redelivered)
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
+            .field("properties", &self.properties)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+impl Delivery {
+    async fn settle(&self, method: Method) -> Result<()> {
+        self.acker
+            .channel
+            .send(method, Some(self.acker.epoch))
+            .await
+    }
+
+    /// Acknowledges this delivery (`basic.ack`).
+    ///
+    /// # Errors
+    ///
+    /// The channel's error if it is closed ([`Error::Disconnected`](crate::Error::Disconnected)
+    /// while recovering).
+    pub async fn ack(&self) -> Result<()> {
+        self.settle(Method::BasicAck(basic::Ack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+        }))
+        .await
+    }
+
+    /// Acknowledges this delivery and every earlier unacknowledged one on the channel.
+    ///
+    /// # Errors
+    ///
+    /// As [`Delivery::ack`].
+    pub async fn ack_multiple(&self) -> Result<()> {
+        self.settle(Method::BasicAck(basic::Ack {
+            delivery_tag: self.delivery_tag,
+            multiple: true,
+        }))
+        .await
+    }
+
+    /// Rejects this delivery (`basic.nack`); with `requeue` the broker
+    /// delivers it again (marked redelivered), otherwise drops or
+    /// dead-letters it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Delivery::ack`].
+    pub async fn nack(&self, requeue: bool) -> Result<()> {
+        self.settle(Method::BasicNack(basic::Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue,
+        }))
+        .await
+    }
+
+    /// Rejects this delivery and every earlier unacknowledged one on the channel.
+    ///
+    /// # Errors
+    ///
+    /// As [`Delivery::ack`].
+    pub async fn nack_multiple(&self, requeue: bool) -> Result<()> {
+        self.settle(Method::BasicNack(basic::Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: true,
+            requeue,
+        }))
+        .await
+    }
+
+    /// Rejects this delivery with the spec's `basic.reject`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Delivery::ack`].
+    pub async fn reject(&self, requeue: bool) -> Result<()> {
+        self.settle(Method::BasicReject(basic::Reject {
+            delivery_tag: self.delivery_tag,
+            requeue,
+        }))
+        .await
+    }
+}
+
+/// The result of [`Channel::basic_get`](crate::Channel::basic_get).
+#[derive(Debug)]
+pub struct GetMessage {
+    /// The message, to be acknowledged like any delivery unless fetched with `no_ack`.
+    pub delivery: Delivery,
+    /// Messages left in the queue.
+    pub message_count: u32,
+}
+
+/// A mandatory message the broker could not route (`basic.return`).
+#[derive(Clone, Debug)]
+pub struct ReturnedMessage {
+    /// Why it came back, e.g. 312 (`NO_ROUTE`).
+    pub reply_code: u16,
+    /// The broker's text, e.g. `"NO_ROUTE"`.
+    pub reply_text: String,
+    /// Exchange it was published to.
+    pub exchange: String,
+    /// Routing key it was published with.
+    pub routing_key: String,
+    /// Its properties.
+    pub properties: BasicProperties,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// A consumer's deliveries, as a [`Stream`].
+///
+/// Items are `Ok(Delivery)`; if the broker closes the channel or the
+/// connection fails, the stream yields that error once and ends. It ends
+/// quietly after a cancel (by the application or the broker) or a close by
+/// the application. Dropping it does not cancel the consumer: call
+/// [`Consumer::cancel`].
+///
+/// ```no_run
+/// # async fn demo(channel: lockgate_client::Channel) -> lockgate_client::Result<()> {
+/// use futures::StreamExt;
+/// use lockgate_client::{ConsumeOptions, FieldTable};
+///
+/// let mut consumer = channel
+///     .basic_consume("tasks", "", ConsumeOptions::default(), FieldTable::default())
+///     .await?;
+/// while let Some(delivery) = consumer.next().await {
+///     let delivery = delivery?;
+///     println!("{:?}", delivery.body);
+///     delivery.ack().await?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct Consumer {
+    tag: String,
+    channel: Channel,
+    deliveries: mpsc::UnboundedReceiver<Result<Delivery>>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("tag", &self.tag)
+            .field("channel", &self.channel.id())
+            .finish()
+    }
+}
+
+impl Consumer {
+    pub(crate) fn new(
+        tag: String,
+        channel: Channel,
+        deliveries: mpsc::UnboundedReceiver<Result<Delivery>>,
+    ) -> Self {
+        Self {
+            tag,
+            channel,
+            deliveries,
+        }
+    }
+
+    /// The consumer tag (generated by the broker if none was given).
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The channel the consumer runs on.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Cancels the consumer (`basic.cancel`). Deliveries already received can
+    /// still be read; then the stream ends.
+    ///
+    /// # Errors
+    ///
+    /// The channel's error if it is closed.
+    pub async fn cancel(&self) -> Result<()> {
+        self.channel.basic_cancel(&self.tag).await
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.deliveries.poll_recv(cx)
+    }
+}
+
+/// Returned messages of a channel, as a [`Stream`]; see
+/// [`Channel::returns`](crate::Channel::returns). It ends when the channel closes.
+#[derive(Debug)]
+pub struct Returns {
+    messages: mpsc::UnboundedReceiver<ReturnedMessage>,
+}
+
+impl Returns {
+    pub(crate) fn new(messages: mpsc::UnboundedReceiver<ReturnedMessage>) -> Self {
+        Self { messages }
+    }
+}
+
+impl Stream for Returns {
+    type Item = ReturnedMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.messages.poll_recv(cx)
+    }
+}

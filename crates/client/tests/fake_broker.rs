@@ -1,0 +1,282 @@
+//! Protocol-level tests against a scripted fake broker: the cases a real
+//! broker does not produce on demand (silence, multiple acks, nacks, a forced
+//! close in the middle of a call). No external broker needed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use lockgate_client::{
+    BasicProperties, Connection, Error, FieldTable, PublishOptions, QueueDeclareOptions,
+};
+use lockgate_wire::{
+    basic, channel, confirm, connection, Frame, FrameCodec, Method, PROTOCOL_HEADER,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .expect("timed out")
+}
+
+/// The broker side of one connection.
+struct Fake {
+    frames: Framed<TcpStream, FrameCodec>,
+    heartbeats: usize,
+}
+
+impl Fake {
+    /// Accepts a client and runs the handshake, offering `heartbeat` seconds.
+    async fn accept(listener: &TcpListener, heartbeat: u16) -> Fake {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header).await.unwrap();
+        assert_eq!(header, PROTOCOL_HEADER);
+        let mut fake = Fake {
+            frames: Framed::new(stream, FrameCodec::new(131_072)),
+            heartbeats: 0,
+        };
+        fake.send(
+            0,
+            Method::ConnectionStart(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: FieldTable::default(),
+                mechanisms: Bytes::from_static(b"AMQPLAIN PLAIN"),
+                locales: Bytes::from_static(b"en_US"),
+            }),
+        )
+        .await;
+        let Method::ConnectionStartOk(start_ok) = fake.recv().await.1 else {
+            panic!("expected start-ok");
+        };
+        assert_eq!(start_ok.mechanism, "PLAIN");
+        assert_eq!(&start_ok.response[..], b"\0guest\0guest");
+        fake.send(
+            0,
+            Method::ConnectionTune(connection::Tune {
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat,
+            }),
+        )
+        .await;
+        assert!(matches!(fake.recv().await.1, Method::ConnectionTuneOk(_)));
+        let Method::ConnectionOpen(open) = fake.recv().await.1 else {
+            panic!("expected connection.open");
+        };
+        assert_eq!(open.virtual_host, "/");
+        fake.send(0, Method::ConnectionOpenOk(connection::OpenOk::default()))
+            .await;
+        fake
+    }
+
+    async fn send(&mut self, channel: u16, method: Method) {
+        self.frames
+            .send(Frame::Method { channel, method })
+            .await
+            .unwrap();
+    }
+
+    /// The next method frame (counting heartbeats on the way); content frames are skipped.
+    async fn recv(&mut self) -> (u16, Method) {
+        loop {
+            match self.frames.next().await.unwrap().unwrap() {
+                Frame::Method { channel, method } => return (channel, method),
+                Frame::Heartbeat => self.heartbeats += 1,
+                Frame::Header { .. } | Frame::Body { .. } => {}
+            }
+        }
+    }
+
+    /// Answers the client's `channel.open`.
+    async fn open_channel(&mut self) -> u16 {
+        let (ch, method) = self.recv().await;
+        assert!(matches!(method, Method::ChannelOpen(_)), "{method:?}");
+        self.send(ch, Method::ChannelOpenOk(channel::OpenOk::default()))
+            .await;
+        ch
+    }
+}
+
+async fn listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("amqp://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    (listener, uri)
+}
+
+#[tokio::test]
+async fn silent_broker_is_detected_by_missed_heartbeats() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            assert_eq!(conn.heartbeat(), 1);
+            let ch = conn.open_channel().await.unwrap();
+            // The broker never answers: the call must fail, not hang.
+            let err = ch
+                .queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::HeartbeatTimeout), "{err}");
+            assert!(matches!(conn.close_error(), Some(Error::HeartbeatTimeout)));
+        });
+        let mut fake = Fake::accept(&listener, 1).await;
+        fake.open_channel().await;
+        // Keep reading (the client's heartbeats) but never write.
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(frame)) = fake.frames.next().await {
+                if matches!(frame, Frame::Heartbeat) {
+                    fake.heartbeats += 1;
+                }
+            }
+            fake.heartbeats
+        });
+        client.await.unwrap();
+        assert!(reader.await.unwrap() >= 1, "the client sent no heartbeat");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn multiple_ack_resolves_a_range_and_nack_is_an_error() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            ch.confirm_select().await.unwrap();
+            let mut confirmations = Vec::new();
+            for i in 0..5u8 {
+                let c = ch
+                    .basic_publish(
+                        "",
+                        "q",
+                        PublishOptions::default(),
+                        BasicProperties::default(),
+                        vec![i],
+                    )
+                    .await
+                    .unwrap();
+                confirmations.push(c);
+            }
+            let results = futures::future::join_all(confirmations).await;
+            assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+            assert!(matches!(results[3], Err(Error::Nacked)));
+            assert!(results[4].is_ok());
+            conn.close().await.unwrap();
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::ConfirmSelect(_)));
+        fake.send(ch, Method::ConfirmSelectOk(confirm::SelectOk {}))
+            .await;
+        for _ in 0..5 {
+            assert!(matches!(fake.recv().await.1, Method::BasicPublish(_)));
+        }
+        let ack = |delivery_tag, multiple| {
+            Method::BasicAck(basic::Ack {
+                delivery_tag,
+                multiple,
+            })
+        };
+        fake.send(ch, ack(3, true)).await;
+        fake.send(
+            ch,
+            Method::BasicNack(basic::Nack {
+                delivery_tag: 4,
+                multiple: false,
+                requeue: false,
+            }),
+        )
+        .await;
+        fake.send(ch, ack(5, false)).await;
+        let (_, close) = fake.recv().await;
+        assert!(matches!(close, Method::ConnectionClose(_)));
+        fake.send(0, Method::ConnectionCloseOk(connection::CloseOk {}))
+            .await;
+        client.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn forced_close_fails_the_pending_call_with_its_code() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let err = ch
+                .queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.reply_code(), Some(320), "{err}");
+            assert!(matches!(err, Error::ConnectionClosed(_)));
+            assert_eq!(conn.close_error().and_then(|e| e.reply_code()), Some(320));
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
+        fake.send(
+            0,
+            Method::ConnectionClose(connection::Close {
+                reply_code: 320,
+                reply_text:
+                    "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+                        .into(),
+                class_id: 0,
+                method_id: 0,
+            }),
+        )
+        .await;
+        // The client answers close-ok before it lets go of the socket.
+        assert!(matches!(fake.recv().await.1, Method::ConnectionCloseOk(_)));
+        client.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_abandoned_call_does_not_steal_the_next_reply() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let declare = ch.queue_declare(
+                "slow",
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            );
+            assert!(tokio::time::timeout(Duration::from_millis(100), declare)
+                .await
+                .is_err());
+            // The late declare-ok must go nowhere; the purge gets its purge-ok.
+            assert_eq!(ch.queue_purge("slow").await.unwrap(), 7);
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
+        assert!(matches!(fake.recv().await.1, Method::QueuePurge(_)));
+        fake.send(
+            ch,
+            Method::QueueDeclareOk(lockgate_wire::queue::DeclareOk {
+                queue: "slow".into(),
+                message_count: 0,
+                consumer_count: 0,
+            }),
+        )
+        .await;
+        fake.send(
+            ch,
+            Method::QueuePurgeOk(lockgate_wire::queue::PurgeOk { message_count: 7 }),
+        )
+        .await;
+        client.await.unwrap();
+    })
+    .await;
+}
