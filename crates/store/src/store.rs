@@ -1,0 +1,647 @@
+//! [`Store`]: opening (with format checks and recovery), the write calls that go through the
+//! group-commit writer, and the read and spill calls that run on the caller's thread.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+
+use crate::error::{Result, StoreError};
+use crate::ids::{DefinitionKind, MessageId, QueueId, StoredRef, QUEUE_KIND};
+use crate::keys;
+use crate::metrics::StoreMetrics;
+use crate::recovery::{self, Recovery, Registry};
+use crate::writer::{next_id, Commit, Op, Shared};
+
+/// The on-disk format this build reads and writes. Bump it with any change to the key
+/// layout or record encoding; [`Store::open`] refuses any other version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Tunables of the store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Bytes of the engine's page cache (hot records are read from it, not from disk).
+    pub cache_capacity: u64,
+    /// The engine's own periodic flush, in milliseconds (covers spill writes; persistent
+    /// writes are flushed by the group-commit writer regardless). `None` disables it.
+    pub background_flush_ms: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_capacity: 64 * 1024 * 1024,
+            background_flush_ms: Some(500),
+        }
+    }
+}
+
+/// One index entry of a durable queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Position in the queue.
+    pub seq: u64,
+    /// The message record.
+    pub message: MessageId,
+    /// Delivered before the restart (seq ≤ the queue's delivered watermark).
+    pub redelivered: bool,
+}
+
+/// A message's stored bytes: the broker's header bytes (exchange, routing key, content
+/// header as it chooses to encode them) and the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageRecord {
+    /// The broker's header bytes.
+    pub header: Bytes,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A transient message to spill to disk.
+#[derive(Clone, Debug)]
+pub struct SpillRecord {
+    /// Position in its queue (spilled messages come back in this order).
+    pub seq: u64,
+    /// The broker's header bytes.
+    pub header: Bytes,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A message read back by [`Store::page_in`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PagedMessage {
+    /// Position in its queue.
+    pub seq: u64,
+    /// `Some` for a persistent message (still stored until removed), `None` for a spilled
+    /// transient one (its spill record is gone once paged in).
+    pub message: Option<MessageId>,
+    /// Delivered before the restart (persistent messages only).
+    pub redelivered: bool,
+    /// Header and body.
+    pub record: MessageRecord,
+}
+
+struct Inner {
+    path: PathBuf,
+    db: sled::Db,
+    data: sled::Tree,
+    meta: sled::Tree,
+    spill: sled::Tree,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    next_message: AtomicU64,
+    next_queue: AtomicU64,
+    queues: Mutex<Registry>,
+    /// Delivered watermarks as found at open: what "redelivered" means for recovered entries.
+    recovered_marks: HashMap<QueueId, u64>,
+}
+
+/// The persistent store. Cheap to clone (one `Arc`); every clone is the same store.
+///
+/// Blocking: [`Store::open`], [`Store::close`], the reads ([`Store::read_message`],
+/// [`Store::queue_index`], [`Store::page_in`]) and the spill calls touch the disk on the
+/// caller's thread; call them from `spawn_blocking` or use the `_async` variants. The write
+/// calls (`put_*`, `delete_queue`, `publish`, `remove`, `mark_delivered`, `sync`) never
+/// block: they queue the write and return a [`Commit`] to await.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store {
+    /// Opens (or creates) the store in directory `path`, checks its format version, sweeps
+    /// what a crash left half done, discards spilled transient messages, and returns what it
+    /// recovered. Blocks: use [`Store::open_async`] from async code.
+    ///
+    /// # Errors
+    /// [`StoreError::UnsupportedVersion`] for a store of another format,
+    /// [`StoreError::Corrupt`] for unreadable, truncated or foreign files (naming the file),
+    /// [`StoreError::Locked`] when another process has it open, [`StoreError::Open`] /
+    /// [`StoreError::Io`] for file-system errors.
+    pub fn open(path: impl AsRef<Path>, config: &StoreConfig) -> Result<(Store, Recovery)> {
+        let opened = recovery::open(path.as_ref(), config)?;
+        let path = opened.path;
+        let writer = opened.writer;
+        let shared = Arc::clone(&opened.shared);
+        let handle = std::thread::Builder::new()
+            .name("lockgate-store-writer".into())
+            .spawn(move || {
+                // A panic in the writer must not leave waiters hanging: fail them instead.
+                let run = std::panic::AssertUnwindSafe(|| writer.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    shared.set_failed(StoreError::Io {
+                        path: shared.path.clone(),
+                        action: "writing",
+                        source: "the writer thread panicked".into(),
+                    });
+                    shared.close();
+                }
+            })
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                path,
+                db: opened.db,
+                data: opened.data,
+                meta: opened.meta,
+                spill: opened.spill,
+                shared: opened.shared,
+                writer: Mutex::new(Some(handle)),
+                next_message: AtomicU64::new(opened.next_message),
+                next_queue: AtomicU64::new(opened.next_queue),
+                queues: Mutex::new(opened.registry),
+                recovered_marks: opened.recovered_marks,
+            }),
+        };
+        Ok((store, opened.recovery))
+    }
+
+    /// [`Store::open`] on a blocking thread.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub async fn open_async(path: PathBuf, config: StoreConfig) -> Result<(Store, Recovery)> {
+        let shown = path.clone();
+        tokio::task::spawn_blocking(move || Store::open(path, &config))
+            .await
+            .map_err(|e| StoreError::Open {
+                path: shown,
+                source: Box::new(e),
+            })?
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    // ----- definitions -------------------------------------------------------------------
+
+    /// Stores (or replaces) a definition. Await the commit before answering declare-ok.
+    pub fn put_definition(&self, kind: DefinitionKind, key: &[u8], value: &[u8]) -> Commit {
+        self.inner.shared.submit([Op::PutDefinition {
+            key: keys::definition(kind.tag(), key),
+            value: value.to_vec(),
+        }])
+    }
+
+    /// Removes a definition (absent is fine).
+    pub fn remove_definition(&self, kind: DefinitionKind, key: &[u8]) -> Commit {
+        self.inner.shared.submit([Op::RemoveDefinition {
+            key: keys::definition(kind.tag(), key),
+        }])
+    }
+
+    /// Stores a durable queue's definition and returns its id (the same id when `key` is
+    /// already stored: the value is replaced).
+    pub fn put_queue(&self, key: &[u8], value: &[u8]) -> (QueueId, Commit) {
+        let mut registry = lock(&self.inner.queues);
+        let id = match registry.by_key.get(key) {
+            Some(id) => *id,
+            None => {
+                let id = QueueId(next_id(&self.inner.next_queue));
+                registry.by_key.insert(key.to_vec(), id);
+                registry.keys.insert(id, key.to_vec());
+                id
+            }
+        };
+        let mut stored = Vec::with_capacity(8 + value.len());
+        stored.extend_from_slice(&id.0.to_be_bytes());
+        stored.extend_from_slice(value);
+        // Submitted under the registry lock so that the id counter written is never lower
+        // than an id already handed out.
+        let commit = self.inner.shared.submit([Op::PutQueue {
+            key: keys::definition(QUEUE_KIND, key),
+            value: stored,
+            next_queue_id: id.0.max(self.next_queue_hint()) + 1,
+        }]);
+        (id, commit)
+    }
+
+    fn next_queue_hint(&self) -> u64 {
+        self.inner
+            .next_queue
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(1)
+    }
+
+    /// Deletes a durable queue: its definition, every stored message of it (a message shared
+    /// with other queues stays for them), its watermark and its spilled messages. Removes
+    /// submitted later for this queue are ignored. Unknown ids are a no-op.
+    pub fn delete_queue(&self, id: QueueId) -> Commit {
+        let key = {
+            let mut registry = lock(&self.inner.queues);
+            let key = registry.keys.remove(&id);
+            if let Some(k) = &key {
+                registry.by_key.remove(k);
+            }
+            key
+        };
+        match key {
+            Some(key) => self.inner.shared.submit([Op::DeleteQueue {
+                id,
+                key: keys::definition(QUEUE_KIND, &key),
+            }]),
+            None => self.inner.shared.submit([]),
+        }
+    }
+
+    /// An id for a non-durable queue that spills: it never collides with a durable queue's
+    /// id. Nothing is written.
+    pub fn transient_queue_id(&self) -> QueueId {
+        QueueId(next_id(&self.inner.next_queue))
+    }
+
+    // ----- persistent messages -----------------------------------------------------------
+
+    /// Stores a persistent message once, with one index entry per `(queue, seq)` target (the
+    /// record is freed when the last of them is removed). Seqs must grow per queue in the
+    /// queue's order; the broker assigns them under its queue lock. Confirm the publish when
+    /// the commit completes.
+    pub fn publish(
+        &self,
+        header: Bytes,
+        body: Bytes,
+        targets: &[(QueueId, u64)],
+    ) -> (MessageId, Commit) {
+        let id = MessageId(next_id(&self.inner.next_message));
+        let commit = self.inner.shared.submit([Op::Publish {
+            id,
+            header,
+            body,
+            targets: targets.to_vec(),
+        }]);
+        (id, commit)
+    }
+
+    /// Removes one stored copy (ack, reject without requeue, purge, TTL, overflow drop). Call
+    /// it once per [`StoredRef`]: the record is freed with its last copy and never comes
+    /// back once the commit completes.
+    pub fn remove(&self, stored: StoredRef) -> Commit {
+        self.inner.shared.submit([Op::Remove(stored)])
+    }
+
+    /// [`Store::remove`] for many copies in one submission (multiple acks, purge).
+    pub fn remove_many(&self, stored: impl IntoIterator<Item = StoredRef>) -> Commit {
+        self.inner.shared.submit(stored.into_iter().map(Op::Remove))
+    }
+
+    /// Removes every stored message of `queue` with seq ≥ `from_seq`, persistent (index
+    /// entries, records freed with their last copy) and spilled: purging the part of a queue
+    /// that lives only on disk, whose message ids the broker does not hold. The caller
+    /// must not hold unacked deliveries in that range (they would be removed too).
+    pub fn remove_from(&self, queue: QueueId, from_seq: u64) -> Commit {
+        self.inner
+            .shared
+            .submit([Op::RemoveFrom { queue, from_seq }])
+    }
+
+    /// Records that the message at `seq` of `queue` was delivered. Only the highest seq per
+    /// queue is kept (a watermark, written with the next batch); after a restart, messages
+    /// at or below it come back redelivered. Nobody needs to wait on it.
+    pub fn mark_delivered(&self, queue: QueueId, seq: u64) {
+        drop(self.inner.shared.submit([Op::Delivered { queue, seq }]));
+    }
+
+    /// A commit covering everything submitted so far (nothing new is written).
+    pub fn sync(&self) -> Commit {
+        self.inner.shared.submit([])
+    }
+
+    /// Every commit ticket up to this one is durable.
+    pub fn durable_ticket(&self) -> u64 {
+        self.inner.shared.durable_ticket()
+    }
+
+    /// Waits until `ticket` is durable (see [`Commit::ticket`]).
+    ///
+    /// # Errors
+    /// As [`Commit::wait`].
+    pub async fn wait_durable(&self, ticket: u64) -> Result<()> {
+        self.inner.shared.wait_durable(ticket).await
+    }
+
+    /// The writer's counters.
+    pub fn metrics(&self) -> StoreMetrics {
+        self.inner.shared.metrics.snapshot()
+    }
+
+    /// The writer's failure, if it stopped (every later commit fails with it).
+    pub fn failure(&self) -> Option<StoreError> {
+        self.inner.shared.failure()
+    }
+
+    // ----- reads -------------------------------------------------------------------------
+
+    /// Reads a persistent message record. Blocks (usually served from the page cache).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] on a read failure, [`StoreError::Corrupt`] on a malformed record.
+    pub fn read_message(&self, id: MessageId) -> Result<Option<MessageRecord>> {
+        let path = &self.inner.path;
+        let Some(raw) = self
+            .inner
+            .data
+            .get(keys::message(id))
+            .map_err(|e| StoreError::io(path, "reading a message", e))?
+        else {
+            return Ok(None);
+        };
+        decode(path, raw, || format!("message {}", id.0)).map(Some)
+    }
+
+    /// The index of a durable queue in seq order, read lazily: one entry per stored message,
+    /// without its body. What the broker walks at startup to rebuild a queue.
+    pub fn queue_index(&self, queue: QueueId) -> QueueIndex {
+        QueueIndex {
+            iter: self
+                .inner
+                .data
+                .range(keys::index(queue, 0)..=keys::index(queue, u64::MAX)),
+            mark: self.inner.recovered_marks.get(&queue).copied(),
+            path: self.inner.path.clone(),
+        }
+    }
+
+    /// Reads up to `max` messages of `queue` with seq ≥ `from_seq`, in seq order, merging
+    /// its persistent messages (index + record) and its spilled transient ones. Spilled
+    /// records returned are removed from disk (the caller holds them now); persistent ones
+    /// stay until [`Store::remove`]. Blocks.
+    ///
+    /// Spill a persistent message's body from memory only after its publish commit
+    /// completed: before that, its index entry may not be written yet.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] on read failures, [`StoreError::Corrupt`] for malformed records or
+    /// an index entry whose record is missing.
+    pub fn page_in(&self, queue: QueueId, from_seq: u64, max: usize) -> Result<Vec<PagedMessage>> {
+        let path = &self.inner.path;
+        let io = |e| StoreError::io(path, "paging messages in", e);
+        let mut persistent = self
+            .inner
+            .data
+            .range(keys::index(queue, from_seq)..=keys::index(queue, u64::MAX))
+            .peekable();
+        let mut spilled = self
+            .inner
+            .spill
+            .range(keys::spill(queue, from_seq)..=keys::spill(queue, u64::MAX))
+            .peekable();
+        let mark = self.inner.recovered_marks.get(&queue).copied();
+        let mut out = Vec::with_capacity(max.min(1024));
+        let mut taken = sled::Batch::default();
+        let seq_of = |key: &[u8], at| {
+            keys::u64_at(key, at).ok_or_else(|| StoreError::corrupt(path, "short key"))
+        };
+        while out.len() < max {
+            let p = match persistent.peek() {
+                Some(Ok((k, _))) => Some(seq_of(k, 9)?),
+                Some(Err(e)) => return Err(io(e.clone())),
+                None => None,
+            };
+            let s = match spilled.peek() {
+                Some(Ok((k, _))) => Some(seq_of(k, 8)?),
+                Some(Err(e)) => return Err(io(e.clone())),
+                None => None,
+            };
+            let take_spilled = match (p, s) {
+                (None, None) => break,
+                (Some(p), Some(s)) => s < p,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            if take_spilled {
+                let Some(Ok((key, raw))) = spilled.next() else {
+                    break;
+                };
+                let seq = seq_of(&key, 8)?;
+                let record = decode(path, raw, || format!("spilled message {seq}"))?;
+                taken.remove(key);
+                out.push(PagedMessage {
+                    seq,
+                    message: None,
+                    redelivered: false,
+                    record,
+                });
+            } else {
+                let Some(Ok((key, value))) = persistent.next() else {
+                    break;
+                };
+                let seq = seq_of(&key, 9)?;
+                let id = MessageId(seq_of(&value, 0)?);
+                let record = self.read_message(id)?.ok_or_else(|| {
+                    StoreError::corrupt(
+                        path,
+                        format!(
+                            "queue {} seq {seq} points to missing message {}",
+                            queue.0, id.0
+                        ),
+                    )
+                })?;
+                out.push(PagedMessage {
+                    seq,
+                    message: Some(id),
+                    redelivered: mark.is_some_and(|m| seq <= m),
+                    record,
+                });
+            }
+        }
+        self.inner.spill.apply_batch(taken).map_err(io)?;
+        Ok(out)
+    }
+
+    /// [`Store::page_in`] on a blocking thread.
+    ///
+    /// # Errors
+    /// As [`Store::page_in`].
+    pub async fn page_in_async(
+        &self,
+        queue: QueueId,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<PagedMessage>> {
+        let store = self.clone();
+        self.blocking(move || store.page_in(queue, from_seq, max))
+            .await
+    }
+
+    // ----- spill -------------------------------------------------------------------------
+
+    /// Writes transient messages of `queue` to disk so the broker can drop their bodies from
+    /// memory; [`Store::page_in`] brings them back in seq order. Not flushed (they do not
+    /// survive a restart anyway). Returns the bytes written. Blocks briefly.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the write fails (disk full): keep the messages in memory.
+    pub fn spill(&self, queue: QueueId, records: &[SpillRecord]) -> Result<u64> {
+        let mut batch = sled::Batch::default();
+        let mut bytes = 0u64;
+        for r in records {
+            let record = keys::encode_record(&r.header, &r.body);
+            bytes += record.len() as u64;
+            batch.insert(&keys::spill(queue, r.seq), record);
+        }
+        self.inner
+            .spill
+            .apply_batch(batch)
+            .map_err(|e| StoreError::io(&self.inner.path, "spilling messages", e))?;
+        Ok(bytes)
+    }
+
+    /// [`Store::spill`] on a blocking thread.
+    ///
+    /// # Errors
+    /// As [`Store::spill`].
+    pub async fn spill_async(&self, queue: QueueId, records: Vec<SpillRecord>) -> Result<u64> {
+        let store = self.clone();
+        self.blocking(move || store.spill(queue, &records)).await
+    }
+
+    /// Drops spilled transient messages of `queue` with seq in `seqs` (purge, TTL, a deleted
+    /// non-durable queue: pass `0..u64::MAX`). Returns how many were dropped. Blocks.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] on failure.
+    pub fn discard_spilled(&self, queue: QueueId, seqs: Range<u64>) -> Result<u64> {
+        let io = |e| StoreError::io(&self.inner.path, "discarding spilled messages", e);
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self
+            .inner
+            .spill
+            .range(keys::spill(queue, seqs.start)..keys::spill(queue, seqs.end))
+        {
+            let (key, _) = item.map_err(io)?;
+            batch.remove(key);
+            n += 1;
+        }
+        self.inner.spill.apply_batch(batch).map_err(io)?;
+        Ok(n)
+    }
+
+    /// Bytes the engine uses on disk (all trees).
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] on failure.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        self.inner
+            .db
+            .size_on_disk()
+            .map_err(|e| StoreError::io(&self.inner.path, "measuring the database", e))
+    }
+
+    // ----- shutdown ----------------------------------------------------------------------
+
+    /// Writes and flushes everything queued, stops the writer, marks the shutdown clean.
+    /// Later writes fail with [`StoreError::Closed`]. Dropping the last clone closes too
+    /// (ignoring errors, and blocking the dropping thread: close explicitly in async code).
+    /// Blocks: use [`Store::close_async`] from async code.
+    ///
+    /// # Errors
+    /// The writer's failure, or [`StoreError::Io`] when the final flush fails.
+    pub fn close(&self) -> Result<()> {
+        self.inner.close()
+    }
+
+    /// [`Store::close`] on a blocking thread.
+    ///
+    /// # Errors
+    /// As [`Store::close`].
+    pub async fn close_async(&self) -> Result<()> {
+        let store = self.clone();
+        self.blocking(move || store.close()).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Io {
+                path: self.inner.path.clone(),
+                action: "running a blocking task",
+                source: Box::new(e),
+            })?
+    }
+}
+
+impl Inner {
+    fn close(&self) -> Result<()> {
+        let Some(handle) = lock(&self.writer).take() else {
+            return Ok(());
+        };
+        self.shared.close();
+        // The writer returns after draining everything queued, or after a failure (then the
+        // clean mark stays unwritten and the next start is treated as a crash recovery).
+        let _ = handle.join();
+        if let Some(e) = self.shared.failure() {
+            return Err(e);
+        }
+        let io = |e| StoreError::io(&self.path, "closing", e);
+        self.meta.insert(keys::META_CLEAN, &[1u8]).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Errors were already reported to every waiter; nothing else can be done here.
+        let _ = self.close();
+    }
+}
+
+/// Iterator over a durable queue's index entries in seq order ([`Store::queue_index`]).
+pub struct QueueIndex {
+    iter: sled::Iter,
+    mark: Option<u64>,
+    path: PathBuf,
+}
+
+impl Iterator for QueueIndex {
+    type Item = Result<IndexEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.iter.next()?;
+        Some(
+            item.map_err(|e| StoreError::io(&self.path, "reading a queue index", e))
+                .and_then(
+                    |(key, value)| match (keys::u64_at(&key, 9), keys::u64_at(&value, 0)) {
+                        (Some(seq), Some(message)) => Ok(IndexEntry {
+                            seq,
+                            message: MessageId(message),
+                            redelivered: self.mark.is_some_and(|m| seq <= m),
+                        }),
+                        _ => Err(StoreError::corrupt(&self.path, "malformed index entry")),
+                    },
+                ),
+        )
+    }
+}
+
+fn decode(path: &Path, raw: sled::IVec, what: impl FnOnce() -> String) -> Result<MessageRecord> {
+    keys::decode_record(Bytes::copy_from_slice(&raw))
+        .map(|(header, body)| MessageRecord { header, body })
+        .ok_or_else(|| StoreError::corrupt(path, format!("{} is malformed", what())))
+}

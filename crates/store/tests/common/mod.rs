@@ -1,0 +1,63 @@
+//! Helpers shared by the store's integration tests.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use bytes::Bytes;
+use lockgate_store::{QueueId, Recovery, Store, StoreConfig, StoredRef};
+
+pub fn open(dir: &Path) -> (Store, Recovery) {
+    Store::open(dir, &StoreConfig::default()).expect("open store")
+}
+
+pub fn header(n: u64) -> Bytes {
+    Bytes::from(format!("header-{n}"))
+}
+
+pub fn body(n: u64, len: usize) -> Bytes {
+    let mut b = format!("body-{n}-").into_bytes();
+    b.resize(len.max(b.len()), b'x');
+    Bytes::from(b)
+}
+
+/// Publishes messages `seqs` to one queue, waiting for each commit; returns their refs.
+pub fn publish_all(store: &Store, queue: QueueId, seqs: std::ops::Range<u64>) -> Vec<StoredRef> {
+    let mut commits = Vec::new();
+    let mut refs = Vec::new();
+    for seq in seqs {
+        let (message, commit) = store.publish(header(seq), body(seq, 64), &[(queue, seq)]);
+        commits.push(commit);
+        refs.push(StoredRef {
+            queue,
+            seq,
+            message,
+        });
+    }
+    for c in commits {
+        c.wait_blocking().expect("commit");
+    }
+    refs
+}
+
+/// The seqs of a queue's index, in order.
+pub fn seqs(store: &Store, queue: QueueId) -> Vec<u64> {
+    store
+        .queue_index(queue)
+        .map(|e| e.expect("index entry").seq)
+        .collect()
+}
+
+/// Size of every file under `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let meta = entry.metadata().expect("metadata");
+        total += if meta.is_dir() {
+            dir_size(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
