@@ -1,0 +1,83 @@
+//! Latency at fixed publish rates: 1 publisher → 1 queue → 1 consumer, the
+//! send time in the body, percentiles of (received − intended send time).
+
+use anyhow::Context as _;
+use lockgate_client::{FieldTable, QueueDeclareOptions};
+
+use super::flow::{self, QueueSpec, Target};
+use super::throughput::Tuning;
+use super::{Ctx, Declared};
+use crate::report::{Metric, Record};
+
+/// One case per rate (msg/s).
+///
+/// # Errors
+///
+/// A connection or protocol failure.
+pub async fn run(
+    ctx: &Ctx,
+    rates: &[u64],
+    size: usize,
+    tuning: &Tuning,
+) -> anyhow::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for &rate in rates {
+        let case = format!("{rate}/s");
+        let mut declared = Declared::default();
+        let result = async {
+            let conn = ctx.connect("setup").await?;
+            let ch = conn.open_channel().await?;
+            let q = ctx.name(&format!("latency-{rate}"));
+            ch.queue_declare(&q, QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .context("declaring the latency queue")?;
+            declared.queues.push(q.clone());
+            let _ = conn.close().await;
+            let flow = flow::Flow {
+                size,
+                targets: vec![Target {
+                    exchange: String::new(),
+                    routing_key: q.clone(),
+                }],
+                queues: vec![QueueSpec {
+                    name: q,
+                    streams: vec![0],
+                }],
+                persistent: false,
+                confirm_window: None,
+                rate: Some(rate.max(1)),
+                prefetch: tuning.prefetch,
+                ack_every: tuning.ack_every,
+                max_ahead: tuning.max_ahead,
+                consumer_connections: 1,
+                record_latency: true,
+            };
+            flow::run_timed(ctx, &format!("latency {case}"), &flow).await
+        }
+        .await;
+        declared.clean_up(ctx).await;
+        let m = result?;
+        let s = m.latency.summary();
+        records.push(
+            Record {
+                scenario: "latency",
+                case,
+                label: ctx.label.clone(),
+                metrics: vec![
+                    Metric::lower("p50_us", s.p50_us as f64, "us"),
+                    Metric::lower("p99_us", s.p99_us as f64, "us"),
+                    Metric::lower("p999_us", s.p999_us as f64, "us"),
+                    Metric::lower("max_us", s.max_us as f64, "us"),
+                    Metric::higher("delivered_per_s", m.delivered_per_s, "msg/s"),
+                ],
+                verification: Some(m.verification),
+                failures: 0,
+                broker: m.broker,
+                bench: m.bench,
+                ok: false,
+            }
+            .settle(),
+        );
+    }
+    Ok(records)
+}
