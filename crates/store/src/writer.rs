@@ -265,14 +265,6 @@ impl Commit {
         }
     }
 
-    /// True once the writes are flushed (false also when they failed).
-    pub fn is_durable(&self) -> bool {
-        match self.ticket {
-            Ticket::At(t) => self.shared.durable_ticket() >= t,
-            Ticket::Closed => false,
-        }
-    }
-
     /// Waits until the writes are flushed. Does not block the async worker.
     ///
     /// # Errors

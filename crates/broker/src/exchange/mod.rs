@@ -1,0 +1,373 @@
+//! Exchanges and their routing tables.
+//!
+//! An [`Exchange`] is a handle the server may cache: routing reads its table under a
+//! read lock, and [`Exchange::is_deleted`] tells a cached handle it is stale. Each type keeps
+//! its bindings in the structure that routes fastest for it: direct in a hash map by routing
+//! key, fanout in a list, topic in a trie ([`topic`]), headers as compiled matchers
+//! ([`headers`]). Destinations are `Arc` handles, so routing never looks a queue up by name.
+
+mod headers;
+mod topic;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use lockgate_wire::FieldTable;
+use parking_lot::RwLock;
+
+use crate::error::BrokerError;
+use crate::message::Message;
+use crate::queue::Queue;
+
+pub(crate) use headers::HeadersRouter;
+pub(crate) use topic::TopicRouter;
+
+/// The exchange types lockgate implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    /// Routes to bindings whose key equals the routing key.
+    Direct,
+    /// Routes to every binding.
+    Fanout,
+    /// Routes by pattern: `*` one word, `#` zero or more.
+    Topic,
+    /// Routes on message headers (`x-match`).
+    Headers,
+}
+
+impl ExchangeKind {
+    /// Parses the type name of `exchange.declare`.
+    ///
+    /// # Errors
+    /// `CommandInvalid` "unknown exchange type 'x'" (503, closes the connection), as
+    /// RabbitMQ 3.x answers on the wire.
+    pub fn parse(name: &str) -> Result<Self, BrokerError> {
+        match name {
+            "direct" => Ok(Self::Direct),
+            "fanout" => Ok(Self::Fanout),
+            "topic" => Ok(Self::Topic),
+            "headers" => Ok(Self::Headers),
+            other => Err(BrokerError::command_invalid(format_args!(
+                "unknown exchange type '{other}'"
+            ))),
+        }
+    }
+
+    /// The type name as in `exchange.declare`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+impl fmt::Display for ExchangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a binding leads.
+#[derive(Clone)]
+pub(crate) enum Destination {
+    Queue(Arc<Queue>),
+    Exchange(Arc<Exchange>),
+}
+
+impl PartialEq for Destination {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Queue(a), Self::Queue(b)) => Arc::ptr_eq(a, b),
+            (Self::Exchange(a), Self::Exchange(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Queue(q) => write!(f, "queue {:?}", q.name()),
+            Self::Exchange(x) => write!(f, "exchange {:?}", x.name()),
+        }
+    }
+}
+
+/// One binding as a routing table stores it; the source is the table's exchange.
+#[derive(Clone, Debug)]
+pub(crate) struct BindingEntry {
+    pub routing_key: String,
+    pub arguments: FieldTable,
+    pub destination: Destination,
+}
+
+impl BindingEntry {
+    /// Bindings are identified by (source, destination, key, arguments), as in RabbitMQ.
+    fn same(&self, other: &BindingEntry) -> bool {
+        self.routing_key == other.routing_key
+            && self.arguments == other.arguments
+            && self.destination == other.destination
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct DirectRouter {
+    by_key: HashMap<String, Vec<BindingEntry>>,
+    len: usize,
+}
+
+impl DirectRouter {
+    fn add(&mut self, entry: BindingEntry) -> bool {
+        let bucket = self.by_key.entry(entry.routing_key.clone()).or_default();
+        if bucket.iter().any(|b| b.same(&entry)) {
+            return false;
+        }
+        bucket.push(entry);
+        self.len += 1;
+        true
+    }
+
+    fn remove(&mut self, key: &str, arguments: &FieldTable, destination: &Destination) -> bool {
+        let Some(bucket) = self.by_key.get_mut(key) else {
+            return false;
+        };
+        let before = bucket.len();
+        bucket.retain(|b| !(&b.arguments == arguments && &b.destination == destination));
+        let removed = bucket.len() != before;
+        if bucket.is_empty() {
+            self.by_key.remove(key);
+        }
+        if removed {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    fn route(&self, routing_key: &str, f: &mut impl FnMut(&Destination)) {
+        if let Some(bucket) = self.by_key.get(routing_key) {
+            for binding in bucket {
+                f(&binding.destination);
+            }
+        }
+    }
+
+    fn take_all(&mut self) -> Vec<BindingEntry> {
+        self.len = 0;
+        self.by_key.drain().flat_map(|(_, bucket)| bucket).collect()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct FanoutRouter {
+    bindings: Vec<BindingEntry>,
+}
+
+impl FanoutRouter {
+    fn add(&mut self, entry: BindingEntry) -> bool {
+        if self.bindings.iter().any(|b| b.same(&entry)) {
+            return false;
+        }
+        self.bindings.push(entry);
+        true
+    }
+
+    fn remove(&mut self, key: &str, arguments: &FieldTable, destination: &Destination) -> bool {
+        let before = self.bindings.len();
+        self.bindings.retain(|b| {
+            !(b.routing_key == key && &b.arguments == arguments && &b.destination == destination)
+        });
+        self.bindings.len() != before
+    }
+
+    fn route(&self, f: &mut impl FnMut(&Destination)) {
+        for binding in &self.bindings {
+            f(&binding.destination);
+        }
+    }
+}
+
+/// An exchange's routing table.
+#[derive(Debug)]
+pub(crate) enum Router {
+    Direct(DirectRouter),
+    Fanout(FanoutRouter),
+    Topic(TopicRouter),
+    Headers(HeadersRouter),
+}
+
+impl Router {
+    fn new(kind: ExchangeKind) -> Self {
+        match kind {
+            ExchangeKind::Direct => Self::Direct(DirectRouter::default()),
+            ExchangeKind::Fanout => Self::Fanout(FanoutRouter::default()),
+            ExchangeKind::Topic => Self::Topic(TopicRouter::default()),
+            ExchangeKind::Headers => Self::Headers(HeadersRouter::default()),
+        }
+    }
+
+    /// Adds a binding; `Ok(false)` when it already exists (binding is idempotent).
+    ///
+    /// # Errors
+    /// `PreconditionFailed` for invalid headers-binding arguments.
+    pub fn add(&mut self, entry: BindingEntry) -> Result<bool, BrokerError> {
+        Ok(match self {
+            Self::Direct(r) => r.add(entry),
+            Self::Fanout(r) => r.add(entry),
+            Self::Topic(r) => r.add(entry),
+            Self::Headers(r) => return r.add(entry),
+        })
+    }
+
+    /// Removes a binding; false when there was none.
+    pub fn remove(&mut self, key: &str, arguments: &FieldTable, destination: &Destination) -> bool {
+        match self {
+            Self::Direct(r) => r.remove(key, arguments, destination),
+            Self::Fanout(r) => r.remove(key, arguments, destination),
+            Self::Topic(r) => r.remove(key, arguments, destination),
+            Self::Headers(r) => r.remove(key, arguments, destination),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Direct(r) => r.len,
+            Self::Fanout(r) => r.bindings.len(),
+            Self::Topic(r) => r.len(),
+            Self::Headers(r) => r.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` for every destination the message matches (possibly more than once).
+    pub fn route(&self, message: &Message, f: &mut impl FnMut(&Destination)) {
+        match self {
+            Self::Direct(r) => r.route(&message.routing_key, f),
+            Self::Fanout(r) => r.route(f),
+            Self::Topic(r) => r.route(&message.routing_key, f),
+            Self::Headers(r) => r.route(message.header.properties.headers.as_ref(), f),
+        }
+    }
+
+    pub fn take_all(&mut self) -> Vec<BindingEntry> {
+        match self {
+            Self::Direct(r) => r.take_all(),
+            Self::Fanout(r) => std::mem::take(&mut r.bindings),
+            Self::Topic(r) => r.take_all(),
+            Self::Headers(r) => r.take_all(),
+        }
+    }
+}
+
+/// Declaration flags of an exchange.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExchangeFlags {
+    /// Only check that it exists (404 otherwise); the other flags and the type are ignored.
+    pub passive: bool,
+    /// Survives a restart (recorded now; persisted once the store lands).
+    pub durable: bool,
+    /// Deleted when its last binding (as source) goes.
+    pub auto_delete: bool,
+    /// Cannot be published to by clients, only reached through exchange-to-exchange bindings.
+    pub internal: bool,
+}
+
+/// An exchange. Cheap to share: the server may cache the `Arc` per channel and must drop it
+/// once [`Exchange::is_deleted`] is true.
+pub struct Exchange {
+    name: String,
+    kind: ExchangeKind,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: FieldTable,
+    pub(crate) router: RwLock<Router>,
+    deleted: AtomicBool,
+}
+
+impl fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Exchange")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("durable", &self.durable)
+            .field("auto_delete", &self.auto_delete)
+            .field("internal", &self.internal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exchange {
+    pub(crate) fn new(
+        name: String,
+        kind: ExchangeKind,
+        flags: ExchangeFlags,
+        arguments: FieldTable,
+    ) -> Self {
+        Self {
+            name,
+            kind,
+            durable: flags.durable,
+            auto_delete: flags.auto_delete,
+            internal: flags.internal,
+            arguments,
+            router: RwLock::new(Router::new(kind)),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    /// Its name ("" for the default exchange).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its type.
+    pub fn kind(&self) -> ExchangeKind {
+        self.kind
+    }
+
+    /// Declared durable.
+    pub fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Declared auto-delete.
+    pub fn auto_delete(&self) -> bool {
+        self.auto_delete
+    }
+
+    /// Declared internal.
+    pub fn internal(&self) -> bool {
+        self.internal
+    }
+
+    /// Its declaration arguments.
+    pub fn arguments(&self) -> &FieldTable {
+        &self.arguments
+    }
+
+    /// True once deleted: a cached handle must be dropped and looked up again.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Number of bindings with this exchange as source.
+    pub fn binding_count(&self) -> usize {
+        self.router.read().len()
+    }
+
+    pub(crate) fn is_default(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,121 @@
+//! Memory accounting and the high-watermark alarm.
+//!
+//! A routed message is charged once, when it is wrapped in its `Arc`, and released when the
+//! last reference goes: ready in a queue, unacked on a channel, or waiting in a connection
+//! writer after a no-ack delivery. A message routed to N queues is one allocation and is
+//! counted once. Counting until the writer drops the delivery is what bounds a slow no-ack
+//! consumer: its backlog keeps the alarm raised, and the server stops reading publishers.
+//!
+//! The counter is one atomic; the `watch` channel is touched only when the counter crosses the
+//! watermark, and then the state is recomputed from the counter under the watch's own lock,
+//! so racing crossings always settle on the right value.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// Counts the bytes of messages held by the broker and raises the alarm above the watermark.
+#[derive(Debug)]
+pub(crate) struct MemoryMonitor {
+    used: AtomicU64,
+    /// Bytes at or above which the alarm is raised; 0 disables it.
+    high_watermark: u64,
+    blocked: watch::Sender<bool>,
+}
+
+impl MemoryMonitor {
+    pub fn new(high_watermark: u64) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicU64::new(0),
+            high_watermark,
+            blocked: watch::Sender::new(false),
+        })
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn blocked(&self) -> bool {
+        *self.blocked.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.blocked.subscribe()
+    }
+
+    /// Charges `bytes`; the returned guard releases them when dropped.
+    pub fn charge(self: &Arc<Self>, bytes: u64) -> MemoryCharge {
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        if self.high_watermark != 0
+            && before < self.high_watermark
+            && before + bytes >= self.high_watermark
+        {
+            self.refresh();
+        }
+        MemoryCharge {
+            monitor: Arc::clone(self),
+            bytes,
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        let before = self.used.fetch_sub(bytes, Ordering::Relaxed);
+        if self.high_watermark != 0
+            && before >= self.high_watermark
+            && before - bytes < self.high_watermark
+        {
+            self.refresh();
+        }
+    }
+
+    fn refresh(&self) {
+        self.blocked.send_if_modified(|blocked| {
+            let now = self.used.load(Ordering::Relaxed) >= self.high_watermark;
+            let changed = *blocked != now;
+            *blocked = now;
+            changed
+        });
+    }
+}
+
+/// Bytes charged to the monitor for one message; released on drop.
+#[derive(Debug)]
+pub(crate) struct MemoryCharge {
+    monitor: Arc<MemoryMonitor>,
+    bytes: u64,
+}
+
+impl Drop for MemoryCharge {
+    fn drop(&mut self) {
+        self.monitor.release(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alarm_toggles_at_the_watermark() {
+        let monitor = MemoryMonitor::new(100);
+        let rx = monitor.subscribe();
+        let a = monitor.charge(60);
+        assert!(!*rx.borrow());
+        let b = monitor.charge(40);
+        assert!(*rx.borrow());
+        assert_eq!(monitor.used(), 100);
+        drop(a);
+        assert!(!*rx.borrow());
+        drop(b);
+        assert_eq!(monitor.used(), 0);
+    }
+
+    #[test]
+    fn zero_watermark_never_blocks() {
+        let monitor = MemoryMonitor::new(0);
+        let _charge = monitor.charge(u64::from(u32::MAX));
+        assert!(!monitor.blocked());
+    }
+}

@@ -1,0 +1,317 @@
+//! Queue arguments (`x-...`): parsed into [`QueueArguments`] at declare, and compared on
+//! redeclaration the way RabbitMQ compares them.
+//!
+//! Only TTL, length limits, dead-lettering and priorities are parsed now; the behaviour they
+//! describe comes with a later issue. Validation and the "inequivalent arg" comparison already
+//! follow RabbitMQ (`rabbit_amqqueue:declare_args/0`, `rabbit_misc:assert_args_equivalence/4`).
+
+use lockgate_wire::{FieldTable, FieldValue};
+
+use crate::error::{BrokerError, Resource};
+
+/// What happens when a queue reaches `x-max-length` / `x-max-length-bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest messages (the default).
+    DropHead,
+    /// Refuse new messages (nack with confirms).
+    RejectPublish,
+    /// Refuse new messages and dead-letter them.
+    RejectPublishDlx,
+}
+
+/// Typed queue arguments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueArguments {
+    /// `x-message-ttl`, milliseconds.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`, milliseconds (never 0).
+    pub expires: Option<u64>,
+    /// `x-max-length`, ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`, body bytes of ready messages.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Option<Overflow>,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key` (requires `x-dead-letter-exchange`).
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-max-priority`, 0..=255.
+    pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
+}
+
+/// The arguments RabbitMQ compares when a classic queue is redeclared.
+const COMPARED: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+/// RabbitMQ's upper bound for `x-message-ttl` / `x-expires` (`rabbit_misc:check_expiry`).
+const MAX_EXPIRY_MS: i128 = 315_360_000_000;
+
+impl QueueArguments {
+    /// Validates and parses a declaration's arguments. Unknown arguments are kept in the raw
+    /// table and ignored, as RabbitMQ does.
+    ///
+    /// # Errors
+    /// `PreconditionFailed` "invalid arg 'x-max-length' for queue 'q' in vhost '/': ..." for a
+    /// wrong type or value.
+    pub(crate) fn parse(table: &FieldTable, queue: &Resource<'_>) -> Result<Self, BrokerError> {
+        let invalid = |key: &str, why: String| {
+            BrokerError::precondition_failed(format_args!("invalid arg '{key}' for {queue}: {why}"))
+        };
+        let non_negative = |key: &str| -> Result<Option<u64>, BrokerError> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(value) => match integer(value) {
+                    Some(v) if v >= 0 => u64::try_from(v)
+                        .map(Some)
+                        .map_err(|_| invalid(key, format!("{{value_too_large,{v}}}"))),
+                    Some(v) => Err(invalid(key, format!("{{value_negative,{v}}}"))),
+                    None => Err(invalid(
+                        key,
+                        format!("\"expected integer, got {}\"", type_name(value)),
+                    )),
+                },
+            }
+        };
+        let expiry = |key: &str, zero_allowed: bool| -> Result<Option<u64>, BrokerError> {
+            let Some(v) = non_negative(key)? else {
+                return Ok(None);
+            };
+            if v == 0 && !zero_allowed {
+                return Err(invalid(key, "{value_zero,0}".to_owned()));
+            }
+            if i128::from(v) > MAX_EXPIRY_MS {
+                return Err(invalid(key, format!("{{value_too_large,{v}}}")));
+            }
+            Ok(Some(v))
+        };
+        let string = |key: &str| -> Result<Option<String>, BrokerError> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(FieldValue::LongString(bytes)) => {
+                    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+                }
+                Some(other) => Err(invalid(
+                    key,
+                    format!("{{unacceptable_type,{}}}", type_name(other)),
+                )),
+            }
+        };
+
+        // The dead-letter names are type-checked with RabbitMQ's other wording.
+        let dlx_name = |key: &str| -> Result<Option<String>, BrokerError> {
+            match table.get(key) {
+                None | Some(FieldValue::LongString(_)) => string(key),
+                Some(other) => Err(BrokerError::precondition_failed(format_args!(
+                    "invalid type '{}' for arg '{key}' in {queue}",
+                    type_name(other)
+                ))),
+            }
+        };
+        let dead_letter_exchange = dlx_name("x-dead-letter-exchange")?;
+        let dead_letter_routing_key = dlx_name("x-dead-letter-routing-key")?;
+        if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                "routing_key_but_no_dlx_defined".to_owned(),
+            ));
+        }
+        let max_priority =
+            match non_negative("x-max-priority")? {
+                None => None,
+                Some(v) => Some(u8::try_from(v).map_err(|_| {
+                    invalid("x-max-priority", format!("{{max_value_exceeded,{v}}}"))
+                })?),
+            };
+        let overflow = match string("x-overflow")?.as_deref() {
+            None => None,
+            Some("drop-head") => Some(Overflow::DropHead),
+            Some("reject-publish") => Some(Overflow::RejectPublish),
+            Some("reject-publish-dlx") => Some(Overflow::RejectPublishDlx),
+            Some(_) => {
+                // RabbitMQ 3.10 reports the bare atom here, without the value.
+                return Err(invalid("x-overflow", "invalid_overflow".to_owned()));
+            }
+        };
+        match string("x-queue-type")?.as_deref() {
+            None | Some("" | "classic" | "quorum") => {}
+            Some(other) => {
+                return Err(invalid(
+                    "x-queue-type",
+                    format!("{{unsupported_queue_type,<<\"{other}\">>}}"),
+                ))
+            }
+        }
+        let single_active_consumer = match table.get("x-single-active-consumer") {
+            None => false,
+            Some(FieldValue::Bool(b)) => *b,
+            Some(other) => {
+                return Err(invalid(
+                    "x-single-active-consumer",
+                    format!("{{unacceptable_type,{}}}", type_name(other)),
+                ))
+            }
+        };
+        Ok(Self {
+            message_ttl: expiry("x-message-ttl", true)?,
+            expires: expiry("x-expires", false)?,
+            max_length: non_negative("x-max-length")?,
+            max_length_bytes: non_negative("x-max-length-bytes")?,
+            overflow,
+            dead_letter_exchange,
+            dead_letter_routing_key,
+            max_priority,
+            single_active_consumer,
+        })
+    }
+}
+
+/// RabbitMQ's validation of `basic.consume` arguments: `x-priority` must be an integer.
+/// (Consumer priorities themselves come with a later issue.)
+///
+/// # Errors
+/// `PreconditionFailed` "invalid arg 'x-priority' for queue 'q' in vhost '/': ...".
+pub(crate) fn check_consume_arguments(
+    table: &FieldTable,
+    queue: &Resource<'_>,
+) -> Result<(), BrokerError> {
+    match table.get("x-priority") {
+        Some(value) if integer(value).is_none() => {
+            Err(BrokerError::precondition_failed(format_args!(
+                "invalid arg 'x-priority' for {queue}: \"expected integer, got {}\"",
+                type_name(value)
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// RabbitMQ's redeclaration check over the compared argument names.
+///
+/// # Errors
+/// `PreconditionFailed` "inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received
+/// the value '10' of type 'long' but current is none".
+pub(crate) fn assert_equivalent(
+    current: &FieldTable,
+    received: &FieldTable,
+    resource: &Resource<'_>,
+) -> Result<(), BrokerError> {
+    for key in COMPARED {
+        let (cur, rec) = (current.get(key), received.get(key));
+        let equivalent = match (cur, rec) {
+            (None, None) => true,
+            (Some(a), Some(b)) => same_class_and_value(a, b),
+            (None, Some(v)) | (Some(v), None) => {
+                // A classic queue may or may not carry x-queue-type.
+                *key == "x-queue-type"
+                    && matches!(v, FieldValue::LongString(s) if &s[..] == b"classic")
+            }
+        };
+        if !equivalent {
+            // Both present: RabbitMQ shows the bare values; one missing: `val/1` forms.
+            let (received, current) = match (rec, cur) {
+                (Some(r), Some(c)) => (
+                    format!("'{}'", display_value(r)),
+                    format!("'{}'", display_value(c)),
+                ),
+                _ => (describe(rec), describe(cur)),
+            };
+            return Err(BrokerError::inequivalent(
+                key, resource, &received, &current,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn same_class_and_value(a: &FieldValue, b: &FieldValue) -> bool {
+    match (integer(a), integer(b)) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => match (a, b) {
+            (FieldValue::F32(x), FieldValue::F64(y)) | (FieldValue::F64(y), FieldValue::F32(x)) => {
+                f64::from(*x) == *y
+            }
+            _ => a == b,
+        },
+        _ => false,
+    }
+}
+
+/// RabbitMQ's `val/1`: "the value '10' of type 'long'" or "none".
+fn describe(value: Option<&FieldValue>) -> String {
+    match value {
+        None => "none".to_owned(),
+        Some(v) => format!(
+            "the value '{}' of type '{}'",
+            display_value(v),
+            type_name(v)
+        ),
+    }
+}
+
+fn display_value(value: &FieldValue) -> String {
+    match value {
+        FieldValue::LongString(b) | FieldValue::ByteArray(b) => {
+            String::from_utf8_lossy(b).into_owned()
+        }
+        FieldValue::Bool(b) => b.to_string(),
+        FieldValue::F32(f) => f.to_string(),
+        FieldValue::F64(f) => f.to_string(),
+        other => match integer(other) {
+            Some(i) => i.to_string(),
+            None => format!("{other:?}"),
+        },
+    }
+}
+
+/// The integer value of any integer-typed field (RabbitMQ's `type_class` `int`).
+pub(crate) fn integer(value: &FieldValue) -> Option<i128> {
+    Some(match value {
+        FieldValue::I8(v) => i128::from(*v),
+        FieldValue::U8(v) => i128::from(*v),
+        FieldValue::I16(v) => i128::from(*v),
+        FieldValue::U16(v) => i128::from(*v),
+        FieldValue::I32(v) => i128::from(*v),
+        FieldValue::U32(v) => i128::from(*v),
+        FieldValue::I64(v) => i128::from(*v),
+        _ => return None,
+    })
+}
+
+/// RabbitMQ's name for a field type ("longstr", "signedint", ...).
+pub(crate) fn type_name(value: &FieldValue) -> &'static str {
+    match value {
+        FieldValue::Bool(_) => "bool",
+        FieldValue::I8(_) => "byte",
+        FieldValue::U8(_) => "unsignedbyte",
+        FieldValue::I16(_) => "short",
+        FieldValue::U16(_) => "unsignedshort",
+        FieldValue::I32(_) => "signedint",
+        FieldValue::U32(_) => "unsignedint",
+        FieldValue::I64(_) => "long",
+        FieldValue::F32(_) => "float",
+        FieldValue::F64(_) => "double",
+        FieldValue::Decimal(_) => "decimal",
+        FieldValue::LongString(_) => "longstr",
+        FieldValue::Array(_) => "array",
+        FieldValue::Timestamp(_) => "timestamp",
+        FieldValue::Table(_) => "table",
+        FieldValue::Void => "void",
+        FieldValue::ByteArray(_) => "binary",
+    }
+}

@@ -1,0 +1,65 @@
+//! The boundary between queues and a connection's writer.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::ids::{ConsumerTag, DeliveryTag};
+use crate::message::Message;
+
+/// One message handed to a consumer (`basic.deliver`). Exchange and routing key come from
+/// the message.
+#[derive(Clone)]
+pub struct Delivery {
+    /// The consumer it is for.
+    pub consumer_tag: ConsumerTag,
+    /// The channel's tag for it.
+    pub delivery_tag: DeliveryTag,
+    /// True when it was delivered before and requeued.
+    pub redelivered: bool,
+    /// The consumer does not acknowledge (counted apart in the server's metrics).
+    pub no_ack: bool,
+    /// The message, shared with its queue until acked.
+    pub message: Arc<Message>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("consumer_tag", &self.consumer_tag)
+            .field("delivery_tag", &self.delivery_tag)
+            .field("redelivered", &self.redelivered)
+            .field("routing_key", &self.message.routing_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sink refused a delivery because its connection is gone; it hands the delivery back,
+/// so the broker can put the message back in its queue.
+#[derive(Debug)]
+pub struct SinkClosed(pub Delivery);
+
+/// Where a channel's deliveries and broker-initiated cancels go; one per AMQP channel,
+/// implemented by the server (typically a push onto the connection writer's unbounded mpsc).
+///
+/// # Contract
+/// - [`DeliverySink::deliver`] is called with a queue lock and the channel's delivery lock
+///   held: it must not block and must not call back into the broker. Deliveries for one
+///   channel arrive in delivery-tag order.
+/// - Memory: a delivered message stays charged to the memory watermark until the `Delivery`
+///   is dropped, so a writer that falls behind (a slow no-ack consumer, which prefetch does
+///   not limit) raises the memory alarm and the server stops reading publishers. The sink
+///   needs no bound of its own; it should drop each delivery once written.
+/// - [`DeliverySink::consumer_cancelled`] is called with no broker lock held, after the
+///   consumer has been removed, when the broker cancels it (its queue was deleted). The
+///   server sends `basic.cancel` to clients with the `consumer_cancel_notify` capability.
+pub trait DeliverySink: Send + Sync {
+    /// Hands a delivery to the connection.
+    ///
+    /// # Errors
+    /// [`SinkClosed`] with the delivery when the connection is gone; the broker requeues the
+    /// message and stops delivering to this channel.
+    fn deliver(&self, delivery: Delivery) -> Result<(), SinkClosed>;
+
+    /// The broker cancelled this consumer.
+    fn consumer_cancelled(&self, consumer_tag: &ConsumerTag);
+}

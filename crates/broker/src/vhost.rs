@@ -1,0 +1,1127 @@
+//! A virtual host: its exchanges, queues and bindings, and publishing.
+//!
+//! Exchanges and queues live in `DashMap`s. Topology changes (declare, delete, bind,
+//! unbind) are serialised per vhost by one mutex that also guards the index of bindings by
+//! destination; publishing never takes it: it reads the exchange's routing table and locks
+//! only the queues it routes to.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use lockgate_store::{Commit, DefinitionKind, Store, StoredRef};
+use lockgate_wire::{FieldTable, FieldValue};
+use parking_lot::Mutex;
+use tracing::debug;
+
+use crate::channel::ChannelShared;
+use crate::durable;
+use crate::error::{BrokerError, Resource};
+use crate::exchange::{BindingEntry, Destination, Exchange, ExchangeFlags, ExchangeKind};
+use crate::ids::{random_name, ChannelId, ConnectionId};
+use crate::memory::MemoryMonitor;
+use crate::message::Message;
+use crate::queue::arguments::{assert_equivalent, QueueArguments};
+use crate::queue::{Queue, QueueStore};
+
+mod introspect;
+
+/// Declaration flags of a queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueFlags {
+    /// Only check that it exists (404 otherwise).
+    pub passive: bool,
+    /// Survives a restart (recorded now; persisted once the store lands). Ignored for
+    /// exclusive queues, as RabbitMQ.
+    pub durable: bool,
+    /// Owned by the declaring connection and deleted when it closes.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes, after it had one.
+    pub auto_delete: bool,
+}
+
+/// `queue.declare-ok`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDeclareOk {
+    /// The queue's name (generated when the declare had none).
+    pub queue: String,
+    /// Ready messages.
+    pub message_count: u32,
+    /// Active consumers.
+    pub consumer_count: u32,
+}
+
+/// What happened to a published message.
+#[derive(Debug)]
+pub enum PublishOutcome {
+    /// Enqueued on this many queues (at least one).
+    Routed(usize),
+    /// No queue matched and the message was not mandatory: it was dropped.
+    Dropped,
+    /// No queue matched and the message was mandatory: here it is back, for
+    /// `basic.return` 312 NO_ROUTE.
+    Unroutable(Box<Message>),
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum DestinationName {
+    Queue(String),
+    Exchange(String),
+}
+
+impl DestinationName {
+    fn of(destination: &Destination) -> Self {
+        match destination {
+            Destination::Queue(q) => Self::Queue(q.name().to_owned()),
+            Destination::Exchange(x) => Self::Exchange(x.name().to_owned()),
+        }
+    }
+}
+
+/// A binding seen from its destination.
+struct Incoming {
+    source: Arc<Exchange>,
+    routing_key: String,
+    arguments: FieldTable,
+}
+
+#[derive(Default)]
+struct Topology {
+    /// Bindings by destination, to remove them when the destination is deleted.
+    incoming: HashMap<DestinationName, Vec<Incoming>>,
+    /// Exclusive queues by owning connection, to delete them when it closes.
+    exclusive: HashMap<ConnectionId, Vec<Arc<Queue>>>,
+}
+
+impl Topology {
+    fn add(&mut self, destination: DestinationName, incoming: Incoming) {
+        self.incoming.entry(destination).or_default().push(incoming);
+    }
+
+    fn remove(
+        &mut self,
+        destination: &DestinationName,
+        source: &Arc<Exchange>,
+        key: &str,
+        arguments: &FieldTable,
+    ) {
+        if let Some(list) = self.incoming.get_mut(destination) {
+            if let Some(at) = list.iter().position(|b| {
+                Arc::ptr_eq(&b.source, source) && b.routing_key == key && &b.arguments == arguments
+            }) {
+                list.swap_remove(at);
+            }
+            if list.is_empty() {
+                self.incoming.remove(destination);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Routing scratch space, reused so that publishing allocates nothing but the message.
+    static ROUTE_SCRATCH: RefCell<Vec<Arc<Queue>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A virtual host.
+pub struct VHost {
+    name: String,
+    exchanges: DashMap<String, Arc<Exchange>>,
+    queues: DashMap<String, Arc<Queue>>,
+    topology: Mutex<Topology>,
+    memory: Arc<MemoryMonitor>,
+    /// Where durable definitions and persistent messages go; `None` runs in memory only.
+    store: Option<Store>,
+    /// Open channels, for the management API (`introspect.rs`); changed at open and close
+    /// only.
+    channels: DashMap<(ConnectionId, ChannelId), Arc<ChannelShared>>,
+    /// The broker's spill task, woken by queues whose head runs low.
+    spill_wake: Arc<tokio::sync::Notify>,
+}
+
+impl fmt::Debug for VHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VHost")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The exchanges every vhost starts with.
+const PREDECLARED: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+impl VHost {
+    pub(crate) fn new(
+        name: String,
+        memory: Arc<MemoryMonitor>,
+        store: Option<Store>,
+        spill_wake: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        let exchanges = DashMap::new();
+        for (xname, kind) in PREDECLARED {
+            let flags = ExchangeFlags {
+                durable: true,
+                ..ExchangeFlags::default()
+            };
+            exchanges.insert(
+                (*xname).to_owned(),
+                Arc::new(Exchange::new(
+                    (*xname).to_owned(),
+                    *kind,
+                    flags,
+                    FieldTable::default(),
+                )),
+            );
+        }
+        Self {
+            name,
+            exchanges,
+            queues: DashMap::new(),
+            topology: Mutex::new(Topology::default()),
+            memory,
+            store,
+            channels: DashMap::new(),
+            spill_wake,
+        }
+    }
+
+    /// Every queue's handle (the spill task walks them).
+    pub(crate) fn queue_handles(&self) -> Vec<Arc<Queue>> {
+        self.queues.iter().map(|q| Arc::clone(&q)).collect()
+    }
+
+    /// A commit covering every durable change made so far (declarations, deletions,
+    /// bindings): await it before answering the method that made the change. `None` without
+    /// a store.
+    pub fn sync(&self) -> Option<Commit> {
+        self.store.as_ref().map(Store::sync)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// An exchange handle, for the server to cache (drop it once `is_deleted()`).
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges.get(name).map(|x| Arc::clone(&x))
+    }
+
+    /// A queue handle.
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.get(name).map(|q| Arc::clone(&q))
+    }
+
+    /// Names of all exchanges.
+    pub fn exchange_names(&self) -> Vec<String> {
+        self.exchanges.iter().map(|x| x.key().clone()).collect()
+    }
+
+    /// Names of all queues.
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queues.iter().map(|q| q.key().clone()).collect()
+    }
+
+    fn exchange_resource<'a>(&'a self, name: &'a str) -> Resource<'a> {
+        Resource::exchange(name, &self.name)
+    }
+
+    fn queue_resource<'a>(&'a self, name: &'a str) -> Resource<'a> {
+        Resource::queue(name, &self.name)
+    }
+
+    fn existing_exchange(&self, name: &str) -> Result<Arc<Exchange>, BrokerError> {
+        self.exchange(name)
+            .ok_or_else(|| BrokerError::not_found(self.exchange_resource(name)))
+    }
+
+    fn existing_queue(&self, name: &str) -> Result<Arc<Queue>, BrokerError> {
+        self.queue(name)
+            .ok_or_else(|| BrokerError::not_found(self.queue_resource(name)))
+    }
+
+    /// The queue, if it exists and `connection` may use it.
+    pub(crate) fn queue_for(
+        &self,
+        connection: ConnectionId,
+        name: &str,
+    ) -> Result<Arc<Queue>, BrokerError> {
+        let queue = self.existing_queue(name)?;
+        queue.check_access(connection)?;
+        Ok(queue)
+    }
+
+    /// `exchange.declare`. `kind` is the type name as sent; passive declares ignore it and
+    /// the other flags.
+    ///
+    /// # Errors
+    /// `AccessRefused` for the default exchange or a new name starting with "amq.";
+    /// `NotFound` for a passive declare of a missing exchange; `CommandInvalid` (503,
+    /// connection) for an unknown type; `PreconditionFailed` for an inequivalent redeclaration ("inequivalent arg 'type' for exchange
+    /// 'x' in vhost '/': received 'fanout' but current is 'direct'").
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: &str,
+        flags: ExchangeFlags,
+        arguments: FieldTable,
+    ) -> Result<Arc<Exchange>, BrokerError> {
+        if flags.passive {
+            if name.is_empty() {
+                return Err(BrokerError::default_exchange());
+            }
+            return self.existing_exchange(name);
+        }
+        let kind = ExchangeKind::parse(kind)?;
+        if name.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        let _topology = self.topology.lock();
+        let Some(existing) = self.exchange(name) else {
+            if name.starts_with("amq.") {
+                return Err(BrokerError::access_refused(format_args!(
+                    "exchange name '{name}' contains reserved prefix 'amq.*'"
+                )));
+            }
+            if let (Some(store), true) = (&self.store, flags.durable) {
+                drop(store.put_definition(
+                    DefinitionKind::Exchange,
+                    &durable::entity_key(&self.name, name),
+                    &durable::exchange_value(kind, flags, &arguments),
+                ));
+            }
+            let exchange = Arc::new(Exchange::new(name.to_owned(), kind, flags, arguments));
+            self.exchanges
+                .insert(name.to_owned(), Arc::clone(&exchange));
+            debug!(vhost = %self.name, exchange = name, %kind, "exchange declared");
+            return Ok(exchange);
+        };
+        let resource = self.exchange_resource(name);
+        let field = |key: &str, current: &dyn fmt::Display, received: &dyn fmt::Display| {
+            BrokerError::inequivalent(
+                key,
+                &resource,
+                &format!("'{received}'"),
+                &format!("'{current}'"),
+            )
+        };
+        if existing.kind() != kind {
+            return Err(field("type", &existing.kind(), &kind));
+        }
+        if existing.durable() != flags.durable {
+            return Err(field("durable", &existing.durable(), &flags.durable));
+        }
+        if existing.auto_delete() != flags.auto_delete {
+            return Err(field(
+                "auto_delete",
+                &existing.auto_delete(),
+                &flags.auto_delete,
+            ));
+        }
+        if existing.internal() != flags.internal {
+            return Err(field("internal", &existing.internal(), &flags.internal));
+        }
+        let ae = "alternate-exchange";
+        if existing.arguments().get(ae) != arguments.get(ae) {
+            return Err(BrokerError::inequivalent(
+                ae,
+                &resource,
+                &describe_string(arguments.get(ae)),
+                &describe_string(existing.arguments().get(ae)),
+            ));
+        }
+        Ok(existing)
+    }
+
+    /// `exchange.delete`. Deleting a missing exchange succeeds, as in RabbitMQ.
+    ///
+    /// # Errors
+    /// `AccessRefused` for the default exchange and "amq.*" exchanges;
+    /// `PreconditionFailed` "exchange 'x' in vhost '/' in use" with `if_unused` when it is
+    /// the source of a binding.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), BrokerError> {
+        if name.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        if name.starts_with("amq.") {
+            return Err(BrokerError::access_refused(format_args!(
+                "deletion of system {} not allowed",
+                self.exchange_resource(name)
+            )));
+        }
+        let mut topology = self.topology.lock();
+        let Some(exchange) = self.exchange(name) else {
+            return Ok(());
+        };
+        if if_unused && exchange.binding_count() != 0 {
+            return Err(BrokerError::precondition_failed(format_args!(
+                "{} in use",
+                self.exchange_resource(name)
+            )));
+        }
+        self.remove_exchange(&mut topology, &exchange);
+        Ok(())
+    }
+
+    /// `exchange.bind`: routes what reaches `source` on to `destination` too.
+    ///
+    /// # Errors
+    /// `AccessRefused` when either is the default exchange; `NotFound` when either is
+    /// missing; `PreconditionFailed` for invalid headers-binding arguments.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), BrokerError> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        self.bind(
+            source,
+            || {
+                self.existing_exchange(destination)
+                    .map(Destination::Exchange)
+            },
+            routing_key,
+            arguments,
+        )
+    }
+
+    /// `exchange.unbind`. Removing a binding that does not exist succeeds.
+    ///
+    /// # Errors
+    /// `AccessRefused` when either is the default exchange; `NotFound` when either is
+    /// missing.
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), BrokerError> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        self.unbind(
+            source,
+            || {
+                self.existing_exchange(destination)
+                    .map(Destination::Exchange)
+            },
+            routing_key,
+            arguments,
+        )
+    }
+
+    /// `queue.declare` on behalf of `connection`. An empty name gets a generated
+    /// "amq.gen-..." one.
+    ///
+    /// # Errors
+    /// `NotFound` "no queue 'q' in vhost '/'" for a passive declare of a missing queue;
+    /// `AccessRefused` for a new name starting with "amq."; `ResourceLocked` when the queue
+    /// is exclusive to another connection or the exclusive flag differs;
+    /// `PreconditionFailed` for invalid arguments or an inequivalent redeclaration.
+    pub fn declare_queue(
+        &self,
+        connection: ConnectionId,
+        name: &str,
+        flags: QueueFlags,
+        arguments: FieldTable,
+    ) -> Result<QueueDeclareOk, BrokerError> {
+        if flags.passive {
+            let queue = self.existing_queue(name)?;
+            queue.check_access(connection)?;
+            let (message_count, consumer_count) = queue.counts();
+            return Ok(QueueDeclareOk {
+                queue: name.to_owned(),
+                message_count,
+                consumer_count,
+            });
+        }
+        let name = if name.is_empty() {
+            random_name("amq.gen")
+        } else if name.starts_with("amq.") {
+            return Err(BrokerError::access_refused(format_args!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        } else {
+            name.to_owned()
+        };
+        let durable = flags.durable && !flags.exclusive;
+        let owner = flags.exclusive.then_some(connection);
+        let arguments = with_queue_type(arguments);
+        let mut topology = self.topology.lock();
+        if let Some(queue) = self.queue(&name) {
+            let resource = queue.resource();
+            if queue.exclusive_owner() != owner {
+                return Err(BrokerError::resource_locked(&resource));
+            }
+            let bool_field = |key: &str, current: bool, received: bool| {
+                BrokerError::inequivalent(
+                    key,
+                    &resource,
+                    &format!("'{received}'"),
+                    &format!("'{current}'"),
+                )
+            };
+            if queue.durable() != durable {
+                return Err(bool_field("durable", queue.durable(), durable));
+            }
+            if queue.auto_delete() != flags.auto_delete {
+                return Err(bool_field(
+                    "auto_delete",
+                    queue.auto_delete(),
+                    flags.auto_delete,
+                ));
+            }
+            assert_equivalent(queue.raw_arguments(), &arguments, &resource)?;
+            let (message_count, consumer_count) = queue.counts();
+            return Ok(QueueDeclareOk {
+                queue: name,
+                message_count,
+                consumer_count,
+            });
+        }
+        let parsed = QueueArguments::parse(&arguments, &self.queue_resource(&name))?;
+        let mut queue = Queue::new(
+            name.clone(),
+            self.name.clone(),
+            durable,
+            flags.auto_delete,
+            owner,
+            parsed,
+            arguments,
+        );
+        if let (Some(store), true) = (&self.store, durable) {
+            let (id, commit) = store.put_queue(
+                &durable::entity_key(&self.name, &name),
+                &durable::queue_value(flags.auto_delete, queue.raw_arguments()),
+            );
+            drop(commit);
+            let qs = QueueStore {
+                store: store.clone(),
+                id,
+            };
+            queue = queue.with_store(qs, 0, None);
+        }
+        let queue = Arc::new(queue.with_wake(Arc::clone(&self.spill_wake)));
+        if let Some(owner) = owner {
+            topology
+                .exclusive
+                .entry(owner)
+                .or_default()
+                .push(Arc::clone(&queue));
+        }
+        self.queues.insert(name.clone(), queue);
+        debug!(vhost = %self.name, queue = %name, durable, exclusive = flags.exclusive, auto_delete = flags.auto_delete, "queue declared");
+        Ok(QueueDeclareOk {
+            queue: name,
+            message_count: 0,
+            consumer_count: 0,
+        })
+    }
+
+    /// `queue.bind`.
+    ///
+    /// # Errors
+    /// `AccessRefused` for the default exchange; `NotFound` for a missing exchange or
+    /// queue; `ResourceLocked` for another connection's exclusive queue;
+    /// `PreconditionFailed` for invalid headers-binding arguments.
+    pub fn bind_queue(
+        &self,
+        connection: ConnectionId,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), BrokerError> {
+        if exchange.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        self.bind(
+            exchange,
+            || self.queue_for(connection, queue).map(Destination::Queue),
+            routing_key,
+            arguments,
+        )
+    }
+
+    /// `queue.unbind`. Removing a binding that does not exist succeeds.
+    ///
+    /// # Errors
+    /// As [`VHost::bind_queue`].
+    pub fn unbind_queue(
+        &self,
+        connection: ConnectionId,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), BrokerError> {
+        if exchange.is_empty() {
+            return Err(BrokerError::default_exchange());
+        }
+        self.unbind(
+            exchange,
+            || self.queue_for(connection, queue).map(Destination::Queue),
+            routing_key,
+            arguments,
+        )
+    }
+
+    /// `queue.purge`: drops the ready messages and returns how many; unacked ones stay.
+    ///
+    /// # Errors
+    /// `NotFound`; `ResourceLocked` for another connection's exclusive queue.
+    pub fn purge_queue(&self, connection: ConnectionId, queue: &str) -> Result<u32, BrokerError> {
+        Ok(self.queue_for(connection, queue)?.purge())
+    }
+
+    /// `queue.delete`: returns the number of ready messages dropped. Its consumers are
+    /// cancelled (the sinks hear of it). Deleting a missing queue returns 0, as RabbitMQ.
+    ///
+    /// # Errors
+    /// `ResourceLocked` for another connection's exclusive queue; `PreconditionFailed`
+    /// "queue 'q' in vhost '/' in use" (`if_unused`, it has consumers) or "... not empty"
+    /// (`if_empty`, it has ready messages).
+    pub fn delete_queue(
+        &self,
+        connection: ConnectionId,
+        queue: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, BrokerError> {
+        let Some(q) = self.queue(queue) else {
+            return Ok(0);
+        };
+        q.check_access(connection)?;
+        self.remove_queue(&q, if_unused, if_empty)
+    }
+
+    /// The connection closed: deletes the queues it declared exclusive. Call after closing
+    /// its channels.
+    pub fn connection_closed(&self, connection: ConnectionId) {
+        let owned = self
+            .topology
+            .lock()
+            .exclusive
+            .remove(&connection)
+            .unwrap_or_default();
+        for queue in owned {
+            debug!(vhost = %self.name, queue = queue.name(), "deleting exclusive queue of closed connection");
+            // Neither condition is checked, so this cannot fail.
+            let _ = self.remove_queue(&queue, false, false);
+        }
+    }
+
+    /// Deletes an auto-delete queue whose last consumer went. Checked again under the lock:
+    /// if a consumer arrived meanwhile, the `in use` error leaves the queue in place.
+    pub(crate) fn auto_delete_queue(&self, queue: &Arc<Queue>) {
+        if self.remove_queue(queue, true, false).is_ok() {
+            debug!(vhost = %self.name, queue = queue.name(), "auto-delete queue lost its last consumer");
+        }
+    }
+
+    fn remove_queue(
+        &self,
+        queue: &Arc<Queue>,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, BrokerError> {
+        let consumers = {
+            let mut topology = self.topology.lock();
+            if queue.is_deleted() {
+                return Ok(0);
+            }
+            let (count, consumers) = queue.delete(if_unused, if_empty)?;
+            debug!(vhost = %self.name, queue = queue.name(), "queue deleted");
+            if let Some(owner) = queue.exclusive_owner() {
+                if let Some(owned) = topology.exclusive.get_mut(&owner) {
+                    owned.retain(|q| !Arc::ptr_eq(q, queue));
+                    if owned.is_empty() {
+                        topology.exclusive.remove(&owner);
+                    }
+                }
+            }
+            self.queues
+                .remove_if(queue.name(), |_, q| Arc::ptr_eq(q, queue));
+            let destination = Destination::Queue(Arc::clone(queue));
+            self.unbind_incoming(&mut topology, &destination, |topology, source| {
+                if !source.is_deleted() {
+                    self.remove_exchange(topology, &source);
+                }
+            });
+            (count, consumers)
+        };
+        let (count, consumers) = consumers;
+        for consumer in consumers {
+            consumer.channel.cancelled_by_broker(&consumer);
+        }
+        Ok(count)
+    }
+
+    /// Recreates a stored exchange (nothing is written back).
+    pub(crate) fn recover_exchange(&self, name: &str, stored: durable::StoredExchange) {
+        let _topology = self.topology.lock();
+        let exchange = Exchange::new(name.to_owned(), stored.kind, stored.flags, stored.arguments);
+        self.exchanges.insert(name.to_owned(), Arc::new(exchange));
+    }
+
+    /// Recreates a stored durable queue (nothing is written back).
+    ///
+    /// # Errors
+    /// `PreconditionFailed` when its stored arguments no longer parse.
+    pub(crate) fn recover_queue(
+        &self,
+        name: &str,
+        auto_delete: bool,
+        arguments: FieldTable,
+        store: QueueStore,
+        next_seq: u64,
+        marked: Option<u64>,
+    ) -> Result<Arc<Queue>, BrokerError> {
+        let parsed = QueueArguments::parse(&arguments, &self.queue_resource(name))?;
+        let queue = Queue::new(
+            name.to_owned(),
+            self.name.clone(),
+            true,
+            auto_delete,
+            None,
+            parsed,
+            arguments,
+        )
+        .with_store(store, next_seq, marked)
+        .with_wake(Arc::clone(&self.spill_wake));
+        let queue = Arc::new(queue);
+        let _topology = self.topology.lock();
+        self.queues.insert(name.to_owned(), Arc::clone(&queue));
+        Ok(queue)
+    }
+
+    /// Recreates a stored binding (nothing is written back). False when its source or
+    /// destination is gone.
+    pub(crate) fn recover_binding(&self, b: durable::StoredBinding) -> bool {
+        let mut topology = self.topology.lock();
+        let Some(source) = self.exchange(&b.source) else {
+            return false;
+        };
+        let (destination, name) = if b.to_queue {
+            match self.queue(&b.destination) {
+                Some(q) => (Destination::Queue(q), DestinationName::Queue(b.destination)),
+                None => return false,
+            }
+        } else {
+            match self.exchange(&b.destination) {
+                Some(x) => (
+                    Destination::Exchange(x),
+                    DestinationName::Exchange(b.destination),
+                ),
+                None => return false,
+            }
+        };
+        let added = source.router.write().add(BindingEntry {
+            routing_key: b.routing_key.clone(),
+            arguments: b.arguments.clone(),
+            destination,
+        });
+        if let Ok(true) = added {
+            topology.add(
+                name,
+                Incoming {
+                    source,
+                    routing_key: b.routing_key,
+                    arguments: b.arguments,
+                },
+            );
+        }
+        added.is_ok()
+    }
+
+    /// The memory accounting, for messages recovered at startup.
+    pub(crate) fn memory(&self) -> &Arc<MemoryMonitor> {
+        &self.memory
+    }
+
+    /// `exchange.bind` and `queue.bind` once the destination's name is checked: resolves
+    /// both ends under the topology lock, source first, then adds the binding.
+    fn bind(
+        &self,
+        source: &str,
+        destination: impl FnOnce() -> Result<Destination, BrokerError>,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), BrokerError> {
+        let mut topology = self.topology.lock();
+        let source = self.existing_exchange(source)?;
+        let destination = destination()?;
+        self.add_binding(&mut topology, source, destination, routing_key, arguments)
+    }
+
+    /// As [`VHost::bind`], for `exchange.unbind` and `queue.unbind`.
+    fn unbind(
+        &self,
+        source: &str,
+        destination: impl FnOnce() -> Result<Destination, BrokerError>,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), BrokerError> {
+        let mut topology = self.topology.lock();
+        let source = self.existing_exchange(source)?;
+        let destination = destination()?;
+        self.remove_binding(&mut topology, &source, &destination, routing_key, arguments);
+        Ok(())
+    }
+
+    fn add_binding(
+        &self,
+        topology: &mut Topology,
+        source: Arc<Exchange>,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), BrokerError> {
+        let name = DestinationName::of(&destination);
+        let key = self.binding_key(&source, &destination, routing_key, &arguments);
+        let added = source.router.write().add(BindingEntry {
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+            destination,
+        })?;
+        if let (true, Some(store), Some(key)) = (added, &self.store, key) {
+            drop(store.put_definition(DefinitionKind::Binding, &key, b""));
+        }
+        if added {
+            topology.add(
+                name,
+                Incoming {
+                    source,
+                    routing_key: routing_key.to_owned(),
+                    arguments,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn remove_binding(
+        &self,
+        topology: &mut Topology,
+        source: &Arc<Exchange>,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) {
+        let (removed, now_empty) = {
+            let mut router = source.router.write();
+            let removed = router.remove(routing_key, arguments, destination);
+            (removed, router.is_empty())
+        };
+        if removed {
+            self.forget_binding(source, destination, routing_key, arguments);
+            topology.remove(
+                &DestinationName::of(destination),
+                source,
+                routing_key,
+                arguments,
+            );
+            if now_empty && source.auto_delete() {
+                self.remove_exchange(topology, source);
+            }
+        }
+    }
+
+    /// Deletes an exchange and every binding it is part of; auto-delete exchanges left
+    /// without bindings go too.
+    fn remove_exchange(&self, topology: &mut Topology, exchange: &Arc<Exchange>) {
+        let mut pending = vec![Arc::clone(exchange)];
+        while let Some(exchange) = pending.pop() {
+            if exchange.is_deleted() {
+                continue;
+            }
+            exchange.mark_deleted();
+            debug!(vhost = %self.name, exchange = exchange.name(), "exchange deleted");
+            if let (Some(store), true) = (&self.store, exchange.durable()) {
+                drop(store.remove_definition(
+                    DefinitionKind::Exchange,
+                    &durable::entity_key(&self.name, exchange.name()),
+                ));
+            }
+            self.exchanges
+                .remove_if(exchange.name(), |_, x| Arc::ptr_eq(x, &exchange));
+            let outgoing = exchange.router.write().take_all();
+            for binding in outgoing {
+                self.forget_binding(
+                    &exchange,
+                    &binding.destination,
+                    &binding.routing_key,
+                    &binding.arguments,
+                );
+                let name = DestinationName::of(&binding.destination);
+                topology.remove(&name, &exchange, &binding.routing_key, &binding.arguments);
+            }
+            let destination = Destination::Exchange(Arc::clone(&exchange));
+            self.unbind_incoming(topology, &destination, |_, source| pending.push(source));
+        }
+    }
+
+    /// Removes every binding to `destination`, which is being deleted, and hands each
+    /// auto-delete source this leaves without bindings to `emptied`, in binding order.
+    fn unbind_incoming(
+        &self,
+        topology: &mut Topology,
+        destination: &Destination,
+        mut emptied: impl FnMut(&mut Topology, Arc<Exchange>),
+    ) {
+        let name = DestinationName::of(destination);
+        for incoming in topology.incoming.remove(&name).unwrap_or_default() {
+            let now_empty = {
+                let mut router = incoming.source.router.write();
+                router.remove(&incoming.routing_key, &incoming.arguments, destination);
+                router.is_empty()
+            };
+            self.forget_binding(
+                &incoming.source,
+                destination,
+                &incoming.routing_key,
+                &incoming.arguments,
+            );
+            if now_empty && incoming.source.auto_delete() {
+                emptied(topology, incoming.source);
+            }
+        }
+    }
+
+    /// The store key of a binding that survives a restart (source and destination both
+    /// durable), `None` for a transient one or without a store.
+    fn binding_key(
+        &self,
+        source: &Exchange,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Option<bytes::Bytes> {
+        self.store.as_ref()?;
+        let (to_queue, name, durable) = match destination {
+            Destination::Queue(q) => (true, q.name(), q.store().is_some()),
+            Destination::Exchange(x) => (false, x.name(), x.durable()),
+        };
+        (durable && source.durable()).then(|| {
+            durable::binding_key(
+                &self.name,
+                source.name(),
+                to_queue,
+                name,
+                routing_key,
+                arguments,
+            )
+        })
+    }
+
+    /// Removes a binding's stored definition, if it has one.
+    fn forget_binding(
+        &self,
+        source: &Exchange,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) {
+        if let (Some(store), Some(key)) = (
+            &self.store,
+            self.binding_key(source, destination, routing_key, arguments),
+        ) {
+            drop(store.remove_definition(DefinitionKind::Binding, &key));
+        }
+    }
+
+    /// `basic.publish` by exchange name.
+    ///
+    /// # Errors
+    /// As [`VHost::publish_to`], plus `NotFound` "no exchange 'x' in vhost '/'".
+    pub fn publish(
+        &self,
+        mandatory: bool,
+        message: Message,
+    ) -> Result<PublishOutcome, BrokerError> {
+        let exchange = self.existing_exchange(&message.exchange)?;
+        self.publish_to(&exchange, mandatory, message)
+    }
+
+    /// `basic.publish` through a cached exchange handle: routes the message (following
+    /// exchange-to-exchange bindings, each queue at most once) and enqueues one shared
+    /// `Arc<Message>` on every queue reached. `message.exchange` should be the handle's name.
+    ///
+    /// # Errors
+    /// `NotFound` when the exchange has been deleted (drop the cached handle);
+    /// `AccessRefused` "cannot publish to internal exchange 'x' in vhost '/'".
+    pub fn publish_to(
+        &self,
+        exchange: &Arc<Exchange>,
+        mandatory: bool,
+        message: Message,
+    ) -> Result<PublishOutcome, BrokerError> {
+        self.publish_with_commit(exchange, mandatory, message)
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`VHost::publish_to`], also returning the store commit of a persistent message routed
+    /// to at least one durable queue: a publisher confirm for it must wait until the commit
+    /// completes (group commit: one flush covers every publish queued meanwhile, and commit
+    /// tickets grow in publish order). `None` when nothing was written: the message can be
+    /// confirmed at once. Transient messages never touch the store.
+    ///
+    /// # Errors
+    /// As [`VHost::publish_to`].
+    pub fn publish_with_commit(
+        &self,
+        exchange: &Arc<Exchange>,
+        mandatory: bool,
+        mut message: Message,
+    ) -> Result<(PublishOutcome, Option<Commit>), BrokerError> {
+        if exchange.is_deleted() {
+            return Err(BrokerError::not_found(
+                self.exchange_resource(exchange.name()),
+            ));
+        }
+        if exchange.internal() {
+            return Err(BrokerError::access_refused(format_args!(
+                "cannot publish to internal {}",
+                self.exchange_resource(exchange.name())
+            )));
+        }
+        let mut queues = ROUTE_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        self.route(exchange, &message, &mut queues);
+        let mut commit = None;
+        let outcome = if queues.is_empty() {
+            if mandatory {
+                PublishOutcome::Unroutable(Box::new(message))
+            } else {
+                PublishOutcome::Dropped
+            }
+        } else {
+            let charge = self.memory.charge(message.size());
+            message.set_charge(charge);
+            let store = self
+                .store
+                .as_ref()
+                .filter(|_| message.is_persistent() && queues.iter().any(|q| q.store().is_some()));
+            if let Some(store) = store {
+                commit = Some(push_persistent(store, message, &queues));
+            } else {
+                let message = Arc::new(message);
+                for queue in &queues {
+                    queue.push(Arc::clone(&message));
+                }
+            }
+            PublishOutcome::Routed(queues.len())
+        };
+        queues.clear();
+        ROUTE_SCRATCH.with(|s| *s.borrow_mut() = queues);
+        Ok((outcome, commit))
+    }
+
+    /// Collects the queues `message` reaches from `exchange`, each once.
+    fn route(&self, exchange: &Arc<Exchange>, message: &Message, out: &mut Vec<Arc<Queue>>) {
+        if exchange.is_default() {
+            if let Some(queue) = self.queues.get(&message.routing_key) {
+                out.push(Arc::clone(&queue));
+            }
+            return;
+        }
+        // Exchange-to-exchange bindings are rare: without them nothing here allocates.
+        let mut pending: Vec<Arc<Exchange>> = Vec::new();
+        let mut collect = |destination: &Destination| match destination {
+            Destination::Queue(q) => out.push(Arc::clone(q)),
+            Destination::Exchange(x) => pending.push(Arc::clone(x)),
+        };
+        exchange.router.read().route(message, &mut collect);
+        if !pending.is_empty() {
+            let mut visited: Vec<*const Exchange> = vec![Arc::as_ptr(exchange)];
+            while let Some(next) = pending.pop() {
+                if visited.contains(&Arc::as_ptr(&next)) {
+                    continue;
+                }
+                visited.push(Arc::as_ptr(&next));
+                next.router
+                    .read()
+                    .route(message, &mut |destination| match destination {
+                        Destination::Queue(q) => out.push(Arc::clone(q)),
+                        Destination::Exchange(x) => pending.push(Arc::clone(x)),
+                    });
+            }
+        }
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
+    }
+}
+
+/// Stores a persistent message once for all its durable target queues, then enqueues it
+/// everywhere. The store write is queued before the message becomes visible in any queue,
+/// so an ack's remove can never reach the store ahead of the publish (which would bring
+/// the acked message back after a restart).
+fn push_persistent(store: &Store, message: Message, queues: &[Arc<Queue>]) -> Commit {
+    let header = durable::message_header(&message.exchange, &message.routing_key, &message.header);
+    let targets: Vec<(lockgate_store::QueueId, u64)> = queues
+        .iter()
+        .filter_map(|q| q.store().map(|qs| (qs.id, q.reserve_seq())))
+        .collect();
+    let (id, commit) = store.publish(header, message.body.clone(), &targets);
+    let message = Arc::new(message);
+    let mut reserved = targets.iter();
+    for queue in queues {
+        match queue.store() {
+            Some(_) => {
+                let Some(&(queue_id, seq)) = reserved.next() else {
+                    continue;
+                };
+                let stored = StoredRef {
+                    queue: queue_id,
+                    seq,
+                    message: id,
+                };
+                queue.push_reserved(Arc::clone(&message), stored);
+            }
+            None => queue.push(Arc::clone(&message)),
+        }
+    }
+    commit
+}
+
+/// Fills in `x-queue-type` = "classic" when absent or empty, as RabbitMQ stores it.
+fn with_queue_type(mut arguments: FieldTable) -> FieldTable {
+    let missing = match arguments.get("x-queue-type") {
+        None => true,
+        Some(FieldValue::LongString(s)) => s.is_empty(),
+        Some(_) => false,
+    };
+    if missing {
+        arguments.insert(
+            "x-queue-type".to_owned(),
+            FieldValue::LongString(bytes::Bytes::from_static(b"classic")),
+        );
+    }
+    arguments
+}
+
+fn describe_string(value: Option<&FieldValue>) -> String {
+    match value {
+        None => "none".to_owned(),
+        Some(FieldValue::LongString(s)) => format!(
+            "the value '{}' of type 'longstr'",
+            String::from_utf8_lossy(s)
+        ),
+        Some(other) => format!("the value '{other:?}'"),
+    }
+}
