@@ -1,1 +1,178 @@
-fn main() {}
+//! `lockgate`: an AMQP 0-9-1 message broker that speaks the protocol as RabbitMQ does.
+//!
+//! Layout, one concept per file:
+//! - [`cli`] and [`config`]: flags and the TOML config (the reference is `config/lockgate.toml`);
+//! - [`logging`]: tracing setup (text or JSON on stderr, one span per connection and channel);
+//! - [`server`]: the listener, one task per connection, the shutdown sequence;
+//! - [`connection`]: the read loop of one connection (frame dispatch, heartbeats, memory-alarm
+//!   blocking, close handshakes); `connection/handshake.rs` the protocol header and
+//!   start/tune/open, using [`auth`] (PLAIN, AMQPLAIN, users) and [`tune`] (negotiation);
+//! - [`channel`]: one AMQP channel, turning methods into broker calls (confirms, transactions);
+//!   `channel/content.rs` assembles published content, `channel/sink.rs` is the broker's way
+//!   back to the client;
+//! - [`writer`]: the task that owns the socket's write half and batches frames into one write;
+//! - [`disk`]: the disk alarm (free space under `disk.free_limit` blocks publishers);
+//! - [`permissions`] (configure/write/read patterns per user and vhost) and [`limits`]
+//!   (connections and queues per vhost and user), checked at connection.open and before
+//!   every channel method;
+//! - [`tls`]: AMQPS with rustls, client certificates, reload on SIGHUP;
+//! - [`metrics`]: Prometheus `/metrics` with RabbitMQ's metric names;
+//! - [`management`]: the RabbitMQ-compatible management HTTP API and dashboard
+//!   (`[management] listen`, default 127.0.0.1:15672);
+//! - [`error`]: protocol errors as values with reply codes and their scope.
+//!
+//! Where lockgate follows RabbitMQ rather than the letter of the spec, the code says so.
+
+mod auth;
+mod channel;
+mod cli;
+mod config;
+mod connection;
+mod disk;
+mod error;
+mod limits;
+mod logging;
+mod management;
+mod metrics;
+mod permissions;
+mod server;
+mod tls;
+mod tune;
+mod writer;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use lockgate_store::{Store, StoreConfig};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::connection::ServerContext;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let result = cli.into_config().and_then(|config| {
+        logging::init(&config.log)?;
+        let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+        runtime.block_on(run(config))
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockgate: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The store's page cache: a quarter of the memory budget, between 8 and 256 MiB. It is
+/// part of the broker's fixed overhead beyond the budget for queued bodies (docs/durability.md).
+fn store_cache_bytes(memory_budget: u64) -> u64 {
+    (memory_budget / 4).clamp(8 << 20, 256 << 20)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let total_memory = config::total_memory();
+    // The store is opened and recovered before listening: clients never see a half-rebuilt
+    // broker. Errors name the file and say what to do; nothing is deleted or recreated.
+    let store_dir = config.data_dir.join("store");
+    let store_config = StoreConfig {
+        cache_capacity: store_cache_bytes(config.high_watermark_bytes(total_memory)),
+        ..StoreConfig::default()
+    };
+    let (store, recovery) = Store::open_async(store_dir.clone(), store_config)
+        .await
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let fresh = recovery.definitions.is_empty() && recovery.queues.is_empty();
+    if recovery.clean_shutdown || fresh {
+        info!(path = %store_dir.display(), "store opened");
+    } else {
+        warn!(path = %store_dir.display(), "store was not closed cleanly: recovering after a crash");
+    }
+    if recovery.orphans_removed > 0 || recovery.spilled_discarded > 0 {
+        info!(
+            orphans_removed = recovery.orphans_removed,
+            spilled_discarded = recovery.spilled_discarded,
+            "store cleanup"
+        );
+    }
+    let broker = lockgate_broker::Broker::with_store(
+        lockgate_broker::BrokerConfig {
+            vhosts: config.vhosts.iter().map(|v| v.name.clone()).collect(),
+            memory_high_watermark: config.high_watermark_bytes(total_memory),
+            max_message_size: config.limits.max_message_size,
+        },
+        store.clone(),
+    );
+    let started = std::time::Instant::now();
+    let recovering = Arc::clone(&broker);
+    tokio::task::spawn_blocking(move || recovering.recover(&recovery))
+        .await
+        .context("recovering from the store")?
+        .context("recovering from the store")?;
+    info!(took_ms = started.elapsed().as_millis(), "recovery done");
+    // Spilling long backlogs to disk and paging them (and recovered disk tails) back in.
+    broker.spawn_spill_task();
+    let disk_alarm = disk::spawn_monitor(
+        config.data_dir.clone(),
+        config.disk_free_limit_bytes(total_memory),
+    );
+    let listener = server::bind(config.listen).await?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener's local address")?;
+    // Signal handlers exist before `listening` is logged: a harness may signal right after it.
+    let signals = Signals::install()?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
+    let ctx = Arc::new(ServerContext::new(config, broker, shutdown, disk_alarm));
+    // AMQPS and metrics are up before `listening` is logged, so a harness can use them at once.
+    let amqps = tls::start(&ctx).await?;
+    if let Err(e) = metrics::start(&ctx).await {
+        // Not fatal: the broker is useful without its metrics (e.g. the port is taken).
+        error!(error = format!("{e:#}"), "metrics endpoint not started");
+    }
+    management::start(Arc::clone(&ctx), addr).await;
+    info!(%addr, "listening");
+
+    server::run(ctx, listener).await;
+    if let Some(amqps) = amqps {
+        // It stops accepting at the same signal and waits, bounded, for its connections.
+        let _ = amqps.await;
+    }
+    // Every connection is gone: write what is queued, flush, mark the shutdown clean.
+    match store.close_async().await {
+        Ok(()) => info!("store closed"),
+        Err(e) => error!(error = %e, "closing the store failed"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, registered up front.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    /// Cancels `shutdown` on the first SIGINT or SIGTERM.
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.interrupt.recv() => info!(signal = "SIGINT", "shutdown requested"),
+            _ = self.terminate.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+        }
+        shutdown.cancel();
+    }
+}

@@ -1,0 +1,199 @@
+//! The channel state machine against a real broker, without sockets.
+
+use lockgate_broker::{Broker, BrokerConfig};
+use lockgate_wire::{BasicProperties, Frame};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+
+use super::*;
+
+fn channel(max_message_size: u64) -> (Channel, UnboundedReceiver<Outbound>) {
+    let broker = Broker::new(BrokerConfig::default());
+    let (out, rx) = mpsc::unbounded_channel();
+    let channel = Channel::new(ChannelInit {
+        number: 1,
+        connection: ConnectionId(1),
+        vhost: broker.vhost("/").expect("default vhost"),
+        out,
+        capabilities: ClientCapabilities::default(),
+        max_message_size,
+        user: Arc::from("guest"),
+        store: None,
+        access: crate::permissions::Access::new(
+            Arc::from("guest"),
+            "/".to_owned(),
+            Arc::new(crate::permissions::VHostPermissions::full()),
+            crate::limits::QueueLimits::default(),
+        ),
+        counters: Arc::default(),
+    });
+    (channel, rx)
+}
+
+fn declare(channel: &mut Channel, rx: &mut UnboundedReceiver<Outbound>, name: &str) {
+    channel
+        .on_method(Method::QueueDeclare(queue::Declare {
+            queue: name.into(),
+            ..Default::default()
+        }))
+        .expect("declare");
+    assert!(matches!(next_method(rx), Method::QueueDeclareOk(_)));
+}
+
+fn next_method(rx: &mut UnboundedReceiver<Outbound>) -> Method {
+    match rx.try_recv().expect("a reply") {
+        Outbound::Frame(frame) => match *frame {
+            Frame::Method { method, .. } => method,
+            other => panic!("expected a method, got {other:?}"),
+        },
+        other => panic!("expected a method frame, got {other:?}"),
+    }
+}
+
+fn get(channel: &mut Channel, rx: &mut UnboundedReceiver<Outbound>, queue: &str) -> Bytes {
+    channel
+        .on_method(Method::BasicGet(basic::Get {
+            queue: queue.into(),
+            no_ack: true,
+        }))
+        .expect("get");
+    match rx.try_recv().expect("get reply") {
+        Outbound::Content { message, .. } => message.body.clone(),
+        other => panic!("expected get-ok, got {other:?}"),
+    }
+}
+
+fn publish_header(channel: &mut Channel, queue: &str, size: u64) -> Result<(), AmqpError> {
+    channel.on_method(Method::BasicPublish(basic::Publish {
+        routing_key: queue.into(),
+        ..Default::default()
+    }))?;
+    let header = ContentHeader::new(60, size, BasicProperties::default()).expect("header");
+    channel.on_header(header)
+}
+
+#[test]
+fn a_single_body_frame_is_routed_without_copying() {
+    let (mut channel, mut rx) = channel(1024);
+    declare(&mut channel, &mut rx, "q");
+    publish_header(&mut channel, "q", 5).unwrap();
+    let payload = Bytes::from_static(b"hello");
+    channel.on_body(payload.clone()).unwrap();
+    let body = get(&mut channel, &mut rx, "q");
+    assert_eq!(body, payload);
+    assert_eq!(body.as_ptr(), payload.as_ptr(), "the body was copied");
+}
+
+#[test]
+fn body_frames_are_assembled_up_to_the_announced_size() {
+    let (mut channel, mut rx) = channel(1024);
+    declare(&mut channel, &mut rx, "q");
+    publish_header(&mut channel, "q", 6).unwrap();
+    channel.on_body(Bytes::from_static(b"ab")).unwrap();
+    channel.on_body(Bytes::from_static(b"cd")).unwrap();
+    channel.on_body(Bytes::from_static(b"ef")).unwrap();
+    assert_eq!(
+        get(&mut channel, &mut rx, "q"),
+        Bytes::from_static(b"abcdef")
+    );
+}
+
+#[test]
+fn an_empty_body_is_published_at_the_header() {
+    let (mut channel, mut rx) = channel(1024);
+    declare(&mut channel, &mut rx, "q");
+    publish_header(&mut channel, "q", 0).unwrap();
+    assert_eq!(get(&mut channel, &mut rx, "q"), Bytes::new());
+}
+
+#[test]
+fn content_frames_out_of_order_are_connection_errors() {
+    let (mut channel, _rx) = channel(1024);
+    let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
+    let e = channel.on_header(header).unwrap_err();
+    assert_eq!(e.code, reply_code::UNEXPECTED_FRAME);
+    let e = channel.on_body(Bytes::from_static(b"x")).unwrap_err();
+    assert_eq!(e.code, reply_code::UNEXPECTED_FRAME);
+
+    publish_header(&mut channel, "q", 4).unwrap();
+    let e = channel
+        .on_method(Method::BasicQos(basic::Qos::default()))
+        .unwrap_err();
+    assert_eq!(e.code, reply_code::UNEXPECTED_FRAME);
+    assert!(e.is_hard());
+}
+
+#[test]
+fn a_body_past_the_announced_size_is_a_frame_error() {
+    let (mut channel, _rx) = channel(1024);
+    publish_header(&mut channel, "q", 2).unwrap();
+    let e = channel.on_body(Bytes::from_static(b"abc")).unwrap_err();
+    assert_eq!(e.code, reply_code::FRAME_ERROR);
+    assert_eq!((e.class_id, e.method_id), (60, 40));
+}
+
+#[test]
+fn a_message_over_the_limit_is_refused_at_the_header() {
+    let (mut channel, _rx) = channel(10);
+    let e = publish_header(&mut channel, "q", 11).unwrap_err();
+    assert_eq!(e.code, reply_code::PRECONDITION_FAILED);
+    assert_eq!(
+        e.text,
+        "PRECONDITION_FAILED - message size 11 is larger than configured max size 10"
+    );
+    assert!(!e.is_hard());
+}
+
+#[test]
+fn confirms_are_batched_into_one_multiple_ack() {
+    let (mut channel, mut rx) = channel(1024);
+    declare(&mut channel, &mut rx, "q");
+    channel
+        .on_method(Method::ConfirmSelect(confirm::Select { nowait: false }))
+        .unwrap();
+    assert!(matches!(next_method(&mut rx), Method::ConfirmSelectOk(_)));
+    for _ in 0..3 {
+        publish_header(&mut channel, "q", 0).unwrap();
+    }
+    assert!(channel.has_pending_confirms());
+    assert!(rx.try_recv().is_err(), "confirms wait for the flush");
+    channel.flush_confirms();
+    let Method::BasicAck(ack) = next_method(&mut rx) else {
+        panic!("expected basic.ack");
+    };
+    assert_eq!((ack.delivery_tag, ack.multiple), (3, true));
+    assert!(!channel.has_pending_confirms());
+    publish_header(&mut channel, "q", 0).unwrap();
+    channel.flush_confirms();
+    let Method::BasicAck(ack) = next_method(&mut rx) else {
+        panic!("expected basic.ack");
+    };
+    assert_eq!((ack.delivery_tag, ack.multiple), (4, false));
+}
+
+#[test]
+fn tx_select_on_a_confirm_channel_is_refused() {
+    let (mut channel, mut rx) = channel(1024);
+    channel
+        .on_method(Method::ConfirmSelect(confirm::Select { nowait: true }))
+        .unwrap();
+    assert!(rx.try_recv().is_err(), "nowait has no reply");
+    let e = channel.on_method(Method::TxSelect(tx::Select)).unwrap_err();
+    assert_eq!(
+        e.text,
+        "PRECONDITION_FAILED - cannot switch from confirm to tx mode"
+    );
+    assert_eq!((e.class_id, e.method_id), (90, 10));
+}
+
+#[test]
+fn prefetch_size_is_not_implemented() {
+    let (mut channel, _rx) = channel(1024);
+    let e = channel
+        .on_method(Method::BasicQos(basic::Qos {
+            prefetch_size: 10,
+            ..Default::default()
+        }))
+        .unwrap_err();
+    assert_eq!(e.code, reply_code::NOT_IMPLEMENTED);
+    assert_eq!(e.text, "NOT_IMPLEMENTED - prefetch_size!=0 (10)");
+}

@@ -1,0 +1,878 @@
+//! One client connection: the protocol header, the handshake on channel 0, then the read loop
+//! that dispatches frames to channels, sends heartbeats, watches the memory alarm and the
+//! shutdown signal.
+//!
+//! The reader task owns all connection and channel state (no locks); the writer task
+//! ([`crate::writer`]) owns the write half. Errors are values ([`AmqpError`]): soft ones close
+//! a channel, hard ones send connection.close and end the connection after close-ok.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use lockgate_broker::{Broker, ConnectionId, VHost};
+use lockgate_wire::{
+    channel as ch, connection as conn, reply_code, Frame, FrameCodec, Method, WireError,
+    PROTOCOL_HEADER,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{self, Instant};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, trace, warn, Instrument};
+
+mod handshake;
+mod liveness;
+
+use self::handshake::{bad_header_hint, is_supported_header};
+use self::liveness::Liveness;
+use crate::channel::{Channel, ChannelInit};
+use crate::config::Config;
+use crate::error::{code_name, AmqpError};
+use crate::limits::{ConnectionSlot, LimitTable};
+use crate::metrics::GlobalCounters;
+use crate::permissions::{Access, Permissions, VHostPermissions};
+use crate::tune::{self, Tuning};
+use crate::writer::{self, Outbound};
+
+/// How long a client has from TCP accept to connection.open-ok (RabbitMQ's default).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for connection.close-ok after sending connection.close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long to wait for the writer to flush, and the peer to close its side, at the end.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// What every connection shares: config, broker, shutdown signal, counters.
+pub struct ServerContext {
+    /// The configuration the server started with.
+    pub config: Arc<Config>,
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// Cancelled on SIGINT/SIGTERM.
+    pub shutdown: CancellationToken,
+    /// Connections that passed the protocol header and have not ended.
+    pub open_connections: AtomicUsize,
+    /// True while free disk space is below `disk.free_limit`.
+    pub disk_alarm: watch::Receiver<bool>,
+    /// Open connections, for the management API.
+    pub connections: Arc<crate::management::Registry>,
+    /// Permissions per user and vhost.
+    pub permissions: Permissions,
+    /// Connection and queue limits per vhost and user.
+    pub limits: LimitTable,
+    /// RabbitMQ's global message counters, for `/metrics`.
+    pub counters: Arc<GlobalCounters>,
+    next_connection_id: AtomicU64,
+}
+
+impl ServerContext {
+    /// Context for a server with the given config and broker.
+    pub fn new(
+        config: Arc<Config>,
+        broker: Arc<Broker>,
+        shutdown: CancellationToken,
+        disk_alarm: watch::Receiver<bool>,
+    ) -> Self {
+        // Config::validate compiled these already; an error here could only come from a
+        // config built without it, and an empty table refuses everyone (fails closed).
+        let permissions = Permissions::from_config(&config).unwrap_or_default();
+        let limits = LimitTable::from_config(&config);
+        Self {
+            config,
+            broker,
+            shutdown,
+            open_connections: AtomicUsize::new(0),
+            disk_alarm,
+            connections: Arc::default(),
+            permissions,
+            limits,
+            counters: Arc::new(GlobalCounters::default()),
+            next_connection_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Keeps [`ServerContext::open_connections`] right however the connection ends.
+struct CountGuard<'a>(&'a AtomicUsize);
+
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Capabilities the client announced in connection.start-ok.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientCapabilities {
+    /// Wants connection.blocked / unblocked.
+    pub connection_blocked: bool,
+    /// Wants basic.cancel when the broker cancels a consumer.
+    pub consumer_cancel_notify: bool,
+}
+
+/// How the read loop stopped, which decides how the socket is closed.
+enum End {
+    /// We received close-ok, the peer closed the socket, or the stream broke: the socket is
+    /// ours to close.
+    Done,
+    /// We sent close-ok: as the spec says (and RabbitMQ does), the client closes the socket,
+    /// and we wait for that, bounded, before closing our side.
+    PeerCloses,
+    /// The peer is gone or unreachable: do not wait for it.
+    Abort,
+}
+
+/// One channel number's state.
+enum Slot {
+    Open(Box<OpenChannel>),
+    /// We sent channel.close and ignore everything until channel.close-ok.
+    Closing,
+}
+
+/// An open channel and its tracing span, entered while the channel handles a frame so its
+/// events carry the channel number (kept apart so entering it borrows only the span).
+struct OpenChannel {
+    channel: Channel,
+    span: tracing::Span,
+}
+
+/// The socket's read side: a TCP half, or one side of a TLS stream.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The socket's write side.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+type Framed = FramedRead<ReadHalf, FrameCodec>;
+
+/// Serves one accepted TCP connection to the end. Never panics on peer input.
+pub async fn serve(ctx: Arc<ServerContext>, stream: TcpStream, peer: SocketAddr, id: u64) {
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    serve_halves(
+        ctx,
+        Box::new(read_half),
+        Box::new(write_half),
+        peer,
+        id,
+        false,
+    )
+    .await;
+}
+
+/// Serves one AMQPS connection (TLS handshake done) to the end.
+pub async fn serve_tls(
+    ctx: Arc<ServerContext>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    id: u64,
+) {
+    let (read_half, write_half) = tokio::io::split(stream);
+    serve_halves(
+        ctx,
+        Box::new(read_half),
+        Box::new(write_half),
+        peer,
+        id,
+        true,
+    )
+    .await;
+}
+
+async fn serve_halves(
+    ctx: Arc<ServerContext>,
+    mut read_half: ReadHalf,
+    mut write_half: WriteHalf,
+    peer: SocketAddr,
+    id: u64,
+    tls: bool,
+) {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+
+    let mut header = [0u8; 8];
+    let read = tokio::select! {
+        () = ctx.shutdown.cancelled() => return,
+        read = time::timeout_at(deadline, read_half.read_exact(&mut header)) => read,
+    };
+    match read {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            debug!(error = %e, "connection closed before the protocol header");
+            return;
+        }
+        Err(_) => {
+            info!("handshake timeout: no protocol header");
+            return;
+        }
+    }
+    if !is_supported_header(&header) {
+        // As the spec says: answer with the header we speak and close.
+        info!(
+            header = ?Bytes::copy_from_slice(&header),
+            hint = bad_header_hint(&header),
+            "client did not start with the AMQP 0-9-1 protocol header, closing"
+        );
+        let _ = write_half.write_all(&PROTOCOL_HEADER).await;
+        let _ = write_half.shutdown().await;
+        return;
+    }
+
+    ctx.open_connections.fetch_add(1, Ordering::Relaxed);
+    let _count = CountGuard(&ctx.open_connections);
+    info!("connection accepted");
+
+    let frame_max = ctx.config.limits.frame_max;
+    let (out, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer::run(write_half, rx, frame_max).in_current_span());
+    let framed = FramedRead::new(read_half, FrameCodec::new(frame_max));
+
+    let mut connection = Connection {
+        ctx: ctx.clone(),
+        id: ConnectionId(id),
+        peer,
+        tls,
+        out,
+        framed,
+        writer,
+        tuning: tune::proposal(&ctx.config.limits),
+        capabilities: ClientCapabilities::default(),
+        vhost: None,
+        user: Arc::from(""),
+        channels: HashMap::new(),
+        closing: None,
+        memory_blocked: false,
+        memory_alarm: false,
+        disk_alarm: false,
+        blocked_sent: false,
+        held: None,
+        confirms_dirty: Vec::new(),
+        confirm_wait: None,
+        permissions: None,
+        _limits_slot: None,
+        registration: None,
+    };
+    let end = match connection.handshake(deadline).await {
+        Ok(()) => connection.run().await,
+        Err(end) => end,
+    };
+    connection.finish(end).await;
+}
+
+struct Connection {
+    ctx: Arc<ServerContext>,
+    id: ConnectionId,
+    peer: SocketAddr,
+    /// Accepted on the AMQPS listener.
+    tls: bool,
+    out: UnboundedSender<Outbound>,
+    framed: Framed,
+    writer: JoinHandle<std::io::Result<WriteHalf>>,
+    tuning: Tuning,
+    capabilities: ClientCapabilities,
+    vhost: Option<Arc<VHost>>,
+    user: Arc<str>,
+    channels: HashMap<u16, Slot>,
+    /// Set once we sent connection.close: the deadline for close-ok.
+    closing: Option<Instant>,
+    /// Publishers are not read: the memory or the disk alarm is on.
+    memory_blocked: bool,
+    memory_alarm: bool,
+    disk_alarm: bool,
+    blocked_sent: bool,
+    /// A basic.publish read while the memory alarm is on, processed once it clears.
+    held: Option<Frame>,
+    /// Channels with publisher confirms not sent yet (flushed when the read buffer runs dry).
+    confirms_dirty: Vec<u16>,
+    /// The oldest store commit ticket a confirm waits for: the read loop also wakes when the
+    /// store's flushes reach it, without ever blocking the reading of frames.
+    confirm_wait: Option<u64>,
+    /// The user's permissions in the vhost, set at connection.open.
+    permissions: Option<Arc<VHostPermissions>>,
+    /// Slots under the vhost's and user's connection limits, freed when the connection ends.
+    _limits_slot: Option<ConnectionSlot>,
+    /// Listed by the management API from open-ok on; closable from there.
+    registration: Option<crate::management::Registration>,
+}
+
+impl Connection {
+    fn send(&self, msg: Outbound) {
+        // A send fails only once the writer has stopped; the read loop notices that itself.
+        let _ = self.out.send(msg);
+    }
+
+    fn send_method(&self, channel: u16, method: impl Into<Method>) {
+        self.send(Outbound::method(channel, method));
+    }
+
+    /// Sends connection.close and enters the closing state.
+    fn close_with(&mut self, error: AmqpError) -> End {
+        // Client-caused (or shutdown): info, not warn or error; nothing for an operator to do.
+        info!(code = error.code, text = %error.text, "closing connection");
+        self.send_method(
+            0,
+            conn::Close {
+                reply_code: error.code,
+                reply_text: error.text,
+                class_id: error.class_id,
+                method_id: error.method_id,
+            },
+        );
+        self.closing = Some(Instant::now() + CLOSE_TIMEOUT);
+        End::Done
+    }
+
+    fn close_on_wire_error(&mut self, error: &WireError) -> End {
+        let code = error.reply_code();
+        self.close_with(AmqpError::new(
+            code,
+            format!("{} - {error}", code_name(code)),
+        ));
+        // The stream is out of sync: nothing more can be decoded, so do not wait for close-ok.
+        self.closing = None;
+        End::Done
+    }
+
+    /// The main loop after the handshake.
+    async fn run(&mut self) -> End {
+        let heartbeat = Duration::from_secs(u64::from(self.tuning.heartbeat));
+        // With heartbeats off the ticker's branch is disabled; the period only has to be valid.
+        let period = if heartbeat.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            heartbeat
+        };
+        let mut ticker = time::interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
+        let mut liveness = Liveness::default();
+        let mut memory: watch::Receiver<bool> = self.ctx.broker.memory_watch();
+        let mut memory_open = true;
+        let mut disk = self.ctx.disk_alarm.clone();
+        let mut disk_open = true;
+        let store = self.ctx.broker.store().cloned();
+        // The connection's own token: cancelled on shutdown or by the management API.
+        let shutdown = self
+            .registration
+            .as_ref()
+            .map_or_else(|| self.ctx.shutdown.clone(), |r| r.close_token());
+        let mut shutdown_sent = false;
+        self.memory_alarm = *memory.borrow_and_update();
+        self.disk_alarm = *disk.borrow_and_update();
+        self.memory_blocked = self.memory_alarm || self.disk_alarm;
+
+        loop {
+            if let Some(deadline) = self.closing {
+                if Instant::now() >= deadline {
+                    debug!("no connection.close-ok before the timeout");
+                    return End::Done;
+                }
+            }
+            if !shutdown_sent && shutdown.is_cancelled() {
+                shutdown_sent = true;
+                self.force_close();
+            }
+            // Cheap enough per frame, and it makes the alarm bite at once under a flood.
+            if memory_open && memory.has_changed().unwrap_or(false) {
+                self.memory_alarm = *memory.borrow_and_update();
+                self.on_alarm();
+            }
+            if self.closing.is_some() {
+                // Only close-ok matters now: a publish held by the alarm would be ignored
+                // anyway, and holding it would stop us reading the close-ok.
+                self.held = None;
+            }
+            if let Some(frame) = self.held.take_if(|_| !self.memory_blocked) {
+                if let Err(end) = self.on_frame(frame) {
+                    return end;
+                }
+                continue;
+            }
+            // Fast path: decode whatever is already readable without going through select.
+            if self.held.is_none() {
+                if let Some(next) = self.framed.next().now_or_never() {
+                    liveness.received();
+                    match self.on_read(next) {
+                        Ok(()) => continue,
+                        Err(end) => return end,
+                    }
+                }
+            }
+            // Nothing more to read right now: confirm everything published so far in one go.
+            self.flush_confirms();
+
+            let closing_deadline = self.closing.unwrap_or_else(|| Instant::now() + period);
+            let read_enabled = self.held.is_none();
+            let confirm_wait = self.confirm_wait;
+            let durable = async {
+                match (&store, confirm_wait) {
+                    (Some(store), Some(ticket)) => store.wait_durable(ticket).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !shutdown_sent => {
+                    shutdown_sent = true;
+                    self.force_close();
+                }
+                result = &mut self.writer => {
+                    match result {
+                        Ok(Err(e)) => debug!(error = %e, "write failed, connection lost"),
+                        Ok(Ok(_)) => debug!("writer stopped"),
+                        Err(e) => warn!(error = %e, "writer task failed"),
+                    }
+                    return End::Abort;
+                }
+                changed = memory.changed(), if memory_open => {
+                    if changed.is_ok() {
+                        self.memory_alarm = *memory.borrow_and_update();
+                        self.on_alarm();
+                    } else {
+                        memory_open = false;
+                    }
+                }
+                changed = disk.changed(), if disk_open => {
+                    if changed.is_ok() {
+                        self.disk_alarm = *disk.borrow_and_update();
+                        self.on_alarm();
+                    } else {
+                        disk_open = false;
+                    }
+                }
+                flushed = durable, if confirm_wait.is_some() => {
+                    if let Err(e) = flushed {
+                        error!(error = %e, "store failed: nacking unconfirmed publishes");
+                        self.nack_unconfirmed();
+                        return self.close_with(AmqpError::internal_error(
+                            "INTERNAL_ERROR - the message store failed",
+                        ));
+                    }
+                }
+                _ = ticker.tick(), if !heartbeat.is_zero() => {
+                    if self.held.is_some() {
+                        // We are not reading, so the peer's heartbeats sit unread: as RabbitMQ
+                        // pauses its heartbeat monitor while a connection is blocked.
+                        liveness.received();
+                    }
+                    if liveness.tick() {
+                        let timeout_secs = heartbeat.as_secs() * 2;
+                        info!(timeout_secs, "missed heartbeats from client, closing");
+                        return End::Abort;
+                    }
+                    self.send(Outbound::Frame(Box::new(Frame::Heartbeat)));
+                }
+                () = time::sleep_until(closing_deadline), if self.closing.is_some() => {}
+                next = self.framed.next(), if read_enabled => {
+                    liveness.received();
+                    if let Err(end) = self.on_read(next) {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_read(&mut self, next: Option<Result<Frame, WireError>>) -> Result<(), End> {
+        match next {
+            None => {
+                if self.closing.is_some() {
+                    debug!("client closed the socket after connection.close");
+                } else {
+                    info!("client closed the TCP connection unexpectedly");
+                }
+                Err(End::Done)
+            }
+            Some(Err(e)) => {
+                if self.closing.is_some() {
+                    return Err(End::Done);
+                }
+                Err(self.close_on_wire_error(&e))
+            }
+            Some(Ok(frame)) => {
+                if self.memory_blocked && self.closing.is_none() && is_publish(&frame) {
+                    self.block_publisher(frame);
+                    return Ok(());
+                }
+                self.on_frame(frame)
+            }
+        }
+    }
+
+    /// The memory or disk alarm changed. As RabbitMQ (`rabbit_reader:publish_received`),
+    /// nothing is sent when one goes on: a connection is blocked, and told so, only once it
+    /// publishes; it is unblocked when both are off.
+    fn on_alarm(&mut self) {
+        let blocked = self.memory_alarm || self.disk_alarm;
+        self.memory_blocked = blocked;
+        if !blocked && self.blocked_sent {
+            self.blocked_sent = false;
+            if self.closing.is_none() {
+                self.send_method(0, conn::Unblocked {});
+            }
+        }
+    }
+
+    /// Holds a basic.publish read while the alarm is on: nothing more is read until it clears.
+    fn block_publisher(&mut self, frame: Frame) {
+        debug!(
+            memory = self.memory_alarm,
+            disk = self.disk_alarm,
+            "alarm: blocking publisher"
+        );
+        self.held = Some(frame);
+        if self.capabilities.connection_blocked && !self.blocked_sent {
+            self.blocked_sent = true;
+            self.send_method(
+                0,
+                conn::Blocked {
+                    reason: if self.memory_alarm {
+                        "low on memory"
+                    } else {
+                        "low on disk"
+                    }
+                    .to_owned(),
+                },
+            );
+        }
+    }
+
+    /// SIGINT/SIGTERM: RabbitMQ's wording for a node shutting down.
+    fn force_close(&mut self) {
+        if self.closing.is_none() {
+            self.close_all_channels();
+            let text = match self.registration.as_ref().and_then(|r| r.close_reason()) {
+                Some(reason) => format!("CONNECTION_FORCED - {reason}"),
+                None => {
+                    "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+                        .to_owned()
+                }
+            };
+            self.close_with(AmqpError::new(reply_code::CONNECTION_FORCED, text));
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
+        trace!(?frame, "recv");
+        if self.closing.is_some() {
+            return match frame {
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionCloseOk(_),
+                } => Err(End::Done),
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionClose(_),
+                } => {
+                    self.send_method(0, conn::CloseOk {});
+                    Err(End::PeerCloses)
+                }
+                _ => Ok(()),
+            };
+        }
+        let result = match frame {
+            Frame::Heartbeat => Ok(()),
+            Frame::Method {
+                channel: 0,
+                method: Method::ConnectionClose(close),
+            } => {
+                info!(
+                    code = close.reply_code,
+                    text = %close.reply_text,
+                    "client closed the connection"
+                );
+                // As rabbit_reader: channels closed and exclusive queues deleted before
+                // close-ok, so a client that reconnects finds them gone.
+                self.release_broker_state();
+                self.send_method(0, conn::CloseOk {});
+                return Err(End::PeerCloses);
+            }
+            Frame::Method { channel: 0, method } => self.on_connection_method(method),
+            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => {
+                Err(AmqpError::unexpected_frame("content frame on channel 0"))
+            }
+            frame => self.on_channel_frame(frame),
+        };
+        if let Err(error) = result {
+            // A hard error: close every channel now, then wait for close-ok.
+            self.close_all_channels();
+            self.close_with(error);
+        }
+        Ok(())
+    }
+
+    fn on_connection_method(&mut self, method: Method) -> Result<(), AmqpError> {
+        match method {
+            Method::ConnectionUpdateSecret(update) => {
+                debug!(reason = %update.reason, "update-secret");
+                self.send_method(0, conn::UpdateSecretOk {});
+                Ok(())
+            }
+            Method::ConnectionCloseOk(_) => Ok(()),
+            other => Err(
+                AmqpError::channel_error("unexpected method in connection state running")
+                    .on(other.class_id(), other.method_id()),
+            ),
+        }
+    }
+
+    fn on_channel_frame(&mut self, frame: Frame) -> Result<(), AmqpError> {
+        let number = match &frame {
+            Frame::Method { channel, .. }
+            | Frame::Header { channel, .. }
+            | Frame::Body { channel, .. } => *channel,
+            Frame::Heartbeat => return Ok(()),
+        };
+        match self.channels.get_mut(&number) {
+            None => match frame {
+                Frame::Method {
+                    method: Method::ChannelOpen(_),
+                    ..
+                } => self.open_channel(number),
+                Frame::Method { method, .. } => {
+                    Err(AmqpError::channel_error("expected 'channel.open'")
+                        .on(method.class_id(), method.method_id()))
+                }
+                _ => Err(AmqpError::unexpected_frame(format!(
+                    "content frame on channel {number}, which is not open"
+                ))),
+            },
+            Some(Slot::Closing) => {
+                if let Frame::Method { method, .. } = frame {
+                    match method {
+                        Method::ChannelCloseOk(_) => {
+                            self.channels.remove(&number);
+                        }
+                        Method::ChannelClose(_) => {
+                            self.send_method(number, ch::CloseOk {});
+                            self.channels.remove(&number);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Some(Slot::Open(open)) => {
+                let OpenChannel { channel, span } = &mut **open;
+                let (result, pending_confirms) = {
+                    let _entered = span.enter();
+                    let result = match frame {
+                        Frame::Method {
+                            method: Method::ChannelOpen(_),
+                            ..
+                        } => Some(Err(
+                            AmqpError::channel_error("second 'channel.open' seen").on(20, 10)
+                        )),
+                        Frame::Method {
+                            method: Method::ChannelClose(close),
+                            ..
+                        } => {
+                            debug!(
+                                code = close.reply_code,
+                                text = %close.reply_text,
+                                "client closed the channel"
+                            );
+                            channel.flush_confirms();
+                            channel.close();
+                            None
+                        }
+                        Frame::Method {
+                            method: Method::ChannelCloseOk(_),
+                            ..
+                        }
+                        | Frame::Heartbeat => Some(Ok(())),
+                        Frame::Method { method, .. } => Some(channel.on_method(method)),
+                        Frame::Header { header, .. } => Some(channel.on_header(header)),
+                        Frame::Body { payload, .. } => Some(channel.on_body(payload)),
+                    };
+                    (result, channel.has_pending_confirms())
+                };
+                let Some(result) = result else {
+                    self.channels.remove(&number);
+                    self.send_method(number, ch::CloseOk {});
+                    return Ok(());
+                };
+                if pending_confirms && !self.confirms_dirty.contains(&number) {
+                    self.confirms_dirty.push(number);
+                }
+                match result {
+                    Err(error) if !error.is_hard() => {
+                        self.close_channel(number, error);
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+
+    fn open_channel(&mut self, number: u16) -> Result<(), AmqpError> {
+        if number > self.tuning.channel_max {
+            return Err(AmqpError::not_allowed(format!(
+                "channel {number} exceeds the negotiated channel_max ({})",
+                self.tuning.channel_max
+            ))
+            .on(20, 10));
+        }
+        let (Some(vhost), Some(permissions)) = (self.vhost.clone(), self.permissions.clone())
+        else {
+            return Err(AmqpError::internal_error("no vhost"));
+        };
+        let access = Access::new(
+            Arc::clone(&self.user),
+            vhost.name().to_owned(),
+            permissions,
+            self.ctx.limits.queue_limits(&self.user, vhost.name()),
+        );
+        let channel = Channel::new(ChannelInit {
+            number,
+            connection: self.id,
+            vhost,
+            out: self.out.clone(),
+            capabilities: self.capabilities,
+            max_message_size: self.ctx.config.limits.max_message_size,
+            user: Arc::clone(&self.user),
+            store: self.ctx.broker.store().cloned(),
+            access,
+            counters: Arc::clone(&self.ctx.counters),
+        });
+        let span = tracing::info_span!("channel", channel = number);
+        self.channels
+            .insert(number, Slot::Open(Box::new(OpenChannel { channel, span })));
+        self.send_method(
+            number,
+            ch::OpenOk {
+                channel_id: Bytes::new(),
+            },
+        );
+        debug!(channel = number, "channel opened");
+        Ok(())
+    }
+
+    /// A soft error: channel.close to the client, the channel's broker state released now.
+    fn close_channel(&mut self, number: u16, error: AmqpError) {
+        debug!(channel = number, code = error.code, text = %error.text, "closing channel on error");
+        if let Some(Slot::Open(mut open)) = self.channels.insert(number, Slot::Closing) {
+            open.channel.flush_confirms();
+            open.channel.close();
+        }
+        self.send_method(
+            number,
+            ch::Close {
+                reply_code: error.code,
+                reply_text: error.text,
+                class_id: error.class_id,
+                method_id: error.method_id,
+            },
+        );
+    }
+
+    fn close_all_channels(&mut self) {
+        for (_, slot) in self.channels.drain() {
+            if let Slot::Open(mut open) = slot {
+                open.channel.close();
+            }
+        }
+        self.confirms_dirty.clear();
+        self.confirm_wait = None;
+    }
+
+    /// Sends the confirms that can go now; channels still waiting for a store flush stay
+    /// dirty, and the oldest ticket they wait for is what the read loop wakes on.
+    fn flush_confirms(&mut self) {
+        let mut wait: Option<u64> = None;
+        let channels = &mut self.channels;
+        self.confirms_dirty.retain(|number| {
+            let Some(Slot::Open(open)) = channels.get_mut(number) else {
+                return false;
+            };
+            open.channel.flush_confirms();
+            match open.channel.waiting_ticket() {
+                Some(ticket) => {
+                    wait = Some(wait.map_or(ticket, |w| w.min(ticket)));
+                    true
+                }
+                None => false,
+            }
+        });
+        self.confirm_wait = wait;
+    }
+
+    fn nack_unconfirmed(&mut self) {
+        for number in self.confirms_dirty.drain(..) {
+            if let Some(Slot::Open(open)) = self.channels.get_mut(&number) {
+                open.channel.nack_unconfirmed();
+            }
+        }
+        self.confirm_wait = None;
+    }
+
+    /// Closes every channel (requeueing their unacked deliveries) and deletes the
+    /// connection's exclusive queues, once.
+    fn release_broker_state(&mut self) {
+        self.close_all_channels();
+        if let Some(vhost) = self.vhost.take() {
+            vhost.connection_closed(self.id);
+        }
+    }
+
+    /// Releases broker state, lets the writer flush, then closes the socket as `end` says.
+    async fn finish(mut self, end: End) {
+        self.release_broker_state();
+        self.send(Outbound::Shutdown);
+        let write_half = match end {
+            // The writer already stopped (its result was taken) or the peer is gone.
+            End::Abort => None,
+            End::Done | End::PeerCloses => match time::timeout(LINGER, &mut self.writer).await {
+                Ok(Ok(Ok(write_half))) => Some(write_half),
+                Ok(Ok(Err(e))) => {
+                    debug!(error = %e, "final write failed");
+                    None
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "writer task failed");
+                    None
+                }
+                Err(_) => None,
+            },
+        };
+        self.writer.abort();
+        if let Some(mut write_half) = write_half {
+            if matches!(end, End::Done) {
+                let _ = write_half.shutdown().await;
+            }
+            // Read until the peer closes: after our close-ok that is the client's move, and
+            // after our FIN it keeps unread input from turning the close into a reset that
+            // could destroy the close frame in flight.
+            let mut read_half = self.framed.into_inner();
+            let mut scratch = [0u8; 4096];
+            let drain = async {
+                while let Ok(n) = read_half.read(&mut scratch).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
+            let _ = time::timeout(LINGER, drain).await;
+        }
+        info!("connection closed");
+    }
+}
+
+fn is_publish(frame: &Frame) -> bool {
+    matches!(
+        frame,
+        Frame::Method {
+            method: Method::BasicPublish(_),
+            ..
+        }
+    )
+}

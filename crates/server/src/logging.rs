@@ -1,0 +1,29 @@
+//! tracing setup: text or JSON lines on stderr, filtered by `log.level`.
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global tracing subscriber.
+///
+/// # Errors
+/// The level is not a valid filter, or a subscriber is already installed.
+pub fn init(config: &LogConfig) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&config.level)
+        .with_context(|| format!("log.level: invalid filter {:?}", config.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
+    result
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("installing the log subscriber")
+}

@@ -1,0 +1,349 @@
+//! Definitions export and import in RabbitMQ's format (`rabbitmqctl export_definitions`,
+//! `GET /api/definitions`), so that a RabbitMQ deployment's file imports as is.
+//!
+//! Export lists vhosts, users (with a RabbitMQ-compatible SHA-256 password hash), permissions,
+//! exchanges (not the predeclared ones), queues (not exclusive ones) and bindings (not the
+//! default exchange's implicit ones). Import creates vhosts, exchanges, queues and bindings;
+//! users, permissions, policies and parameters are configuration in lockgate (the config
+//! file), so they are reported as skipped rather than applied, and stream queues, which
+//! lockgate does not have, are skipped with a reason.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::actions::{
+    bind_in, declare_exchange_in, declare_queue_in, sync, ExchangeBody, QueueBody,
+};
+use super::read::{permissions_json, users_json, RABBITMQ_COMPAT_VERSION};
+use super::{Api, ApiError, ApiResult};
+
+/// RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt ++ sha256(salt ++ password)),
+/// with a 4-byte salt (derived from the user name, so that exports are stable).
+pub fn password_hash(user: &str, password: &str) -> String {
+    let salt: [u8; 4] = {
+        let digest = Sha256::digest(user.as_bytes());
+        [digest[0], digest[1], digest[2], digest[3]]
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(salt);
+    hasher.update(password.as_bytes());
+    let mut out = salt.to_vec();
+    out.extend_from_slice(&hasher.finalize());
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
+fn is_predeclared(name: &str) -> bool {
+    name.is_empty() || name.starts_with("amq.")
+}
+
+fn header() -> serde_json::Map<String, Value> {
+    let mut map = serde_json::Map::new();
+    map.insert("rabbit_version".into(), json!(RABBITMQ_COMPAT_VERSION));
+    map.insert("rabbitmq_version".into(), json!(RABBITMQ_COMPAT_VERSION));
+    map.insert("product_name".into(), json!("lockgate"));
+    map.insert("product_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    map
+}
+
+/// (queues, exchanges, bindings) of the vhosts, each with its `vhost` field when `with_vhost`.
+fn topology(api: &Api, vhost: Option<&str>, with_vhost: bool) -> ApiResult<[Vec<Value>; 3]> {
+    let mut queues = Vec::new();
+    let mut exchanges = Vec::new();
+    let mut bindings = Vec::new();
+    let tag = |mut v: Value, vhost: &str| {
+        if with_vhost {
+            v["vhost"] = json!(vhost);
+        }
+        v
+    };
+    for v in api.vhosts(vhost)? {
+        let mut names = v.queue_names();
+        names.sort();
+        for name in names {
+            let Some(q) = v.queue(&name) else { continue };
+            if q.exclusive_owner().is_some() {
+                continue;
+            }
+            queues.push(tag(
+                json!({
+                    "name": name, "durable": q.durable(), "auto_delete": q.auto_delete(),
+                    "arguments": super::json::table_to_json(q.raw_arguments()),
+                }),
+                v.name(),
+            ));
+        }
+        let mut names = v.exchange_names();
+        names.sort();
+        for name in names.iter().filter(|n| !is_predeclared(n)) {
+            let Some(x) = v.exchange(name) else { continue };
+            exchanges.push(tag(
+                json!({
+                    "name": name, "type": x.kind().as_str(), "durable": x.durable(),
+                    "auto_delete": x.auto_delete(), "internal": x.internal(),
+                    "arguments": super::json::table_to_json(x.arguments()),
+                }),
+                v.name(),
+            ));
+        }
+        for b in v.bindings() {
+            let exclusive = b.destination_is_queue
+                && v.queue(&b.destination)
+                    .is_some_and(|q| q.exclusive_owner().is_some());
+            if exclusive {
+                continue;
+            }
+            bindings.push(tag(
+                json!({
+                    "source": b.source, "destination": b.destination,
+                    "destination_type": if b.destination_is_queue { "queue" } else { "exchange" },
+                    "routing_key": b.routing_key,
+                    "arguments": super::json::table_to_json(&b.arguments),
+                }),
+                v.name(),
+            ));
+        }
+    }
+    Ok([queues, exchanges, bindings])
+}
+
+/// `GET /api/definitions`.
+pub async fn export(State(api): State<Api>) -> ApiResult<Json<Value>> {
+    let [queues, exchanges, bindings] = topology(&api, None, true)?;
+    let mut doc = header();
+    doc.insert("users".into(), json!(users_json(&api)));
+    doc.insert(
+        "vhosts".into(),
+        json!(api
+            .vhosts(None)?
+            .iter()
+            .map(|v| json!({"name": v.name(), "limits": [], "metadata": {"description": "", "tags": []}}))
+            .collect::<Vec<_>>()),
+    );
+    doc.insert("permissions".into(), json!(permissions_json(&api)));
+    doc.insert("topic_permissions".into(), json!([]));
+    doc.insert("parameters".into(), json!([]));
+    doc.insert("global_parameters".into(), json!([]));
+    doc.insert("policies".into(), json!([]));
+    doc.insert("queues".into(), json!(queues));
+    doc.insert("exchanges".into(), json!(exchanges));
+    doc.insert("bindings".into(), json!(bindings));
+    Ok(Json(Value::Object(doc)))
+}
+
+/// `GET /api/definitions/{vhost}`: one vhost's topology, without `vhost` fields.
+pub async fn export_vhost(
+    State(api): State<Api>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let [queues, exchanges, bindings] = topology(&api, Some(&vhost), false)?;
+    let mut doc = header();
+    doc.insert("parameters".into(), json!([]));
+    doc.insert("policies".into(), json!([]));
+    doc.insert("queues".into(), json!(queues));
+    doc.insert("exchanges".into(), json!(exchanges));
+    doc.insert("bindings".into(), json!(bindings));
+    Ok(Json(Value::Object(doc)))
+}
+
+/// A definitions document; unknown keys are ignored, as RabbitMQ does.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Definitions {
+    vhosts: Vec<Value>,
+    users: Vec<Value>,
+    permissions: Vec<Value>,
+    topic_permissions: Vec<Value>,
+    parameters: Vec<Value>,
+    global_parameters: Vec<Value>,
+    policies: Vec<Value>,
+    queues: Vec<Value>,
+    exchanges: Vec<Value>,
+    bindings: Vec<Value>,
+}
+
+fn text<'a>(item: &'a Value, key: &str) -> ApiResult<&'a str> {
+    item[key].as_str().ok_or_else(|| {
+        ApiError::bad_request(format!("definition without a string '{key}': {item}"))
+    })
+}
+
+/// What an import did.
+#[derive(Default)]
+struct Report {
+    vhosts: usize,
+    exchanges: usize,
+    queues: usize,
+    bindings: usize,
+    skipped: Vec<String>,
+}
+
+fn apply(api: &Api, defs: &Definitions, only_vhost: Option<&str>) -> ApiResult<Report> {
+    let mut report = Report::default();
+    let vhost_of = |item: &Value| -> ApiResult<String> {
+        match only_vhost {
+            Some(v) => Ok(v.to_owned()),
+            None => text(item, "vhost").map(str::to_owned),
+        }
+    };
+    if only_vhost.is_none() {
+        for item in &defs.vhosts {
+            let name = text(item, "name")?;
+            if api.ctx.broker.vhost(name).is_none() {
+                // The commit is awaited at the end with everything else.
+                drop(api.ctx.broker.create_vhost(name));
+                report.vhosts += 1;
+            }
+        }
+    }
+    let config = &api.ctx.config;
+    for user in &defs.users {
+        let name = user["name"].as_str().unwrap_or("?");
+        if !config.users.iter().any(|u| u.name == name) {
+            report.skipped.push(format!(
+                "user '{name}': users come from the config file ([[users]])"
+            ));
+        }
+    }
+    if !defs.permissions.is_empty() || !defs.topic_permissions.is_empty() {
+        report.skipped.push(format!(
+            "{} permission(s): permissions come from the config file ([[permissions]])",
+            defs.permissions.len() + defs.topic_permissions.len()
+        ));
+    }
+    if !defs.policies.is_empty() {
+        report.skipped.push(format!(
+            "{} policy(ies): lockgate has no policies, use queue x- arguments",
+            defs.policies.len()
+        ));
+    }
+    if !defs.parameters.is_empty() || !defs.global_parameters.is_empty() {
+        report.skipped.push(format!(
+            "{} parameter(s): not supported",
+            defs.parameters.len() + defs.global_parameters.len()
+        ));
+    }
+    for item in &defs.exchanges {
+        let name = text(item, "name")?;
+        if is_predeclared(name) {
+            continue;
+        }
+        let vhost = api.vhost(&vhost_of(item)?)?;
+        let body: ExchangeBody = serde_json::from_value(item.clone())
+            .map_err(|e| ApiError::bad_request(format!("exchange '{name}': {e}")))?;
+        declare_exchange_in(&vhost, name, &body)?;
+        report.exchanges += 1;
+    }
+    for item in &defs.queues {
+        let name = text(item, "name")?;
+        let vhost = api.vhost(&vhost_of(item)?)?;
+        if item["arguments"]["x-queue-type"] == "stream" || item["type"].as_str() == Some("stream")
+        {
+            report
+                .skipped
+                .push(format!("queue '{name}': stream queues are not supported"));
+            continue;
+        }
+        let body: QueueBody = serde_json::from_value(item.clone())
+            .map_err(|e| ApiError::bad_request(format!("queue '{name}': {e}")))?;
+        declare_queue_in(&vhost, name, &body)?;
+        report.queues += 1;
+    }
+    for item in &defs.bindings {
+        let vhost = api.vhost(&vhost_of(item)?)?;
+        let source = text(item, "source")?;
+        let destination = text(item, "destination")?;
+        let to_queue = match text(item, "destination_type")? {
+            "queue" => true,
+            "exchange" => false,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "binding destination_type must be queue or exchange, got {other}"
+                )))
+            }
+        };
+        if source.is_empty() {
+            continue;
+        }
+        if to_queue && vhost.queue(destination).is_none() {
+            report.skipped.push(format!(
+                "binding {source} -> {destination}: queue not imported"
+            ));
+            continue;
+        }
+        let routing_key = item["routing_key"].as_str().unwrap_or("");
+        bind_in(
+            &vhost,
+            source,
+            to_queue,
+            destination,
+            routing_key,
+            &item["arguments"],
+        )?;
+        report.bindings += 1;
+    }
+    Ok(report)
+}
+
+async fn import_into(api: &Api, defs: Definitions, vhost: Option<&str>) -> ApiResult<Json<Value>> {
+    let report = apply(api, &defs, vhost)?;
+    for v in api.vhosts(vhost)? {
+        sync(&v).await?;
+    }
+    if let Some(commit) = api.ctx.broker.sync() {
+        commit.wait().await.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("store write failed: {e}"),
+            )
+        })?;
+    }
+    Ok(Json(json!({
+        "imported": {
+            "vhosts": report.vhosts, "exchanges": report.exchanges,
+            "queues": report.queues, "bindings": report.bindings,
+        },
+        "skipped": report.skipped,
+    })))
+}
+
+/// `POST /api/definitions`: imports a whole definitions document. Answers 200 with what was
+/// imported and skipped (RabbitMQ answers 204; both are success to a script).
+pub async fn import(
+    State(api): State<Api>,
+    Json(defs): Json<Definitions>,
+) -> ApiResult<Json<Value>> {
+    import_into(&api, defs, None).await
+}
+
+/// `POST /api/definitions/{vhost}`: imports a vhost-scoped document into `vhost`.
+pub async fn import_vhost(
+    State(api): State<Api>,
+    Path(vhost): Path<String>,
+    Json(defs): Json<Definitions>,
+) -> ApiResult<Json<Value>> {
+    api.vhost(&vhost)?;
+    import_into(&api, defs, Some(&vhost)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hash_is_rabbitmq_sha256() {
+        let hash = password_hash("guest", "guest");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&hash)
+            .unwrap();
+        assert_eq!(raw.len(), 36);
+        let mut hasher = Sha256::new();
+        hasher.update(&raw[..4]);
+        hasher.update(b"guest");
+        assert_eq!(&raw[4..], hasher.finalize().as_slice());
+    }
+}

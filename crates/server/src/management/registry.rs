@@ -1,0 +1,183 @@
+//! The open AMQP connections, as the management API lists and closes them.
+//!
+//! A connection registers once its handshake is done and is removed when its
+//! [`Registration`] drops; nothing here is touched per frame. Closing from the API cancels the
+//! connection's own token, which its read loop already watches (it is a child of the shutdown
+//! token), with the reason it should give the client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lockgate_wire::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+/// What the API shows of one connection.
+#[derive(Debug)]
+pub struct ConnectionEntry {
+    /// The broker's connection id.
+    pub id: u64,
+    /// RabbitMQ's connection name: "PEER -> LOCAL".
+    pub name: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Our address.
+    pub local: SocketAddr,
+    /// The authenticated user.
+    pub user: String,
+    /// The vhost it opened.
+    pub vhost: String,
+    /// SASL mechanism used.
+    pub auth_mechanism: String,
+    /// What the client sent in connection.start-ok.
+    pub client_properties: FieldTable,
+    /// Negotiated limits.
+    pub channel_max: u16,
+    /// Negotiated frame size.
+    pub frame_max: u32,
+    /// Negotiated heartbeat, seconds.
+    pub heartbeat: u16,
+    /// Milliseconds since the epoch.
+    pub connected_at: u64,
+    /// Accepted on the AMQPS listener (`"ssl"` in the API).
+    pub tls: bool,
+    close: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+}
+
+impl ConnectionEntry {
+    /// An entry; `shutdown` is the server's shutdown token (the connection's own token is its
+    /// child, so a shutdown still reaches it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+        user: &str,
+        vhost: &str,
+        auth_mechanism: &str,
+        client_properties: FieldTable,
+        tuning: (u16, u32, u16),
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let connected_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self {
+            id,
+            name: format!("{peer} -> {local}"),
+            peer,
+            local,
+            user: user.to_owned(),
+            vhost: vhost.to_owned(),
+            auth_mechanism: auth_mechanism.to_owned(),
+            client_properties,
+            channel_max: tuning.0,
+            frame_max: tuning.1,
+            heartbeat: tuning.2,
+            connected_at,
+            tls: false,
+            close: shutdown.child_token(),
+            close_reason: Mutex::new(None),
+        }
+    }
+
+    /// Marks a connection accepted on the AMQPS listener.
+    #[must_use]
+    pub fn over_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Asks the connection to close with connection.close 320 and `reason`.
+    pub fn close(&self, reason: &str) {
+        *self
+            .close_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
+        self.close.cancel();
+    }
+}
+
+/// The open connections by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    connections: Mutex<BTreeMap<u64, Arc<ConnectionEntry>>>,
+    listener: OnceLock<SocketAddr>,
+}
+
+impl Registry {
+    /// Records the AMQP listener's address (the "LOCAL" of connection names).
+    pub fn set_listener(&self, addr: SocketAddr) {
+        let _ = self.listener.set(addr);
+    }
+
+    /// The AMQP listener's address (unspecified before [`Registry::set_listener`]).
+    pub fn listener(&self) -> SocketAddr {
+        self.listener
+            .get()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Adds a connection; it is removed when the returned registration drops.
+    pub fn register(self: &Arc<Self>, entry: ConnectionEntry) -> Registration {
+        let entry = Arc::new(entry);
+        self.lock().insert(entry.id, Arc::clone(&entry));
+        Registration {
+            registry: Arc::clone(self),
+            entry,
+        }
+    }
+
+    /// Every open connection, by id.
+    pub fn list(&self) -> Vec<Arc<ConnectionEntry>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// A connection by its RabbitMQ-style name.
+    pub fn by_name(&self, name: &str) -> Option<Arc<ConnectionEntry>> {
+        self.lock().values().find(|c| c.name == name).cloned()
+    }
+
+    /// A connection by id.
+    pub fn by_id(&self, id: u64) -> Option<Arc<ConnectionEntry>> {
+        self.lock().get(&id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnectionEntry>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Held by a connection while it is open.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<Registry>,
+    entry: Arc<ConnectionEntry>,
+}
+
+impl Registration {
+    /// Cancelled on shutdown or when the API closes this connection.
+    pub fn close_token(&self) -> CancellationToken {
+        self.entry.close.clone()
+    }
+
+    /// The reason given by the API, when it asked for the close.
+    pub fn close_reason(&self) -> Option<String> {
+        self.entry
+            .close_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.entry.id);
+    }
+}

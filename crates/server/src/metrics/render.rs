@@ -1,0 +1,422 @@
+//! The Prometheus text exposition format (version 0.0.4) of everything `/metrics` shows.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use crate::connection::ServerContext;
+use crate::metrics::counters::Counter;
+
+/// Writes metric families: `# HELP`, `# TYPE`, then samples.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{key}=\"");
+                escape_label(&mut self.out, val);
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape_label(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// One queue's figures, read once per scrape.
+struct QueueRow {
+    vhost: String,
+    name: String,
+    ready: u64,
+    unacked: u64,
+    consumers: u64,
+    ready_bytes: u64,
+    spilled: u64,
+    spilled_bytes: u64,
+    oldest_age: f64,
+    published: u64,
+    delivered: u64,
+    redelivered: u64,
+    acked: u64,
+}
+
+fn queue_rows(ctx: &ServerContext) -> Vec<QueueRow> {
+    let mut rows = Vec::new();
+    for vhost_name in ctx.broker.vhost_names() {
+        let Some(vhost) = ctx.broker.vhost(&vhost_name) else {
+            continue;
+        };
+        for queue_name in vhost.queue_names() {
+            let Some(queue) = vhost.queue(&queue_name) else {
+                continue;
+            };
+            let s = queue.snapshot();
+            rows.push(QueueRow {
+                vhost: vhost_name.clone(),
+                name: queue_name,
+                ready: s.ready,
+                unacked: s.unacked,
+                consumers: s.consumers,
+                ready_bytes: s.ready_bytes,
+                spilled: s.spilled,
+                spilled_bytes: s.spilled_bytes,
+                oldest_age: s.oldest_ready_age.map_or(0.0, |d| d.as_secs_f64()),
+                published: s.published,
+                delivered: s.delivered,
+                redelivered: s.redelivered,
+                acked: s.acked,
+            });
+        }
+    }
+    rows
+}
+
+/// Resident set size from `/proc/self/status` (Linux), in bytes.
+fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Open file descriptors of this process (Linux).
+fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
+/// Renders every metric.
+pub fn render(ctx: &ServerContext) -> String {
+    let mut e = Exposition {
+        out: String::with_capacity(8192),
+    };
+    e.family(
+        "rabbitmq_identity_info",
+        "untyped",
+        "RabbitMQ node & cluster identity info",
+    );
+    e.sample(
+        "rabbitmq_identity_info",
+        &[
+            ("rabbitmq_node", "lockgate@localhost"),
+            ("rabbitmq_cluster", "lockgate"),
+            ("rabbitmq_endpoint", "per-object"),
+        ],
+        1,
+    );
+    e.family(
+        "rabbitmq_build_info",
+        "untyped",
+        "RabbitMQ & Erlang/OTP version info",
+    );
+    e.sample(
+        "rabbitmq_build_info",
+        &[
+            ("rabbitmq_version", env!("CARGO_PKG_VERSION")),
+            ("product", "lockgate"),
+        ],
+        1,
+    );
+
+    let rows = queue_rows(ctx);
+    e.single(
+        "rabbitmq_connections",
+        "gauge",
+        "Connections currently open",
+        ctx.open_connections.load(Ordering::Relaxed),
+    );
+    let channels: Vec<_> = ctx
+        .broker
+        .vhost_names()
+        .iter()
+        .filter_map(|name| ctx.broker.vhost(name))
+        .flat_map(|vhost| vhost.channels())
+        .collect();
+    e.single(
+        "rabbitmq_channels",
+        "gauge",
+        "Channels currently open",
+        channels.len(),
+    );
+    e.single(
+        "rabbitmq_channel_consumers",
+        "gauge",
+        "Consumers on a channel",
+        channels.iter().map(|c| u64::from(c.consumers)).sum::<u64>(),
+    );
+    e.single(
+        "rabbitmq_channel_messages_unacked",
+        "gauge",
+        "Delivered but not yet acknowledged messages",
+        channels.iter().map(|c| c.unacked).sum::<u64>(),
+    );
+    e.single("rabbitmq_queues", "gauge", "Queues available", rows.len());
+    e.single(
+        "rabbitmq_consumers",
+        "gauge",
+        "Consumers currently connected",
+        rows.iter().map(|r| r.consumers).sum::<u64>(),
+    );
+
+    type Column = fn(&QueueRow) -> String;
+    let per_queue: [(&str, &str, &str, Column); 11] = [
+        (
+            "rabbitmq_queue_messages_ready",
+            "gauge",
+            "Messages ready to be delivered to consumers",
+            |r| r.ready.to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_unacked",
+            "gauge",
+            "Messages delivered to consumers but not yet acknowledged",
+            |r| r.unacked.to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages",
+            "gauge",
+            "Sum of ready and unacknowledged messages - total queue depth",
+            |r| (r.ready + r.unacked).to_string(),
+        ),
+        (
+            "rabbitmq_queue_consumers",
+            "gauge",
+            "Consumers on a queue",
+            |r| r.consumers.to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_ready_bytes",
+            "gauge",
+            "Size in bytes of ready messages",
+            |r| r.ready_bytes.to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_paged_out",
+            "gauge",
+            "Ready messages whose bodies are on disk (spilled), not in memory",
+            |r| r.spilled.to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_paged_out_bytes",
+            "gauge",
+            "Size in bytes of the ready messages spilled to disk",
+            |r| r.spilled_bytes.to_string(),
+        ),
+        (
+            "rabbitmq_queue_messages_published_total",
+            "counter",
+            "Total number of messages published to queues",
+            |r| r.published.to_string(),
+        ),
+        (
+            "lockgate_queue_messages_delivered_total",
+            "counter",
+            "Deliveries from the queue, by basic.consume or basic.get",
+            |r| r.delivered.to_string(),
+        ),
+        (
+            "lockgate_queue_messages_redelivered_total",
+            "counter",
+            "Deliveries from the queue of messages delivered before",
+            |r| r.redelivered.to_string(),
+        ),
+        (
+            "lockgate_queue_messages_acknowledged_total",
+            "counter",
+            "Deliveries from the queue settled without requeue",
+            |r| r.acked.to_string(),
+        ),
+    ];
+    for (name, kind, help, column) in per_queue {
+        e.family(name, kind, help);
+        for r in &rows {
+            e.sample(name, &[("vhost", &r.vhost), ("queue", &r.name)], column(r));
+        }
+    }
+    e.family(
+        "lockgate_queue_oldest_message_age_seconds",
+        "gauge",
+        "Age of the oldest ready message in the queue (0 when empty)",
+    );
+    for r in &rows {
+        e.sample(
+            "lockgate_queue_oldest_message_age_seconds",
+            &[("vhost", &r.vhost), ("queue", &r.name)],
+            format!("{:.3}", r.oldest_age),
+        );
+    }
+
+    let counters = &ctx.counters;
+    let protocol = [("protocol", "amqp091")];
+    for counter in Counter::ALL {
+        let name = format!("rabbitmq_global_{}", counter.name());
+        e.family(&name, "counter", counter.help());
+        e.sample(&name, &protocol, counters.get(counter));
+    }
+    e.family(
+        "rabbitmq_global_messages_delivered_total",
+        "counter",
+        "Total number of messages delivered to consumers",
+    );
+    e.sample(
+        "rabbitmq_global_messages_delivered_total",
+        &protocol,
+        counters.delivered_total(),
+    );
+    e.single(
+        "lockgate_ack_timeout_redeliveries_total",
+        "counter",
+        "Deliveries requeued because the consumer did not acknowledge in time",
+        0,
+    );
+
+    if let Some(rss) = resident_memory() {
+        e.single(
+            "rabbitmq_process_resident_memory_bytes",
+            "gauge",
+            "Memory used in bytes",
+            rss,
+        );
+    }
+    if let Some(fds) = open_fds() {
+        e.single(
+            "rabbitmq_process_open_fds",
+            "gauge",
+            "Open file descriptors",
+            fds,
+        );
+    }
+    e.single(
+        "rabbitmq_resident_memory_limit_bytes",
+        "gauge",
+        "Memory high watermark in bytes",
+        ctx.broker.config().memory_high_watermark,
+    );
+    e.single(
+        "lockgate_messages_memory_bytes",
+        "gauge",
+        "Bytes of messages held by the broker (the memory alarm's measure)",
+        ctx.broker.memory_used(),
+    );
+    e.single(
+        "rabbitmq_alarms_memory_used_watermark",
+        "gauge",
+        "is 1 if VM memory watermark alarm is in effect",
+        u8::from(ctx.broker.memory_blocked()),
+    );
+    e.single(
+        "rabbitmq_alarms_free_disk_space_watermark",
+        "gauge",
+        "is 1 if free disk space watermark alarm is in effect",
+        u8::from(*ctx.disk_alarm.borrow()),
+    );
+    if let Ok(free) = crate::disk::available_space(&ctx.config.data_dir) {
+        e.single(
+            "rabbitmq_disk_space_available_bytes",
+            "gauge",
+            "Disk space available in bytes",
+            free,
+        );
+    }
+
+    if let Some(store) = ctx.broker.store() {
+        let m = store.metrics();
+        e.single(
+            "lockgate_store_commit_batches_total",
+            "counter",
+            "Group commits (batches written and fsynced)",
+            m.batches,
+        );
+        e.single(
+            "lockgate_store_commit_ops_total",
+            "counter",
+            "Writes in all group commits (ops / batches = mean batch size)",
+            m.ops,
+        );
+        e.single(
+            "lockgate_store_message_bytes_written_total",
+            "counter",
+            "Bytes of message records written to the store",
+            m.message_bytes,
+        );
+        e.single(
+            "lockgate_store_last_batch_ops",
+            "gauge",
+            "Writes in the latest group commit",
+            m.last_batch_ops,
+        );
+        e.single(
+            "lockgate_store_max_batch_ops",
+            "gauge",
+            "Writes in the largest group commit",
+            m.max_batch_ops,
+        );
+        e.single(
+            "lockgate_store_commit_seconds_total",
+            "counter",
+            "Time spent applying and flushing group commits",
+            m.commit_time_total.as_secs_f64(),
+        );
+        e.single(
+            "lockgate_store_last_commit_seconds",
+            "gauge",
+            "Apply + flush time of the latest group commit",
+            m.last_commit_time.as_secs_f64(),
+        );
+        e.single(
+            "lockgate_store_max_commit_seconds",
+            "gauge",
+            "Longest apply + flush time of a group commit",
+            m.max_commit_time.as_secs_f64(),
+        );
+        if let Ok(size) = store.size_on_disk() {
+            e.single(
+                "lockgate_store_size_bytes",
+                "gauge",
+                "Size of the store on disk",
+                size,
+            );
+        }
+    }
+    e.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        let mut e = Exposition { out: String::new() };
+        e.sample("m", &[("queue", "a\"b\\c\nd"), ("vhost", "/")], 1);
+        assert_eq!(e.out, "m{queue=\"a\\\"b\\\\c\\nd\",vhost=\"/\"} 1\n");
+    }
+}

@@ -1,0 +1,150 @@
+//! The writer task: owns the socket's write half and turns [`Outbound`] messages into bytes.
+//!
+//! Replies and deliveries arrive on one unbounded mpsc, so they leave in the order they were
+//! queued: the reader queues consume-ok before the broker can deliver to the new consumer. The
+//! writer encodes everything that is ready into one buffer and writes it with one syscall when
+//! the queue runs dry, instead of flushing per frame.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use lockgate_broker::{Delivery, Message};
+use lockgate_wire::{basic, Frame, FrameCodec, Method};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Flush before the buffer grows past this, even if more is queued.
+const MAX_BATCH: usize = 1 << 20;
+
+/// Something the connection sends to its client.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame without content (methods, heartbeats). Boxed, like the method below, so that
+    /// the queue's slots stay the size of a delivery, the common case.
+    Frame(Box<Frame>),
+    /// A content-bearing method (basic.return, basic.get-ok) and the message it carries.
+    Content {
+        /// Channel number.
+        channel: u16,
+        /// The method frame's method.
+        method: Box<Method>,
+        /// The message: its stored header bytes and body are written as they are.
+        message: Arc<Message>,
+    },
+    /// A basic.deliver for a consumer.
+    Deliver {
+        /// Channel number.
+        channel: u16,
+        /// What the broker delivered.
+        delivery: Delivery,
+    },
+    /// From now on split bodies at this frame size (after connection.tune-ok).
+    FrameMax(u32),
+    /// Send nothing queued after this until the store commit completes (replies that
+    /// promise durability). What was queued before goes out first.
+    AfterCommit(lockgate_store::Commit),
+    /// Write what is queued and stop, leaving the socket open.
+    Shutdown,
+}
+
+impl Outbound {
+    /// A method frame.
+    pub fn method(channel: u16, method: impl Into<Method>) -> Self {
+        Self::Frame(Box::new(Frame::Method {
+            channel,
+            method: method.into(),
+        }))
+    }
+}
+
+/// Runs until [`Outbound::Shutdown`], until every sender is gone, or until a write fails.
+/// Returns the write half, everything written and the socket still open: when to close it is
+/// the connection's call.
+///
+/// # Errors
+/// The socket write failed (the peer went away).
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut socket: W,
+    mut rx: UnboundedReceiver<Outbound>,
+    frame_max: u32,
+) -> io::Result<W> {
+    let mut codec = FrameCodec::new(frame_max);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut stop = false;
+        while let Some(msg) = next {
+            match msg {
+                Outbound::Shutdown => {
+                    stop = true;
+                    break;
+                }
+                Outbound::FrameMax(max) => codec.set_frame_max(max),
+                Outbound::AfterCommit(commit) => {
+                    if !buf.is_empty() {
+                        write_out(&mut socket, &mut buf).await?;
+                    }
+                    commit.wait().await.map_err(|e| {
+                        tracing::error!(error = %e, "store write failed, closing the connection");
+                        io::Error::other(e)
+                    })?;
+                }
+                other => encode(&codec, other, &mut buf)?,
+            }
+            if buf.len() >= MAX_BATCH {
+                write_out(&mut socket, &mut buf).await?;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !buf.is_empty() {
+            write_out(&mut socket, &mut buf).await?;
+        }
+        if stop {
+            break;
+        }
+    }
+    Ok(socket)
+}
+
+/// Writes and flushes what `buf` holds, then empties it (keeping its capacity).
+async fn write_out<W: AsyncWrite + Unpin>(socket: &mut W, buf: &mut BytesMut) -> io::Result<()> {
+    socket.write_all(buf).await?;
+    socket.flush().await?;
+    buf.clear();
+    Ok(())
+}
+
+fn encode(codec: &FrameCodec, msg: Outbound, buf: &mut BytesMut) -> io::Result<()> {
+    match msg {
+        Outbound::Frame(frame) => {
+            tracing::trace!(?frame, "send");
+            codec.encode_frame(&frame, buf).map_err(io::Error::other)
+        }
+        Outbound::Content {
+            channel,
+            method,
+            message,
+        } => {
+            tracing::trace!(channel, ?method, size = message.body.len(), "send content");
+            codec
+                .encode_content(buf, channel, &method, &message.header, &message.body)
+                .map_err(io::Error::other)
+        }
+        Outbound::Deliver { channel, delivery } => {
+            let message = &delivery.message;
+            let method = Method::BasicDeliver(basic::Deliver {
+                consumer_tag: delivery.consumer_tag.to_string(),
+                delivery_tag: delivery.delivery_tag.0,
+                redelivered: delivery.redelivered,
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+            });
+            tracing::trace!(channel, ?method, "send delivery");
+            codec
+                .encode_content(buf, channel, &method, &message.header, &message.body)
+                .map_err(io::Error::other)
+        }
+        Outbound::FrameMax(_) | Outbound::AfterCommit(_) | Outbound::Shutdown => Ok(()),
+    }
+}
