@@ -41,6 +41,22 @@ impl Channel {
         }
     }
 
+    /// Sends a synchronous method whose reply carries nothing we need and, once the
+    /// broker answers with `expected` ("exchange.bind-ok"), records `change`.
+    async fn call_and_record(
+        &self,
+        method: Method,
+        expected: &'static str,
+        change: impl FnOnce(&mut Topology),
+    ) -> Result<()> {
+        let reply = self.inner.call(method, None, None).await?.method;
+        if reply.name() != expected {
+            return Err(unexpected(&reply, expected));
+        }
+        self.record(change);
+        Ok(())
+    }
+
     /// The channel number.
     pub fn id(&self) -> u16 {
         self.inner.id
@@ -123,13 +139,8 @@ impl Channel {
             if_unused: options.if_unused,
             nowait: false,
         });
-        match self.inner.call(method, None, None).await?.method {
-            Method::ExchangeDeleteOk(_) => {
-                self.record(|t| t.delete_exchange(name));
-                Ok(())
-            }
-            other => Err(unexpected(&other, "exchange.delete-ok")),
-        }
+        self.call_and_record(method, "exchange.delete-ok", |t| t.delete_exchange(name))
+            .await
     }
 
     /// Binds exchange `destination` to exchange `source` (`exchange.bind`, a
@@ -152,21 +163,16 @@ impl Channel {
             nowait: false,
             arguments: arguments.clone(),
         });
-        match self.inner.call(method, None, None).await?.method {
-            Method::ExchangeBindOk(_) => {
-                self.record(|t| {
-                    t.add_binding(RecordedBinding {
-                        to_exchange: true,
-                        destination: destination.into(),
-                        source: source.into(),
-                        routing_key: routing_key.into(),
-                        arguments,
-                    })
-                });
-                Ok(())
-            }
-            other => Err(unexpected(&other, "exchange.bind-ok")),
-        }
+        self.call_and_record(method, "exchange.bind-ok", |t| {
+            t.add_binding(RecordedBinding {
+                to_exchange: true,
+                destination: destination.into(),
+                source: source.into(),
+                routing_key: routing_key.into(),
+                arguments,
+            });
+        })
+        .await
     }
 
     /// Removes an exchange-to-exchange binding (`exchange.unbind`).
@@ -195,13 +201,10 @@ impl Channel {
             nowait: false,
             arguments,
         });
-        match self.inner.call(method, None, None).await?.method {
-            Method::ExchangeUnbindOk(_) => {
-                self.record(|t| t.remove_binding(&binding));
-                Ok(())
-            }
-            other => Err(unexpected(&other, "exchange.unbind-ok")),
-        }
+        self.call_and_record(method, "exchange.unbind-ok", |t| {
+            t.remove_binding(&binding);
+        })
+        .await
     }
 
     /// Declares a queue (`queue.declare`). An empty `name` asks the broker to
@@ -267,21 +270,16 @@ impl Channel {
             nowait: false,
             arguments: arguments.clone(),
         });
-        match self.inner.call(method, None, None).await?.method {
-            Method::QueueBindOk(_) => {
-                self.record(|t| {
-                    t.add_binding(RecordedBinding {
-                        to_exchange: false,
-                        destination: queue.into(),
-                        source: exchange.into(),
-                        routing_key: routing_key.into(),
-                        arguments,
-                    })
-                });
-                Ok(())
-            }
-            other => Err(unexpected(&other, "queue.bind-ok")),
-        }
+        self.call_and_record(method, "queue.bind-ok", |t| {
+            t.add_binding(RecordedBinding {
+                to_exchange: false,
+                destination: queue.into(),
+                source: exchange.into(),
+                routing_key: routing_key.into(),
+                arguments,
+            });
+        })
+        .await
     }
 
     /// Removes a queue binding (`queue.unbind`).
@@ -309,13 +307,10 @@ impl Channel {
             routing_key: routing_key.into(),
             arguments,
         });
-        match self.inner.call(method, None, None).await?.method {
-            Method::QueueUnbindOk(_) => {
-                self.record(|t| t.remove_binding(&binding));
-                Ok(())
-            }
-            other => Err(unexpected(&other, "queue.unbind-ok")),
-        }
+        self.call_and_record(method, "queue.unbind-ok", |t| {
+            t.remove_binding(&binding);
+        })
+        .await
     }
 
     /// Removes every ready message from a queue (`queue.purge`); returns how many.
@@ -480,13 +475,10 @@ impl Channel {
             consumer_tag: consumer_tag.into(),
             nowait: false,
         });
-        match self.inner.call(method, None, None).await?.method {
-            Method::BasicCancelOk(_) => {
-                self.record(|t| t.forget_consumer(consumer_tag));
-                Ok(())
-            }
-            other => Err(unexpected(&other, "basic.cancel-ok")),
-        }
+        self.call_and_record(method, "basic.cancel-ok", |t| {
+            t.forget_consumer(consumer_tag);
+        })
+        .await
     }
 
     /// Fetches one message (`basic.get`); `None` if the queue is empty.

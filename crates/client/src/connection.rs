@@ -483,7 +483,7 @@ fn negotiated<T: Ord + Default + Copy>(client: T, server: T) -> T {
     }
 }
 
-fn close_reason(close: connection::Close) -> CloseReason {
+pub(crate) fn close_reason(close: connection::Close) -> CloseReason {
     CloseReason {
         code: close.reply_code,
         text: close.reply_text,

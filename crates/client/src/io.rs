@@ -350,12 +350,7 @@ impl Reader {
     async fn on_connection_method(&mut self, method: Method) -> Result<()> {
         match method {
             Method::ConnectionClose(close) => {
-                let reason = CloseReason {
-                    code: close.reply_code,
-                    text: close.reply_text,
-                    class_id: close.class_id,
-                    method_id: close.method_id,
-                };
+                let reason = crate::connection::close_reason(close);
                 info!(code = reason.code, text = %reason.text, "broker closed the connection");
                 // Best effort: the writer drains this before it stops.
                 let _ = self

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use lockgate_client::{FieldTable, QueueDeclareOptions};
 
-use super::flow::{self, Flow, QueueSpec, Shared, Target};
+use super::flow::{self, Shared};
 use super::throughput::{size_name, Tuning};
 use super::{Ctx, Declared};
 use crate::report::{Metric, Progress, Record};
@@ -49,26 +49,10 @@ async fn run_declared(
     declared.queues.push(q.clone());
     let _ = conn.close().await;
 
-    let flow = Flow {
-        size,
-        targets: vec![Target {
-            exchange: String::new(),
-            routing_key: q.clone(),
-        }],
-        queues: vec![QueueSpec {
-            name: q,
-            streams: vec![0],
-        }],
-        persistent: false,
-        confirm_window: Some(confirm_window.max(1)),
-        rate: None,
-        prefetch: tuning.prefetch,
-        ack_every: tuning.ack_every,
-        // Nobody consumes while the backlog builds.
-        max_ahead: u64::MAX,
-        consumer_connections: 1,
-        record_latency: false,
-    };
+    let mut flow = tuning.one_queue_flow(size, q);
+    flow.confirm_window = Some(confirm_window.max(1));
+    // Nobody consumes while the backlog builds.
+    flow.max_ahead = u64::MAX;
     let shared = Shared::new();
     let _progress = Progress::start(
         format!("{} backlog", ctx.label),

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use lockgate_client::{FieldTable, QueueDeclareOptions};
 
-use super::flow::{self, QueueSpec, Target};
+use super::flow;
 use super::throughput::Tuning;
 use super::{Ctx, Declared};
 use crate::report::{Metric, Record};
@@ -33,25 +33,9 @@ pub async fn run(
                 .context("declaring the latency queue")?;
             declared.queues.push(q.clone());
             let _ = conn.close().await;
-            let flow = flow::Flow {
-                size,
-                targets: vec![Target {
-                    exchange: String::new(),
-                    routing_key: q.clone(),
-                }],
-                queues: vec![QueueSpec {
-                    name: q,
-                    streams: vec![0],
-                }],
-                persistent: false,
-                confirm_window: None,
-                rate: Some(rate.max(1)),
-                prefetch: tuning.prefetch,
-                ack_every: tuning.ack_every,
-                max_ahead: tuning.max_ahead,
-                consumer_connections: 1,
-                record_latency: true,
-            };
+            let mut flow = tuning.one_queue_flow(size, q);
+            flow.rate = Some(rate.max(1));
+            flow.record_latency = true;
             flow::run_timed(ctx, &format!("latency {case}"), &flow).await
         }
         .await;

@@ -37,6 +37,21 @@ impl Tuning {
             record_latency: false,
         }
     }
+
+    /// A flow through the default exchange to the one queue `queue`, as stream 0.
+    pub(super) fn one_queue_flow(&self, size: usize, queue: String) -> Flow {
+        self.flow(
+            size,
+            vec![Target {
+                exchange: String::new(),
+                routing_key: queue.clone(),
+            }],
+            vec![QueueSpec {
+                name: queue,
+                streams: vec![0],
+            }],
+        )
+    }
 }
 
 /// Human name of a body size: `16B`, `1KiB`.
@@ -120,17 +135,7 @@ pub async fn transient(ctx: &Ctx, sizes: &[usize], tuning: &Tuning) -> anyhow::R
         let m = with_declared(ctx, &format!("transient {case}"), async |ch, declared| {
             let q =
                 declare_queue(ch, declared, ctx.name(&format!("transient-{case}")), false).await?;
-            Ok(tuning.flow(
-                size,
-                vec![Target {
-                    exchange: String::new(),
-                    routing_key: q.clone(),
-                }],
-                vec![QueueSpec {
-                    name: q,
-                    streams: vec![0],
-                }],
-            ))
+            Ok(tuning.one_queue_flow(size, q))
         })
         .await?;
         let metrics = vec![
@@ -156,17 +161,7 @@ pub async fn persistent(
     let case = size_name(size);
     let m = with_declared(ctx, &format!("persistent {case}"), async |ch, declared| {
         let q = declare_queue(ch, declared, ctx.name("persistent"), true).await?;
-        let mut flow = tuning.flow(
-            size,
-            vec![Target {
-                exchange: String::new(),
-                routing_key: q.clone(),
-            }],
-            vec![QueueSpec {
-                name: q,
-                streams: vec![0],
-            }],
-        );
+        let mut flow = tuning.one_queue_flow(size, q);
         flow.persistent = true;
         flow.confirm_window = Some(confirm_window.max(1));
         Ok(flow)
