@@ -35,12 +35,16 @@ apt_install() {
 }
 
 section "prerequisites"
-# Debian packages the end-to-end tests drive: the rabbitmq-c tools (tests/amqp_tools) and
-# chromium (tests/browser, the management dashboard).
+# Debian packages the end-to-end tests drive, installed when missing:
+# apt-get amqp-tools for the rabbitmq-c tools (amqp-publish, amqp-get, amqp-consume,
+# amqp-declare-queue, amqp-delete-queue) in tests/amqp_tools, and chromium for tests/browser.
 MISSING=()
-if ! command -v amqp-get >/dev/null 2>&1 || ! command -v amqp-consume >/dev/null 2>&1; then
-    MISSING+=(amqp-tools)
-fi
+for tool in amqp-publish amqp-get amqp-consume amqp-declare-queue amqp-delete-queue; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        MISSING+=(amqp-tools)
+        break
+    fi
+done
 if ! command -v chromium >/dev/null 2>&1; then
     MISSING+=(chromium)
 fi
@@ -57,6 +61,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' >/dev/nul
     rm -rf "$VENV"
     python3 -m venv "$VENV"
 fi
+# pip installs pika, pytest and the other test packages (tests/requirements.txt) into the venv.
 if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
         -r tests/requirements.txt; then
     echo "pip install into $VENV failed" >&2
