@@ -383,7 +383,7 @@ impl Channel {
     /// queue.
     pub fn get(&mut self, queue: &str, no_ack: bool) -> Result<Option<GetOk>, BrokerError> {
         let queue = self.vhost.queue_for(self.shared.connection, queue)?;
-        Ok(queue.get(&self.shared, no_ack))
+        Ok(queue.get(&self.vhost, &self.shared, no_ack))
     }
 
     /// `basic.qos` with RabbitMQ's meaning of `global`: false sets the prefetch of

@@ -183,11 +183,27 @@ async fn write(store: &Store, batch: &SpillBatch) -> Result<(), lockgate_store::
 
 /// Reads one page of a disk tail and rebuilds its messages; `None` when the read failed.
 async fn page_in(vhost: &VHost, request: &PageRequest) -> Option<Vec<Ready>> {
-    let paged = match request
+    let paged = request
         .store
         .page_in_async(request.id, request.from_seq, request.max)
-        .await
-    {
+        .await;
+    rebuild_page(vhost, request, paged)
+}
+
+/// [`page_in`] on the calling thread (it blocks on the store): for `basic.get`.
+pub(crate) fn page_in_blocking(vhost: &VHost, request: &PageRequest) -> Option<Vec<Ready>> {
+    let paged = request
+        .store
+        .page_in(request.id, request.from_seq, request.max);
+    rebuild_page(vhost, request, paged)
+}
+
+fn rebuild_page(
+    vhost: &VHost,
+    request: &PageRequest,
+    paged: Result<Vec<PagedMessage>, lockgate_store::StoreError>,
+) -> Option<Vec<Ready>> {
+    let paged = match paged {
         Ok(paged) => paged,
         Err(e) => {
             error!(error = %e, "paging messages in from disk failed");

@@ -1091,7 +1091,7 @@ fn push_persistent(store: &Store, message: Message, queues: &[Arc<Queue>]) -> Co
                     seq,
                     message: id,
                 };
-                queue.push_reserved(Arc::clone(&message), stored);
+                queue.push_reserved(Arc::clone(&message), stored, commit.ticket());
             }
             None => queue.push(Arc::clone(&message)),
         }

@@ -156,3 +156,99 @@ async fn purge_and_delete_of_a_spilled_queue_drop_everything() {
     assert_eq!(v.delete_queue(CONN, "q", false, false).unwrap(), 2999);
     assert!(broker.memory_used() < BUDGET / 2);
 }
+
+fn durable_queue(v: &VHost, name: &str) {
+    let flags = QueueFlags {
+        durable: true,
+        ..QueueFlags::default()
+    };
+    v.declare_queue(CONN, name, flags, FieldTable::default())
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_racing_the_purge_of_a_spilled_queue_keeps_its_stored_copy() {
+    for round in 0..30 {
+        let dir = tempfile::tempdir().unwrap();
+        let count = {
+            let broker = spilling_broker(dir.path());
+            let v = broker.vhost("/").unwrap();
+            durable_queue(&v, "q");
+            for i in 0..1500 {
+                publish(&v, "q", i, true);
+                if i % 500 == 499 {
+                    settle_below(&broker, BUDGET).await;
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while v.queue("q").unwrap().snapshot().spilled == 0 {
+                assert!(Instant::now() < deadline, "the queue never spilled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // A publisher keeps going while the queue (with its disk tail) is purged.
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let publisher = std::thread::spawn({
+                let (v, stop) = (Arc::clone(&v), Arc::clone(&stop));
+                move || {
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        publish(&v, "q", i, true);
+                        i += 1;
+                    }
+                }
+            });
+            std::thread::sleep(Duration::from_micros(200));
+            v.purge_queue(CONN, "q").unwrap();
+            std::thread::sleep(Duration::from_micros(200));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            publisher.join().unwrap();
+            let count = v.queue("q").unwrap().message_count();
+            broker.store().unwrap().close_async().await.unwrap();
+            count
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let broker = spilling_broker(dir.path());
+        let recovered = broker
+            .vhost("/")
+            .unwrap()
+            .queue("q")
+            .unwrap()
+            .message_count();
+        assert_eq!(
+            recovered, count,
+            "round {round}: messages kept by the purge were lost"
+        );
+        broker.store().unwrap().close_async().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_takes_messages_from_the_disk_tail() {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let broker = spilling_broker(dir.path());
+        let v = broker.vhost("/").unwrap();
+        durable_queue(&v, "q");
+        for i in 0..N {
+            publish(&v, "q", i, true);
+        }
+        broker.store().unwrap().close_async().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Recovered with a disk tail beyond its first 1,024 messages, and no spill task to page
+    // it in: get pages in by itself.
+    let (store, recovery) = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+    let broker = Broker::with_store(BrokerConfig::default(), store);
+    broker.recover(&recovery).unwrap();
+    let v = broker.vhost("/").unwrap();
+    assert_eq!(v.queue("q").unwrap().message_count(), N as u32);
+    let (mut ch, _sink) = channel(&v, 1);
+    for i in 0..N {
+        let got = ch.get("q", true).unwrap();
+        let got = got.unwrap_or_else(|| panic!("get {i} found the queue empty"));
+        assert_eq!(body(&got.message), body_of(i));
+        assert_eq!(got.message_count, (N - i - 1) as u32);
+    }
+    assert!(ch.get("q", true).unwrap().is_none());
+}

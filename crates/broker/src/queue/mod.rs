@@ -24,6 +24,7 @@ use crate::error::{BrokerError, Resource};
 use crate::ids::{ConnectionId, DeliveryTag};
 use crate::message::Message;
 use crate::stats::{QueueCounters, QueueSnapshot};
+use crate::vhost::VHost;
 use arguments::QueueArguments;
 
 /// A message waiting in a queue.
@@ -72,6 +73,13 @@ struct QueueState {
     busy: bool,
     /// Seqs reserved for persistent messages not pushed yet (no spill meanwhile).
     reserving: usize,
+    /// Disk tails purged while seqs were reserved: (first seq removed, ticket of the
+    /// removal). Cleared once no seq is reserved.
+    purged_tails: Vec<(u64, u64)>,
+    /// Ticket of the last purge's removal of a disk tail: until the store has applied it,
+    /// nothing is spilled (spill records bypass the store's writer, and the removal would
+    /// delete the new ones too).
+    tail_removal: Option<u64>,
     /// Highest seq ever delivered: only later messages are spilled, so that every unacked
     /// (and requeued) message sorts before the disk tail.
     max_delivered: Option<u64>,
@@ -281,11 +289,29 @@ impl Queue {
     }
 
     /// Enqueues a message at its reserved seq (in order: another publisher may have pushed
-    /// a later seq meanwhile).
-    pub(crate) fn push_reserved(&self, message: Arc<Message>, stored: StoredRef) {
+    /// a later seq meanwhile). `ticket` is the ticket of its store publish.
+    ///
+    /// A purge that ran between the reservation and this push removed the disk tail with
+    /// an open-ended [`Store::remove_from`], which also removed this message's stored copy
+    /// when its publish reached the store before the removal (an earlier ticket): it is
+    /// then purged with the tail rather than kept in memory without its stored copy.
+    pub(crate) fn push_reserved(
+        &self,
+        message: Arc<Message>,
+        stored: StoredRef,
+        ticket: Option<u64>,
+    ) {
         let mut st = self.state.lock();
         st.reserving = st.reserving.saturating_sub(1);
-        if st.deleted {
+        let purged = ticket.is_some_and(|t| {
+            st.purged_tails
+                .iter()
+                .any(|&(from, removal)| stored.seq >= from && t < removal)
+        });
+        if st.reserving == 0 {
+            st.purged_tails.clear();
+        }
+        if st.deleted || purged {
             return;
         }
         let item = Ready {
@@ -418,12 +444,31 @@ impl Queue {
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
 
-    /// `basic.get`: takes the first ready message and records it on `channel`.
-    pub(crate) fn get(self: &Arc<Self>, channel: &ChannelShared, no_ack: bool) -> Option<GetOk> {
+    /// `basic.get`: takes the first ready message and records it on `channel`. When the
+    /// in-memory head is empty but the queue has a disk tail, the next messages are paged in
+    /// here, synchronously (see [`Queue::page_in_for_get`]), so get never answers empty for a
+    /// queue whose count is not zero.
+    pub(crate) fn get(
+        self: &Arc<Self>,
+        vhost: &VHost,
+        channel: &ChannelShared,
+        no_ack: bool,
+    ) -> Option<GetOk> {
         let mut st = self.state.lock();
-        let Some(item) = st.ready.pop_front() else {
-            st.request_page_in();
-            return None;
+        let item = loop {
+            if let Some(item) = st.ready.pop_front() {
+                break item;
+            }
+            if st.deleted || st.disk.is_none() {
+                return None;
+            }
+            drop(st);
+            if !self.page_in_for_get(vhost) {
+                let mut st = self.state.lock();
+                st.request_page_in();
+                return None;
+            }
+            st = self.state.lock();
         };
         st.request_page_in();
         st.max_delivered = st.max_delivered.max(Some(item.seq));
@@ -468,25 +513,38 @@ impl Queue {
     }
 
     /// Drops every ready message; returns how many. Unacked messages are untouched.
+    ///
+    /// The disk tail goes with [`Store::remove_from`] (its message ids are not in memory),
+    /// which removes every stored seq from the tail on. It is submitted under the queue lock,
+    /// so it removes exactly the seqs below `next_seq` at this moment: a publish reserving a
+    /// seq afterwards reaches the store after the removal and keeps its copy. Publishes
+    /// whose seq was reserved before are settled by [`Queue::push_reserved`].
     pub(crate) fn purge(&self) -> u32 {
-        let (dropped, pending, disk) = {
+        let (dropped, pending, on_disk) = {
             let mut st = self.state.lock();
             st.counters.ready_bytes = 0;
             st.epoch += 1;
+            let on_disk = match st.disk.take() {
+                Some(disk) => {
+                    // Persistent and spilled, pending included.
+                    let removal = disk.store.remove_from(disk.id, disk.from_seq);
+                    if let (Some(ticket), true) = (removal.ticket(), st.reserving > 0) {
+                        st.purged_tails.push((disk.from_seq, ticket));
+                    }
+                    st.tail_removal = removal.ticket();
+                    disk.count
+                }
+                None => 0,
+            };
             (
                 std::mem::take(&mut st.ready),
                 std::mem::take(&mut st.pending),
-                st.disk.take(),
+                on_disk,
             )
         };
         let mut stored = dropped.iter().filter_map(|r| r.stored).peekable();
         if let (Some(qs), Some(_)) = (&self.store, stored.peek()) {
             drop(qs.store.remove_many(stored));
-        }
-        let on_disk = disk.as_ref().map_or(0, |d| d.count);
-        if let Some(disk) = disk {
-            // Everything from the disk tail on, persistent and spilled, pending included.
-            drop(disk.store.remove_from(disk.id, disk.from_seq));
         }
         saturate(dropped.len() + pending.len() + on_disk)
     }

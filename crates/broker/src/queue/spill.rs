@@ -16,16 +16,24 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use lockgate_store::{QueueId, Store};
 
 use super::{drain, Queue, QueueState, Ready};
+use crate::vhost::VHost;
 
 /// The in-memory head is paged back up when it falls below this many messages.
 pub(crate) const PAGE_LOW: usize = 256;
 
 /// Head byte budget of a queue recovered with a disk tail, until the spill task sets one.
 const RECOVERED_HEAD_BYTES: u64 = 4 << 20;
+
+/// Messages `basic.get` pages in at once when the head is empty.
+const GET_PAGE: usize = 64;
+
+/// How long `basic.get` waits for the spill task's own spill or page-in of the queue.
+const GET_WAIT: Duration = Duration::from_secs(2);
 
 /// The part of a queue's backlog that lives in the store.
 pub(crate) struct DiskTail {
@@ -117,7 +125,8 @@ impl Queue {
     /// a head of at most
     /// `head_count` messages and `head_bytes` bytes in memory. `None` when there is nothing
     /// to spill or the queue is busy (deleted, another spill or page-in in flight, a
-    /// persistent publish between seq reservation and push).
+    /// persistent publish between seq reservation and push, a purge's removal of the last
+    /// disk tail not applied by the store yet).
     pub(crate) fn take_spill(
         &self,
         store: &Store,
@@ -130,6 +139,12 @@ impl Queue {
         let st = &mut *guard;
         if st.deleted || st.busy || st.reserving > 0 || max == 0 {
             return None;
+        }
+        if let Some(ticket) = st.tail_removal {
+            if store.durable_ticket() < ticket {
+                return None;
+            }
+            st.tail_removal = None;
         }
         let created = st.disk.is_none();
         let items: Vec<Ready> = if created {
@@ -312,6 +327,46 @@ impl Queue {
             st.ready.extend(pending);
         }
         drain(st, self.store.as_ref());
+    }
+
+    /// Pages in the next messages of the disk tail for `basic.get`, whose head is empty;
+    /// false when it could not (deleted, the read failed, or the queue stayed busy).
+    ///
+    /// `basic.get` is synchronous (the server calls it from the connection's reader task),
+    /// so the read runs right here, through the same page request as the spill task, and
+    /// off the async worker with `block_in_place` on a multi-threaded runtime. When the
+    /// spill task has a spill or page-in of this queue in flight, it waits for it (at most
+    /// [`GET_WAIT`]); on a current-thread runtime that task cannot finish while we block,
+    /// so get answers empty and leaves the page-in to it.
+    pub(crate) fn page_in_for_get(&self, vhost: &VHost) -> bool {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let run = || {
+            let deadline = Instant::now() + GET_WAIT;
+            loop {
+                if let Some(request) = self.page_request(GET_PAGE) {
+                    let paged = crate::spill::page_in_blocking(vhost, &request);
+                    let ok = paged.is_some();
+                    self.finish_page(&request, paged);
+                    return ok;
+                }
+                {
+                    let st = self.state.lock();
+                    if st.deleted || st.disk.is_none() || !st.ready.is_empty() {
+                        return !st.deleted;
+                    }
+                    if !st.busy || !multi_thread || Instant::now() >= deadline {
+                        return false;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        if multi_thread {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        }
     }
 
     /// After recovery loaded the first `loaded` messages: the rest stays on disk as the tail.
