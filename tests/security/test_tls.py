@@ -277,29 +277,71 @@ def test_management_over_https(lockgate, pki):
         urllib.request.urlopen(base + "/api/overview", context=ssl.create_default_context(),
                                timeout=10)
 
-    # `"ssl"` in /api/connections: true for AMQPS, false for plain AMQP.
+    # `"ssl"` in /api/connections: true for AMQPS, false for plain AMQP; `host`/`port` and the
+    # name's local half are the address of the listener the connection came in on.
     name = "amqps-" + unique()
-    tls_conn = broker.connect(port=amqps_port(broker), client_properties={"connection_name": name},
+    tls_port = amqps_port(broker)
+    tls_conn = broker.connect(port=tls_port, client_properties={"connection_name": name},
                               ssl_options=pika.SSLOptions(context, "localhost"))
     plain = broker.connect(client_properties={"connection_name": name + "-plain"})
     try:
-        def ssl_by_name():
-            found = {c["client_properties"].get("connection_name"): c["ssl"]
+        def by_name():
+            found = {c["client_properties"].get("connection_name"): c
                      for c in get("/api/connections")}
             return found if {name, name + "-plain"} <= found.keys() else None
-        found = eventually(ssl_by_name)
-        assert found[name] is True
-        assert found[name + "-plain"] is False
+        found = eventually(by_name)
+        assert found[name]["ssl"] is True
+        assert found[name + "-plain"]["ssl"] is False
+        assert found[name]["port"] == tls_port, found[name]
+        assert found[name]["name"].endswith(f"-> 127.0.0.1:{tls_port}"), found[name]
+        assert found[name + "-plain"]["port"] == broker.process.port, found[name + "-plain"]
+        assert found[name + "-plain"]["name"].endswith(f"-> 127.0.0.1:{broker.process.port}")
+        assert found[name]["host"] == found[name + "-plain"]["host"] == "127.0.0.1"
     finally:
         tls_conn.close()
         plain.close()
 
-    # SIGHUP reloads the management listener's certificate too.
+    # One SIGHUP reloads the management listener's certificate too: one line per listener.
     cert_file, key_file = pki["server"]
     new_cert, new_key, new = pki["ca"].issue("server-renewed", server=True)
     cert_file.write_bytes(new_cert.read_bytes())
     key_file.write_bytes(new_key.read_bytes())
+    mark = broker.process.log_mark()
     broker.process.signal(signal.SIGHUP)
     renewed = new.public_bytes(serialization.Encoding.DER)
     eventually(lambda: served_certificate(int(m.group(1)), pki) == renewed)
     assert get("/api/overview")["listeners"]
+    broker.process.wait_for_log(r"listener=\"?management\"?.*TLS certificate reloaded|"
+                                r"TLS certificate reloaded.*listener=\"?management", since=mark)
+    log = broker.process.log(since=mark)
+    assert len(re.findall(r"TLS certificate reloaded", log)) == 2, log
+    assert "no TLS certificate to reload" not in log, log
+
+
+def test_sighup_with_only_management_tls(lockgate, pki):
+    cert, key = pki["server"]
+    broker = lockgate(f"""
+[metrics]
+enabled = false
+[management]
+listen = "127.0.0.1:0"
+[management.tls]
+certfile = "{cert}"
+keyfile = "{key}"
+""")
+    broker.process.wait_for_log(r"management API serving")
+    mark = broker.process.log_mark()
+    # Two SIGHUPs, the second a barrier: once both reloads are logged, whatever any handler
+    # logs for the first signal is in the log too.
+    broker.process.signal(signal.SIGHUP)
+    broker.process.wait_for_log(r"TLS certificate reloaded", since=mark)
+    broker.process.signal(signal.SIGHUP)
+
+    def both_reloads_logged():
+        text = broker.process.log(since=mark)
+        return text if len(re.findall(r"TLS certificate reloaded", text)) >= 2 else None
+
+    log = eventually(both_reloads_logged, message="a reload line per SIGHUP")
+    assert broker.process.alive()
+    assert len(re.findall(r"TLS certificate reloaded", log)) == 2, log
+    assert "no TLS certificate to reload" not in log, log

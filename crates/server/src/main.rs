@@ -127,6 +127,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("reading the listener's local address")?;
     // Signal handlers exist before `listening` is logged: a harness may signal right after it.
     let signals = Signals::install()?;
+    // SIGHUP is caught from here on (its default action would end the process); the one
+    // handler reloading every TLS certificate starts once the listeners have loaded theirs.
+    let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
     let ctx = Arc::new(ServerContext::new(config, broker, shutdown, disk_alarm));
@@ -136,13 +139,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         // Not fatal: the broker is useful without its metrics (e.g. the port is taken).
         error!(error = format!("{e:#}"), "metrics endpoint not started");
     }
-    management::start(Arc::clone(&ctx), addr).await;
+    let management = management::start(Arc::clone(&ctx), addr).await;
+    let amqps_acceptor = amqps.as_ref().map(|amqps| Arc::clone(&amqps.acceptor));
+    tls::reload_on_sighup(hangup, sighup_certificates(amqps_acceptor, management));
     info!(%addr, "listening");
 
     server::run(ctx, listener).await;
     if let Some(amqps) = amqps {
         // It stops accepting at the same signal and waits, bounded, for its connections.
-        let _ = amqps.await;
+        let _ = amqps.task.await;
     }
     // Every connection is gone: write what is queued, flush, mark the shutdown clean.
     match store.close_async().await {
@@ -151,6 +156,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// What SIGHUP reloads: the certificate of each TLS listener the broker started, named for
+/// the log (generic over the acceptor type only so the choice is testable without files).
+fn sighup_certificates<A>(amqps: Option<A>, management: Option<A>) -> Vec<(&'static str, A)> {
+    let amqps = amqps.map(|acceptor| ("amqps", acceptor));
+    amqps
+        .into_iter()
+        .chain(management.map(|acceptor| ("management", acceptor)))
+        .collect()
 }
 
 /// SIGINT and SIGTERM, registered up front.
@@ -174,5 +189,21 @@ impl Signals {
             _ = self.terminate.recv() => info!(signal = "SIGTERM", "shutdown requested"),
         }
         shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sighup_certificates;
+
+    #[test]
+    fn one_sighup_handler_reloads_every_tls_listener() {
+        assert!(sighup_certificates::<u8>(None, None).is_empty());
+        assert_eq!(sighup_certificates(Some(1), None), vec![("amqps", 1)]);
+        assert_eq!(sighup_certificates(None, Some(2)), vec![("management", 2)]);
+        assert_eq!(
+            sighup_certificates(Some(1), Some(2)),
+            vec![("amqps", 1), ("management", 2)]
+        );
     }
 }

@@ -167,7 +167,7 @@ impl Connection {
         let entry = ConnectionEntry::new(
             self.id.0,
             self.peer,
-            self.ctx.connections.listener(),
+            self.local,
             &user.name,
             &vhost_name,
             &start_ok.mechanism,

@@ -158,23 +158,33 @@ type Framed = FramedRead<ReadHalf, FrameCodec>;
 /// Serves one accepted TCP connection to the end. Never panics on peer input.
 pub async fn serve(ctx: Arc<ServerContext>, stream: TcpStream, peer: SocketAddr, id: u64) {
     let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(local) => local,
+        Err(e) => {
+            debug!(error = %e, "connection gone before it was served");
+            return;
+        }
+    };
     let (read_half, write_half) = stream.into_split();
     serve_halves(
         ctx,
         Box::new(read_half),
         Box::new(write_half),
         peer,
+        local,
         id,
         false,
     )
     .await;
 }
 
-/// Serves one AMQPS connection (TLS handshake done) to the end.
+/// Serves one AMQPS connection (TLS handshake done) to the end; `local` is the accepted
+/// socket's local address.
 pub async fn serve_tls(
     ctx: Arc<ServerContext>,
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
+    local: SocketAddr,
     id: u64,
 ) {
     let (read_half, write_half) = tokio::io::split(stream);
@@ -183,6 +193,7 @@ pub async fn serve_tls(
         Box::new(read_half),
         Box::new(write_half),
         peer,
+        local,
         id,
         true,
     )
@@ -194,6 +205,7 @@ async fn serve_halves(
     mut read_half: ReadHalf,
     mut write_half: WriteHalf,
     peer: SocketAddr,
+    local: SocketAddr,
     id: u64,
     tls: bool,
 ) {
@@ -240,6 +252,7 @@ async fn serve_halves(
         ctx: ctx.clone(),
         id: ConnectionId(id),
         peer,
+        local,
         tls,
         out,
         framed,
@@ -272,6 +285,8 @@ struct Connection {
     ctx: Arc<ServerContext>,
     id: ConnectionId,
     peer: SocketAddr,
+    /// The accepted socket's local address (the "LOCAL" of the connection's name).
+    local: SocketAddr,
     /// Accepted on the AMQPS listener.
     tls: bool,
     out: UnboundedSender<Outbound>,

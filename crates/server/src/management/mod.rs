@@ -46,6 +46,7 @@ use tracing::{error, info};
 pub use self::registry::{ConnectionEntry, Registration, Registry};
 pub use self::tls::ManagementTlsConfig;
 use crate::connection::ServerContext;
+use crate::tls::Acceptor;
 
 /// `[management]`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -84,11 +85,11 @@ struct Api {
 
 /// Starts the management listener when `[management] enabled`. A bind failure is logged and
 /// the broker keeps serving AMQP: the API is an operator convenience, not the service.
-pub async fn start(ctx: Arc<ServerContext>, amqp: SocketAddr) {
-    ctx.connections.set_listener(amqp);
+/// Returns the HTTPS listener's certificate, for the SIGHUP handler.
+pub async fn start(ctx: Arc<ServerContext>, amqp: SocketAddr) -> Option<Arc<Acceptor>> {
     let config = &ctx.config.management;
     if !config.enabled {
-        return;
+        return None;
     }
     // Loaded before binding: a certificate that cannot be loaded never leaves plain HTTP up.
     let acceptor = if config.tls.enabled() {
@@ -100,7 +101,7 @@ pub async fn start(ctx: Arc<ServerContext>, amqp: SocketAddr) {
                     "cannot load the management listener's certificate; \
                      the management API is not available"
                 );
-                return;
+                return None;
             }
         }
     } else {
@@ -112,7 +113,7 @@ pub async fn start(ctx: Arc<ServerContext>, amqp: SocketAddr) {
             error!(addr = %config.listen, error = %e,
                 "cannot bind the management listener (config key `management.listen`); \
                  the management API is not available");
-            return;
+            return None;
         }
     };
     let http = listener.local_addr().unwrap_or(config.listen);
@@ -132,12 +133,17 @@ pub async fn start(ctx: Arc<ServerContext>, amqp: SocketAddr) {
     match acceptor {
         None => {
             tokio::spawn(serve(listener, app, shutdown));
+            None
         }
-        Some(acceptor) => match tls::listener(listener, acceptor) {
+        Some(acceptor) => match tls::listener(listener, Arc::clone(&acceptor)) {
             Ok(listener) => {
                 tokio::spawn(serve(listener, app, shutdown));
+                Some(acceptor)
             }
-            Err(e) => error!(error = %e, "management API not started"),
+            Err(e) => {
+                error!(error = %e, "management API not started");
+                None
+            }
         },
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockgate_wire::FieldTable;
@@ -22,7 +22,7 @@ pub struct ConnectionEntry {
     pub name: String,
     /// The client's address.
     pub peer: SocketAddr,
-    /// Our address.
+    /// Our address: the accepted socket's local address (AMQP or AMQPS listener).
     pub local: SocketAddr,
     /// The authenticated user.
     pub user: String,
@@ -104,23 +104,9 @@ impl ConnectionEntry {
 #[derive(Debug, Default)]
 pub struct Registry {
     connections: Mutex<BTreeMap<u64, Arc<ConnectionEntry>>>,
-    listener: OnceLock<SocketAddr>,
 }
 
 impl Registry {
-    /// Records the AMQP listener's address (the "LOCAL" of connection names).
-    pub fn set_listener(&self, addr: SocketAddr) {
-        let _ = self.listener.set(addr);
-    }
-
-    /// The AMQP listener's address (unspecified before [`Registry::set_listener`]).
-    pub fn listener(&self) -> SocketAddr {
-        self.listener
-            .get()
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
-    }
-
     /// Adds a connection; it is removed when the returned registration drops.
     pub fn register(self: &Arc<Self>, entry: ConnectionEntry) -> Registration {
         let entry = Arc::new(entry);

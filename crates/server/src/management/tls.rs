@@ -64,14 +64,12 @@ impl ManagementTlsConfig {
         self.to_tls_config().validate().context("management.tls")
     }
 
-    /// Loads the certificate and reloads it on every SIGHUP.
+    /// Loads the certificate (`main` hands the acceptor to the SIGHUP handler).
     ///
     /// # Errors
-    /// A file cannot be loaded, or the SIGHUP handler cannot be installed.
+    /// A file cannot be loaded.
     pub fn acceptor(&self) -> anyhow::Result<Arc<Acceptor>> {
-        let acceptor = Acceptor::from_config(&self.to_tls_config()).context("management.tls")?;
-        crate::tls::reload_on_sighup(vec![Arc::clone(&acceptor)])?;
-        Ok(acceptor)
+        Acceptor::from_config(&self.to_tls_config()).context("management.tls")
     }
 }
 

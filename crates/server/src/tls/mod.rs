@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::Signal;
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -26,7 +26,7 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::connection::{self, ServerContext};
 
@@ -151,21 +151,23 @@ impl Acceptor {
     }
 }
 
-/// Reloads every acceptor in `acceptors` on each SIGHUP.
-///
-/// # Errors
-/// The SIGHUP handler cannot be installed.
-pub fn reload_on_sighup(acceptors: Vec<Arc<Acceptor>>) -> anyhow::Result<()> {
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+/// A listener's certificate that SIGHUP reloads, with the listener's name for the log.
+pub type Reloadable = (&'static str, Arc<Acceptor>);
+
+/// The one SIGHUP handler: on each SIGHUP received by `hangup`, reloads every certificate in
+/// `certificates` (AMQPS and management), logging one line per certificate, or that there is
+/// none. `hangup` is registered at startup, so a SIGHUP never ends the process.
+pub fn reload_on_sighup(mut hangup: Signal, certificates: Vec<Reloadable>) {
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            if acceptors.is_empty() {
+            if certificates.is_empty() {
                 info!("SIGHUP: no TLS certificate to reload");
             }
-            for acceptor in &acceptors {
+            for (listener, acceptor) in &certificates {
                 match acceptor.reload() {
-                    Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
+                    Ok(()) => info!(listener, "SIGHUP: TLS certificate reloaded"),
                     Err(e) => error!(
+                        listener,
                         error = format!("{e:#}"),
                         "SIGHUP: TLS certificate reload failed, keeping the previous one"
                     ),
@@ -173,7 +175,6 @@ pub fn reload_on_sighup(acceptors: Vec<Arc<Acceptor>>) -> anyhow::Result<()> {
             }
         }
     });
-    Ok(())
 }
 
 /// Binds the AMQPS listener.
@@ -189,18 +190,22 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// How long AMQPS connections get to finish their close handshake at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Starts AMQPS when `[tls]` gives a certificate: loads it, binds the listener, reloads on
-/// SIGHUP, and serves until shutdown. Without TLS, SIGHUP is still caught (and logged). The returned task ends once the connections it
-/// accepted are closed (bounded), so `main` can wait for it.
+/// The running AMQPS listener.
+pub struct Amqps {
+    /// Ends once the connections it accepted are closed (bounded), so `main` can wait for it.
+    pub task: JoinHandle<()>,
+    /// Its certificate, for the SIGHUP handler.
+    pub acceptor: Arc<Acceptor>,
+}
+
+/// Starts AMQPS when `[tls]` gives a certificate: loads it, binds the listener and serves
+/// until shutdown.
 ///
 /// # Errors
-/// The certificate or key cannot be loaded, the address cannot be bound, or the SIGHUP
-/// handler cannot be installed.
-pub async fn start(ctx: &Arc<ServerContext>) -> anyhow::Result<Option<JoinHandle<()>>> {
+/// The certificate or key cannot be loaded, or the address cannot be bound.
+pub async fn start(ctx: &Arc<ServerContext>) -> anyhow::Result<Option<Amqps>> {
     let config = &ctx.config.tls;
     if !config.enabled() {
-        // Still handle SIGHUP: its default action would end the process.
-        reload_on_sighup(Vec::new())?;
         return Ok(None);
     }
     let acceptor = Acceptor::from_config(config)?;
@@ -208,14 +213,14 @@ pub async fn start(ctx: &Arc<ServerContext>) -> anyhow::Result<Option<JoinHandle
     let addr = listener
         .local_addr()
         .context("reading the AMQPS listener's local address")?;
-    reload_on_sighup(vec![Arc::clone(&acceptor)])?;
     // Not the word the AMQP listener's line uses: harnesses match that one.
     info!(amqps_addr = %addr, "serving AMQPS");
-    Ok(Some(tokio::spawn(accept_loop(
+    let task = tokio::spawn(accept_loop(
         Arc::clone(ctx),
         listener,
-        acceptor,
-    ))))
+        Arc::clone(&acceptor),
+    ));
+    Ok(Some(Amqps { task, acceptor }))
 }
 
 async fn accept_loop(ctx: Arc<ServerContext>, listener: TcpListener, acceptor: Arc<Acceptor>) {
@@ -233,6 +238,14 @@ async fn accept_loop(ctx: Arc<ServerContext>, listener: TcpListener, acceptor: A
                 continue;
             }
         };
+        // Our half of the connection name, read before the handshake.
+        let local = match stream.local_addr() {
+            Ok(local) => local,
+            Err(e) => {
+                debug!(%peer, error = %e, "AMQPS connection gone before it was served");
+                continue;
+            }
+        };
         let id = ctx.next_id();
         let span = info_span!("connection", id, %peer, tls = true);
         let ctx = Arc::clone(&ctx);
@@ -241,7 +254,7 @@ async fn accept_loop(ctx: Arc<ServerContext>, listener: TcpListener, acceptor: A
             async move {
                 let _ = stream.set_nodelay(true);
                 match acceptor.accept(stream).await {
-                    Ok(tls) => connection::serve_tls(ctx, tls, peer, id).await,
+                    Ok(tls) => connection::serve_tls(ctx, tls, peer, local, id).await,
                     // A client without the right certificate, or not speaking TLS.
                     Err(e) => info!(error = %e, "TLS handshake failed"),
                 }
