@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use lockgate_broker::{Delivery, Message};
-use lockgate_wire::{basic, Frame, FrameCodec, Method};
+use lockgate_wire::{DeliverRef, Frame, FrameCodec, Method};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -133,16 +133,16 @@ fn encode(codec: &FrameCodec, msg: Outbound, buf: &mut BytesMut) -> io::Result<(
         }
         Outbound::Deliver { channel, delivery } => {
             let message = &delivery.message;
-            let method = Method::BasicDeliver(basic::Deliver {
-                consumer_tag: delivery.consumer_tag.to_string(),
+            let deliver = DeliverRef {
+                consumer_tag: delivery.consumer_tag.as_str(),
                 delivery_tag: delivery.delivery_tag.0,
                 redelivered: delivery.redelivered,
-                exchange: message.exchange.clone(),
-                routing_key: message.routing_key.clone(),
-            });
-            tracing::trace!(channel, ?method, "send delivery");
+                exchange: &message.exchange,
+                routing_key: &message.routing_key,
+            };
+            tracing::trace!(channel, ?deliver, "send delivery");
             codec
-                .encode_content(buf, channel, &method, &message.header, &message.body)
+                .encode_delivery(buf, channel, &deliver, &message.header, &message.body)
                 .map_err(io::Error::other)
         }
         Outbound::FrameMax(_) | Outbound::AfterCommit(_) | Outbound::Shutdown => Ok(()),

@@ -9,7 +9,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::primitive::Reader;
+use crate::primitive::{put_shortstr, Reader};
 use crate::{
     ContentHeader, Method, WireError, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT,
     FRAME_METHOD,
@@ -146,6 +146,22 @@ impl FrameCodec {
     ) -> Result<(), WireError> {
         encode_content(dst, channel, method, header, body, self.frame_max)
     }
+
+    /// Appends a `basic.deliver` content message with this codec's frame_max; see
+    /// [`encode_delivery`].
+    ///
+    /// # Errors
+    /// As [`encode_content`].
+    pub fn encode_delivery(
+        &self,
+        dst: &mut BytesMut,
+        channel: u16,
+        deliver: &DeliverRef<'_>,
+        header: &ContentHeader,
+        body: &[u8],
+    ) -> Result<(), WireError> {
+        encode_delivery(dst, channel, deliver, header, body, self.frame_max)
+    }
 }
 
 fn begin(dst: &mut BytesMut, frame_type: u8, channel: u16) -> usize {
@@ -229,6 +245,77 @@ pub fn encode_content(
     body: &[u8],
     frame_max: u32,
 ) -> Result<(), WireError> {
+    content(
+        dst,
+        channel,
+        |dst| method.encode(dst),
+        header,
+        body,
+        frame_max,
+    )
+}
+
+/// `basic.deliver`'s arguments, borrowed. A server writes one per delivery from strings it
+/// already holds (the consumer tag, the message's exchange and routing key); encoding from
+/// this allocates nothing, where building a [`crate::basic::Deliver`] would copy all three.
+#[derive(Clone, Copy, Debug)]
+pub struct DeliverRef<'a> {
+    /// The consumer the message is delivered to.
+    pub consumer_tag: &'a str,
+    /// The channel-scoped delivery tag.
+    pub delivery_tag: u64,
+    /// Whether the message was delivered before.
+    pub redelivered: bool,
+    /// The exchange the message was published to.
+    pub exchange: &'a str,
+    /// The routing key it was published with.
+    pub routing_key: &'a str,
+}
+
+impl DeliverRef<'_> {
+    /// The same octets as `Method::BasicDeliver(..).encode` (a test keeps them equal).
+    fn encode(&self, dst: &mut BytesMut) -> Result<(), WireError> {
+        dst.put_u16(crate::basic::Deliver::CLASS_ID);
+        dst.put_u16(crate::basic::Deliver::METHOD_ID);
+        put_shortstr(dst, self.consumer_tag, "basic.deliver.consumer-tag")?;
+        dst.put_u64(self.delivery_tag);
+        dst.put_u8(u8::from(self.redelivered));
+        put_shortstr(dst, self.exchange, "basic.deliver.exchange")?;
+        put_shortstr(dst, self.routing_key, "basic.deliver.routing-key")
+    }
+}
+
+/// [`encode_content`] for `basic.deliver`, from borrowed arguments.
+///
+/// # Errors
+/// As [`encode_content`].
+pub fn encode_delivery(
+    dst: &mut BytesMut,
+    channel: u16,
+    deliver: &DeliverRef<'_>,
+    header: &ContentHeader,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), WireError> {
+    content(
+        dst,
+        channel,
+        |dst| deliver.encode(dst),
+        header,
+        body,
+        frame_max,
+    )
+}
+
+/// Checks the body size, then writes the frames; on error `dst` is left as it was.
+fn content(
+    dst: &mut BytesMut,
+    channel: u16,
+    method: impl FnOnce(&mut BytesMut) -> Result<(), WireError>,
+    header: &ContentHeader,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), WireError> {
     if header.body_size != body.len() as u64 {
         return Err(WireError::BodySizeMismatch {
             declared: header.body_size,
@@ -246,7 +333,7 @@ pub fn encode_content(
 fn write_content(
     dst: &mut BytesMut,
     channel: u16,
-    method: &Method,
+    method: impl FnOnce(&mut BytesMut) -> Result<(), WireError>,
     header: &ContentHeader,
     body: &[u8],
     frame_max: u32,
@@ -269,7 +356,7 @@ fn write_content(
         64 + header.payload_len() + body.len() + frames * FRAME_OVERHEAD + 3 * FRAME_OVERHEAD,
     );
     let at = begin(dst, FRAME_METHOD, channel);
-    method.encode(dst)?;
+    method(dst)?;
     finish(dst, at, frame_max)?;
     check_size(header.payload_len(), frame_max)?;
     let at = begin(dst, FRAME_HEADER, channel);

@@ -97,7 +97,10 @@ mod table;
 
 pub use constants::*;
 pub use error::WireError;
-pub use frame::{encode_content, Frame, FrameCodec, FRAME_OVERHEAD, FRAME_SIZE_FUDGE};
+pub use frame::{
+    encode_content, encode_delivery, DeliverRef, Frame, FrameCodec, FRAME_OVERHEAD,
+    FRAME_SIZE_FUDGE,
+};
 pub use methods::{
     access, basic, channel, confirm, connection, exchange, method_name, queue, tx, Method,
 };

@@ -172,3 +172,41 @@ fn table_with_every_field_type_roundtrips() {
         Frame::Header { channel: 1, header }
     );
 }
+
+proptest! {
+    #[test]
+    fn borrowed_deliver_encodes_as_the_generated_method(
+        consumer_tag in arb_shortstr(),
+        delivery_tag in any::<u64>(),
+        redelivered in any::<bool>(),
+        exchange in arb_shortstr(),
+        routing_key in arb_shortstr(),
+        body in proptest::collection::vec(any::<u8>(), 0..10_000),
+        frame_max in prop_oneof![Just(0u32), 4096u32..20_000],
+        channel in any::<u16>(),
+    ) {
+        let header = ContentHeader::new(60, body.len() as u64, BasicProperties::default()).unwrap();
+        let owned = Method::BasicDeliver(lockgate_wire::basic::Deliver {
+            consumer_tag: consumer_tag.clone(),
+            delivery_tag,
+            redelivered,
+            exchange: exchange.clone(),
+            routing_key: routing_key.clone(),
+        });
+        let borrowed = lockgate_wire::DeliverRef {
+            consumer_tag: &consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange: &exchange,
+            routing_key: &routing_key,
+        };
+        let mut expected = BytesMut::new();
+        let expected_result =
+            lockgate_wire::encode_content(&mut expected, channel, &owned, &header, &body, frame_max);
+        let mut actual = BytesMut::new();
+        let actual_result =
+            lockgate_wire::encode_delivery(&mut actual, channel, &borrowed, &header, &body, frame_max);
+        prop_assert_eq!(expected_result.is_ok(), actual_result.is_ok());
+        prop_assert_eq!(expected, actual);
+    }
+}
