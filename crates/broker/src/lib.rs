@@ -61,7 +61,7 @@ pub use error::BrokerError;
 pub use exchange::{Exchange, ExchangeFlags, ExchangeKind};
 pub use ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
 pub use message::Message;
-pub use queue::arguments::{Overflow, QueueArguments};
+pub use queue::arguments::{DedupWindow, Overflow, QueueArguments, TimeoutAction};
 pub use queue::{GetOk, Queue};
 pub use recovery::{RecoveryError, RecoverySummary};
 pub use sink::{Delivery, DeliverySink, SinkClosed};

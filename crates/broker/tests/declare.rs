@@ -333,6 +333,94 @@ fn invalid_queue_arguments_are_refused() {
 }
 
 #[test]
+fn lockgate_queue_arguments_are_parsed_and_validated() {
+    let vh = vhost();
+    let plain = QueueFlags::default();
+    let table = args(&[
+        ("x-consumer-timeout", FieldValue::I32(500)),
+        (
+            "x-consumer-timeout-action",
+            FieldValue::from("close-channel"),
+        ),
+        ("x-delivery-limit", FieldValue::I16(3)),
+        ("x-retry-delay", FieldValue::I32(100)),
+        ("x-retry-delay-max", FieldValue::I32(1600)),
+        ("x-overflow", FieldValue::from("block")),
+        ("x-group-header", FieldValue::from("customer")),
+        ("x-deduplication-window", FieldValue::from("10000, 5m")),
+    ]);
+    vh.declare_queue(CONN, "typed", plain, table).unwrap();
+    let parsed = vh.queue("typed").unwrap().arguments().clone();
+    assert_eq!(parsed.consumer_timeout, Some(500));
+    assert_eq!(
+        parsed.consumer_timeout_action,
+        lockgate_broker::TimeoutAction::CloseChannel
+    );
+    assert_eq!(parsed.delivery_limit, Some(3));
+    assert_eq!(
+        (parsed.retry_delay, parsed.retry_delay_max),
+        (Some(100), Some(1600))
+    );
+    assert_eq!(parsed.overflow, Some(lockgate_broker::Overflow::Block));
+    assert_eq!(parsed.group_header.as_deref(), Some("customer"));
+    assert_eq!(
+        parsed.dedup,
+        Some(lockgate_broker::DedupWindow {
+            count: Some(10_000),
+            time_ms: Some(300_000)
+        })
+    );
+
+    let count_only = args(&[("x-deduplication-window", FieldValue::I64(50))]);
+    vh.declare_queue(CONN, "counted", plain, count_only)
+        .unwrap();
+    let dedup = vh.queue("counted").unwrap().arguments().dedup;
+    assert_eq!(dedup.and_then(|d| d.count), Some(50));
+
+    for (key, value, why) in [
+        ("x-consumer-timeout", FieldValue::I32(0), "{value_zero,0}"),
+        (
+            "x-consumer-timeout-action",
+            FieldValue::from("ignore"),
+            "expected \"requeue\" or \"close-channel\", got \"ignore\"",
+        ),
+        (
+            "x-deduplication-window",
+            FieldValue::from("a while"),
+            "\"a while\" is neither a count nor a duration such as 60s",
+        ),
+        (
+            "x-deduplication-window",
+            FieldValue::I32(0),
+            "the window must hold a count or a duration above zero",
+        ),
+    ] {
+        assert_eq!(
+            text(vh.declare_queue(CONN, "bad", plain, args(&[(key, value)]))),
+            format!(
+                "PRECONDITION_FAILED - invalid arg '{key}' for queue 'bad' in vhost '/': {why}"
+            )
+        );
+    }
+    let backwards = args(&[
+        ("x-retry-delay", FieldValue::I32(500)),
+        ("x-retry-delay-max", FieldValue::I32(100)),
+    ]);
+    assert_eq!(
+        text(vh.declare_queue(CONN, "bad", plain, backwards)),
+        "PRECONDITION_FAILED - invalid arg 'x-retry-delay-max' for queue 'bad' in vhost '/': 100 is below x-retry-delay 500"
+    );
+    assert_eq!(
+        lockgate_broker::QueueArguments::from_policy_key("delivery-limit"),
+        Some("x-delivery-limit")
+    );
+    assert_eq!(
+        lockgate_broker::QueueArguments::from_policy_key("ha-mode"),
+        None
+    );
+}
+
+#[test]
 fn exclusive_queues_belong_to_one_connection() {
     let vh = vhost();
     let exclusive = QueueFlags {

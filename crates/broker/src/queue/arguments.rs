@@ -1,9 +1,12 @@
 //! Queue arguments (`x-...`): parsed into [`QueueArguments`] at declare, and compared on
 //! redeclaration the way RabbitMQ compares them.
 //!
-//! Only TTL, length limits, dead-lettering and priorities are parsed now; the behaviour they
-//! describe comes with a later issue. Validation and the "inequivalent arg" comparison already
-//! follow RabbitMQ (`rabbit_amqqueue:declare_args/0`, `rabbit_misc:assert_args_equivalence/4`).
+//! RabbitMQ's arguments (TTL, length limits, dead-lettering, priorities, single active
+//! consumer) are validated and compared on redeclaration the way RabbitMQ does
+//! (`rabbit_amqqueue:declare_args/0`, `rabbit_misc:assert_args_equivalence/4`); lockgate's
+//! own (consumer timeouts, delivery limits, retry delays, message groups, deduplication) follow
+//! the same rules. A policy sets the same settings under keys without the `x-` prefix
+//! ([`QueueArguments::from_policy_key`]).
 
 use lockgate_wire::{FieldTable, FieldValue};
 
@@ -18,6 +21,28 @@ pub enum Overflow {
     RejectPublish,
     /// Refuse new messages and dead-letter them.
     RejectPublishDlx,
+    /// Pause the publishers whose messages route to the full queue until it has room.
+    Block,
+}
+
+/// What happens to a delivery that is not acknowledged within `x-consumer-timeout`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeoutAction {
+    /// Take the delivery back and requeue it for the next consumer; the channel stays open.
+    #[default]
+    Requeue,
+    /// Close the channel with 406, as RabbitMQ does.
+    CloseChannel,
+}
+
+/// `x-deduplication-window`: how many message ids, and for how long, a queue remembers.
+/// At least one of the two is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DedupWindow {
+    /// The last `count` message ids enqueued.
+    pub count: Option<u64>,
+    /// Message ids enqueued in the last `time_ms` milliseconds.
+    pub time_ms: Option<u64>,
 }
 
 /// Typed queue arguments.
@@ -41,6 +66,20 @@ pub struct QueueArguments {
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
+    /// `x-consumer-timeout`, milliseconds.
+    pub consumer_timeout: Option<u64>,
+    /// `x-consumer-timeout-action`.
+    pub consumer_timeout_action: TimeoutAction,
+    /// `x-delivery-limit`: redeliveries before the message is dead-lettered (or dropped).
+    pub delivery_limit: Option<u64>,
+    /// `x-retry-delay`, milliseconds: first delay before a requeued message is deliverable.
+    pub retry_delay: Option<u64>,
+    /// `x-retry-delay-max`, milliseconds: the doubling delay stops growing here.
+    pub retry_delay_max: Option<u64>,
+    /// `x-group-header`: the header whose value keeps a message group on one consumer.
+    pub group_header: Option<String>,
+    /// `x-deduplication-window`.
+    pub dedup: Option<DedupWindow>,
 }
 
 /// The arguments RabbitMQ compares when a classic queue is redeclared.
@@ -57,12 +96,52 @@ const COMPARED: &[&str] = &[
     "x-queue-version",
     "x-queue-type",
     "x-single-active-consumer",
+    "x-consumer-timeout",
+    "x-consumer-timeout-action",
+    "x-delivery-limit",
+    "x-retry-delay",
+    "x-retry-delay-max",
+    "x-group-header",
+    "x-deduplication-window",
+];
+
+/// Policy keys and the queue arguments they set (RabbitMQ's policy names where it has one).
+const POLICY_KEYS: &[(&str, &str)] = &[
+    ("message-ttl", "x-message-ttl"),
+    ("expires", "x-expires"),
+    ("max-length", "x-max-length"),
+    ("max-length-bytes", "x-max-length-bytes"),
+    ("overflow", "x-overflow"),
+    ("dead-letter-exchange", "x-dead-letter-exchange"),
+    ("dead-letter-routing-key", "x-dead-letter-routing-key"),
+    ("max-priority", "x-max-priority"),
+    ("consumer-timeout", "x-consumer-timeout"),
+    ("consumer-timeout-action", "x-consumer-timeout-action"),
+    ("delivery-limit", "x-delivery-limit"),
+    ("retry-delay", "x-retry-delay"),
+    ("retry-delay-max", "x-retry-delay-max"),
+    ("group-header", "x-group-header"),
+    ("deduplication-window", "x-deduplication-window"),
 ];
 
 /// RabbitMQ's upper bound for `x-message-ttl` / `x-expires` (`rabbit_misc:check_expiry`).
 const MAX_EXPIRY_MS: i128 = 315_360_000_000;
 
 impl QueueArguments {
+    /// The queue argument a policy key sets ("max-length" -> "x-max-length"); `None` for a
+    /// key that is not a queue setting.
+    pub fn from_policy_key(key: &str) -> Option<&'static str> {
+        POLICY_KEYS
+            .iter()
+            .find(|(policy, _)| *policy == key)
+            .map(|(_, argument)| *argument)
+    }
+
+    /// Every policy key, for validation messages.
+    pub fn policy_keys() -> impl Iterator<Item = &'static str> {
+        POLICY_KEYS.iter().map(|(policy, _)| *policy)
+    }
+
     /// Validates and parses a declaration's arguments. Unknown arguments are kept in the raw
     /// table and ignored, as RabbitMQ does.
     ///
@@ -143,6 +222,7 @@ impl QueueArguments {
             Some("drop-head") => Some(Overflow::DropHead),
             Some("reject-publish") => Some(Overflow::RejectPublish),
             Some("reject-publish-dlx") => Some(Overflow::RejectPublishDlx),
+            Some("block") => Some(Overflow::Block),
             Some(_) => {
                 // RabbitMQ 3.10 reports the bare atom here, without the value.
                 return Err(invalid("x-overflow", "invalid_overflow".to_owned()));
@@ -167,7 +247,40 @@ impl QueueArguments {
                 ))
             }
         };
+        let consumer_timeout_action = match string("x-consumer-timeout-action")?.as_deref() {
+            None | Some("requeue") => TimeoutAction::Requeue,
+            Some("close-channel") => TimeoutAction::CloseChannel,
+            Some(other) => {
+                return Err(invalid(
+                    "x-consumer-timeout-action",
+                    format!("expected \"requeue\" or \"close-channel\", got \"{other}\""),
+                ))
+            }
+        };
+        let retry_delay = expiry("x-retry-delay", true)?;
+        let retry_delay_max = expiry("x-retry-delay-max", true)?;
+        if let (Some(delay), Some(max)) = (retry_delay, retry_delay_max) {
+            if max < delay {
+                return Err(invalid(
+                    "x-retry-delay-max",
+                    format!("{max} is below x-retry-delay {delay}"),
+                ));
+            }
+        }
+        let dedup = match table.get("x-deduplication-window") {
+            None => None,
+            Some(value) => Some(
+                DedupWindow::parse(value).map_err(|why| invalid("x-deduplication-window", why))?,
+            ),
+        };
         Ok(Self {
+            consumer_timeout: expiry("x-consumer-timeout", false)?,
+            consumer_timeout_action,
+            delivery_limit: non_negative("x-delivery-limit")?,
+            retry_delay,
+            retry_delay_max,
+            group_header: string("x-group-header")?.filter(|h| !h.is_empty()),
+            dedup,
             message_ttl: expiry("x-message-ttl", true)?,
             expires: expiry("x-expires", false)?,
             max_length: non_negative("x-max-length")?,
@@ -179,6 +292,58 @@ impl QueueArguments {
             single_active_consumer,
         })
     }
+}
+
+impl DedupWindow {
+    /// An integer is a count; a string is comma-separated parts, each a count ("10000") or a
+    /// duration with its unit ("500ms", "60s", "5m", "1h").
+    fn parse(value: &FieldValue) -> Result<Self, String> {
+        let mut window = Self::default();
+        match value {
+            FieldValue::LongString(text) => {
+                let text = std::str::from_utf8(text).map_err(|_| "not UTF-8".to_owned())?;
+                for part in text.split(',').map(str::trim) {
+                    if let Ok(count) = part.parse::<u64>() {
+                        window.count = Some(count);
+                    } else {
+                        window.time_ms = Some(parse_duration_ms(part).ok_or_else(|| {
+                            format!("\"{part}\" is neither a count nor a duration such as 60s")
+                        })?);
+                    }
+                }
+            }
+            other => match integer(other) {
+                Some(count) => {
+                    window.count = Some(
+                        u64::try_from(count).map_err(|_| format!("{{value_negative,{count}}}"))?,
+                    );
+                }
+                None => return Err(format!("{{unacceptable_type,{}}}", type_name(other))),
+            },
+        }
+        match window {
+            Self {
+                count: None | Some(0),
+                time_ms: None | Some(0),
+            } => Err("the window must hold a count or a duration above zero".to_owned()),
+            window => Ok(window),
+        }
+    }
+}
+
+/// "500ms", "60s", "5m", "1h" in milliseconds.
+fn parse_duration_ms(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    number.checked_mul(scale)
 }
 
 /// RabbitMQ's validation of `basic.consume` arguments: `x-priority` must be an integer.
