@@ -5,11 +5,17 @@
 //! in-memory head runs low (queues notify it) and every few milliseconds while any queue has
 //! a disk tail, otherwise every 50 ms. Each pass:
 //!
-//! 1. pages in the queues whose head is below `PAGE_LOW` (one page each, in seq order);
+//! 1. pages in the queues whose head is below `PAGE_LOW` (one page each, in seq order),
+//!    looking only at the queues known to have a disk tail ([`Tails`]), not at every queue:
+//!    a queue gets a disk tail only from this task or from recovery (found by one walk when
+//!    the task starts);
 //! 2. when the bytes of held messages exceed the spill threshold (half the memory high
-//!    watermark, RabbitMQ's default paging ratio), takes batches from the queues with the
-//!    longest in-memory backlog (everything beyond a head of `HEAD_COUNT` messages /
-//!    `head_bytes`) and writes them, until usage is below 80 % of the threshold.
+//!    watermark, RabbitMQ's default paging ratio), ranks every queue by its in-memory
+//!    backlog, takes batches from the longest (everything beyond a head of `HEAD_COUNT`
+//!    messages / `head_bytes`) and writes them, until usage is below 80 % of the threshold.
+//!
+//! So a broker with thousands of idle queues and memory below the threshold does no work
+//! per queue at all; with some queues spilled, a pass costs one check per spilled queue.
 //!
 //! Queue locks are held only to move messages between lists; every store call runs here,
 //! through the store's `spawn_blocking` variants, never under a queue lock. Transient bodies
@@ -18,6 +24,7 @@
 //! blocked) stays the last resort when spilling cannot keep up or the disk write fails.
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -45,8 +52,9 @@ const PAGE: usize = 512;
 
 impl Broker {
     /// Starts the spill task on the current tokio runtime; `None` without a store. Needed
-    /// for spilling and for paging in the disk tail of queues recovered at startup. The task
-    /// ends when the broker is dropped.
+    /// for spilling and for paging in the disk tail of queues recovered at startup (start it
+    /// after [`Broker::recover`]: it looks for recovered disk tails once, when it starts).
+    /// The task ends when the broker is dropped.
     pub fn spawn_spill_task(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         let store = self.store()?.clone();
         let wake = Arc::clone(self.spill_wake());
@@ -54,13 +62,52 @@ impl Broker {
     }
 }
 
+/// The queues with a disk tail, keyed by address (weak: a deleted queue drops out).
+#[derive(Default)]
+struct Tails {
+    queues: HashMap<usize, (Weak<VHost>, Weak<Queue>)>,
+}
+
+impl Tails {
+    fn add(&mut self, vhost: &Arc<VHost>, queue: &Arc<Queue>) {
+        self.queues
+            .entry(Arc::as_ptr(queue) as usize)
+            .or_insert_with(|| (Arc::downgrade(vhost), Arc::downgrade(queue)));
+    }
+}
+
+/// What one pass did (for tests and tracing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PassReport {
+    /// Queues looked at for paging in.
+    examined: usize,
+    /// Queues ranked for spilling (every queue, but only when over the threshold).
+    ranked: usize,
+    /// Some queue still has a disk tail: poll again soon.
+    active: bool,
+}
+
 async fn run(broker: Weak<Broker>, store: Store, wake: Arc<Notify>) {
     let mut failing = false;
+    let mut tails = Tails::default();
+    if let Some(b) = broker.upgrade() {
+        for (vhost, queue) in all_queues(&b) {
+            if queue.has_disk_tail() {
+                tails.add(&vhost, &queue);
+            }
+        }
+    }
     loop {
         let Some(b) = broker.upgrade() else { return };
-        let active = pass(&b, &store, &mut failing).await;
+        let report = pass(&b, &store, &mut tails, &mut failing).await;
         drop(b);
-        let idle = if active {
+        trace!(
+            examined = report.examined,
+            ranked = report.ranked,
+            active = report.active,
+            "spill pass"
+        );
+        let idle = if report.active {
             Duration::from_millis(5)
         } else {
             Duration::from_millis(50)
@@ -72,10 +119,8 @@ async fn run(broker: Weak<Broker>, store: Store, wake: Arc<Notify>) {
     }
 }
 
-/// One pass over every queue; true when some queue has a disk tail (poll again soon).
-async fn pass(b: &Broker, store: &Store, failing: &mut bool) -> bool {
-    let queues: Vec<(Arc<VHost>, Arc<Queue>)> = b
-        .vhost_names()
+fn all_queues(b: &Broker) -> Vec<(Arc<VHost>, Arc<Queue>)> {
+    b.vhost_names()
         .into_iter()
         .filter_map(|name| b.vhost(&name))
         .flat_map(|v| {
@@ -83,35 +128,55 @@ async fn pass(b: &Broker, store: &Store, failing: &mut bool) -> bool {
                 .into_iter()
                 .map(move |q| (Arc::clone(&v), q))
         })
+        .collect()
+}
+
+/// One pass: page in the queues with a disk tail, then spill if over the threshold.
+async fn pass(b: &Broker, store: &Store, tails: &mut Tails, failing: &mut bool) -> PassReport {
+    let mut report = PassReport::default();
+    let known: Vec<(usize, Arc<VHost>, Arc<Queue>)> = tails
+        .queues
+        .iter()
+        .filter_map(|(&key, (v, q))| Some((key, v.upgrade()?, q.upgrade()?)))
         .collect();
-    let mut active = false;
-    for (vhost, queue) in &queues {
+    tails
+        .queues
+        .retain(|key, _| known.iter().any(|(k, _, _)| k == key));
+    for (key, vhost, queue) in &known {
+        report.examined += 1;
         if let Some(request) = queue.page_request(PAGE) {
             let paged = page_in(vhost, &request).await;
             queue.finish_page(&request, paged);
         }
-        active |= queue.has_disk_tail();
+        if !queue.has_disk_tail() {
+            tails.queues.remove(key);
+        }
     }
+    report.active = !tails.queues.is_empty();
     let threshold = b.config().memory_high_watermark / 2;
     if threshold == 0 || b.memory_used() <= threshold {
-        return active;
+        return report;
     }
+    report.active = true;
+    let queues = all_queues(b);
+    report.ranked = queues.len();
     let target = threshold / 5 * 4;
     let head_bytes = (threshold / 16).clamp(64 << 10, 4 << 20);
     // Messages being written still count: small batches keep that in-flight share low.
     let batch_bytes = (threshold / 16).clamp(64 << 10, 4 << 20);
-    let mut order: Vec<(usize, &Arc<Queue>)> = queues
+    let mut order: Vec<(usize, &Arc<VHost>, &Arc<Queue>)> = queues
         .iter()
-        .map(|(_, q)| (q.spillable(), q))
-        .filter(|(n, _)| *n > 0)
+        .map(|(v, q)| (q.spillable(), v, q))
+        .filter(|(n, _, _)| *n > 0)
         .collect();
-    order.sort_by_key(|&(n, _)| Reverse(n));
-    for (_, queue) in order {
+    order.sort_by_key(|&(n, _, _)| Reverse(n));
+    for (_, vhost, queue) in order {
         while b.memory_used() > target {
             let batch = queue.take_spill(store, HEAD_COUNT, head_bytes, SPILL_BATCH, batch_bytes);
             let Some(batch) = batch else {
                 break;
             };
+            tails.add(vhost, queue);
             let started = std::time::Instant::now();
             let written = write(store, &batch).await;
             trace!(
@@ -139,11 +204,11 @@ async fn pass(b: &Broker, store: &Store, failing: &mut bool) -> bool {
                 let _ = tokio::task::spawn_blocking(move || store.discard_spilled(id, range)).await;
             }
             if !ok {
-                return true;
+                return report;
             }
         }
     }
-    true
+    report
 }
 
 /// Writes a batch: transient bodies to the spill tree; persistent ones are in the store
@@ -242,4 +307,110 @@ fn rebuild(vhost: &VHost, request: &PageRequest, p: PagedMessage) -> Option<Read
             message,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use lockgate_store::StoreConfig;
+    use lockgate_wire::{BasicProperties, ContentHeader, FieldTable};
+
+    use super::*;
+    use crate::broker::BrokerConfig;
+    use crate::channel::Channel;
+    use crate::ids::{ChannelId, ConnectionId, ConsumerTag};
+    use crate::sink::{Delivery, DeliverySink, SinkClosed};
+    use crate::vhost::QueueFlags;
+
+    struct NoConsumers;
+
+    impl DeliverySink for NoConsumers {
+        fn deliver(&self, delivery: Delivery) -> Result<(), SinkClosed> {
+            Err(SinkClosed(delivery))
+        }
+
+        fn consumer_cancelled(&self, _: &ConsumerTag) {}
+    }
+
+    const BUDGET: u64 = 1 << 20;
+
+    fn publish(vhost: &VHost, queue: &str, i: usize) {
+        let body = format!("{i:08}:{}", "x".repeat(1000));
+        let header =
+            ContentHeader::new(60, body.len() as u64, BasicProperties::default()).expect("header");
+        let message = Message::new(String::new(), queue.to_owned(), header, Bytes::from(body));
+        vhost.publish(false, message).expect("publish");
+    }
+
+    /// 3,000 idle queues and one long one: passes below the threshold look at no queue, a
+    /// pass over it ranks them all once, and from then on only the spilled queue is
+    /// examined, until its disk tail is paged back in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_look_only_at_queues_with_a_disk_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let config = BrokerConfig {
+            memory_high_watermark: BUDGET,
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::with_store(config, store.clone());
+        let vhost = broker.vhost("/").expect("vhost");
+        let declare = |name: &str| {
+            vhost
+                .declare_queue(
+                    ConnectionId(1),
+                    name,
+                    QueueFlags::default(),
+                    FieldTable::default(),
+                )
+                .expect("declare");
+        };
+        for i in 0..3000 {
+            declare(&format!("idle-{i}"));
+        }
+        declare("long");
+        let mut tails = Tails::default();
+        let mut failing = false;
+        let idle = pass(&broker, &store, &mut tails, &mut failing).await;
+        assert_eq!(idle, PassReport::default());
+
+        for i in 0..2000 {
+            publish(&vhost, "long", i);
+        }
+        let spilling = pass(&broker, &store, &mut tails, &mut failing).await;
+        assert_eq!(spilling.ranked, 3001);
+        assert!(spilling.active);
+        let long = vhost.queue("long").expect("queue");
+        assert!(long.has_disk_tail());
+        assert!(broker.memory_used() <= BUDGET / 2);
+
+        let next = pass(&broker, &store, &mut tails, &mut failing).await;
+        assert_eq!((next.examined, next.ranked), (1, 0));
+        assert!(next.active);
+
+        // Drained by basic.get (which reads the disk tail itself): every message, in order;
+        // then passes are idle again.
+        let mut channel = Channel::new(
+            Arc::clone(&vhost),
+            ConnectionId(1),
+            ChannelId(1),
+            Arc::new(NoConsumers),
+        );
+        for i in 0..2000 {
+            let ok = channel.get("long", true).expect("get").expect("a message");
+            assert_eq!(&ok.message.body[..8], format!("{i:08}").as_bytes());
+        }
+        assert!(channel.get("long", true).expect("get").is_none());
+        let after = pass(&broker, &store, &mut tails, &mut failing).await;
+        assert_eq!(
+            after,
+            PassReport {
+                examined: 1,
+                ranked: 0,
+                active: false
+            }
+        );
+        let idle = pass(&broker, &store, &mut tails, &mut failing).await;
+        assert_eq!(idle, PassReport::default());
+    }
 }

@@ -13,6 +13,9 @@ pub const APPLY: &str = "apply";
 /// Fails the flush after a batch was written (the batch is in memory, not confirmed).
 pub const FLUSH: &str = "flush";
 
+/// Holds the writer before it takes the next batch, until disarmed (writes pile up).
+pub const STALL: &str = "stall";
+
 static ARMED: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
 
 /// Arms failpoint `name` for the store at `path` until [`disarm`].
@@ -25,6 +28,11 @@ pub fn arm(name: &'static str, path: &Path) {
 pub fn disarm(name: &'static str, path: &Path) {
     let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
     armed.retain(|(n, p)| !(*n == name && p == path));
+}
+
+pub(crate) fn armed(name: &'static str, path: &Path) -> bool {
+    let armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+    armed.iter().any(|(n, p)| *n == name && p == path)
 }
 
 pub(crate) fn check(name: &'static str, path: &Path) -> Result<()> {

@@ -17,6 +17,9 @@ pub(crate) const NEXT_MESSAGE_ID: &[u8] = b"N";
 pub(crate) const MESSAGE: u8 = b'M';
 /// `Q` + queue id + seq: a queue index entry, value = message id.
 pub(crate) const INDEX: u8 = b'Q';
+/// `P` + message id + u32 part: part 1, 2, ... of a message record longer than
+/// [`RECORD_PART`] (the `M` value holds its first part). Format 2; format 1 stores have none.
+pub(crate) const PART: u8 = b'P';
 /// `R` + message id: reference count of a message held by more than one queue.
 pub(crate) const REFS: u8 = b'R';
 /// `C` + queue id: number of index entries of the queue (u64), kept with every batch so
@@ -40,6 +43,14 @@ pub(crate) fn definition(kind: u8, key: &[u8]) -> Vec<u8> {
 
 pub(crate) fn message(id: MessageId) -> [u8; 9] {
     prefixed(MESSAGE, id.0)
+}
+
+/// Key of continuation part `part` (≥ 1) of message `id`.
+pub(crate) fn part(id: MessageId, part: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..9].copy_from_slice(&prefixed(PART, id.0));
+    k[9..].copy_from_slice(&part.to_be_bytes());
+    k
 }
 
 pub(crate) fn refs(id: MessageId) -> [u8; 9] {
@@ -68,6 +79,27 @@ pub(crate) fn spill(queue: QueueId, seq: u64) -> [u8; 16] {
     k[..8].copy_from_slice(&queue.0.to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// Bytes of a spilled or persistent message record per sled value: a longer record is split into parts, the first
+/// under [`spill`]'s (or [`message`]'s) key and part `n` under [`spill_part`]'s (or [`part`]'s). sled 0.34 writes a tree node
+/// bigger than an eighth of a segment as a separate blob and then counts it in its cache
+/// by the size of the pointer, so nodes of large values stayed in memory for good; parts
+/// of this size keep every node (up to 17 entries) under that threshold.
+pub(crate) const RECORD_PART: usize = 4096;
+
+/// Key of part `part` (≥ 1) of a spilled record: sorts right after the record's first part
+/// and before the next seq, so ranges over [`spill`] keys cover whole records.
+pub(crate) fn spill_part(queue: QueueId, seq: u64, part: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&spill(queue, seq));
+    k[16..].copy_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// Whether a spill key is a record's first part (one per spilled message).
+pub(crate) fn is_spill_head(key: &[u8]) -> bool {
+    key.len() == 16
 }
 
 fn prefixed(prefix: u8, n: u64) -> [u8; 9] {

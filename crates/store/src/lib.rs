@@ -20,7 +20,7 @@
 //! # On disk
 //!
 //! A directory holding sled's files (`conf`, `db`, `blobs/`, `snap.*`) and
-//! [`VERSION_FILE`] (`lockgate-store format 1` / `committed N`, see Integrity). Three sled
+//! [`VERSION_FILE`] (`lockgate-store format 2` / `committed N`, see Integrity). Three sled
 //! trees; integers are big-endian so byte order is numeric order:
 //!
 //! | tree | key | value |
@@ -31,12 +31,14 @@
 //! | `data` | `I` | u64 next queue id |
 //! | `data` | `S` | u64 number of the latest committed batch |
 //! | `data` | `N` | u64 one past the highest message id written (ids are never reused) |
-//! | `data` | `M` message-id | u32 header length, header bytes, body |
+//! | `data` | `M` message-id | u32 header length, header bytes, body: the first 4 KiB |
+//! | `data` | `P` message-id u32-part | the record's next 4 KiB, for part 1, 2, ... (format 2) |
 //! | `data` | `Q` queue-id seq | u64 message id (the queue index) |
 //! | `data` | `R` message-id | u32 reference count, only while > 1 queue holds the message |
 //! | `data` | `C` queue-id | u64 number of the queue's index entries (read at startup) |
 //! | `data` | `W` queue-id | u64 highest delivered seq (redelivered watermark) |
-//! | `spill` | queue-id seq | u32 header length, header bytes, body (transient only) |
+//! | `spill` | queue-id seq | u32 header length, header bytes, body (transient only): its first 4 KiB |
+//! | `spill` | queue-id seq u32-part | the record's next 4 KiB, for part 1, 2, ... |
 //!
 //! Definitions and messages share the `data` tree so that every write is one atomic sled
 //! batch (a message record lands with its index entries, count and reference count, or not
@@ -84,6 +86,9 @@
 //! seq, and read back in order by [`Store::page_in`], which merges them with the queue's
 //! persistent messages (whose bodies are already in `M` and need no spilling). The whole
 //! `spill` tree is cleared at startup: transient messages do not survive a restart.
+//! Records are split into 4 KiB parts (sled keeps tree nodes of large values in memory for
+//! good), and the spill calls flush the engine every 4 MiB of spill traffic (sled reclaims a
+//! segment only after it was flushed).
 //!
 //! # Space
 //!
@@ -91,13 +96,19 @@
 //! leaves a dead copy in its segment, and a segment whose live data drops low enough is
 //! rewritten and then reused, so the files stay proportional to the live data (plus a few
 //! segments of slack), not to the history; free segments at the end of the file are
-//! truncated away, free ones in the middle are reused. The `space_is_reclaimed_by_acks`
-//! test checks that a long publish + ack run keeps the directory bounded (30 MiB of bodies
-//! published and acked: the directory never exceeds ~4-7 MiB).
+//! truncated away, free ones in the middle are reused. Records are stored in 4 KiB parts
+//! because sled writes a tree node over 64 KiB as a blob file that is deleted only with the
+//! segment pointing to it, and counts it in its cache at the size of the pointer: large
+//! records in one value made both the directory and the memory grow with the history.
+//! The `space_is_reclaimed_by_acks` test checks that a long publish + ack run keeps the
+//! directory bounded (30 MiB of bodies published and acked: the directory never exceeds
+//! ~4-7 MiB).
 //!
 //! # Blocking
 //!
-//! Write calls never block (they queue and return a [`Commit`]). Opening, closing, reads
+//! Write calls never block (they queue and return a [`Commit`]), except [`Store::publish`]
+//! when [`StoreConfig::max_pending_bytes`] of records wait for the writer: then it waits until
+//! the writer takes them (backpressure for publishers without confirms). Opening, closing, reads
 //! and spill calls touch the disk on the caller's thread: use the `_async` variants (which
 //! run on `spawn_blocking`) from async code.
 //!

@@ -13,6 +13,7 @@ pub(crate) struct Metrics {
     flush_nanos_total: AtomicU64,
     last_flush_nanos: AtomicU64,
     max_flush_nanos: AtomicU64,
+    backpressure_waits: AtomicU64,
 }
 
 impl Metrics {
@@ -28,6 +29,10 @@ impl Metrics {
         self.max_flush_nanos.fetch_max(nanos, Ordering::Relaxed);
     }
 
+    pub(crate) fn record_backpressure(&self) {
+        self.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> StoreMetrics {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StoreMetrics {
@@ -39,6 +44,7 @@ impl Metrics {
             commit_time_total: Duration::from_nanos(get(&self.flush_nanos_total)),
             last_commit_time: Duration::from_nanos(get(&self.last_flush_nanos)),
             max_commit_time: Duration::from_nanos(get(&self.max_flush_nanos)),
+            backpressure_waits: get(&self.backpressure_waits),
         }
     }
 }
@@ -65,4 +71,6 @@ pub struct StoreMetrics {
     pub last_commit_time: Duration,
     /// Longest apply + flush time.
     pub max_commit_time: Duration,
+    /// Times a publish waited because `max_pending_bytes` of records were queued.
+    pub backpressure_waits: u64,
 }

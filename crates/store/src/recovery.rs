@@ -94,7 +94,7 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
     })?;
     let recorded = version::read(&path)?;
     if let Some(v) = recorded {
-        if v.format != FORMAT_VERSION {
+        if v.format != FORMAT_VERSION && v.format != UPGRADABLE_FORMAT {
             return Err(StoreError::UnsupportedVersion {
                 path,
                 found: v.format,
@@ -113,7 +113,9 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
         move |e| StoreError::io(path, action, e)
     };
 
-    let fresh = match meta
+    // True for a new store, and for a format 1 store (upgraded in place: format 2 only adds
+    // record parts, which a format 1 store has none of).
+    let write_format = match meta
         .get(keys::META_FORMAT)
         .map_err(io("reading the format"))?
     {
@@ -129,14 +131,14 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
             let found = <[u8; 4]>::try_from(raw.as_ref())
                 .map(u32::from_be_bytes)
                 .map_err(|_| StoreError::corrupt(&path, "the format record is malformed"))?;
-            if found != FORMAT_VERSION {
+            if found != FORMAT_VERSION && found != UPGRADABLE_FORMAT {
                 return Err(StoreError::UnsupportedVersion {
                     path,
                     found,
                     supported: FORMAT_VERSION,
                 });
             }
-            false
+            found == UPGRADABLE_FORMAT
         }
     };
     let commit_seq = data
@@ -160,7 +162,7 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
     }
 
     // Every check passed: from here on the store is ours to change.
-    if fresh {
+    if write_format {
         meta.insert(keys::META_FORMAT, &FORMAT_VERSION.to_be_bytes())
             .map_err(io("writing the format"))?;
     }
@@ -170,20 +172,24 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
         .is_some_and(|v| v.as_ref() == [1]);
     meta.insert(keys::META_CLEAN, &[0u8])
         .map_err(io("writing the shutdown mark"))?;
-    let spilled_discarded = spill.len() as u64;
+    let spilled_discarded = spill
+        .iter()
+        .keys()
+        .filter(|k| k.as_ref().is_ok_and(|k| keys::is_spill_head(k)))
+        .count() as u64;
     spill.clear().map_err(io("discarding spilled messages"))?;
     db.flush().map_err(io("flushing"))?;
-    if recorded.is_none() {
+    if recorded.is_none_or(|v| v.format != FORMAT_VERSION) {
         version::write(
             &path,
             VersionFile {
                 format: FORMAT_VERSION,
-                committed: commit_seq,
+                committed: recorded.map_or(commit_seq, |v| v.committed),
             },
         )?;
     }
 
-    let shared = Shared::new(path.clone());
+    let shared = Shared::new(path.clone(), config.max_pending_bytes);
     let mut writer = Writer::new(
         Arc::clone(&shared),
         db.clone(),
@@ -248,13 +254,20 @@ fn open_engine(path: &Path, config: &StoreConfig) -> Result<sled::Db> {
     }
 }
 
+/// The older format this build still opens (and upgrades to [`FORMAT_VERSION`]).
+const UPGRADABLE_FORMAT: u32 = 1;
+
+/// Upper bound on the engine's page cache, whatever the configuration asks: its memory comes
+/// on top of the broker's memory budget (docs/durability.md, "the fixed overhead").
+pub(crate) const MAX_CACHE_CAPACITY: u64 = 32 << 20;
+
 /// How long [`open_engine`] waits for a held lock.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn open_engine_once(path: &Path, config: &StoreConfig) -> Result<sled::Db> {
     let cfg = sled::Config::new()
         .path(path)
-        .cache_capacity(config.cache_capacity)
+        .cache_capacity(config.cache_capacity.min(MAX_CACHE_CAPACITY))
         .flush_every_ms(config.background_flush_ms);
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open()));
     match opened {
@@ -353,6 +366,19 @@ fn recover_counters(path: &Path, data: &sled::Tree, writer: &mut Writer) -> Resu
             (Some(id), Some(n)) => writer.refs.insert(MessageId(id), n),
             _ => return Err(StoreError::corrupt(path, "malformed reference count")),
         };
+    }
+    for item in data.scan_prefix([keys::PART]) {
+        let (key, _) = item.map_err(io)?;
+        let part = <[u8; 4]>::try_from(key.get(9..).unwrap_or_default())
+            .ok()
+            .map(u32::from_be_bytes);
+        match (keys::u64_at(&key, 1), part) {
+            (Some(id), Some(part)) => {
+                let n = writer.parts.entry(MessageId(id)).or_insert(0);
+                *n = (*n).max(part);
+            }
+            _ => return Err(StoreError::corrupt(path, "malformed message part key")),
+        }
     }
     for item in data.scan_prefix([keys::DELIVERED]) {
         let (key, value) = item.map_err(io)?;

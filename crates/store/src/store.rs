@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -17,25 +17,41 @@ use crate::metrics::StoreMetrics;
 use crate::recovery::{self, Recovery, Registry};
 use crate::writer::{next_id, Commit, Op, Shared};
 
-/// The on-disk format this build reads and writes. Bump it with any change to the key
-/// layout or record encoding; [`Store::open`] refuses any other version.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of spill writes and removals after which the spill calls flush the engine. sled
+/// 0.34 reclaims a segment only once its contents were flushed: between its own periodic
+/// flushes a queue turning over spilled messages at disk speed left hundreds of MiB of dead
+/// segments (and their buffers in memory) behind. Flushing every few MiB keeps both the
+/// files and the engine's memory proportional to what is live.
+const SPILL_FLUSH_BYTES: u64 = 4 << 20;
+
+/// The on-disk format this build writes. Bump it with any change to the key layout or record
+/// encoding; [`Store::open`] refuses any other version, except format 1 (message records in
+/// one value), which it reads and upgrades in place (format 2 adds the `P` parts of records
+/// longer than 4 KiB; a format 1 store simply has none).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Tunables of the store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
-    /// Bytes of the engine's page cache (hot records are read from it, not from disk).
+    /// Bytes of the engine's page cache (hot records are read from it, not from disk); at
+    /// most 32 MiB are used.
     pub cache_capacity: u64,
     /// The engine's own periodic flush, in milliseconds (covers spill writes; persistent
     /// writes are flushed by the group-commit writer regardless). `None` disables it.
     pub background_flush_ms: Option<u64>,
+    /// Bytes of persistent message records queued for the writer and not taken by it yet
+    /// beyond which [`Store::publish`] waits (blocking its thread) until the writer takes
+    /// the queue: without publisher confirms nothing else bounds what a fast publisher
+    /// piles up ahead of a slow disk. Removes, definitions and barriers never wait.
+    pub max_pending_bytes: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: 32 * 1024 * 1024,
             background_flush_ms: Some(500),
+            max_pending_bytes: 64 << 20,
         }
     }
 }
@@ -96,6 +112,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     next_message: AtomicU64,
     next_queue: AtomicU64,
+    /// Spill bytes written or removed since the spill calls last flushed.
+    spill_unflushed: AtomicU64,
     queues: Mutex<Registry>,
     /// Delivered watermarks as found at open: what "redelivered" means for recovered entries.
     recovered_marks: HashMap<QueueId, u64>,
@@ -106,8 +124,9 @@ struct Inner {
 /// Blocking: [`Store::open`], [`Store::close`], the reads ([`Store::read_message`],
 /// [`Store::queue_index`], [`Store::page_in`]) and the spill calls touch the disk on the
 /// caller's thread; call them from `spawn_blocking` or use the `_async` variants. The write
-/// calls (`put_*`, `delete_queue`, `publish`, `remove`, `mark_delivered`, `sync`) never
-/// block: they queue the write and return a [`Commit`] to await.
+/// calls (`put_*`, `delete_queue`, `publish`, `remove`, `mark_delivered`, `sync`) queue the
+/// write and return a [`Commit`] to await; only `publish` can wait, for the writer to take
+/// the queue when [`StoreConfig::max_pending_bytes`] of records are pending.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -169,6 +188,7 @@ impl Store {
                 writer: Mutex::new(Some(handle)),
                 next_message: AtomicU64::new(opened.next_message),
                 next_queue: AtomicU64::new(opened.next_queue),
+                spill_unflushed: AtomicU64::new(0),
                 queues: Mutex::new(opened.registry),
                 recovered_marks: opened.recovered_marks,
             }),
@@ -241,7 +261,7 @@ impl Store {
     fn next_queue_hint(&self) -> u64 {
         self.inner
             .next_queue
-            .load(std::sync::atomic::Ordering::Relaxed)
+            .load(Ordering::Relaxed)
             .saturating_sub(1)
     }
 
@@ -278,6 +298,9 @@ impl Store {
     /// record is freed when the last of them is removed). Seqs must grow per queue in the
     /// queue's order; the broker assigns them under its queue lock. Confirm the publish when
     /// the commit completes.
+    ///
+    /// Blocks only when [`StoreConfig::max_pending_bytes`] of records wait for the writer,
+    /// until the writer takes them (one commit at most: it takes everything queued at once).
     pub fn publish(
         &self,
         header: Bytes,
@@ -359,15 +382,25 @@ impl Store {
     /// [`StoreError::Io`] on a read failure, [`StoreError::Corrupt`] on a malformed record.
     pub fn read_message(&self, id: MessageId) -> Result<Option<MessageRecord>> {
         let path = &self.inner.path;
-        let Some(raw) = self
-            .inner
-            .data
-            .get(keys::message(id))
-            .map_err(|e| StoreError::io(path, "reading a message", e))?
-        else {
+        let io = |e| StoreError::io(path, "reading a message", e);
+        let Some(first) = self.inner.data.get(keys::message(id)).map_err(io)? else {
             return Ok(None);
         };
-        decode(path, raw, || format!("message {}", id.0)).map(Some)
+        let mut rest = self
+            .inner
+            .data
+            .range(keys::part(id, 1)..=keys::part(id, u32::MAX))
+            .peekable();
+        if rest.peek().is_none() {
+            return decode(path, first, || format!("message {}", id.0)).map(Some);
+        }
+        let mut raw = first.to_vec();
+        for part in rest {
+            raw.extend_from_slice(&part.map_err(io)?.1);
+        }
+        keys::decode_record(Bytes::from(raw))
+            .map(|(header, body)| Some(MessageRecord { header, body }))
+            .ok_or_else(|| StoreError::corrupt(path, format!("message {} is malformed", id.0)))
     }
 
     /// The index of a durable queue in seq order, read lazily: one entry per stored message,
@@ -410,6 +443,7 @@ impl Store {
         let mark = self.inner.recovered_marks.get(&queue).copied();
         let mut out = Vec::with_capacity(max.min(1024));
         let mut taken = sled::Batch::default();
+        let mut taken_bytes = 0u64;
         let seq_of = |key: &[u8], at| {
             keys::u64_at(key, at).ok_or_else(|| StoreError::corrupt(path, "short key"))
         };
@@ -431,12 +465,35 @@ impl Store {
                 (Some(_), None) => false,
             };
             if take_spilled {
-                let Some(Ok((key, raw))) = spilled.next() else {
+                let Some(Ok((key, first))) = spilled.next() else {
                     break;
                 };
                 let seq = seq_of(&key, 8)?;
-                let record = decode(path, raw, || format!("spilled message {seq}"))?;
+                if !keys::is_spill_head(&key) {
+                    return Err(StoreError::corrupt(
+                        path,
+                        format!("spilled message {seq} lacks its first part"),
+                    ));
+                }
+                taken_bytes += first.len() as u64;
                 taken.remove(key);
+                let mut raw = first.to_vec();
+                while let Some(Ok((key, _))) = spilled.peek() {
+                    if keys::is_spill_head(key) {
+                        break;
+                    }
+                    let Some(Ok((key, part))) = spilled.next() else {
+                        break;
+                    };
+                    taken_bytes += part.len() as u64;
+                    raw.extend_from_slice(&part);
+                    taken.remove(key);
+                }
+                let record = keys::decode_record(Bytes::from(raw))
+                    .map(|(header, body)| MessageRecord { header, body })
+                    .ok_or_else(|| {
+                        StoreError::corrupt(path, format!("spilled message {seq} is malformed"))
+                    })?;
                 out.push(PagedMessage {
                     seq,
                     message: None,
@@ -467,6 +524,7 @@ impl Store {
             }
         }
         self.inner.spill.apply_batch(taken).map_err(io)?;
+        self.spilled_bytes(taken_bytes)?;
         Ok(out)
     }
 
@@ -499,12 +557,17 @@ impl Store {
         for r in records {
             let record = keys::encode_record(&r.header, &r.body);
             bytes += record.len() as u64;
-            batch.insert(&keys::spill(queue, r.seq), record);
+            let mut parts = record.chunks(keys::RECORD_PART);
+            batch.insert(&keys::spill(queue, r.seq), parts.next().unwrap_or_default());
+            for (n, part) in (1u32..).zip(parts) {
+                batch.insert(&keys::spill_part(queue, r.seq, n), part);
+            }
         }
         self.inner
             .spill
             .apply_batch(batch)
             .map_err(|e| StoreError::io(&self.inner.path, "spilling messages", e))?;
+        self.spilled_bytes(bytes)?;
         Ok(bytes)
     }
 
@@ -526,17 +589,37 @@ impl Store {
         let io = |e| StoreError::io(&self.inner.path, "discarding spilled messages", e);
         let mut batch = sled::Batch::default();
         let mut n = 0;
+        let mut bytes = 0;
         for item in self
             .inner
             .spill
             .range(keys::spill(queue, seqs.start)..keys::spill(queue, seqs.end))
         {
-            let (key, _) = item.map_err(io)?;
+            let (key, value) = item.map_err(io)?;
+            bytes += value.len() as u64;
+            n += u64::from(keys::is_spill_head(&key));
             batch.remove(key);
-            n += 1;
         }
         self.inner.spill.apply_batch(batch).map_err(io)?;
+        self.spilled_bytes(bytes)?;
         Ok(n)
+    }
+
+    /// Counts spill traffic and flushes the engine every [`SPILL_FLUSH_BYTES`] of it.
+    fn spilled_bytes(&self, bytes: u64) -> Result<()> {
+        let before = self
+            .inner
+            .spill_unflushed
+            .fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes < SPILL_FLUSH_BYTES {
+            return Ok(());
+        }
+        self.inner.spill_unflushed.store(0, Ordering::Relaxed);
+        self.inner
+            .db
+            .flush()
+            .map(drop)
+            .map_err(|e| StoreError::io(&self.inner.path, "flushing spilled messages", e))
     }
 
     /// Bytes the engine uses on disk (all trees).

@@ -74,6 +74,8 @@ struct Pending {
     ops: Vec<Op>,
     last_ticket: u64,
     closing: bool,
+    /// Bytes of message records in `ops` (publishes wait while it is over the limit).
+    record_bytes: u64,
 }
 
 /// What is durable: every ticket up to `ticket`, unless the writer failed.
@@ -88,6 +90,9 @@ pub(crate) struct Shared {
     pub(crate) path: PathBuf,
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// Notified when the writer takes the pending ops (publishes waiting for room).
+    taken: Condvar,
+    max_pending_bytes: u64,
     durable: Mutex<Durable>,
     durable_changed: Condvar,
     durable_watch: watch::Sender<Durable>,
@@ -102,15 +107,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(path: PathBuf) -> Arc<Self> {
+    pub(crate) fn new(path: PathBuf, max_pending_bytes: u64) -> Arc<Self> {
         Arc::new(Shared {
             path,
             pending: Mutex::new(Pending {
                 ops: Vec::new(),
                 last_ticket: 0,
                 closing: false,
+                record_bytes: 0,
             }),
             wake: Condvar::new(),
+            taken: Condvar::new(),
+            max_pending_bytes,
             durable: Mutex::new(Durable::default()),
             durable_changed: Condvar::new(),
             durable_watch: watch::Sender::new(Durable::default()),
@@ -121,7 +129,20 @@ impl Shared {
 
     /// Queues ops for the writer and returns the commit covering all of them.
     pub(crate) fn submit(self: &Arc<Self>, ops: impl IntoIterator<Item = Op>) -> Commit {
+        let ops: Vec<Op> = ops.into_iter().collect();
+        let record_bytes: u64 = ops.iter().map(Op::record_bytes).sum();
         let mut pending = lock(&self.pending);
+        // Backpressure: a publish waits while the writer has not taken what is queued.
+        let full = |p: &Pending| {
+            record_bytes > 0 && p.record_bytes >= self.max_pending_bytes && !p.closing
+        };
+        if full(&pending) {
+            self.metrics.record_backpressure();
+        }
+        while full(&pending) {
+            pending = self.taken.wait(pending).unwrap_or_else(|e| e.into_inner());
+        }
+        pending.record_bytes += record_bytes;
         if pending.closing {
             return Commit {
                 ticket: Ticket::Closed,
@@ -151,6 +172,7 @@ impl Shared {
     pub(crate) fn close(&self) {
         lock(&self.pending).closing = true;
         self.wake.notify_one();
+        self.taken.notify_all();
     }
 
     pub(crate) fn durable_ticket(&self) -> u64 {
@@ -295,6 +317,16 @@ impl Commit {
     }
 }
 
+impl Op {
+    /// Bytes of message record this op writes (what backpressure counts).
+    fn record_bytes(&self) -> u64 {
+        match self {
+            Op::Publish { header, body, .. } => (header.len() + body.len()) as u64,
+            _ => 0,
+        }
+    }
+}
+
 /// The writer thread's state.
 pub(crate) struct Writer {
     pub(crate) shared: Arc<Shared>,
@@ -305,6 +337,8 @@ pub(crate) struct Writer {
     pub(crate) refs: HashMap<MessageId, u32>,
     /// Highest delivered seq per queue, persisted under `W` + queue id.
     pub(crate) delivered: HashMap<QueueId, u64>,
+    /// Continuation parts (`P` keys) of message records longer than one part.
+    pub(crate) parts: HashMap<MessageId, u32>,
     /// Index entries per queue, persisted under `C` + queue id.
     pub(crate) counts: HashMap<QueueId, u64>,
     /// Queues deleted while running: late removes and publishes for them are ignored, so a
@@ -333,6 +367,7 @@ impl Writer {
             data,
             spill,
             refs: HashMap::new(),
+            parts: HashMap::new(),
             delivered: HashMap::new(),
             counts: HashMap::new(),
             next_message: 0,
@@ -357,6 +392,10 @@ impl Writer {
     /// The thread's loop: take everything pending, apply, flush, publish the ticket.
     pub(crate) fn run(mut self) {
         loop {
+            #[cfg(feature = "failpoints")]
+            while crate::failpoints::armed(crate::failpoints::STALL, &self.shared.path) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let (ops, ticket) = {
                 let mut pending = lock(&self.shared.pending);
                 while pending.ops.is_empty() && !pending.closing {
@@ -374,6 +413,8 @@ impl Writer {
                     }
                     return;
                 }
+                pending.record_bytes = 0;
+                self.shared.taken.notify_all();
                 (std::mem::take(&mut pending.ops), pending.last_ticket)
             };
             let started = Instant::now();
@@ -412,6 +453,7 @@ impl Writer {
     fn fail(&self, error: StoreError) {
         self.shared.set_failed(error);
         lock(&self.shared.pending).closing = true;
+        self.shared.taken.notify_all();
     }
 
     /// Applies ops in order, in sled batches of at most [`SUB_BATCH_OPS`] whole ops (also
@@ -463,7 +505,16 @@ impl Writer {
                     self.next_message = self.next_message.max(id.0 + 1);
                     let record = keys::encode_record(&header, &body);
                     bytes += record.len() as u64;
-                    batch.insert(&keys::message(id), record);
+                    let mut parts = record.chunks(keys::RECORD_PART);
+                    batch.insert(&keys::message(id), parts.next().unwrap_or_default());
+                    let mut n = 0;
+                    for part in parts {
+                        n += 1;
+                        batch.insert(&keys::part(id, n), part);
+                    }
+                    if n > 0 {
+                        self.parts.insert(id, n);
+                    }
                     for (queue, seq) in &targets {
                         batch.insert(&keys::index(*queue, *seq), &id.0.to_be_bytes());
                         self.add_count(*queue, 1, &mut batch);
@@ -523,9 +574,17 @@ impl Writer {
             Some(_) => {
                 self.refs.remove(&message);
                 batch.remove(&keys::refs(message));
-                batch.remove(&keys::message(message));
+                self.remove_record(message, batch);
             }
-            None => batch.remove(&keys::message(message)),
+            None => self.remove_record(message, batch),
+        }
+    }
+
+    /// Removes a message record with its parts.
+    fn remove_record(&mut self, message: MessageId, batch: &mut sled::Batch) {
+        batch.remove(&keys::message(message));
+        for part in 1..=self.parts.remove(&message).unwrap_or(0) {
+            batch.remove(&keys::part(message, part));
         }
     }
 

@@ -72,15 +72,47 @@ fn newer_format_in_the_version_file_is_refused() {
     populated(dir.path());
     std::fs::write(
         dir.path().join(VERSION_FILE),
-        "lockgate-store format 2\ncommitted 1\n",
+        "lockgate-store format 3\ncommitted 1\n",
     )
     .expect("write");
     let err = open_err(dir.path());
     assert!(
-        matches!(err, StoreError::UnsupportedVersion { found: 2, .. }),
+        matches!(err, StoreError::UnsupportedVersion { found: 3, .. }),
         "{err}"
     );
-    assert!(err.to_string().contains("format version 2"), "{err}");
+    assert!(err.to_string().contains("format version 3"), "{err}");
+}
+
+/// Format 1 (every record in one value) is format 2 without record parts: it opens, reads
+/// and is upgraded in place; a large message written after the upgrade is split and whole.
+#[test]
+fn a_format_1_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    populated(dir.path());
+    {
+        let db = sled::open(dir.path()).expect("raw open");
+        let meta = db.open_tree("meta").expect("meta");
+        meta.insert("format", &1u32.to_be_bytes()).expect("insert");
+        db.flush().expect("flush");
+    }
+    let version = dir.path().join(VERSION_FILE);
+    let text = std::fs::read_to_string(&version).expect("read");
+    std::fs::write(&version, text.replace("format 2", "format 1")).expect("write");
+    let (store, recovery) = open(dir.path());
+    let queue = recovery.queues[0].id;
+    let first = store.page_in(queue, 0, 1).expect("page in");
+    assert_eq!(first[0].record.body, common::body(0, 1024));
+    let big = common::body(7, 50_000);
+    let (_, c) = store.publish(common::header(7), big.clone(), &[(queue, 5000)]);
+    c.wait_blocking().expect("commit");
+    store.close().expect("close");
+    drop(store);
+    assert!(std::fs::read_to_string(&version)
+        .expect("read")
+        .contains(&format!("format {FORMAT_VERSION}")));
+    let (store, _) = open(dir.path());
+    let last = store.page_in(queue, 5000, 1).expect("page in");
+    assert_eq!(last[0].record.body, big);
 }
 
 #[test]
