@@ -64,6 +64,13 @@ struct Cli {
     /// arrived for this long, seconds.
     #[arg(long, global = true, default_value_t = 5.0)]
     drain_timeout: f64,
+    /// Publish exactly this many messages per case of the throughput
+    /// scenarios (transient, persistent, fanout, many-queues) instead of a
+    /// timed window; `--warmup` and `--duration` are then ignored and rates
+    /// cover the whole run. A fixed count makes the CPU work per message
+    /// comparable between builds (`perf stat` on the broker and the bench).
+    #[arg(long, global = true)]
+    messages: Option<u64>,
     #[command(flatten)]
     tuning: TuningArgs,
     #[command(subcommand)]
@@ -182,7 +189,8 @@ async fn run(cli: Cli) -> anyhow::Result<Vec<report::Record>> {
         seconds("warmup", cli.warmup)?,
         seconds("duration", cli.duration)?,
         seconds("drain-timeout", cli.drain_timeout)?,
-    );
+    )
+    .with_messages(cli.messages);
     let tuning = Tuning {
         prefetch: cli.tuning.prefetch,
         ack_every: cli.tuning.ack_every,

@@ -16,6 +16,8 @@
 //! checksum with the run's seed makes a message left over from another run
 //! count as corrupt rather than as one of ours.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Smallest body that carries a sequence number, stream id and checksum.
@@ -48,6 +50,9 @@ pub enum Corrupt {
 pub struct Codec {
     seed: u32,
     size: usize,
+    /// The filler pattern for offsets `0..size`, computed once: bodies copy
+    /// their tail from it instead of generating it byte by byte.
+    filler: Arc<[u8]>,
 }
 
 impl Codec {
@@ -58,7 +63,11 @@ impl Codec {
     /// If `size` is below [`MIN_SIZE`]; the CLI validates sizes first.
     pub fn new(seed: u32, size: usize) -> Self {
         assert!(size >= MIN_SIZE, "body size {size} below {MIN_SIZE}");
-        Self { seed, size }
+        Self {
+            seed,
+            size,
+            filler: (0..size).map(filler).collect(),
+        }
     }
 
     /// Encodes message `seq` of `stream`, stamped with `sent_ns` when the
@@ -72,7 +81,7 @@ impl Codec {
             buf.put_u64_le(sent_ns);
         }
         let filled = buf.len();
-        buf.extend((filled..self.size).map(filler));
+        buf.put_slice(&self.filler[filled..]);
         let sum = checksum(self.seed, &buf);
         buf[12..16].copy_from_slice(&sum.to_le_bytes());
         buf.freeze()

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 use lockgate_wire::{
-    basic, confirm, BasicProperties, ContentHeader, FieldTable, Frame, FrameCodec, Method,
-    BASIC_CLASS_ID,
+    basic, confirm, encode_body, encode_publish_head, BasicProperties, ContentHeader, FieldTable,
+    Frame, FrameCodec, Method, PublishRef,
 };
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -109,6 +110,24 @@ fn validate(method: &Method) -> Result<()> {
             &mut scratch,
         )
         .map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// Bodies up to this size are framed by the publisher, in the same buffer as
+/// the method and header frames.
+const COPIED_BODY_MAX: usize = 256;
+
+/// The confirmation for the message being queued now: numbered when the
+/// channel is in confirm mode.
+fn next_confirmation(confirms: &mut Option<Confirms>) -> Confirmation {
+    match confirms {
+        Some(confirms) => {
+            let (tx, rx) = oneshot::channel();
+            confirms.pending.insert(confirms.next, tx);
+            confirms.next += 1;
+            Confirmation::pending(rx)
+        }
+        None => Confirmation::not_requested(),
+    }
 }
 
 pub(crate) fn unexpected(method: &Method, expected: &str) -> Error {
@@ -294,15 +313,33 @@ impl ChannelInner {
                 "exchange and routing key are limited to 255 bytes".into(),
             ));
         }
-        let link = self.link()?;
-        let header = ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, properties)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let method = Method::BasicPublish(basic::Publish {
-            exchange: exchange.into(),
-            routing_key: routing_key.into(),
+        let publish = PublishRef {
+            exchange,
+            routing_key,
             mandatory: options.mandatory,
             immediate: false,
-        });
+        };
+        // Fast path: the writer queue has room, so the message is encoded,
+        // numbered and queued under one lock, without waiting.
+        let link = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            if let Some(e) = &st.closed {
+                return Err(e.clone());
+            }
+            let link = st.link.as_ref().ok_or(Error::Disconnected)?;
+            match link.writer.try_reserve() {
+                Ok(permit) => {
+                    let item = self.encode_publish(&publish, &properties, body, link.frame_max)?;
+                    permit.send(item);
+                    return Ok(next_confirmation(&mut st.confirms));
+                }
+                Err(TrySendError::Full(())) => {}
+                Err(TrySendError::Closed(())) => return Err(Error::Disconnected),
+            }
+            link.clone()
+        };
+        let item = self.encode_publish(&publish, &properties, body, link.frame_max)?;
         let permit = link
             .writer
             .reserve()
@@ -317,22 +354,47 @@ impl ChannelInner {
         if st.link.as_ref().map(|l| l.epoch) != Some(link.epoch) {
             return Err(Error::Disconnected);
         }
-        let confirmation = match &mut st.confirms {
-            Some(confirms) => {
-                let (tx, rx) = oneshot::channel();
-                confirms.pending.insert(confirms.next, tx);
-                confirms.next += 1;
-                Confirmation::pending(rx)
-            }
-            None => Confirmation::not_requested(),
+        permit.send(item);
+        Ok(next_confirmation(&mut st.confirms))
+    }
+
+    /// The writer item for one publish: method and header frames, and the
+    /// body's frames too when the body is small (copying it is cheaper than
+    /// handing the writer a second buffer to frame and free).
+    fn encode_publish(
+        &self,
+        publish: &PublishRef<'_>,
+        properties: &BasicProperties,
+        body: Bytes,
+        frame_max: u32,
+    ) -> Result<Outgoing> {
+        let small = body.len() <= COPIED_BODY_MAX;
+        let mut frames = BytesMut::with_capacity(
+            64 + publish.exchange.len()
+                + publish.routing_key.len()
+                + if small { body.len() + 8 } else { 0 },
+        );
+        encode_publish_head(
+            &mut frames,
+            self.id,
+            publish,
+            properties,
+            body.len() as u64,
+            frame_max,
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let body = if small {
+            encode_body(&mut frames, self.id, &body, frame_max)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            None
+        } else {
+            Some(body)
         };
-        permit.send(Outgoing::Content {
+        Ok(Outgoing::Publish {
             channel: self.id,
-            method,
-            header,
+            frames,
             body,
-        });
-        Ok(confirmation)
+        })
     }
 
     pub(crate) fn set_returns(&self, sender: mpsc::UnboundedSender<ReturnedMessage>) {

@@ -320,6 +320,7 @@ impl ConnInner {
             link: Link {
                 writer,
                 epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
+                frame_max: tune.frame_max,
             },
             stop: CancellationToken::new(),
             failure: Arc::default(),

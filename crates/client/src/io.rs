@@ -4,28 +4,31 @@
 //! The writer owns the write half. Channels hand it [`Outgoing`] items over a
 //! bounded mpsc (the bound is the publishers' backpressure); it encodes every
 //! item that is already queued into one buffer and writes it with one syscall,
-//! and sends heartbeats when it has been idle.
+//! and sends heartbeats when it has been idle. Publishes arrive already
+//! encoded (the publisher's task pays for its own frames, and the item stays
+//! small).
 //!
-//! The reader owns the read half and the frame decoder. It dispatches each
-//! frame to its channel: replies resolve the channel's pending call,
+//! The reader owns the read half and the frame decoder. It reads 64 KiB at a
+//! time and dispatches every complete frame in the buffer before it waits
+//! again: replies resolve the channel's pending call,
 //! deliveries go to the consumer's mpsc, confirms resolve publishers'
 //! [`Confirmation`](crate::Confirmation)s. It never awaits a user, so one slow
 //! consumer cannot stall the others. When the socket ends, for whatever reason,
 //! it tells the connection, which fails or suspends every pending call.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use lockgate_wire::{basic, channel, connection, ContentHeader, Frame, FrameCodec, Method};
-use tokio::io::AsyncWriteExt;
+use lockgate_wire::{
+    basic, channel, connection, encode_body, ContentHeader, Frame, FrameCodec, Method,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{interval, Interval, MissedTickBehavior};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedParts, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
@@ -40,21 +43,21 @@ const WRITE_BATCH: usize = 256 * 1024;
 pub(crate) const WRITER_QUEUE: usize = 4096;
 
 /// One item for the writer task.
-///
-/// Kept unboxed on purpose: boxing the content variant would cost one
-/// allocation per published message, and the method variant is not small either.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outgoing {
     /// A method without content.
     Method { channel: u16, method: Method },
-    /// A content-bearing method (`basic.publish`): method, header and body
-    /// frames, written back to back.
-    Content {
+    /// A `basic.publish`: its method and header frames, already encoded by
+    /// the publisher (with a small body's frames too), and the body when it
+    /// was left for the writer to frame. Encoding in the publisher keeps this
+    /// item small and lets it borrow the exchange, routing key and
+    /// properties instead of copying them into a method and a header.
+    /// `frames` stays a `BytesMut`: freezing a buffer with spare capacity
+    /// would allocate a shared header just to hand it over.
+    Publish {
         channel: u16,
-        method: Method,
-        header: ContentHeader,
-        body: Bytes,
+        frames: BytesMut,
+        body: Option<Bytes>,
     },
 }
 
@@ -65,6 +68,9 @@ pub(crate) struct Link {
     /// Which session this is; deliveries remember it so that acks for a
     /// previous session's delivery tags are dropped after recovery.
     pub(crate) epoch: u64,
+    /// The session's negotiated frame_max (0 = none): publishers encode
+    /// their frames against it.
+    pub(crate) frame_max: u32,
 }
 
 /// A live TCP connection: the link to its writer, and what stops both tasks.
@@ -100,12 +106,16 @@ pub(crate) fn encode(codec: &FrameCodec, item: Outgoing, buf: &mut BytesMut) -> 
         Outgoing::Method { channel, method } => {
             codec.encode_frame(&Frame::Method { channel, method }, buf)?;
         }
-        Outgoing::Content {
+        Outgoing::Publish {
             channel,
-            method,
-            header,
+            frames,
             body,
-        } => codec.encode_content(buf, channel, &method, &header, &body)?,
+        } => {
+            buf.extend_from_slice(&frames);
+            if let Some(body) = body {
+                encode_body(buf, channel, &body, codec.frame_max())?;
+            }
+        }
     }
     Ok(())
 }
@@ -123,11 +133,13 @@ pub(crate) async fn run_writer(
     // Send a heartbeat when nothing was written for half the interval.
     let mut ticker = heartbeat_interval(heartbeat / 2);
     let mut wrote = true;
+    let stop = session.stop.cancelled();
+    tokio::pin!(stop);
     let result: Result<()> = async {
         loop {
             tokio::select! {
                 biased;
-                () = session.stop.cancelled() => {
+                () = &mut stop => {
                     // Write what is already queued (a close-ok, typically), then stop.
                     while let Ok(item) = queue.try_recv() {
                         encode(&codec, item, &mut buf)?;
@@ -221,54 +233,101 @@ impl Body {
     }
 }
 
+/// The reader's buffer: reads fill it up to this much at a time. Bodies are
+/// slices of it (never copied), so a chunk is freed once the last delivery
+/// read from it is dropped.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reserve a fresh chunk when less than this is free.
+const READ_MIN_FREE: usize = 4 * 1024;
+
+/// A frame whose handling has to wait for the writer queue: the reply is
+/// queued before anything after it in the stream is handled, so that (for
+/// example) channel.close-ok reaches the writer before the channel's number
+/// can be reused.
+enum Deferred {
+    ConnectionClose(CloseReason),
+    Cancel {
+        channel: Arc<ChannelInner>,
+        id: u16,
+        cancel: basic::Cancel,
+    },
+    ChannelClose {
+        channel: Arc<ChannelInner>,
+        id: u16,
+        reason: CloseReason,
+    },
+    Flow {
+        id: u16,
+        active: bool,
+    },
+}
+
 /// State of the reader task.
 struct Reader {
     conn: Arc<ConnInner>,
     writer: mpsc::Sender<Outgoing>,
     epoch: u64,
-    /// Channels seen by this reader, so the connection's map is locked only on a miss.
-    channels: HashMap<u16, Arc<ChannelInner>>,
-    assemblies: HashMap<u16, Assembly>,
+    /// Channels seen by this reader, indexed by number, so that the
+    /// connection's map is locked only on a miss. It grows only to numbers
+    /// the connection has opened (at most channel_max).
+    channels: Vec<Option<Arc<ChannelInner>>>,
+    /// Content being assembled, per channel: rarely more than one or two
+    /// channels at once, so a short list beats a map.
+    assemblies: Vec<(u16, Assembly)>,
 }
 
 /// The reader task: decodes frames and dispatches them until the socket ends.
+///
+/// It reads into one buffer and dispatches every complete frame in it before
+/// reading again (the stop token and heartbeat timer are polled once per
+/// read, not once per frame).
 pub(crate) async fn run_reader(
     conn: Arc<ConnInner>,
-    mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
+    frames: FramedRead<OwnedReadHalf, FrameCodec>,
     heartbeat: Duration,
     session: Session,
 ) {
+    let FramedParts {
+        io: mut socket,
+        read_buf: mut buf,
+        mut codec,
+        ..
+    } = frames.into_parts();
     let mut reader = Reader {
         conn,
         writer: session.link.writer.clone(),
         epoch: session.link.epoch,
-        channels: HashMap::new(),
-        assemblies: HashMap::new(),
+        channels: Vec::new(),
+        assemblies: Vec::new(),
     };
     let mut ticker = heartbeat_interval(heartbeat);
     let mut seen = true;
     let mut missed = 0;
+    let stop = session.stop.cancelled();
+    tokio::pin!(stop);
     let error = loop {
+        // The handshake may have left frames in the buffer: dispatch first.
+        if let Err(e) = reader.dispatch(&mut codec, &mut buf).await {
+            break e;
+        }
+        if buf.capacity() - buf.len() < READ_MIN_FREE {
+            buf.reserve(READ_CHUNK);
+        }
         tokio::select! {
             biased;
-            () = session.stop.cancelled() => {
+            () = &mut stop => {
                 let failure = session.failure.lock().ok().and_then(|mut f| f.take());
                 break failure.unwrap_or(Error::ClientClosed);
             }
-            frame = frames.next() => match frame {
-                Some(Ok(frame)) => {
-                    seen = true;
-                    if let Err(e) = reader.on_frame(frame).await {
-                        break e;
-                    }
-                }
-                Some(Err(e)) => break Error::from(e),
-                None => {
+            read = socket.read_buf(&mut buf) => match read {
+                Ok(0) => {
                     break Error::from(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the broker closed the socket",
                     ))
                 }
+                Ok(_) => seen = true,
+                Err(e) => break Error::from(e),
             },
             () = tick(&mut ticker) => {
                 // The broker must send something at least every interval; two
@@ -287,12 +346,28 @@ pub(crate) async fn run_reader(
 
 impl Reader {
     fn channel(&mut self, id: u16) -> Option<Arc<ChannelInner>> {
-        if let Some(ch) = self.channels.get(&id) {
+        let at = usize::from(id);
+        if let Some(Some(ch)) = self.channels.get(at) {
             return Some(ch.clone());
         }
         let ch = self.conn.channel(id)?;
-        self.channels.insert(id, ch.clone());
+        if self.channels.len() <= at {
+            self.channels.resize(at + 1, None);
+        }
+        self.channels[at] = Some(ch.clone());
         Some(ch)
+    }
+
+    fn assembly(&mut self, id: u16) -> Option<&mut Assembly> {
+        self.assemblies
+            .iter_mut()
+            .find(|(ch, _)| *ch == id)
+            .map(|(_, a)| a)
+    }
+
+    fn take_assembly(&mut self, id: u16) -> Option<Assembly> {
+        let at = self.assemblies.iter().position(|(ch, _)| *ch == id)?;
+        Some(self.assemblies.swap_remove(at).1)
     }
 
     async fn send(&self, channel: u16, method: Method) -> Result<()> {
@@ -302,13 +377,23 @@ impl Reader {
             .map_err(|_| Error::ClientClosed)
     }
 
-    async fn on_frame(&mut self, frame: Frame) -> Result<()> {
+    /// Handles every complete frame in `buf`.
+    async fn dispatch(&mut self, codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<()> {
+        while let Some(frame) = codec.decode(buf)? {
+            if let Some(deferred) = self.on_frame(frame)? {
+                self.on_deferred(deferred).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<Option<Deferred>> {
         match frame {
-            Frame::Heartbeat => Ok(()),
-            Frame::Method { channel: 0, method } => self.on_connection_method(method).await,
-            Frame::Method { channel, method } => self.on_channel_method(channel, method).await,
+            Frame::Heartbeat => Ok(None),
+            Frame::Method { channel: 0, method } => self.on_connection_method(method),
+            Frame::Method { channel, method } => self.on_channel_method(channel, method),
             Frame::Header { channel, header } => {
-                let assembly = self.assemblies.get_mut(&channel).ok_or_else(|| {
+                let assembly = self.assembly(channel).ok_or_else(|| {
                     Error::UnexpectedFrame(format!("content header on channel {channel}"))
                 })?;
                 if assembly.header.is_some() {
@@ -321,12 +406,11 @@ impl Reader {
                 if done {
                     self.complete(channel);
                 }
-                Ok(())
+                Ok(None)
             }
             Frame::Body { channel, payload } => {
                 let assembly = self
-                    .assemblies
-                    .get_mut(&channel)
+                    .assembly(channel)
                     .filter(|a| a.header.is_some())
                     .ok_or_else(|| {
                         Error::UnexpectedFrame(format!("content body on channel {channel}"))
@@ -342,64 +426,27 @@ impl Reader {
                 if have == expected {
                     self.complete(channel);
                 }
-                Ok(())
+                Ok(None)
             }
         }
     }
 
-    async fn on_connection_method(&mut self, method: Method) -> Result<()> {
-        match method {
-            Method::ConnectionClose(close) => {
-                let reason = crate::connection::close_reason(close);
-                info!(code = reason.code, text = %reason.text, "broker closed the connection");
+    /// Sends the reply a deferred frame needs, then does what follows it.
+    async fn on_deferred(&mut self, deferred: Deferred) -> Result<()> {
+        match deferred {
+            Deferred::ConnectionClose(reason) => {
                 // Best effort: the writer drains this before it stops.
                 let _ = self
                     .send(0, Method::ConnectionCloseOk(connection::CloseOk {}))
                     .await;
                 Err(Error::ConnectionClosed(reason))
             }
-            Method::ConnectionCloseOk(_) => Err(Error::ClientClosed),
-            Method::ConnectionBlocked(b) => {
-                info!(reason = %b.reason, "broker blocked publishing on this connection");
-                Ok(())
-            }
-            Method::ConnectionUnblocked(_) => {
-                info!("broker unblocked the connection");
-                Ok(())
-            }
-            other => Err(Error::UnexpectedFrame(format!(
-                "{} on channel 0",
-                other.name()
-            ))),
-        }
-    }
-
-    async fn on_channel_method(&mut self, id: u16, method: Method) -> Result<()> {
-        let Some(ch) = self.channel(id) else {
-            debug!(
-                channel = id,
-                method = method.name(),
-                "frame for an unknown channel dropped"
-            );
-            return Ok(());
-        };
-        if method.has_content() {
-            self.assemblies.insert(
+            Deferred::Cancel {
+                channel,
                 id,
-                Assembly {
-                    method,
-                    header: None,
-                    body: Body::Empty,
-                },
-            );
-            return Ok(());
-        }
-        match method {
-            Method::BasicAck(ack) => ch.on_confirm(ack.delivery_tag, ack.multiple, true),
-            Method::BasicNack(nack) => ch.on_confirm(nack.delivery_tag, nack.multiple, false),
-            Method::BasicCancel(cancel) => {
-                info!(channel = id, consumer_tag = %cancel.consumer_tag, "broker cancelled consumer");
-                ch.on_cancelled(&cancel.consumer_tag);
+                cancel,
+            } => {
+                channel.on_cancelled(&cancel.consumer_tag);
                 self.conn.forget_consumer(&cancel.consumer_tag);
                 if !cancel.nowait {
                     self.send(
@@ -410,6 +457,81 @@ impl Reader {
                     )
                     .await?;
                 }
+                Ok(())
+            }
+            Deferred::ChannelClose {
+                channel,
+                id,
+                reason,
+            } => {
+                self.send(id, Method::ChannelCloseOk(channel::CloseOk {}))
+                    .await?;
+                self.forget(id);
+                self.conn
+                    .channel_closed(&channel, Error::ChannelClosed(reason));
+                Ok(())
+            }
+            Deferred::Flow { id, active } => {
+                self.send(id, Method::ChannelFlowOk(channel::FlowOk { active }))
+                    .await
+            }
+        }
+    }
+
+    fn on_connection_method(&mut self, method: Method) -> Result<Option<Deferred>> {
+        match method {
+            Method::ConnectionClose(close) => {
+                let reason = crate::connection::close_reason(close);
+                info!(code = reason.code, text = %reason.text, "broker closed the connection");
+                Ok(Some(Deferred::ConnectionClose(reason)))
+            }
+            Method::ConnectionCloseOk(_) => Err(Error::ClientClosed),
+            Method::ConnectionBlocked(b) => {
+                info!(reason = %b.reason, "broker blocked publishing on this connection");
+                Ok(None)
+            }
+            Method::ConnectionUnblocked(_) => {
+                info!("broker unblocked the connection");
+                Ok(None)
+            }
+            other => Err(Error::UnexpectedFrame(format!(
+                "{} on channel 0",
+                other.name()
+            ))),
+        }
+    }
+
+    fn on_channel_method(&mut self, id: u16, method: Method) -> Result<Option<Deferred>> {
+        let Some(ch) = self.channel(id) else {
+            debug!(
+                channel = id,
+                method = method.name(),
+                "frame for an unknown channel dropped"
+            );
+            return Ok(None);
+        };
+        if method.has_content() {
+            let assembly = Assembly {
+                method,
+                header: None,
+                body: Body::Empty,
+            };
+            match self.assembly(id) {
+                Some(old) => *old = assembly,
+                None => self.assemblies.push((id, assembly)),
+            }
+            return Ok(None);
+        }
+        match method {
+            Method::BasicAck(ack) => ch.on_confirm(ack.delivery_tag, ack.multiple, true),
+            Method::BasicNack(nack) => ch.on_confirm(nack.delivery_tag, nack.multiple, false),
+            Method::BasicCancel(cancel) => {
+                info!(channel = id, consumer_tag = %cancel.consumer_tag, "broker cancelled consumer");
+                return Ok(Some(Deferred::Cancel {
+                    channel: ch,
+                    id,
+                    cancel,
+                }));
             }
             Method::ChannelClose(close) => {
                 let reason = CloseReason {
@@ -419,10 +541,11 @@ impl Reader {
                     method_id: close.method_id,
                 };
                 debug!(channel = id, code = reason.code, text = %reason.text, "broker closed channel");
-                self.send(id, Method::ChannelCloseOk(channel::CloseOk {}))
-                    .await?;
-                self.forget(id);
-                self.conn.channel_closed(&ch, Error::ChannelClosed(reason));
+                return Ok(Some(Deferred::ChannelClose {
+                    channel: ch,
+                    id,
+                    reason,
+                }));
             }
             Method::ChannelCloseOk(_) => {
                 ch.on_reply(Reply {
@@ -433,13 +556,10 @@ impl Reader {
                 self.conn.channel_closed(&ch, Error::ClientClosed);
             }
             Method::ChannelFlow(flow) => {
-                self.send(
+                return Ok(Some(Deferred::Flow {
                     id,
-                    Method::ChannelFlowOk(channel::FlowOk {
-                        active: flow.active,
-                    }),
-                )
-                .await?;
+                    active: flow.active,
+                }));
             }
             Method::BasicCancelOk(ref ok) => {
                 ch.on_cancelled(&ok.consumer_tag);
@@ -453,17 +573,19 @@ impl Reader {
                 content: None,
             }),
         }
-        Ok(())
+        Ok(None)
     }
 
     fn forget(&mut self, id: u16) {
-        self.channels.remove(&id);
-        self.assemblies.remove(&id);
+        if let Some(slot) = self.channels.get_mut(usize::from(id)) {
+            *slot = None;
+        }
+        self.take_assembly(id);
     }
 
     /// Hands a complete content-bearing method to its channel.
     fn complete(&mut self, id: u16) {
-        let Some(assembly) = self.assemblies.remove(&id) else {
+        let Some(assembly) = self.take_assembly(id) else {
             return;
         };
         let (Some(header), Some(ch)) = (assembly.header, self.channel(id)) else {

@@ -11,8 +11,8 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::primitive::{put_shortstr, Reader};
 use crate::{
-    ContentHeader, Method, WireError, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT,
-    FRAME_METHOD,
+    BasicProperties, ContentHeader, Method, WireError, BASIC_CLASS_ID, FRAME_BODY, FRAME_END,
+    FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
 };
 
 /// Octets of a frame that are not payload: 7 header octets and the end octet.
@@ -307,6 +307,117 @@ pub fn encode_delivery(
     )
 }
 
+/// `basic.publish`'s arguments, borrowed: the client's counterpart of [`DeliverRef`]. A
+/// client publishes from strings the application lends it; encoding from this allocates
+/// nothing, where building a [`crate::basic::Publish`] would copy both.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishRef<'a> {
+    /// The exchange to publish to ("" = the default exchange).
+    pub exchange: &'a str,
+    /// The routing key.
+    pub routing_key: &'a str,
+    /// Return the message if it cannot be routed.
+    pub mandatory: bool,
+    /// Deprecated; RabbitMQ refuses it.
+    pub immediate: bool,
+}
+
+impl PublishRef<'_> {
+    /// The same octets as `Method::BasicPublish(..).encode` (a test keeps them equal).
+    fn encode(&self, dst: &mut BytesMut) -> Result<(), WireError> {
+        dst.put_u16(crate::basic::Publish::CLASS_ID);
+        dst.put_u16(crate::basic::Publish::METHOD_ID);
+        dst.put_u16(0);
+        put_shortstr(dst, self.exchange, "basic.publish.exchange")?;
+        put_shortstr(dst, self.routing_key, "basic.publish.routing-key")?;
+        dst.put_u8(u8::from(self.mandatory) | (u8::from(self.immediate) << 1));
+        Ok(())
+    }
+}
+
+/// Appends a `basic.publish` method frame and its content header frame, the properties
+/// encoded straight from `properties` (no [`ContentHeader`] in between): what a client
+/// writes before the body frames, which [`encode_body`] appends. On error `dst` is left as
+/// it was.
+///
+/// # Errors
+/// [`WireError::EncodeTooLarge`] if either frame exceeds frame_max, a shortstr over 255
+/// octets (exchange, routing key or a property) or headers over 4 GiB.
+pub fn encode_publish_head(
+    dst: &mut BytesMut,
+    channel: u16,
+    publish: &PublishRef<'_>,
+    properties: &BasicProperties,
+    body_size: u64,
+    frame_max: u32,
+) -> Result<(), WireError> {
+    let start = dst.len();
+    let result = (|| {
+        let at = begin(dst, FRAME_METHOD, channel);
+        publish.encode(dst)?;
+        finish(dst, at, frame_max)?;
+        let at = begin(dst, FRAME_HEADER, channel);
+        dst.put_u16(BASIC_CLASS_ID);
+        dst.put_u16(0);
+        dst.put_u64(body_size);
+        properties.encode(dst)?;
+        finish(dst, at, frame_max)
+    })();
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
+/// Appends `body` as body frames of at most frame_max octets each (none for an empty body):
+/// the frames that follow a content header. On error `dst` is left as it was.
+///
+/// # Errors
+/// [`WireError::EncodeTooLarge`] if frame_max leaves no room for body octets.
+pub fn encode_body(
+    dst: &mut BytesMut,
+    channel: u16,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), WireError> {
+    let start = dst.len();
+    let result = write_bodies(dst, channel, body, frame_max);
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
+/// The most body octets one frame carries under frame_max (0: no room at all).
+fn body_chunk(frame_max: u32) -> usize {
+    usize::try_from(limit(frame_max).saturating_sub(FRAME_OVERHEAD as u64))
+        .unwrap_or(usize::MAX)
+        .min(u32::MAX as usize)
+}
+
+fn write_bodies(
+    dst: &mut BytesMut,
+    channel: u16,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), WireError> {
+    if body.is_empty() {
+        return Ok(());
+    }
+    let chunk = body_chunk(frame_max);
+    if chunk == 0 {
+        return Err(WireError::EncodeTooLarge {
+            size: FRAME_OVERHEAD + 1,
+            frame_max,
+        });
+    }
+    dst.reserve(body.len() + body.len().div_ceil(chunk) * FRAME_OVERHEAD);
+    for part in body.chunks(chunk) {
+        write_body(dst, channel, part, frame_max)?;
+    }
+    Ok(())
+}
+
 /// Checks the body size, then writes the frames; on error `dst` is left as it was.
 fn content(
     dst: &mut BytesMut,
@@ -338,9 +449,7 @@ fn write_content(
     body: &[u8],
     frame_max: u32,
 ) -> Result<(), WireError> {
-    let chunk = usize::try_from(limit(frame_max).saturating_sub(FRAME_OVERHEAD as u64))
-        .unwrap_or(usize::MAX)
-        .min(u32::MAX as usize);
+    let chunk = body_chunk(frame_max);
     if chunk == 0 && !body.is_empty() {
         return Err(WireError::EncodeTooLarge {
             size: FRAME_OVERHEAD + 1,
@@ -362,12 +471,7 @@ fn write_content(
     let at = begin(dst, FRAME_HEADER, channel);
     header.encode(dst);
     finish(dst, at, frame_max)?;
-    if chunk > 0 {
-        for part in body.chunks(chunk) {
-            write_body(dst, channel, part, frame_max)?;
-        }
-    }
-    Ok(())
+    write_bodies(dst, channel, body, frame_max)
 }
 
 impl Decoder for FrameCodec {
@@ -468,5 +572,119 @@ impl Encoder<&Frame> for FrameCodec {
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), WireError> {
         self.encode_frame(frame, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{basic, FieldTable, FieldValue};
+
+    fn owned_encoding(
+        publish: &PublishRef<'_>,
+        properties: &BasicProperties,
+        body: &[u8],
+        frame_max: u32,
+    ) -> Result<BytesMut, WireError> {
+        let method = Method::BasicPublish(basic::Publish {
+            exchange: publish.exchange.into(),
+            routing_key: publish.routing_key.into(),
+            mandatory: publish.mandatory,
+            immediate: publish.immediate,
+        });
+        let header = ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, properties.clone())?;
+        let mut dst = BytesMut::new();
+        encode_content(&mut dst, 3, &method, &header, body, frame_max)?;
+        Ok(dst)
+    }
+
+    fn borrowed_encoding(
+        publish: &PublishRef<'_>,
+        properties: &BasicProperties,
+        body: &[u8],
+        frame_max: u32,
+    ) -> Result<BytesMut, WireError> {
+        let mut dst = BytesMut::new();
+        encode_publish_head(
+            &mut dst,
+            3,
+            publish,
+            properties,
+            body.len() as u64,
+            frame_max,
+        )?;
+        encode_body(&mut dst, 3, body, frame_max)?;
+        Ok(dst)
+    }
+
+    #[test]
+    fn borrowed_publish_encodes_as_the_generated_method() {
+        let headers: FieldTable = [("k".to_owned(), FieldValue::I32(7))].into_iter().collect();
+        let rich = BasicProperties {
+            content_type: Some("text/plain".into()),
+            headers: Some(headers),
+            delivery_mode: Some(2),
+            correlation_id: Some("c".into()),
+            timestamp: Some(5),
+            ..BasicProperties::default()
+        };
+        let big = vec![7u8; 10_000];
+        for properties in [BasicProperties::default(), rich] {
+            for (exchange, routing_key) in [("", "q"), ("amq.topic", "a.b.c")] {
+                for (mandatory, immediate) in [(false, false), (true, false), (true, true)] {
+                    let publish = PublishRef {
+                        exchange,
+                        routing_key,
+                        mandatory,
+                        immediate,
+                    };
+                    for body in [&b""[..], b"hello", &big] {
+                        for frame_max in [0, 4096, 131_072] {
+                            let owned = owned_encoding(&publish, &properties, body, frame_max);
+                            let borrowed =
+                                borrowed_encoding(&publish, &properties, body, frame_max);
+                            assert_eq!(owned.unwrap(), borrowed.unwrap());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn publish_head_errors_leave_the_buffer_as_it_was() {
+        let mut dst = BytesMut::from(&b"kept"[..]);
+        let long = "x".repeat(256);
+        let publish = PublishRef {
+            exchange: "",
+            routing_key: &long,
+            mandatory: false,
+            immediate: false,
+        };
+        let props = BasicProperties::default();
+        assert!(encode_publish_head(&mut dst, 1, &publish, &props, 0, 0).is_err());
+        assert_eq!(&dst[..], b"kept");
+        let publish = PublishRef {
+            routing_key: "q",
+            ..publish
+        };
+        let huge = BasicProperties {
+            content_type: Some("t".repeat(200)),
+            message_id: Some("m".repeat(200)),
+            ..BasicProperties::default()
+        };
+        // Both frames fit 4096, but not 300 octets of frame_max.
+        assert!(encode_publish_head(&mut dst, 1, &publish, &huge, 0, 4096).is_ok());
+        dst.truncate(4);
+        assert!(matches!(
+            encode_publish_head(&mut dst, 1, &publish, &huge, 0, 300),
+            Err(WireError::EncodeTooLarge { .. })
+        ));
+        assert_eq!(&dst[..], b"kept");
+        assert!(matches!(
+            encode_body(&mut dst, 1, b"x", 8),
+            Err(WireError::EncodeTooLarge { .. })
+        ));
+        assert_eq!(&dst[..], b"kept");
     }
 }

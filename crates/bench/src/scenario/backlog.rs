@@ -73,7 +73,7 @@ async fn run_declared(
     let (fill_broker, fill_bench) = fill_usage.finish();
     let _ = pub_conn.close().await;
 
-    let drain_usage = ctx.usage_windows();
+    let mut drain_usage = ctx.usage_windows();
     let drain_started = Instant::now();
     let consumers = flow::start_consumers(ctx, &flow, &shared).await?;
     let expected = flow::expected_deliveries(&flow.queues, &published.published);

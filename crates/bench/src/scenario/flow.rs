@@ -199,10 +199,14 @@ async fn consume(
     let mut latency = Recorder::default();
     let mut unacked: Option<Delivery> = None;
     let mut pending = 0u64;
+    // Created once: a fresh `cancelled()` future per delivery would register
+    // with (and leave) the token's waiter list every time.
+    let stop = shared.stop_consumers.cancelled();
+    tokio::pin!(stop);
     loop {
         let next = tokio::select! {
             biased;
-            () = shared.stop_consumers.cancelled() => break,
+            () = &mut stop => break,
             next = consumer.next() => next,
         };
         let Some(delivery) = next else { break };
@@ -444,7 +448,8 @@ pub struct Measured {
     pub bench: Option<crate::procfs::Usage>,
 }
 
-/// Runs a flow for warm-up + steady window, then drains and verifies.
+/// Runs a flow for warm-up + steady window (or, with [`Ctx::messages`], for
+/// exactly that many messages), then drains and verifies.
 ///
 /// # Errors
 ///
@@ -456,21 +461,45 @@ pub async fn run_timed(ctx: &Ctx, what: &str, flow: &Flow) -> anyhow::Result<Mea
         Arc::clone(&shared.counters),
     );
     let consumers = start_consumers(ctx, flow, &shared).await?;
-    let (pub_conn, publisher) = start_publisher(ctx, flow, &shared, None).await?;
+    let (pub_conn, mut publisher) = start_publisher(ctx, flow, &shared, ctx.messages).await?;
 
-    tokio::time::sleep(ctx.warmup).await;
     let c = &shared.counters;
-    let before = (get(&c.published), get(&c.confirmed), get(&c.delivered));
+    let counts = || (get(&c.published), get(&c.confirmed), get(&c.delivered));
+    let mut published_at = None;
+    if ctx.messages.is_none() {
+        tokio::time::sleep(ctx.warmup).await;
+    }
+    let before = counts();
     let mut usage = ctx.usage_windows();
     let started = Instant::now();
     shared.begin_steady();
-    ctx.sleep_sampling(ctx.duration, &mut usage).await;
-    let after = (get(&c.published), get(&c.confirmed), get(&c.delivered));
-    let secs = started.elapsed().as_secs_f64();
-    let (broker, bench) = usage.finish();
-    shared.stop_publishing();
+    let mut window_usage = None;
+    let published = match ctx.messages {
+        None => {
+            ctx.sleep_sampling(ctx.duration, &mut usage).await;
+            window_usage = Some(usage.finish());
+            shared.stop_publishing();
+            None
+        }
+        Some(_) => {
+            let done = loop {
+                tokio::select! {
+                    done = &mut publisher => break done,
+                    () = tokio::time::sleep(Duration::from_millis(250)) => usage.poll(),
+                }
+            };
+            published_at = Some(started.elapsed());
+            Some(done)
+        }
+    };
+    let mut after = counts();
+    let mut secs = started.elapsed().as_secs_f64();
 
-    let published = publisher.await.context("publisher task panicked")?;
+    let published = match published {
+        Some(done) => done,
+        None => publisher.await,
+    }
+    .context("publisher task panicked")?;
     let _ = pub_conn.close().await;
     let published = match published {
         Ok(p) => p,
@@ -486,10 +515,19 @@ pub async fn run_timed(ctx: &Ctx, what: &str, flow: &Flow) -> anyhow::Result<Mea
         }
     };
     let expected = expected_deliveries(&flow.queues, &published.published);
-    wait_drained(&shared, expected, ctx.drain_timeout).await;
+    let drained = wait_drained(&shared, expected, ctx.drain_timeout).await;
+    let mut publish_secs = secs;
+    if let Some(at) = published_at {
+        // A counted run is measured from its first message to its last
+        // delivery; publishing, to the publisher's end.
+        after = counts();
+        secs = drained.duration_since(started).as_secs_f64();
+        publish_secs = at.as_secs_f64();
+    }
+    let (broker, bench) = window_usage.unwrap_or_else(|| usage.finish());
     let (verification, latency) = consumers.finish(&shared, &published).await?;
     Ok(Measured {
-        published_per_s: (after.0 - before.0) as f64 / secs,
+        published_per_s: (after.0 - before.0) as f64 / publish_secs,
         confirmed_per_s: (after.1 - before.1) as f64 / secs,
         delivered_per_s: (after.2 - before.2) as f64 / secs,
         verification,

@@ -30,6 +30,8 @@ pub struct Ctx {
     pub duration: Duration,
     /// How long to wait for the last deliveries once nothing arrives.
     pub drain_timeout: Duration,
+    /// A fixed message count per throughput case instead of timed windows.
+    pub messages: Option<u64>,
     /// Unique per run: prefixes every name and seeds every checksum.
     run_id: String,
     seed: u32,
@@ -59,10 +61,19 @@ impl Ctx {
             warmup,
             duration,
             drain_timeout,
+            messages: None,
             run_id: format!("{seed:08x}"),
             seed,
             origin: Instant::now(),
         }
+    }
+
+    /// Publishes exactly `messages` per throughput case (when `Some`)
+    /// instead of running timed windows.
+    #[must_use]
+    pub fn with_messages(mut self, messages: Option<u64>) -> Self {
+        self.messages = messages;
+        self
     }
 
     /// A broker-side name unique to this run: `lgb-<run>-<what>`.
@@ -148,11 +159,11 @@ impl UsageWindows {
         }
     }
 
-    /// Ends the window: (broker, bench).
-    pub fn finish(self) -> (Option<Usage>, Option<Usage>) {
+    /// Ends the window: (broker, bench). A second call returns nothing.
+    pub fn finish(&mut self) -> (Option<Usage>, Option<Usage>) {
         (
-            self.broker.and_then(procfs::Window::finish),
-            self.bench.and_then(procfs::Window::finish),
+            self.broker.take().and_then(procfs::Window::finish),
+            self.bench.take().and_then(procfs::Window::finish),
         )
     }
 }
