@@ -258,3 +258,30 @@ def settle(conns, duration: float = 0.3) -> None:
     while time.monotonic() < deadline:
         for c in conns:
             c.process_data_events(time_limit=0.01)
+
+
+_HOLDING_CONSUMER = r"""
+import sys, pika
+conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+ch = conn.channel()
+ch.basic_qos(prefetch_count=int(sys.argv[3]))
+held = []
+def on_message(channel, method, properties, body):
+    held.append(body)
+    print(body.decode(), flush=True)
+ch.basic_consume(sys.argv[2], on_message)
+print("consuming", flush=True)
+ch.start_consuming()
+"""
+
+
+def holding_consumer(broker: Broker, queue: str, prefetch: int) -> subprocess.Popen:
+    """A consumer in a process of its own that never acks and prints each body it gets (after
+    a first line "consuming"): kill it with SIGKILL to crash a consumer (its socket drops
+    without connection.close)."""
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDING_CONSUMER, broker.url, queue,
+                             str(prefetch)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "consuming"
+    return proc

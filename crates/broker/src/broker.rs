@@ -19,6 +19,9 @@ pub struct BrokerConfig {
     pub memory_high_watermark: u64,
     /// Largest accepted message body; the server enforces it at the content header.
     pub max_message_size: u64,
+    /// Broker-wide consumer timeout in milliseconds (RabbitMQ's `consumer_timeout`), for
+    /// queues whose arguments and policy set none; `None` disables it.
+    pub consumer_timeout: Option<u64>,
 }
 
 impl Default for BrokerConfig {
@@ -27,6 +30,7 @@ impl Default for BrokerConfig {
             vhosts: vec!["/".to_owned()],
             memory_high_watermark: 0,
             max_message_size: 128 * 1024 * 1024,
+            consumer_timeout: None,
         }
     }
 }
@@ -82,12 +86,15 @@ impl Broker {
     /// Creates a vhost unless it exists; returns it.
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
         let vhost = self.vhosts.entry(name.to_owned()).or_insert_with(|| {
-            Arc::new(VHost::new(
-                name.to_owned(),
-                Arc::clone(&self.memory),
-                self.store.clone(),
-                Arc::clone(&self.spill_wake),
-            ))
+            Arc::new_cyclic(|me| {
+                VHost::new(
+                    name.to_owned(),
+                    Arc::clone(&self.memory),
+                    self.store.clone(),
+                    Arc::clone(&self.spill_wake),
+                )
+                .with_links(me.clone(), self.config.consumer_timeout)
+            })
         });
         Arc::clone(&vhost)
     }

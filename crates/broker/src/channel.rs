@@ -6,34 +6,93 @@
 //! and unacked list behind one short mutex (taken inside a queue lock, never the other way
 //! round), credit and flags in atomics. Settling (ack, nack, reject, recover, close) takes
 //! entries out under the channel mutex, releases it, and only then locks the queues.
+//!
+//! Consumer timeouts: a delivery from a queue with a consumer timeout pushes its deadline
+//! (by tag, so in order for one queue) into the channel's own [`Deadlines`]; the channel
+//! holds one wake on the broker's timer. When it fires, every due delivery still unacked
+//! is taken back and requeued (or, with the close-channel action, the sink is told to close
+//! the channel). A late ack, nack or reject of a tag taken back is ignored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use lockgate_wire::FieldTable;
 use parking_lot::Mutex;
+use tracing::{debug, info};
 
 use crate::consumer::Consumer;
 use crate::error::BrokerError;
 use crate::ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
 use crate::message::Message;
 use crate::queue::arguments::check_consume_arguments;
-use crate::queue::{GetOk, Queue, Ready};
+use crate::queue::{GetOk, Queue, Ready, Return};
 use crate::sink::{Delivery, DeliverySink, SinkClosed};
 use crate::stats::ChannelSnapshot;
+use crate::timer::{self, Deadlines, Timed};
 use crate::unacked::{Source, UnackedEntry, UnackedList};
 use crate::vhost::VHost;
 
 struct Deliveries {
     next_tag: u64,
     unacked: UnackedList,
+    /// Consumer-timeout deadlines by tag (lazy: a tag settled meanwhile is skipped).
+    timeouts: Deadlines<u64>,
+    /// The wake scheduled on the timer, if any.
+    timer_at: Option<Instant>,
+    /// Tags taken back by the consumer timeout: a late ack/nack/reject of one is ignored.
+    /// Ordered, so that a `multiple` settlement forgets the ones it covers in O(log n).
+    /// At most [`TIMED_OUT_KEPT`]: the oldest are forgotten first (a very late settlement
+    /// of a forgotten tag is then an unknown delivery tag, as without a timeout).
+    timed_out: BTreeSet<u64>,
+    /// The close-channel timeout action was reported to the sink.
+    timeout_reported: bool,
+}
+
+/// How many timed-out tags a channel remembers for late settlements.
+const TIMED_OUT_KEPT: usize = 4096;
+
+impl Deliveries {
+    /// Deadlines of deliveries settled meanwhile are only skipped when they come due:
+    /// rebuilds them from the unacked list once they outnumber the live ones (amortised
+    /// O(1) per settlement; the earliest deadline never moves earlier, so the scheduled
+    /// wake stays valid).
+    fn compact_timeouts(&mut self) {
+        if self.timeouts.len() <= 2 * self.unacked.len() + 1024 {
+            return;
+        }
+        let mut timeouts = Deadlines::new();
+        for (tag, entry) in self.unacked.iter() {
+            if let Some((ms, _)) = entry.queue().consumer_timeout() {
+                timeouts.push(entry.delivered_at + Duration::from_millis(ms), tag);
+            }
+        }
+        self.timeouts = timeouts;
+    }
+
+    /// Remembers `tag` as taken back by the consumer timeout.
+    fn remember_timed_out(&mut self, tag: u64) {
+        self.timed_out.insert(tag);
+        if self.timed_out.len() > TIMED_OUT_KEPT {
+            self.timed_out.pop_first();
+        }
+    }
+}
+
+/// How settled deliveries leave the channel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    /// nack/reject without requeue: dead-lettered where the queue says so.
+    Reject,
+    Requeue(Return),
 }
 
 /// The part of a channel that queues deliver into.
 pub(crate) struct ChannelShared {
+    me: Weak<ChannelShared>,
     connection: ConnectionId,
     id: ChannelId,
     sink: Arc<dyn DeliverySink>,
@@ -86,6 +145,7 @@ impl ChannelShared {
         let tag = st.next_tag;
         st.next_tag += 1;
         if !consumer.no_ack {
+            let now = Instant::now();
             st.unacked.push(
                 tag,
                 UnackedEntry {
@@ -93,11 +153,26 @@ impl ChannelShared {
                     message: item.message,
                     source: Source::Consumer(Arc::clone(consumer)),
                     stored: item.stored,
-                    delivered_at: std::time::Instant::now(),
+                    delivered_at: now,
                 },
             );
+            self.watch_timeout(&mut st, &consumer.queue, tag, now);
         }
         Ok(())
+    }
+
+    /// Schedules the consumer timeout of delivery `tag` when its queue has one.
+    fn watch_timeout(&self, st: &mut Deliveries, queue: &Queue, tag: u64, now: Instant) {
+        let Some((ms, _)) = queue.consumer_timeout() else {
+            return;
+        };
+        let at = now + Duration::from_millis(ms);
+        st.timeouts.push(at, tag);
+        if st.timer_at.is_none_or(|t| at < t) {
+            st.timer_at = Some(at);
+            let me: Weak<dyn Timed> = self.me.clone();
+            timer::schedule(at, me);
+        }
     }
 
     /// Records a `basic.get` result; returns (tag, redelivered, message).
@@ -111,6 +186,7 @@ impl ChannelShared {
         let tag = st.next_tag;
         st.next_tag += 1;
         if !no_ack {
+            let now = Instant::now();
             st.unacked.push(
                 tag,
                 UnackedEntry {
@@ -118,9 +194,10 @@ impl ChannelShared {
                     message: Arc::clone(&item.message),
                     source: Source::Get(Arc::clone(queue)),
                     stored: item.stored,
-                    delivered_at: std::time::Instant::now(),
+                    delivered_at: now,
                 },
             );
+            self.watch_timeout(&mut st, queue, tag, now);
         }
         (DeliveryTag(tag), item.redelivered, item.message)
     }
@@ -210,13 +287,18 @@ impl Channel {
         id: ChannelId,
         sink: Arc<dyn DeliverySink>,
     ) -> Self {
-        let shared = Arc::new(ChannelShared {
+        let shared = Arc::new_cyclic(|me| ChannelShared {
+            me: me.clone(),
             connection,
             id,
             sink,
             deliveries: Mutex::new(Deliveries {
                 next_tag: 1,
                 unacked: UnackedList::default(),
+                timeouts: Deadlines::new(),
+                timer_at: None,
+                timed_out: BTreeSet::new(),
+                timeout_reported: false,
             }),
             consumers: Mutex::new(HashMap::new()),
             global_prefetch: AtomicU32::new(0),
@@ -308,10 +390,14 @@ impl Channel {
             .consumers
             .lock()
             .insert(tag.clone(), Arc::clone(&consumer));
+        // Messages past their TTL go before the new consumer can be handed one.
+        queue.kick();
         if let Err(e) = queue.add_consumer(&consumer, || on_registered(&tag)) {
             self.shared.consumers.lock().remove(&tag);
             return Err(e);
         }
+        // The new consumer may have made room for blocked publishers.
+        queue.kick();
         Ok(tag)
     }
 
@@ -325,6 +411,7 @@ impl Channel {
         if consumer.queue.remove_consumer(&consumer) {
             self.vhost.auto_delete_queue(&consumer.queue);
         }
+        consumer.queue.touch();
         true
     }
 
@@ -336,7 +423,7 @@ impl Channel {
     pub fn ack(&mut self, tag: DeliveryTag, multiple: bool) -> Result<usize, BrokerError> {
         self.take(tag, multiple)?;
         let acked = self.settling.len();
-        self.settle(false);
+        self.settle(Settle::Ack);
         Ok(acked)
     }
 
@@ -352,7 +439,11 @@ impl Channel {
         requeue: bool,
     ) -> Result<(), BrokerError> {
         self.take(tag, multiple)?;
-        self.settle(requeue);
+        self.settle(if requeue {
+            Settle::Requeue(Return::Nack)
+        } else {
+            Settle::Reject
+        });
         Ok(())
     }
 
@@ -430,6 +521,7 @@ impl Channel {
             if consumer.queue.remove_consumer(&consumer) {
                 self.vhost.auto_delete_queue(&consumer.queue);
             }
+            consumer.queue.touch();
         }
         self.requeue_all_unacked();
     }
@@ -441,46 +533,43 @@ impl Channel {
             .lock()
             .unacked
             .take_all(&mut self.settling);
-        self.settle(true);
+        self.settle(Settle::Requeue(Return::Close));
     }
 
+    /// Takes the deliveries an ack/nack/reject of `tag` settles. A tag the consumer timeout
+    /// took back is not an error: the late settlement is ignored (with `multiple`, the
+    /// deliveries before it that are still outstanding are settled).
     fn take(&mut self, tag: DeliveryTag, multiple: bool) -> Result<(), BrokerError> {
-        self.shared
-            .deliveries
-            .lock()
-            .unacked
-            .take(tag.0, multiple, &mut self.settling)
+        let mut st = self.shared.deliveries.lock();
+        let result = st.unacked.take(tag.0, multiple, &mut self.settling);
+        let late = result.is_err() && st.timed_out.remove(&tag.0);
+        if late {
+            debug!(
+                delivery_tag = tag.0,
+                "late settlement of a delivery taken back by the consumer timeout: ignored"
+            );
+            if multiple {
+                st.unacked.take_through(tag.0, &mut self.settling);
+            }
+        }
+        if multiple && !st.timed_out.is_empty() {
+            st.timed_out = match tag.0 {
+                0 | u64::MAX => BTreeSet::new(),
+                through => st.timed_out.split_off(&(through + 1)),
+            };
+        }
+        st.compact_timeouts();
+        if late {
+            Ok(())
+        } else {
+            result
+        }
     }
 
     /// Settles the entries in `self.settling`: gives credit back, then per queue either
     /// requeues them or forgets them, which lets the queue deliver again.
-    fn settle(&mut self, requeue: bool) {
-        let entries = &mut self.settling;
-        for entry in entries.iter() {
-            if let Source::Consumer(consumer) = &entry.source {
-                consumer.release(1);
-            }
-        }
-        if entries.len() > 1 {
-            entries.sort_unstable_by_key(|e| (Arc::as_ptr(e.queue()) as usize, e.seq));
-        }
-        let mut rest = &entries[..];
-        while let Some(first) = rest.first() {
-            let queue = first.queue();
-            let len = rest
-                .iter()
-                .take_while(|e| Arc::ptr_eq(e.queue(), queue))
-                .count();
-            let (group, tail) = rest.split_at(len);
-            if requeue {
-                queue.requeue(group.iter().map(|e| (e.seq, &e.message, e.stored)));
-            } else {
-                queue.settle(group.len(), group.iter().filter_map(|e| e.stored));
-            }
-            rest = tail;
-        }
-        // Messages are dropped (and their memory released) here, outside every lock.
-        entries.clear();
+    fn settle(&mut self, how: Settle) {
+        settle_entries(&mut self.settling, how);
         if self.shared.global_prefetch.load(Ordering::Acquire) != 0 {
             // Channel-wide credit came back: consumers on other queues may proceed.
             self.kick_all();
@@ -488,15 +577,113 @@ impl Channel {
     }
 
     fn kick_all(&mut self) {
-        self.kicked.extend(
-            self.shared
-                .consumers
-                .lock()
-                .values()
-                .map(|c| Arc::clone(&c.queue)),
-        );
-        for queue in self.kicked.drain(..) {
+        self.shared.kick_all(&mut self.kicked);
+    }
+}
+
+/// Gives the credit of `entries` back, then per queue requeues them or forgets them (which
+/// lets the queue deliver again), and empties `entries`.
+fn settle_entries(entries: &mut Vec<UnackedEntry>, how: Settle) {
+    for entry in entries.iter() {
+        if let Source::Consumer(consumer) = &entry.source {
+            consumer.release(1);
+        }
+    }
+    if entries.len() > 1 {
+        entries.sort_unstable_by_key(|e| (Arc::as_ptr(e.queue()) as usize, e.seq));
+    }
+    let mut rest = &entries[..];
+    while let Some(first) = rest.first() {
+        let queue = first.queue();
+        let len = rest
+            .iter()
+            .take_while(|e| Arc::ptr_eq(e.queue(), queue))
+            .count();
+        let (group, tail) = rest.split_at(len);
+        match how {
+            Settle::Requeue(cause) => {
+                queue.requeue(group.iter().map(|e| (e.seq, &e.message, e.stored)), cause);
+            }
+            Settle::Ack | Settle::Reject => queue.settle(group, how == Settle::Reject),
+        }
+        rest = tail;
+    }
+    // Messages are dropped (and their memory released) here, outside every lock.
+    entries.clear();
+}
+
+impl ChannelShared {
+    fn kick_all(&self, kicked: &mut Vec<Arc<Queue>>) {
+        kicked.extend(self.consumers.lock().values().map(|c| Arc::clone(&c.queue)));
+        for queue in kicked.drain(..) {
             queue.kick();
+        }
+    }
+}
+
+impl Timed for ChannelShared {
+    /// Consumer timeouts: takes back every due delivery still unacked and requeues it, or
+    /// tells the sink to close the channel when its queue says close-channel.
+    fn fire(&self, now: Instant) {
+        let mut taken = Vec::new();
+        let mut close = None;
+        {
+            let mut st = self.deliveries.lock();
+            st.timer_at = None;
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let due: Vec<u64> = st.timeouts.pop_due(now).collect();
+            for tag in due {
+                let Some(timeout) = st.unacked.get(tag).map(|e| e.queue().consumer_timeout())
+                else {
+                    continue;
+                };
+                match timeout {
+                    Some((ms, true)) if !st.timeout_reported => {
+                        st.timeout_reported = true;
+                        close = Some((tag, ms));
+                    }
+                    Some((_, false)) if st.unacked.take(tag, false, &mut taken).is_ok() => {
+                        st.remember_timed_out(tag);
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(next) = st.timeouts.next() {
+                st.timer_at = Some(next);
+                let me: Weak<dyn Timed> = self.me.clone();
+                timer::schedule(next, me);
+            }
+        }
+        if let Some((tag, ms)) = close {
+            info!(
+                connection = self.connection.0,
+                channel = self.id.0,
+                delivery_tag = tag,
+                timeout_ms = ms,
+                "consumer timeout: closing the channel"
+            );
+            self.sink.consumer_timeout(DeliveryTag(tag), ms);
+        }
+        if !taken.is_empty() {
+            info!(
+                connection = self.connection.0,
+                channel = self.id.0,
+                deliveries = taken.len(),
+                "consumer timeout: deliveries taken back and requeued"
+            );
+            // The next delivery of each queue starts after the consumer that timed out, so
+            // the message goes to another consumer first when there is one.
+            for entry in &taken {
+                if let Source::Consumer(consumer) = &entry.source {
+                    consumer.queue.rotate_past(consumer);
+                }
+            }
+            settle_entries(&mut taken, Settle::Requeue(Return::Timeout));
+            if self.global_prefetch.load(Ordering::Acquire) != 0 {
+                self.kick_all(&mut Vec::new());
+            }
         }
     }
 }
@@ -504,5 +691,50 @@ impl Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Broker, BrokerConfig, QueueFlags};
+    use bytes::Bytes;
+    use lockgate_wire::{BasicProperties, ContentHeader, FieldValue};
+
+    struct Discard;
+
+    impl DeliverySink for Discard {
+        fn deliver(&self, _: Delivery) -> Result<(), SinkClosed> {
+            Ok(())
+        }
+
+        fn consumer_cancelled(&self, _: &ConsumerTag) {}
+    }
+
+    #[test]
+    fn acked_deliveries_do_not_keep_their_timeout_deadlines() {
+        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
+        let args: FieldTable = [("x-consumer-timeout".to_owned(), FieldValue::I64(1_800_000))]
+            .into_iter()
+            .collect();
+        v.declare_queue(ConnectionId(1), "q", QueueFlags::default(), args)
+            .unwrap();
+        let mut ch = Channel::new(
+            Arc::clone(&v),
+            ConnectionId(1),
+            ChannelId(1),
+            Arc::new(Discard),
+        );
+        ch.consume("q", "c", false, false, &FieldTable::default(), |_| {})
+            .unwrap();
+        let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
+        for tag in 1..=20_000 {
+            let m = Message::new(String::new(), "q".into(), header.clone(), Bytes::new());
+            v.publish(false, m).unwrap();
+            ch.ack(DeliveryTag(tag), false).unwrap();
+        }
+        let st = ch.shared.deliveries.lock();
+        assert_eq!(st.unacked.len(), 0);
+        assert!(st.timeouts.len() <= 1025, "{} deadlines", st.timeouts.len());
     }
 }

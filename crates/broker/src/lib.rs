@@ -10,6 +10,7 @@
 //! | `broker.rs` | [`Broker`], [`BrokerConfig`]: vhosts, memory alarm ([`Broker::memory_watch`]) |
 //! | `vhost.rs` | [`VHost`]: declare/delete/bind exchanges and queues, [`VHost::publish_to`] |
 //! | `exchange/` | [`Exchange`] handles and routing tables: direct, fanout, `topic.rs` (trie), `headers.rs` |
+//! | `exchange/consistent_hash.rs` (+ `erlang_hash.rs`), `exchange/delayed.rs` | `x-consistent-hash` ring, hashed as RabbitMQ does; `x-delayed-message` held messages |
 //! | `queue/` | [`Queue`]: ready list, round-robin push to consumers; `arguments.rs` typed `x-` args |
 //! | `channel.rs` | [`Channel`]: consume, ack/nack/reject, get, qos, flow, recover, close |
 //! | `consumer.rs` | a consumer and its prefetch credit |
@@ -17,11 +18,14 @@
 //! | `sink.rs` | [`DeliverySink`], [`Delivery`]: how deliveries reach the connection writer |
 //! | `message.rs` | [`Message`], shared as `Arc<Message>` |
 //! | `memory.rs` | byte accounting and the high-watermark `watch` |
+//! | `policy.rs` | [`Policy`]: queue settings by name pattern; `vhost/policies.rs` applies them |
 //! | `stats.rs` | queue counters and snapshots for management and metrics (`vhost/introspect.rs` reads them) |
 //! | `durable.rs` | encoding of stored definitions and message headers |
 //! | `recovery.rs` | [`Broker::recover`]: rebuilding from the store at startup |
 //! | `spill.rs` | [`Broker::spawn_spill_task`]: moving long backlogs to disk and back |
 //! | `queue/spill.rs` | a queue's disk tail |
+//! | `queue/dedup.rs` | `x-deduplication-window`: message ids a queue remembers |
+//! | `timer.rs` | the one timer thread (`schedule`) and per-target `Deadlines` |
 //! | `ids.rs` | id newtypes, generated names |
 //! | `error.rs` | [`BrokerError`] with RabbitMQ's reply texts |
 //!
@@ -47,11 +51,13 @@ mod exchange;
 mod ids;
 mod memory;
 mod message;
+mod policy;
 mod queue;
 mod recovery;
 mod sink;
 mod spill;
 mod stats;
+mod timer;
 mod unacked;
 mod vhost;
 
@@ -61,9 +67,10 @@ pub use error::BrokerError;
 pub use exchange::{Exchange, ExchangeFlags, ExchangeKind};
 pub use ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
 pub use message::Message;
+pub use policy::{ApplyTo, Policy, PolicyError};
 pub use queue::arguments::{DedupWindow, Overflow, QueueArguments, TimeoutAction};
 pub use queue::{GetOk, Queue};
 pub use recovery::{RecoveryError, RecoverySummary};
 pub use sink::{Delivery, DeliverySink, SinkClosed};
 pub use stats::{BindingSnapshot, ChannelSnapshot, ConsumerSnapshot, QueueSnapshot};
-pub use vhost::{PublishOutcome, QueueDeclareOk, QueueFlags, VHost};
+pub use vhost::{PublishOutcome, Published, QueueDeclareOk, QueueFlags, VHost};

@@ -125,6 +125,10 @@ impl Broker {
         }
         let mut queues: Vec<(Arc<Queue>, &lockgate_store::RecoveredQueue)> = Vec::new();
         for rq in &recovery.queues {
+            // A durable delayed exchange's held messages (exchange/delayed.rs).
+            if crate::exchange::recover_delayed(self, &store, rq)? {
+                continue;
+            }
             let (vhost, name) =
                 durable::decode_entity_key(&rq.key).map_err(bad("a queue key".into()))?;
             let (auto_delete, arguments) =
@@ -191,6 +195,17 @@ impl Broker {
             let (n, redelivered) = load_messages(&store, &vhost, &queue, rq)?;
             summary.messages += n;
             summary.redelivered += redelivered;
+        }
+        for vhost in self
+            .vhost_names()
+            .iter()
+            .filter_map(|name| self.vhost(name))
+        {
+            for exchange in vhost.exchange_names() {
+                if let Some(exchange) = vhost.exchange(&exchange) {
+                    crate::exchange::arm_recovered_delayed(&exchange);
+                }
+            }
         }
         info!(
             exchanges = summary.exchanges,

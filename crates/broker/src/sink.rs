@@ -62,4 +62,12 @@ pub trait DeliverySink: Send + Sync {
 
     /// The broker cancelled this consumer.
     fn consumer_cancelled(&self, consumer_tag: &ConsumerTag);
+
+    /// Delivery `delivery_tag` was not acknowledged within its queue's consumer timeout
+    /// (`timeout_ms`) and the queue's action is close-channel: the server closes the channel
+    /// with 406 PRECONDITION_FAILED, as RabbitMQ does (closing requeues its deliveries).
+    /// Called at most once per channel, with no broker lock held. The default ignores it.
+    fn consumer_timeout(&self, delivery_tag: DeliveryTag, timeout_ms: u64) {
+        let _ = (delivery_tag, timeout_ms);
+    }
 }

@@ -25,6 +25,22 @@ pub(crate) struct QueueCounters {
     pub redelivered: u64,
     /// Deliveries settled without requeue (ack, or nack/reject without requeue).
     pub acked: u64,
+    /// Messages removed because their TTL passed (dead-lettered or dropped).
+    pub expired: u64,
+    /// Messages the dead-letter exchange routed to a queue, for any reason (not those
+    /// dropped: exchange missing, routed nowhere, or a dead-letter cycle).
+    pub dead_lettered: u64,
+    /// Messages dropped from the head by the length limit (overflow drop-head).
+    pub dropped_overflow: u64,
+    /// Publishes refused by the length limit (overflow reject-publish / -dlx).
+    pub rejected_overflow: u64,
+    /// Deliveries taken back because the consumer timeout passed.
+    pub timeout_redelivered: u64,
+    /// Messages dead-lettered or dropped for passing `x-delivery-limit`.
+    pub delivery_limit_dropped: u64,
+    /// Publishes not enqueued because their message-id was already enqueued within the
+    /// `x-deduplication-window` (C, `queue/dedup.rs`).
+    pub dedup_dropped: u64,
 }
 
 /// A queue at one instant.
@@ -53,6 +69,24 @@ pub struct QueueSnapshot {
     pub redelivered: u64,
     /// Deliveries settled without requeue (monotonic).
     pub acked: u64,
+    /// Messages removed because their TTL passed, dead-lettered or dropped (monotonic).
+    pub expired: u64,
+    /// Messages the queue's dead-letter exchange routed to a queue, any reason; those it
+    /// dropped (exchange missing, routed nowhere, a dead-letter cycle) are not counted
+    /// (monotonic).
+    pub dead_lettered: u64,
+    /// Messages dropped from the head by `x-max-length(-bytes)`, overflow drop-head
+    /// (monotonic; dead-lettered ones included).
+    pub dropped_overflow: u64,
+    /// Publishes refused by the length limit, overflow reject-publish(-dlx) (monotonic).
+    pub rejected_overflow: u64,
+    /// Deliveries taken back from consumers after `x-consumer-timeout` (monotonic).
+    pub timeout_redelivered: u64,
+    /// Messages dead-lettered or dropped for passing `x-delivery-limit` (monotonic).
+    pub delivery_limit_dropped: u64,
+    /// Publishes not enqueued because their message-id was already enqueued within the
+    /// queue's `x-deduplication-window` (monotonic; they were confirmed to the publisher).
+    pub dedup_dropped: u64,
 }
 
 /// A consumer at one instant.

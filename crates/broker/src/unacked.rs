@@ -132,6 +132,28 @@ impl UnackedList {
             .for_each(f);
     }
 
+    /// Every outstanding delivery with its tag, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &UnackedEntry)> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|s| s.entry.as_ref().map(|e| (s.tag, e)))
+    }
+
+    /// The outstanding delivery `tag`, if any.
+    pub fn get(&self, tag: u64) -> Option<&UnackedEntry> {
+        let index = self.slots.binary_search_by_key(&tag, |s| s.tag).ok()?;
+        self.slots[index].entry.as_ref()
+    }
+
+    /// Moves every outstanding delivery with a tag up to `tag` into `out`, oldest first
+    /// (`multiple` settlement through a tag that is no longer outstanding).
+    pub fn take_through(&mut self, tag: u64, out: &mut Vec<UnackedEntry>) {
+        let end = self.slots.partition_point(|s| s.tag <= tag);
+        let before = out.len();
+        out.extend(self.slots.drain(..end).filter_map(|s| s.entry));
+        self.live -= out.len() - before;
+    }
+
     /// Moves every outstanding delivery into `out`, oldest first.
     pub fn take_all(&mut self, out: &mut Vec<UnackedEntry>) {
         out.reserve(self.live);

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
 use lockgate_store::{Commit, DefinitionKind, Store, StoredRef};
@@ -24,9 +24,10 @@ use crate::ids::{random_name, ChannelId, ConnectionId};
 use crate::memory::MemoryMonitor;
 use crate::message::Message;
 use crate::queue::arguments::{assert_equivalent, QueueArguments};
-use crate::queue::{Queue, QueueStore};
+use crate::queue::{Admit, Queue, QueueStore};
 
 mod introspect;
+mod policies;
 
 /// Declaration flags of a queue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,6 +64,40 @@ pub enum PublishOutcome {
     /// No queue matched and the message was mandatory: here it is back, for
     /// `basic.return` 312 NO_ROUTE.
     Unroutable(Box<Message>),
+}
+
+/// What [`VHost::publish_checked`] did with a message.
+#[derive(Debug)]
+pub struct Published {
+    /// Where it went.
+    pub outcome: PublishOutcome,
+    /// The store commit a confirm waits for (see [`VHost::publish_with_commit`]).
+    pub commit: Option<Commit>,
+    /// A queue refused it at its length limit (overflow reject-publish or
+    /// reject-publish-dlx): a confirming publisher gets basic.nack.
+    pub refused: bool,
+    /// A queue with overflow `block` is full after it: stop reading from the publisher until
+    /// that queue's [`Queue::room`] turns true.
+    pub blocked: Option<Arc<Queue>>,
+}
+
+impl Published {
+    fn routed(outcome: PublishOutcome, commit: Option<Commit>) -> Self {
+        Self {
+            outcome,
+            commit,
+            refused: false,
+            blocked: None,
+        }
+    }
+
+    fn admitted(&mut self, queue: &Arc<Queue>, admit: Admit) {
+        match admit {
+            Admit::Enqueued => {}
+            Admit::Refused => self.refused = true,
+            Admit::Full => self.blocked = Some(Arc::clone(queue)),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -139,6 +174,12 @@ pub struct VHost {
     channels: DashMap<(ConnectionId, ChannelId), Arc<ChannelShared>>,
     /// The broker's spill task, woken by queues whose head runs low.
     spill_wake: Arc<tokio::sync::Notify>,
+    /// Its policies (`vhost/policies.rs`).
+    policies: policies::Policies,
+    /// Itself, handed to its queues (dead-lettering, `x-expires`).
+    me: Weak<VHost>,
+    /// The broker-wide consumer timeout (ms), for queues that set none.
+    consumer_timeout: Option<u64>,
 }
 
 impl fmt::Debug for VHost {
@@ -191,7 +232,27 @@ impl VHost {
             store,
             channels: DashMap::new(),
             spill_wake,
+            policies: policies::Policies::default(),
+            me: Weak::new(),
+            consumer_timeout: None,
         }
+    }
+
+    /// Links the vhost to its own `Arc` (built with `Arc::new_cyclic`) and sets the
+    /// broker-wide consumer timeout its queues default to.
+    pub(crate) fn with_links(mut self, me: Weak<VHost>, consumer_timeout: Option<u64>) -> Self {
+        self.me = me;
+        self.consumer_timeout = consumer_timeout;
+        self
+    }
+
+    /// Shares a new queue, linked to this vhost.
+    fn share_queue(&self, queue: Queue) -> Arc<Queue> {
+        queue.with_wake(Arc::clone(&self.spill_wake)).into_arc(
+            self.me.clone(),
+            Arc::clone(&self.memory),
+            self.consumer_timeout,
+        )
     }
 
     /// Every queue's handle (the spill task walks them).
@@ -282,6 +343,7 @@ impl VHost {
             return self.existing_exchange(name);
         }
         let kind = ExchangeKind::parse(kind)?;
+        crate::exchange::validate_arguments(kind, &arguments)?;
         if name.is_empty() {
             return Err(BrokerError::default_exchange());
         }
@@ -442,6 +504,8 @@ impl VHost {
         if flags.passive {
             let queue = self.existing_queue(name)?;
             queue.check_access(connection)?;
+            // A declaration, passive or not, is a use of the queue (x-expires), as RabbitMQ.
+            queue.touch();
             let (message_count, consumer_count) = queue.counts();
             return Ok(QueueDeclareOk {
                 queue: name.to_owned(),
@@ -486,6 +550,7 @@ impl VHost {
                 ));
             }
             assert_equivalent(queue.raw_arguments(), &arguments, &resource)?;
+            queue.touch();
             let (message_count, consumer_count) = queue.counts();
             return Ok(QueueDeclareOk {
                 queue: name,
@@ -493,16 +558,20 @@ impl VHost {
                 consumer_count,
             });
         }
-        let parsed = QueueArguments::parse(&arguments, &self.queue_resource(&name))?;
+        // Policies (vhost/policies.rs): client arguments over the matching policy.
+        let (parsed, policy) = self.declare_arguments(&name, &arguments)?;
         let mut queue = Queue::new(
             name.clone(),
             self.name.clone(),
             durable,
             flags.auto_delete,
             owner,
-            parsed,
+            parsed.clone(),
             arguments,
         );
+        if policy.is_some() {
+            queue.set_arguments(parsed, policy);
+        }
         if let (Some(store), true) = (&self.store, durable) {
             let (id, commit) = store.put_queue(
                 &durable::entity_key(&self.name, &name),
@@ -515,7 +584,7 @@ impl VHost {
             };
             queue = queue.with_store(qs, 0, None);
         }
-        let queue = Arc::new(queue.with_wake(Arc::clone(&self.spill_wake)));
+        let queue = self.share_queue(queue);
         if let Some(owner) = owner {
             topology
                 .exclusive
@@ -625,6 +694,13 @@ impl VHost {
         }
     }
 
+    /// Deletes a queue left unused for its `x-expires` (checked again under the lock).
+    pub(crate) fn expire_queue(&self, queue: &Arc<Queue>) {
+        if self.remove_queue(queue, true, false).is_ok() {
+            debug!(vhost = %self.name, queue = queue.name(), "queue expired (x-expires)");
+        }
+    }
+
     /// Deletes an auto-delete queue whose last consumer went. Checked again under the lock:
     /// if a consumer arrived meanwhile, the `in use` error leaves the queue in place.
     pub(crate) fn auto_delete_queue(&self, queue: &Arc<Queue>) {
@@ -701,9 +777,8 @@ impl VHost {
             parsed,
             arguments,
         )
-        .with_store(store, next_seq, marked)
-        .with_wake(Arc::clone(&self.spill_wake));
-        let queue = Arc::new(queue);
+        .with_store(store, next_seq, marked);
+        let queue = self.share_queue(queue);
         let _topology = self.topology.lock();
         self.queues.insert(name.to_owned(), Arc::clone(&queue));
         Ok(queue)
@@ -986,8 +1061,24 @@ impl VHost {
         &self,
         exchange: &Arc<Exchange>,
         mandatory: bool,
-        mut message: Message,
+        message: Message,
     ) -> Result<(PublishOutcome, Option<Commit>), BrokerError> {
+        self.publish_checked(exchange, mandatory, message)
+            .map(|p| (p.outcome, p.commit))
+    }
+
+    /// [`VHost::publish_with_commit`], also telling what the queues' length limits did: a
+    /// refusal (overflow reject-publish: nack a confirming publisher) and a full queue with
+    /// overflow `block` (stop reading from the publisher until [`Queue::room`] turns true).
+    ///
+    /// # Errors
+    /// As [`VHost::publish_to`].
+    pub fn publish_checked(
+        &self,
+        exchange: &Arc<Exchange>,
+        mandatory: bool,
+        message: Message,
+    ) -> Result<Published, BrokerError> {
         if exchange.is_deleted() {
             return Err(BrokerError::not_found(
                 self.exchange_resource(exchange.name()),
@@ -999,35 +1090,76 @@ impl VHost {
                 self.exchange_resource(exchange.name())
             )));
         }
+        // A delayed exchange holds a message with `x-delay` and routes it when due.
+        if let Some(delay) = exchange.requested_delay(&message) {
+            let (memory, store) = (&self.memory, self.store.as_ref());
+            let commit = exchange.hold_delayed(&self.name, message, delay, memory, store);
+            return Ok(Published::routed(PublishOutcome::Routed(1), commit));
+        }
         let mut queues = ROUTE_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         self.route(exchange, &message, &mut queues);
-        let mut commit = None;
-        let outcome = if queues.is_empty() {
-            if mandatory {
+        let published = if queues.is_empty() {
+            let outcome = if mandatory {
                 PublishOutcome::Unroutable(Box::new(message))
             } else {
                 PublishOutcome::Dropped
-            }
+            };
+            Published::routed(outcome, None)
         } else {
-            let charge = self.memory.charge(message.size());
-            message.set_charge(charge);
-            let store = self
-                .store
-                .as_ref()
-                .filter(|_| message.is_persistent() && queues.iter().any(|q| q.store().is_some()));
-            if let Some(store) = store {
-                commit = Some(push_persistent(store, message, &queues));
-            } else {
-                let message = Arc::new(message);
-                for queue in &queues {
-                    queue.push(Arc::clone(&message));
-                }
-            }
-            PublishOutcome::Routed(queues.len())
+            let mut published = Published::routed(PublishOutcome::Routed(queues.len()), None);
+            published.commit = self.enqueue(message, &queues, &mut published);
+            published
         };
         queues.clear();
         ROUTE_SCRATCH.with(|s| *s.borrow_mut() = queues);
-        Ok((outcome, commit))
+        Ok(published)
+    }
+
+    /// Charges a routed message to the memory accounting and enqueues it on `queues`
+    /// (stored first when persistent and a queue is durable); records what the queues'
+    /// limits did in `published`. Returns the store commit, if any.
+    fn enqueue(
+        &self,
+        mut message: Message,
+        queues: &[Arc<Queue>],
+        published: &mut Published,
+    ) -> Option<Commit> {
+        let charge = self.memory.charge(message.size());
+        message.set_charge(charge);
+        let store = self
+            .store
+            .as_ref()
+            .filter(|_| message.is_persistent() && queues.iter().any(|q| q.store().is_some()));
+        if let Some(store) = store {
+            return Some(push_persistent_checked(store, message, queues, published));
+        }
+        let message = Arc::new(message);
+        for queue in queues {
+            published.admitted(queue, queue.push(Arc::clone(&message)));
+        }
+        None
+    }
+
+    /// Republishes a dead-lettered message to the exchange `name` (dropped when it does not
+    /// exist or routes nowhere). Unless the death was a rejection, queues the message
+    /// already died in without a rejection since are left out (RabbitMQ's cycle rule).
+    pub(crate) fn publish_dead_letter(&self, name: &str, message: Message, rejected: bool) -> bool {
+        let Some(exchange) = self.exchange(name).filter(|x| !x.is_deleted()) else {
+            debug!(vhost = %self.name, exchange = name, "dead-letter exchange missing: message dropped");
+            return false;
+        };
+        let mut queues = Vec::new();
+        self.route(&exchange, &message, &mut queues);
+        if !rejected {
+            queues.retain(|q| !crate::queue::deadletter::is_cycle(&message, q.name()));
+        }
+        if queues.is_empty() {
+            debug!(vhost = %self.name, exchange = name, "dead-lettered message routed nowhere: dropped");
+            return false;
+        }
+        let mut published = Published::routed(PublishOutcome::Routed(queues.len()), None);
+        drop(self.enqueue(message, &queues, &mut published));
+        true
     }
 
     /// Collects the queues `message` reaches from `exchange`, each once.
@@ -1071,7 +1203,18 @@ impl VHost {
 /// everywhere. The store write is queued before the message becomes visible in any queue,
 /// so an ack's remove can never reach the store ahead of the publish (which would bring
 /// the acked message back after a restart).
-fn push_persistent(store: &Store, message: Message, queues: &[Arc<Queue>]) -> Commit {
+pub(crate) fn push_persistent(store: &Store, message: Message, queues: &[Arc<Queue>]) -> Commit {
+    let mut published = Published::routed(PublishOutcome::Routed(queues.len()), None);
+    push_persistent_checked(store, message, queues, &mut published)
+}
+
+/// [`push_persistent`], recording what the queues' length limits did in `published`.
+fn push_persistent_checked(
+    store: &Store,
+    message: Message,
+    queues: &[Arc<Queue>],
+    published: &mut Published,
+) -> Commit {
     let header = durable::message_header(&message.exchange, &message.routing_key, &message.header);
     let targets: Vec<(lockgate_store::QueueId, u64)> = queues
         .iter()
@@ -1091,9 +1234,10 @@ fn push_persistent(store: &Store, message: Message, queues: &[Arc<Queue>]) -> Co
                     seq,
                     message: id,
                 };
-                queue.push_reserved(Arc::clone(&message), stored, commit.ticket());
+                let admit = queue.push_reserved(Arc::clone(&message), stored, commit.ticket());
+                published.admitted(queue, admit);
             }
-            None => queue.push(Arc::clone(&message)),
+            None => published.admitted(queue, queue.push(Arc::clone(&message))),
         }
     }
     commit

@@ -71,6 +71,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
 ) -> io::Result<W> {
     let mut codec = FrameCodec::new(frame_max);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Set when a store commit failed: connection.close 541 was sent, and nothing queued after
+    // it goes out (those replies promised durability). The client answers close-ok and hangs up.
+    let mut store_failed = false;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut stop = false;
@@ -81,14 +84,16 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     break;
                 }
                 Outbound::FrameMax(max) => codec.set_frame_max(max),
+                _ if store_failed => {}
                 Outbound::AfterCommit(commit) => {
                     if !buf.is_empty() {
                         write_out(&mut socket, &mut buf).await?;
                     }
-                    commit.wait().await.map_err(|e| {
+                    if let Err(e) = commit.wait().await {
                         tracing::error!(error = %e, "store write failed, closing the connection");
-                        io::Error::other(e)
-                    })?;
+                        store_failed = true;
+                        encode(&codec, store_failure_close(), &mut buf)?;
+                    }
                 }
                 other => encode(&codec, other, &mut buf)?,
             }
@@ -105,6 +110,19 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
     }
     Ok(socket)
+}
+
+/// connection.close 541, RabbitMQ's code for a broker-side failure.
+fn store_failure_close() -> Outbound {
+    Outbound::method(
+        0,
+        lockgate_wire::connection::Close {
+            reply_code: lockgate_wire::reply_code::INTERNAL_ERROR,
+            reply_text: "INTERNAL_ERROR - the message store failed".into(),
+            class_id: 0,
+            method_id: 0,
+        },
+    )
 }
 
 /// Writes and flushes what `buf` holds, then empties it (keeping its capacity).

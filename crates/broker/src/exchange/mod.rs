@@ -4,8 +4,14 @@
 //! read lock, and [`Exchange::is_deleted`] tells a cached handle it is stale. Each type keeps
 //! its bindings in the structure that routes fastest for it: direct in a hash map by routing
 //! key, fanout in a list, topic in a trie ([`topic`]), headers as compiled matchers
-//! ([`headers`]). Destinations are `Arc` handles, so routing never looks a queue up by name.
+//! ([`headers`]), consistent hash as a weighted ring ([`consistent_hash`]). A delayed
+//! exchange ([`delayed`]) routes as its `x-delayed-type` and holds messages that ask for a
+//! delay until they are due. Destinations are `Arc` handles, so routing never looks a
+//! queue up by name.
 
+mod consistent_hash;
+mod delayed;
+mod erlang_hash;
 mod headers;
 mod topic;
 
@@ -17,10 +23,16 @@ use std::sync::Arc;
 use lockgate_wire::FieldTable;
 use parking_lot::RwLock;
 
+use lockgate_store::{Commit, Store};
+
 use crate::error::BrokerError;
+use crate::memory::MemoryMonitor;
 use crate::message::Message;
 use crate::queue::Queue;
 
+use consistent_hash::{ConsistentHashRouter, HashOn};
+pub(crate) use delayed::{arm_recovered as arm_recovered_delayed, recover as recover_delayed};
+use delayed::{delayed_type, requested_delay, DelayedMessages};
 pub(crate) use headers::HeadersRouter;
 pub(crate) use topic::TopicRouter;
 
@@ -35,6 +47,11 @@ pub enum ExchangeKind {
     Topic,
     /// Routes on message headers (`x-match`).
     Headers,
+    /// `x-consistent-hash`: one binding per message, by a hash of the routing key (or a
+    /// header or property); binding keys are weights.
+    ConsistentHash,
+    /// `x-delayed-message`: routes as its `x-delayed-type`, after the message's `x-delay`.
+    DelayedMessage,
 }
 
 impl ExchangeKind {
@@ -49,6 +66,8 @@ impl ExchangeKind {
             "fanout" => Ok(Self::Fanout),
             "topic" => Ok(Self::Topic),
             "headers" => Ok(Self::Headers),
+            "x-consistent-hash" => Ok(Self::ConsistentHash),
+            "x-delayed-message" => Ok(Self::DelayedMessage),
             other => Err(BrokerError::command_invalid(format_args!(
                 "unknown exchange type '{other}'"
             ))),
@@ -62,7 +81,28 @@ impl ExchangeKind {
             Self::Fanout => "fanout",
             Self::Topic => "topic",
             Self::Headers => "headers",
+            Self::ConsistentHash => "x-consistent-hash",
+            Self::DelayedMessage => "x-delayed-message",
         }
+    }
+}
+
+/// Checks the arguments a type reads at declaration, so that routing never meets a bad one.
+///
+/// # Errors
+/// `PreconditionFailed` for an invalid `hash-header`/`hash-property` (consistent hash) or
+/// `x-delayed-type` (delayed), with the plugins' texts.
+pub(crate) fn validate_arguments(
+    kind: ExchangeKind,
+    arguments: &FieldTable,
+) -> Result<(), BrokerError> {
+    match kind {
+        ExchangeKind::ConsistentHash => HashOn::parse(arguments).map(drop),
+        ExchangeKind::DelayedMessage => validate_arguments(delayed_type(arguments)?, arguments),
+        ExchangeKind::Direct
+        | ExchangeKind::Fanout
+        | ExchangeKind::Topic
+        | ExchangeKind::Headers => Ok(()),
     }
 }
 
@@ -198,28 +238,41 @@ pub(crate) enum Router {
     Fanout(FanoutRouter),
     Topic(TopicRouter),
     Headers(HeadersRouter),
+    ConsistentHash(ConsistentHashRouter),
 }
 
 impl Router {
-    fn new(kind: ExchangeKind) -> Self {
+    /// The table for `kind`. Arguments were checked by [`validate_arguments`] when the
+    /// exchange was declared; should a stored one no longer parse, the type's default
+    /// applies (routing key hash; direct routing for a delayed exchange).
+    fn new(kind: ExchangeKind, arguments: &FieldTable) -> Self {
         match kind {
             ExchangeKind::Direct => Self::Direct(DirectRouter::default()),
             ExchangeKind::Fanout => Self::Fanout(FanoutRouter::default()),
             ExchangeKind::Topic => Self::Topic(TopicRouter::default()),
             ExchangeKind::Headers => Self::Headers(HeadersRouter::default()),
+            ExchangeKind::ConsistentHash => Self::ConsistentHash(ConsistentHashRouter::new(
+                HashOn::parse(arguments).unwrap_or(HashOn::RoutingKey),
+            )),
+            ExchangeKind::DelayedMessage => Self::new(
+                delayed_type(arguments).unwrap_or(ExchangeKind::Direct),
+                arguments,
+            ),
         }
     }
 
     /// Adds a binding; `Ok(false)` when it already exists (binding is idempotent).
     ///
     /// # Errors
-    /// `PreconditionFailed` for invalid headers-binding arguments.
+    /// `PreconditionFailed` for invalid headers-binding arguments or a consistent-hash
+    /// binding key that is not a positive integer.
     pub fn add(&mut self, entry: BindingEntry) -> Result<bool, BrokerError> {
         Ok(match self {
             Self::Direct(r) => r.add(entry),
             Self::Fanout(r) => r.add(entry),
             Self::Topic(r) => r.add(entry),
             Self::Headers(r) => return r.add(entry),
+            Self::ConsistentHash(r) => return r.add(entry),
         })
     }
 
@@ -230,6 +283,7 @@ impl Router {
             Self::Fanout(r) => r.remove(key, arguments, destination),
             Self::Topic(r) => r.remove(key, arguments, destination),
             Self::Headers(r) => r.remove(key, arguments, destination),
+            Self::ConsistentHash(r) => r.remove(key, arguments, destination),
         }
     }
 
@@ -239,6 +293,7 @@ impl Router {
             Self::Fanout(r) => r.bindings.len(),
             Self::Topic(r) => r.len(),
             Self::Headers(r) => r.len(),
+            Self::ConsistentHash(r) => r.len(),
         }
     }
 
@@ -253,6 +308,7 @@ impl Router {
             Self::Fanout(r) => r.route(f),
             Self::Topic(r) => r.route(&message.routing_key, f),
             Self::Headers(r) => r.route(message.header.properties.headers.as_ref(), f),
+            Self::ConsistentHash(r) => r.route(message, f),
         }
     }
 
@@ -262,6 +318,7 @@ impl Router {
             Self::Fanout(r) => std::mem::take(&mut r.bindings),
             Self::Topic(r) => r.take_all(),
             Self::Headers(r) => r.take_all(),
+            Self::ConsistentHash(r) => r.take_all(),
         }
     }
 }
@@ -290,6 +347,8 @@ pub struct Exchange {
     arguments: FieldTable,
     pub(crate) router: RwLock<Router>,
     deleted: AtomicBool,
+    /// The messages a delayed exchange holds; `None` for the other types.
+    delayed: Option<Arc<DelayedMessages>>,
 }
 
 impl fmt::Debug for Exchange {
@@ -317,9 +376,10 @@ impl Exchange {
             durable: flags.durable,
             auto_delete: flags.auto_delete,
             internal: flags.internal,
-            arguments,
-            router: RwLock::new(Router::new(kind)),
+            router: RwLock::new(Router::new(kind, &arguments)),
             deleted: AtomicBool::new(false),
+            delayed: (kind == ExchangeKind::DelayedMessage).then(DelayedMessages::new),
+            arguments,
         }
     }
 
@@ -367,7 +427,60 @@ impl Exchange {
         self.name.is_empty()
     }
 
+    /// Messages a delayed exchange holds until they are due (0 for other types).
+    pub fn delayed_count(&self) -> usize {
+        self.delayed.as_ref().map_or(0, |d| d.len())
+    }
+
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
+        if let Some(delayed) = &self.delayed {
+            delayed.clear();
+        }
+    }
+
+    /// The delay `message` asks of this exchange: `Some` only for a delayed exchange and an
+    /// `x-delay` above zero. Then publishing hands it to [`Exchange::hold_delayed`].
+    pub(crate) fn requested_delay(&self, message: &Message) -> Option<u64> {
+        self.delayed.as_ref().and_then(|_| requested_delay(message))
+    }
+
+    /// Holds `message` (in vhost `vhost`) for `delay_ms`, then routes it; returns the commit
+    /// of its store write when it was persisted (durable exchange, persistent message).
+    pub(crate) fn hold_delayed(
+        self: &Arc<Self>,
+        vhost: &str,
+        message: Message,
+        delay_ms: u64,
+        memory: &Arc<MemoryMonitor>,
+        store: Option<&Store>,
+    ) -> Option<Commit> {
+        let delayed = self.delayed.as_ref()?;
+        delayed.hold(self, vhost, message, delay_ms, memory, store)
+    }
+}
+
+/// Collects the queues `message` reaches from `exchange` (not the default exchange),
+/// following exchange-to-exchange bindings, each queue once. Used for delayed messages when
+/// they are due; publishing uses the vhost's equivalent, which also knows the default
+/// exchange.
+fn route_from(exchange: &Arc<Exchange>, message: &Message, out: &mut Vec<Arc<Queue>>) {
+    let mut pending = vec![Arc::clone(exchange)];
+    let mut visited: Vec<*const Exchange> = Vec::new();
+    while let Some(next) = pending.pop() {
+        if visited.contains(&Arc::as_ptr(&next)) {
+            continue;
+        }
+        visited.push(Arc::as_ptr(&next));
+        next.router
+            .read()
+            .route(message, &mut |destination| match destination {
+                Destination::Queue(q) => out.push(Arc::clone(q)),
+                Destination::Exchange(x) => pending.push(Arc::clone(x)),
+            });
+    }
+    if out.len() > 1 {
+        out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+        out.dedup_by(|a, b| Arc::ptr_eq(a, b));
     }
 }

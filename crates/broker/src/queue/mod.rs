@@ -6,26 +6,66 @@
 //! push under that lock: when a message arrives or credit frees up, the queue hands ready
 //! messages round-robin to consumers that have credit ([`Consumer::try_acquire`]), through
 //! their channel's sink. Unacked deliveries live on the channel; the queue only counts them.
+//!
+//! Reliability settings (see docs/semantics/reliability.md): length limits and overflow are
+//! applied here on every enqueue; TTL, retry delays and `x-expires` wake the queue through
+//! the broker's one timer (`expiry.rs`); dead-lettering is in `deadletter.rs`.
 
 pub mod arguments;
+pub(crate) mod deadletter;
+mod dedup;
+mod expiry;
+mod groups;
+mod ready;
 pub(crate) mod spill;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use lockgate_store::{QueueId, Store, StoredRef};
 use lockgate_wire::FieldTable;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::watch;
 
 use crate::channel::ChannelShared;
 use crate::consumer::Consumer;
 use crate::error::{BrokerError, Resource};
 use crate::ids::{ConnectionId, DeliveryTag};
+use crate::memory::MemoryMonitor;
 use crate::message::Message;
 use crate::stats::{QueueCounters, QueueSnapshot};
+use crate::timer::Deadlines;
+use crate::unacked::UnackedEntry;
 use crate::vhost::VHost;
-use arguments::QueueArguments;
+use arguments::{Overflow, QueueArguments, TimeoutAction};
+use deadletter::{Dead, Reason};
+use ready::ReadyList;
+
+/// What a queue did with a published message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Enqueued.
+    Enqueued,
+    /// Enqueued, and the queue (overflow `block`) is now full: pause the publisher until
+    /// [`Queue::room`] says it has room again.
+    Full,
+    /// Refused by the length limit (overflow `reject-publish` / `reject-publish-dlx`).
+    Refused,
+}
+
+/// Why deliveries go back to their queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Return {
+    /// `basic.nack` / `basic.reject` with requeue (a retry delay applies).
+    Nack,
+    /// Not acknowledged within the consumer timeout (a retry delay applies).
+    Timeout,
+    /// Channel closed or `basic.recover`: back at once.
+    Close,
+}
 
 /// A message waiting in a queue.
 pub(crate) struct Ready {
@@ -48,10 +88,36 @@ pub(crate) struct QueueStore {
 
 #[derive(Default)]
 struct QueueState {
-    /// Sorted by `seq`.
-    ready: VecDeque<Ready>,
+    /// The effective arguments, read by the message path under this lock.
+    args: Arc<QueueArguments>,
+    /// The policy `args` come from, if any.
+    policy: Option<String>,
+    /// Body bytes of the ready messages (memory, disk and delayed), for
+    /// `x-max-length-bytes`, which counts bodies only, as RabbitMQ.
+    body_bytes: u64,
+    /// TTL deadlines by seq. Cancellation is lazy: a popped seq that is no longer ready (or
+    /// not expired: its TTL changed) is skipped.
+    expiry: Deadlines<u64>,
+    /// Messages requeued with a retry delay, by seq, until their deadline in `retry`; they
+    /// count as ready.
+    delayed: BTreeMap<u64, Ready>,
+    retry: Deadlines<u64>,
+    /// Message ids remembered for `x-deduplication-window` (`dedup.rs`).
+    dedup: dedup::Seen,
+    /// The earliest wake scheduled on the broker's timer, if any.
+    timer_at: Option<Instant>,
+    /// When a consumer, `basic.get` or a redeclaration last used the queue (`x-expires`).
+    last_used: Option<Instant>,
+    /// Arrival times of spilled messages that can expire (seq order), restored on page-in.
+    spilled_arrivals: VecDeque<(u64, Instant)>,
+    /// In delivery order: FIFO by seq, by priority, or by group (`ready.rs`).
+    ready: ReadyList,
     next_seq: u64,
     consumers: Vec<Arc<Consumer>>,
+    /// Single active consumer: a former active consumer left with deliveries unsettled; the
+    /// next one gets nothing until the queue's unacked count (kept under this lock, unlike
+    /// the consumer's own credit count) is back to zero, so the requeued messages go first.
+    fading: bool,
     /// Index of the consumer to try first for the next message (round-robin).
     cursor: usize,
     /// Deliveries from this queue that are not yet acked, on any channel.
@@ -111,10 +177,23 @@ pub struct Queue {
     durable: bool,
     auto_delete: bool,
     exclusive_owner: Option<ConnectionId>,
-    arguments: QueueArguments,
     raw_arguments: FieldTable,
     /// Set for durable (non-exclusive) queues when the broker has a store.
     store: Option<QueueStore>,
+    /// Itself, for the timer ([`Queue::into_arc`]).
+    me: Weak<Queue>,
+    /// Its vhost, for dead-lettering and `x-expires`.
+    vhost_ref: Weak<VHost>,
+    /// The broker's memory accounting (copies made for redelivery and dead-lettering).
+    memory: Arc<MemoryMonitor>,
+    /// The broker-wide consumer timeout, for when the arguments set none.
+    default_timeout: Option<u64>,
+    /// The effective consumer timeout in ms (0 = none) and its action, read by channels
+    /// on every delivery without taking the queue lock.
+    timeout_ms: AtomicU64,
+    timeout_close: AtomicBool,
+    /// True while the queue has room (overflow `block`): blocked publishers wait on it.
+    room: watch::Sender<bool>,
     state: Mutex<QueueState>,
 }
 
@@ -146,10 +225,20 @@ impl Queue {
             durable,
             auto_delete,
             exclusive_owner,
-            arguments,
             raw_arguments,
             store: None,
-            state: Mutex::new(QueueState::default()),
+            me: Weak::new(),
+            vhost_ref: Weak::new(),
+            memory: MemoryMonitor::new(0),
+            default_timeout: None,
+            timeout_ms: AtomicU64::new(0),
+            timeout_close: AtomicBool::new(false),
+            room: watch::Sender::new(true),
+            state: Mutex::new(QueueState {
+                ready: ReadyList::new(&arguments),
+                args: Arc::new(arguments),
+                ..QueueState::default()
+            }),
         }
     }
 
@@ -167,6 +256,29 @@ impl Queue {
         st.marked = marked;
         self.store = Some(store);
         self
+    }
+
+    /// Shares the queue, linked to its vhost (dead-lettering, `x-expires`) and the broker's
+    /// consumer-timeout default, and starts its `x-expires` clock.
+    pub(crate) fn into_arc(
+        mut self,
+        vhost: Weak<VHost>,
+        memory: Arc<MemoryMonitor>,
+        default_timeout: Option<u64>,
+    ) -> Arc<Self> {
+        self.vhost_ref = vhost;
+        self.memory = memory;
+        self.default_timeout = default_timeout;
+        let queue = Arc::new_cyclic(|me| {
+            self.me = me.clone();
+            self
+        });
+        let mut st = queue.state.lock();
+        let args = Arc::clone(&st.args);
+        queue.apply_timeout(&args);
+        queue.touch_locked(&mut st);
+        drop(st);
+        queue
     }
 
     /// Lets this queue wake the broker's spill task when its in-memory head runs low.
@@ -200,9 +312,70 @@ impl Queue {
         self.exclusive_owner
     }
 
-    /// The parsed `x-` arguments.
-    pub fn arguments(&self) -> &QueueArguments {
-        &self.arguments
+    /// The effective arguments: the client's own over the matching policy's.
+    pub fn arguments(&self) -> Arc<QueueArguments> {
+        Arc::clone(&self.state.lock().args)
+    }
+
+    /// The policy whose settings apply to this queue, if any.
+    pub fn policy_name(&self) -> Option<String> {
+        self.state.lock().policy.clone()
+    }
+
+    /// Replaces the effective arguments (a policy was set, changed or removed) and applies
+    /// them now where that makes sense: a lower length limit trims the queue at once, a new
+    /// TTL applies to messages that arrive from now on, a new consumer timeout to deliveries
+    /// made from now on.
+    pub fn set_arguments(&self, arguments: QueueArguments, policy: Option<String>) {
+        let mut st = self.state.lock();
+        let args = Arc::new(arguments);
+        let ttl_changed = st.args.message_ttl != args.message_ttl;
+        st.args = Arc::clone(&args);
+        st.policy = policy;
+        if args.dedup.is_none() {
+            // Only a queue with a window looks at (and clears) the ids it remembers.
+            st.dedup = dedup::Seen::default();
+        }
+        if ttl_changed {
+            self.reschedule_expiry(&mut st);
+        }
+        {
+            let QueueState {
+                ready, consumers, ..
+            } = &mut *st;
+            ready.reshape(&args, consumers);
+        }
+        self.apply_timeout(&args);
+        self.touch_locked(&mut st);
+        let mut dead = Vec::new();
+        self.trim(&mut st, &mut dead);
+        self.refresh_room(&st);
+        drop(st);
+        self.dead_letter(dead);
+    }
+
+    fn apply_timeout(&self, args: &QueueArguments) {
+        let ms = args.consumer_timeout.or(self.default_timeout).unwrap_or(0);
+        self.timeout_ms.store(ms, Ordering::Relaxed);
+        self.timeout_close.store(
+            args.consumer_timeout_action == TimeoutAction::CloseChannel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The consumer timeout of deliveries from this queue: (ms, close the channel rather
+    /// than requeue). Lock-free: channels read it on every delivery.
+    pub(crate) fn consumer_timeout(&self) -> Option<(u64, bool)> {
+        match self.timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some((ms, self.timeout_close.load(Ordering::Relaxed))),
+        }
+    }
+
+    /// Follows whether the queue has room (overflow `block`): publishers paused by
+    /// [`Admit::Full`] resume when it turns true (also when the queue is deleted).
+    pub fn room(&self) -> watch::Receiver<bool> {
+        self.room.subscribe()
     }
 
     /// The declaration arguments as stored (with `x-queue-type` filled in, as RabbitMQ).
@@ -251,17 +424,25 @@ impl Queue {
         (saturate(st.total_ready()), saturate(st.consumers.len()))
     }
 
-    /// Enqueues a routed message and pushes what it can to consumers.
-    pub(crate) fn push(&self, message: Arc<Message>) {
+    /// Enqueues a routed message and pushes what it can to consumers; the length limit
+    /// may refuse it or drop older messages.
+    pub(crate) fn push(&self, message: Arc<Message>) -> Admit {
         let mut st = self.state.lock();
         if st.deleted {
-            return;
+            return Admit::Enqueued;
+        }
+        if refuses(&st) {
+            return self.refuse(st, message, None);
+        }
+        if st.args.dedup.is_some() && dedup::duplicate(&mut st, &message) {
+            return Admit::Enqueued;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
         st.counters.published += 1;
         let size = message.size();
         st.counters.ready_bytes += size;
+        self.enqueued(&mut st, seq, &message);
         let item = Ready {
             seq,
             message,
@@ -269,13 +450,131 @@ impl Queue {
             stored: None,
             size,
         };
+        let mut dead = Vec::new();
         if st.disk.is_some() {
             // Behind a disk tail: wait in memory for the spill task, in order.
             st.pending.push_back(item);
+        } else {
+            st.ready.push_back(item);
+            self.expire_overdue(&mut st, &mut dead);
+            drain(&mut st, self.store.as_ref());
+        }
+        self.after_enqueue(st, dead)
+    }
+
+    /// Accounts for a message entering the ready messages: body bytes and its TTL deadline.
+    fn enqueued(&self, st: &mut QueueState, seq: u64, message: &Message) {
+        st.body_bytes += message.body.len() as u64;
+        if let Some(at) = message.expires_at(st.args.message_ttl) {
+            // Deadlines of messages that left (delivered, acked, purged) are only skipped
+            // when due: rebuild once they outnumber the live ones (amortised O(1)).
+            if st.expiry.len() > 2 * expiry::ready_count(st) + 1024 {
+                self.reschedule_expiry(st);
+            }
+            st.expiry.push(at, seq);
+            self.arm(st, at);
+        }
+    }
+
+    /// Refuses a publish at the length limit (reject-publish, reject-publish-dlx): the
+    /// message is dead-lettered (reason maxlen) with `-dlx`, dropped otherwise, and its
+    /// stored copy removed.
+    fn refuse(
+        &self,
+        mut st: MutexGuard<'_, QueueState>,
+        message: Arc<Message>,
+        stored: Option<StoredRef>,
+    ) -> Admit {
+        st.counters.rejected_overflow += 1;
+        let dlx = st.args.overflow == Some(Overflow::RejectPublishDlx)
+            && st.args.dead_letter_exchange.is_some();
+        drop(st);
+        if dlx {
+            self.dead_letter(vec![Dead {
+                message,
+                stored,
+                reason: Reason::MaxLen,
+            }]);
+        } else if let (Some(stored), Some(qs)) = (stored, &self.store) {
+            drop(qs.store.remove(stored));
+        }
+        Admit::Refused
+    }
+
+    /// After an enqueue: drop-head trims to the limit (dead-lettering what it drops), block
+    /// reports a full queue.
+    /// `dead` holds what was discarded before (overdue TTL).
+    fn after_enqueue(&self, mut st: MutexGuard<'_, QueueState>, mut dead: Vec<Dead>) -> Admit {
+        let mut admit = Admit::Enqueued;
+        if st.args.max_length.is_some() || st.args.max_length_bytes.is_some() {
+            self.trim(&mut st, &mut dead);
+            if st.args.overflow == Some(Overflow::Block) && at_limit(&st) {
+                self.refresh_room(&st);
+                admit = Admit::Full;
+            }
+        }
+        drop(st);
+        self.dead_letter(dead);
+        admit
+    }
+
+    /// Removes the messages whose TTL passed but whose timer wake has not run yet, so that
+    /// the drain that follows never delivers one. Only queues holding TTL deadlines pay for
+    /// the clock read.
+    fn expire_overdue(&self, st: &mut QueueState, dead: &mut Vec<Dead>) {
+        if let Some(next) = st.expiry.next() {
+            let now = Instant::now();
+            if next <= now {
+                self.expire_due(st, now, usize::MAX, dead);
+            }
+        }
+    }
+
+    /// Drop-head: drops the oldest ready messages while the queue is over its limit. Only
+    /// the in-memory head is dropped from: messages held aside by a retry delay, or on disk
+    /// behind an empty head, wait until they are back in it.
+    fn trim(&self, st: &mut QueueState, dead: &mut Vec<Dead>) {
+        if !matches!(st.args.overflow, None | Some(Overflow::DropHead)) {
             return;
         }
-        st.ready.push_back(item);
-        drain(&mut st, self.store.as_ref());
+        while over_limit(st) {
+            let Some(item) = st.ready.pop_front() else {
+                break;
+            };
+            st.counters.dropped_overflow += 1;
+            self.discard(st, item, Reason::MaxLen, dead);
+        }
+    }
+
+    /// Removes a ready message for good (expired, dropped by the limit): it is
+    /// dead-lettered when the queue has a dead-letter exchange, dropped otherwise.
+    fn discard(&self, st: &mut QueueState, item: Ready, reason: Reason, dead: &mut Vec<Dead>) {
+        st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(item.size);
+        st.body_bytes = st.body_bytes.saturating_sub(item.message.body.len() as u64);
+        let stored = match (&self.store, item.stored) {
+            // Nothing to republish first: the stored copy's removal is submitted now, so
+            // the store agrees with the queue as soon as the message is gone from it.
+            (Some(qs), Some(stored)) if st.args.dead_letter_exchange.is_none() => {
+                drop(qs.store.remove(stored));
+                None
+            }
+            (_, stored) => stored,
+        };
+        dead.push(Dead {
+            message: item.message,
+            stored,
+            reason,
+        });
+    }
+
+    /// Tells blocked publishers whether the queue has room (overflow `block` only).
+    fn refresh_room(&self, st: &QueueState) {
+        if st.args.overflow != Some(Overflow::Block) && *self.room.borrow() {
+            return;
+        }
+        let room = st.deleted || st.args.overflow != Some(Overflow::Block) || !at_limit(st);
+        self.room
+            .send_if_modified(|r| std::mem::replace(r, room) != room);
     }
 
     /// Takes the next sequence number for a persistent message that is about to be stored;
@@ -300,7 +599,7 @@ impl Queue {
         message: Arc<Message>,
         stored: StoredRef,
         ticket: Option<u64>,
-    ) {
+    ) -> Admit {
         let mut st = self.state.lock();
         st.reserving = st.reserving.saturating_sub(1);
         let purged = ticket.is_some_and(|t| {
@@ -312,8 +611,18 @@ impl Queue {
             st.purged_tails.clear();
         }
         if st.deleted || purged {
-            return;
+            return Admit::Enqueued;
         }
+        if refuses(&st) {
+            return self.refuse(st, message, Some(stored));
+        }
+        if st.args.dedup.is_some() && dedup::duplicate(&mut st, &message) {
+            if let Some(qs) = &self.store {
+                drop(qs.store.remove(stored));
+            }
+            return Admit::Enqueued;
+        }
+        self.enqueued(&mut st, stored.seq, &message);
         let item = Ready {
             seq: stored.seq,
             size: message.size(),
@@ -324,85 +633,193 @@ impl Queue {
         st.counters.published += 1;
         st.counters.ready_bytes += item.size;
         let behind_disk = st.disk.is_some();
-        let list = if behind_disk {
-            &mut st.pending
+        if behind_disk {
+            ready::insert_sorted(&mut st.pending, item);
         } else {
-            &mut st.ready
-        };
-        if list.back().is_none_or(|r| r.seq < item.seq) {
-            list.push_back(item);
-        } else {
-            let at = list.partition_point(|r| r.seq < item.seq);
-            list.insert(at, item);
+            st.ready.push_back(item);
         }
+        let mut dead = Vec::new();
         if !behind_disk {
+            self.expire_overdue(&mut st, &mut dead);
             drain(&mut st, self.store.as_ref());
         }
+        self.after_enqueue(st, dead)
     }
 
     /// Appends messages read back from the store at startup (already in seq order).
+    /// Their TTL counts from now: the store does not keep arrival times.
     pub(crate) fn push_recovered(&self, items: impl IntoIterator<Item = Ready>) {
         let mut st = self.state.lock();
-        let QueueState {
-            ready, counters, ..
-        } = &mut *st;
-        ready.extend(
-            items
-                .into_iter()
-                .inspect(|r| counters.ready_bytes += r.size),
-        );
+        for item in items {
+            st.counters.ready_bytes += item.size;
+            self.enqueued(&mut st, item.seq, &item.message);
+            st.ready.push_back(item);
+        }
     }
 
-    /// Puts unacked messages back at their original positions, marked redelivered, and
-    /// pushes to consumers. `items` are (sequence number, message).
+    /// Puts unacked messages back at their original positions, marked redelivered and
+    /// carrying `x-delivery-count`, and pushes to consumers. `items` are (sequence number,
+    /// message, stored copy). A message past `x-delivery-limit` is dead-lettered (reason
+    /// delivery_limit) instead; with `x-retry-delay`, one returned by a nack or a timeout
+    /// waits aside until its delay (doubling per return, up to `x-retry-delay-max`) passed.
     pub(crate) fn requeue<'a>(
         &self,
         items: impl ExactSizeIterator<Item = (u64, &'a Arc<Message>, Option<StoredRef>)>,
+        cause: Return,
     ) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(items.len());
         if st.deleted {
             return;
         }
+        let args = Arc::clone(&st.args);
+        let mut dead = Vec::new();
+        let now = Instant::now();
         for (seq, message, stored) in items {
+            let returns = message.returns.saturating_add(1);
+            if cause == Return::Timeout {
+                st.counters.timeout_redelivered += 1;
+            }
+            if args
+                .delivery_limit
+                .is_some_and(|limit| u64::from(returns) > limit)
+            {
+                st.ready.settled(seq);
+                st.counters.delivery_limit_dropped += 1;
+                dead.push(Dead {
+                    message: Arc::clone(message),
+                    stored,
+                    reason: Reason::DeliveryLimit,
+                });
+                continue;
+            }
+            if message
+                .expires_at(args.message_ttl)
+                .is_some_and(|at| at <= now)
+            {
+                st.ready.settled(seq);
+                st.counters.expired += 1;
+                dead.push(Dead {
+                    message: Arc::clone(message),
+                    stored,
+                    reason: Reason::Expired,
+                });
+                continue;
+            }
+            let message = message
+                .returned(returns, &self.memory)
+                .map_or_else(|| Arc::clone(message), Arc::new);
             let size = message.size();
             st.counters.ready_bytes += size;
-            let at = st.ready.partition_point(|r| r.seq < seq);
-            st.ready.insert(
-                at,
-                Ready {
-                    seq,
-                    message: Arc::clone(message),
-                    redelivered: true,
-                    stored,
-                    size,
-                },
-            );
+            self.enqueued(&mut st, seq, &message);
+            let item = Ready {
+                seq,
+                message,
+                redelivered: true,
+                stored,
+                size,
+            };
+            match (cause, args.retry_delay) {
+                (Return::Nack | Return::Timeout, Some(delay)) => {
+                    let at = now + retry_delay(delay, args.retry_delay_max, returns);
+                    st.ready.settled(seq);
+                    st.delayed.insert(seq, item);
+                    st.retry.push(at, seq);
+                    self.arm(&mut st, at);
+                }
+                _ => insert_ready(&mut st, item),
+            }
         }
+        self.expire_overdue(&mut st, &mut dead);
         drain(&mut st, self.store.as_ref());
+        self.trim(&mut st, &mut dead);
+        self.refresh_room(&st);
+        drop(st);
+        self.dead_letter(dead);
     }
 
     /// Forgets unacked deliveries (acked, or rejected without requeue), removes their stored
-    /// copies, and pushes to consumers, whose credit may have grown.
-    pub(crate) fn settle(&self, count: usize, stored: impl Iterator<Item = StoredRef>) {
-        let mut stored = stored.peekable();
-        if let (Some(qs), Some(_)) = (&self.store, stored.peek()) {
-            // Nobody waits: an ack lost in a crash is redelivered (at-least-once).
-            drop(qs.store.remove_many(stored));
+    /// copies (dead-lettering rejected ones first, reason rejected), and pushes to
+    /// consumers, whose credit may have grown.
+    pub(crate) fn settle(&self, entries: &[UnackedEntry], rejected: bool) {
+        let count = entries.len();
+        let dlx = rejected && self.state.lock().args.dead_letter_exchange.is_some();
+        if dlx {
+            self.dead_letter(
+                entries
+                    .iter()
+                    .map(|e| Dead {
+                        message: Arc::clone(&e.message),
+                        stored: e.stored,
+                        reason: Reason::Rejected,
+                    })
+                    .collect(),
+            );
+        } else {
+            let mut stored = entries.iter().filter_map(|e| e.stored).peekable();
+            if let (Some(qs), Some(_)) = (&self.store, stored.peek()) {
+                // Nobody waits: an ack lost in a crash is redelivered (at-least-once).
+                drop(qs.store.remove_many(stored));
+            }
         }
         let mut st = self.state.lock();
+        for e in entries {
+            st.ready.settled(e.seq);
+        }
         st.unacked = st.unacked.saturating_sub(count);
         st.counters.acked += count as u64;
+        let mut overdue = Vec::new();
+        self.expire_overdue(&mut st, &mut overdue);
         drain(&mut st, self.store.as_ref());
+        self.refresh_room(&st);
+        drop(st);
+        self.dead_letter(overdue);
+    }
+
+    /// A delivery to `consumer` timed out and is about to be requeued: it should go to
+    /// another consumer first. Round-robin tries `consumer` last; on a single-active-consumer
+    /// queue the next waiting consumer becomes active (the timed-out one goes to the back of
+    /// the line, and the new one starts once the old one's deliveries are back); on a grouped
+    /// queue the consumer's groups move away (`groups.rs`).
+    pub(crate) fn rotate_past(&self, consumer: &Arc<Consumer>) {
+        let mut st = self.state.lock();
+        let Some(at) = st.consumers.iter().position(|c| Arc::ptr_eq(c, consumer)) else {
+            return;
+        };
+        if let Some(groups) = st.ready.groups_mut() {
+            groups.timed_out(consumer);
+        }
+        if st.args.single_active_consumer {
+            if at == 0 && st.consumers.len() > 1 {
+                let active = st.consumers.remove(0);
+                st.consumers.push(active);
+                st.fading = true;
+            }
+        } else {
+            st.cursor = (at + 1) % st.consumers.len();
+        }
     }
 
     /// Pushes to consumers after credit or flow changed elsewhere.
     pub(crate) fn kick(&self) {
-        drain(&mut self.state.lock(), self.store.as_ref());
+        let mut st = self.state.lock();
+        let mut dead = Vec::new();
+        self.expire_overdue(&mut st, &mut dead);
+        drain(&mut st, self.store.as_ref());
+        self.refresh_room(&st);
+        drop(st);
+        self.dead_letter(dead);
     }
 
     /// Registers a consumer. `on_registered` runs under the queue lock after validation,
-    /// before the first delivery can happen.
+    /// before the first delivery can happen. On a single-active-consumer queue it waits
+    /// (counted as a consumer, as RabbitMQ) until the consumers registered before it are
+    /// gone; a grouped queue gives it its share of the idle groups.
+    ///
+    /// # Errors
+    /// `NotFound` for a deleted queue; `AccessRefused` "... in exclusive use" for an
+    /// exclusive consume on a queue with consumers or with single active consumer (as
+    /// RabbitMQ), or any consume on a queue with an exclusive consumer.
     pub(crate) fn add_consumer(
         &self,
         consumer: &Arc<Consumer>,
@@ -412,7 +829,9 @@ impl Queue {
         if st.deleted {
             return Err(BrokerError::not_found(self.resource()));
         }
-        if st.exclusive_consumer || (consumer.exclusive && !st.consumers.is_empty()) {
+        let exclusive_refused =
+            consumer.exclusive && (!st.consumers.is_empty() || st.args.single_active_consumer);
+        if st.exclusive_consumer || exclusive_refused {
             return Err(BrokerError::access_refused(format_args!(
                 "{} in exclusive use",
                 self.resource()
@@ -422,11 +841,17 @@ impl Queue {
         st.consumers.push(Arc::clone(consumer));
         st.had_consumer = true;
         st.exclusive_consumer |= consumer.exclusive;
+        if let Some(groups) = st.ready.groups_mut() {
+            groups.add_consumer(consumer);
+        }
         drain(&mut st, self.store.as_ref());
         Ok(())
     }
 
-    /// Removes a consumer; true when the queue should now be auto-deleted.
+    /// Removes a consumer; true when the queue should now be auto-deleted. The next
+    /// consumer takes over: on a single-active-consumer queue once the removed one's
+    /// deliveries are settled or requeued; on a grouped queue its groups move (those with
+    /// deliveries in flight once these are settled or requeued).
     pub(crate) fn remove_consumer(&self, consumer: &Arc<Consumer>) -> bool {
         let mut st = self.state.lock();
         if let Some(at) = st.consumers.iter().position(|c| Arc::ptr_eq(c, consumer)) {
@@ -440,6 +865,14 @@ impl Queue {
             if consumer.exclusive {
                 st.exclusive_consumer = false;
             }
+            let unsettled = !consumer.no_ack && consumer.unacked.load(Ordering::Acquire) > 0;
+            if st.args.single_active_consumer && at == 0 && unsettled {
+                st.fading = true;
+            }
+            if let Some(groups) = st.ready.groups_mut() {
+                groups.remove_consumer(consumer);
+            }
+            drain(&mut st, self.store.as_ref());
         }
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
@@ -454,9 +887,34 @@ impl Queue {
         channel: &ChannelShared,
         no_ack: bool,
     ) -> Option<GetOk> {
+        let mut dead = Vec::new();
+        let got = self.get_unless_expired(vhost, channel, no_ack, &mut dead);
+        self.dead_letter(dead);
+        got
+    }
+
+    /// [`Queue::get`]; a message found expired at the head (its timer has not fired yet) is
+    /// discarded into `dead` rather than returned.
+    fn get_unless_expired(
+        self: &Arc<Self>,
+        vhost: &VHost,
+        channel: &ChannelShared,
+        no_ack: bool,
+        dead: &mut Vec<Dead>,
+    ) -> Option<GetOk> {
         let mut st = self.state.lock();
+        let now = Instant::now();
         let item = loop {
             if let Some(item) = st.ready.pop_front() {
+                if item
+                    .message
+                    .expires_at(st.args.message_ttl)
+                    .is_some_and(|at| at <= now)
+                {
+                    st.counters.expired += 1;
+                    self.discard(&mut st, item, Reason::Expired, dead);
+                    continue;
+                }
                 break item;
             }
             if st.deleted || st.disk.is_none() {
@@ -471,8 +929,10 @@ impl Queue {
             st = self.state.lock();
         };
         st.request_page_in();
+        self.touch_locked(&mut st);
         st.max_delivered = st.max_delivered.max(Some(item.seq));
         st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(item.size);
+        st.body_bytes = st.body_bytes.saturating_sub(item.message.body.len() as u64);
         st.counters.delivered += 1;
         st.counters.redelivered += u64::from(item.redelivered);
         mark_delivered(&mut st.marked, item.stored, no_ack, self.store.as_ref());
@@ -481,6 +941,7 @@ impl Queue {
         if !no_ack {
             st.unacked += 1;
         }
+        self.refresh_room(&st);
         Some(GetOk {
             delivery_tag,
             redelivered,
@@ -504,6 +965,13 @@ impl Queue {
             delivered: st.counters.delivered,
             redelivered: st.counters.redelivered,
             acked: st.counters.acked,
+            expired: st.counters.expired,
+            dead_lettered: st.counters.dead_lettered,
+            dropped_overflow: st.counters.dropped_overflow,
+            rejected_overflow: st.counters.rejected_overflow,
+            timeout_redelivered: st.counters.timeout_redelivered,
+            delivery_limit_dropped: st.counters.delivery_limit_dropped,
+            dedup_dropped: st.counters.dedup_dropped,
         }
     }
 
@@ -520,9 +988,12 @@ impl Queue {
     /// seq afterwards reaches the store after the removal and keeps its copy. Publishes
     /// whose seq was reserved before are settled by [`Queue::push_reserved`].
     pub(crate) fn purge(&self) -> u32 {
-        let (dropped, pending, on_disk) = {
+        let (dropped, pending, on_disk, delayed) = {
             let mut st = self.state.lock();
             st.counters.ready_bytes = 0;
+            st.body_bytes = 0;
+            st.spilled_arrivals.clear();
+            let delayed = std::mem::take(&mut st.delayed);
             st.epoch += 1;
             let on_disk = match st.disk.take() {
                 Some(disk) => {
@@ -536,17 +1007,23 @@ impl Queue {
                 }
                 None => 0,
             };
+            self.refresh_room(&st);
             (
-                std::mem::take(&mut st.ready),
+                st.ready.take(),
                 std::mem::take(&mut st.pending),
                 on_disk,
+                delayed,
             )
         };
-        let mut stored = dropped.iter().filter_map(|r| r.stored).peekable();
+        let mut stored = dropped
+            .iter()
+            .chain(delayed.values())
+            .filter_map(|r| r.stored)
+            .peekable();
         if let (Some(qs), Some(_)) = (&self.store, stored.peek()) {
             drop(qs.store.remove_many(stored));
         }
-        saturate(dropped.len() + pending.len() + on_disk)
+        saturate(dropped.len() + pending.len() + on_disk + delayed.len())
     }
 
     /// Checks `if-unused` / `if-empty`, then marks the queue deleted. Returns the ready
@@ -573,10 +1050,14 @@ impl Queue {
             st.deleted = true;
             st.exclusive_consumer = false;
             st.counters.ready_bytes = 0;
+            st.body_bytes = 0;
             st.epoch += 1;
             let count = saturate(st.total_ready());
-            let dropped = std::mem::take(&mut st.ready);
+            let dropped = st.ready.take();
             st.pending.clear();
+            st.delayed.clear();
+            st.spilled_arrivals.clear();
+            self.refresh_room(&st);
             if let (Some(disk), None) = (st.disk.take(), &self.store) {
                 // A non-durable queue's spilled messages (a durable one's go with it below).
                 drop(disk.store.remove_from(disk.id, 0));
@@ -615,55 +1096,142 @@ fn saturate(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Hands ready messages to consumers with credit, round-robin, until one side runs out.
+/// Hands ready messages to consumers with credit until one side runs out: round-robin over
+/// the consumers; with single active consumer to the first registered only, once no former
+/// active consumer has deliveries left to settle; on a grouped queue each consumer takes
+/// the messages of its own groups and those without a group (`groups.rs`).
 fn drain(st: &mut QueueState, qs: Option<&QueueStore>) {
     let QueueState {
+        args,
         ready,
         consumers,
+        fading,
         cursor,
         unacked,
         marked,
         counters,
         max_delivered,
+        body_bytes,
         ..
     } = st;
-    let n = consumers.len();
-    while !ready.is_empty() && n > 0 {
-        let Some(index) = (0..n)
-            .map(|i| (*cursor + i) % n)
-            .find(|&i| consumers[i].try_acquire())
-        else {
-            break;
-        };
-        *cursor = (index + 1) % n;
-        let Some(item) = ready.pop_front() else {
-            break;
-        };
-        let consumer = &consumers[index];
-        let stored = item.stored;
-        *max_delivered = (*max_delivered).max(Some(item.seq));
-        let (size, redelivered) = (item.size, item.redelivered);
-        match consumer.channel.deliver(consumer, item) {
-            Ok(()) => {
-                counters.ready_bytes = counters.ready_bytes.saturating_sub(size);
-                counters.delivered += 1;
-                counters.redelivered += u64::from(redelivered);
-                mark_delivered(marked, stored, consumer.no_ack, qs);
-                if !consumer.no_ack {
-                    *unacked += 1;
-                }
-            }
-            Err(item) => {
-                // The connection is gone: the channel is now marked closed, so this
-                // consumer gets no further credit, and the message keeps its place.
+    // Single active consumer: the first registered, once its predecessor's deliveries are
+    // settled or back in the queue.
+    *fading &= *unacked > 0;
+    let active = match (args.single_active_consumer, *fading) {
+        (false, _) => consumers.len(),
+        (true, false) => consumers.len().min(1),
+        (true, true) => 0,
+    };
+    let idle = *unacked == 0;
+    let mut tally = Tally {
+        unacked,
+        marked,
+        counters,
+        max_delivered,
+        body_bytes,
+        qs,
+    };
+    if let Some(groups) = ready.groups_mut() {
+        groups.drain(idle, |consumer, item| tally.deliver(consumer, item));
+    } else {
+        let consumers = &consumers[..active];
+        let n = consumers.len();
+        while !ready.is_empty() && n > 0 {
+            let Some(index) = (0..n)
+                .map(|i| (*cursor + i) % n)
+                .find(|&i| consumers[i].try_acquire())
+            else {
+                break;
+            };
+            *cursor = (index + 1) % n;
+            let consumer = &consumers[index];
+            let Some(item) = ready.pop_front() else {
                 consumer.release(1);
-                ready.push_front(item);
+                break;
+            };
+            if let Err(item) = tally.deliver(consumer, item) {
+                consumer.release(1);
+                ready.insert(item);
             }
         }
     }
-    // Give back what a burst left behind: a drained backlog must not pin its peak memory.
-    if ready.capacity() > 1024 && ready.len() < ready.capacity() / 8 {
-        ready.shrink_to(ready.len() * 2);
-    }
+    ready.shrink();
     st.request_page_in();
+}
+
+/// The queue's books that a delivery updates, borrowed from its state for one drain.
+struct Tally<'a> {
+    unacked: &'a mut usize,
+    marked: &'a mut Option<u64>,
+    counters: &'a mut QueueCounters,
+    max_delivered: &'a mut Option<u64>,
+    body_bytes: &'a mut u64,
+    qs: Option<&'a QueueStore>,
+}
+
+impl Tally<'_> {
+    /// Hands `item` to `consumer` and accounts for it. On a closed connection the item
+    /// comes back: the channel is now marked closed, so this consumer gets no further
+    /// credit, and the message keeps its place.
+    #[inline(always)]
+    fn deliver(&mut self, consumer: &Arc<Consumer>, item: Ready) -> Result<(), Ready> {
+        let stored = item.stored;
+        *self.max_delivered = (*self.max_delivered).max(Some(item.seq));
+        let (size, redelivered) = (item.size, item.redelivered);
+        let body = item.message.body.len() as u64;
+        consumer.channel.deliver(consumer, item)?;
+        let counters = &mut *self.counters;
+        counters.ready_bytes = counters.ready_bytes.saturating_sub(size);
+        *self.body_bytes = self.body_bytes.saturating_sub(body);
+        counters.delivered += 1;
+        counters.redelivered += u64::from(redelivered);
+        mark_delivered(self.marked, stored, consumer.no_ack, self.qs);
+        if !consumer.no_ack {
+            *self.unacked += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Inserts a returned message at its seq position in the ready list.
+fn insert_ready(st: &mut QueueState, item: Ready) {
+    st.ready.insert(item);
+}
+
+/// The delay before the `returns`-th return is deliverable again: `base`, doubling with
+/// each further return, up to `max` (RabbitMQ's longest expiry when unset).
+fn retry_delay(base: u64, max: Option<u64>, returns: u32) -> std::time::Duration {
+    let doublings = returns.saturating_sub(1).min(40);
+    let delay = base.saturating_mul(1u64 << doublings);
+    std::time::Duration::from_millis(delay.min(max.unwrap_or(315_360_000_000)))
+}
+
+/// RabbitMQ's `is_over_limit` for reject-publish: the queue is at (or past) its limit.
+fn at_limit(st: &QueueState) -> bool {
+    st.args
+        .max_length
+        .is_some_and(|max| st.total_ready() as u64 >= max)
+        || st
+            .args
+            .max_length_bytes
+            .is_some_and(|max| st.body_bytes >= max)
+}
+
+/// Past the limit (drop-head drops until this is false).
+fn over_limit(st: &QueueState) -> bool {
+    st.args
+        .max_length
+        .is_some_and(|max| st.total_ready() as u64 > max)
+        || st
+            .args
+            .max_length_bytes
+            .is_some_and(|max| st.body_bytes > max)
+}
+
+/// The next publish is refused: overflow reject-publish(-dlx) and the queue is at its limit.
+fn refuses(st: &QueueState) -> bool {
+    matches!(
+        st.args.overflow,
+        Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)
+    ) && at_limit(st)
 }

@@ -91,7 +91,10 @@ fn batch_len(list: &VecDeque<Ready>, max: usize, max_bytes: u64) -> usize {
 impl QueueState {
     /// Messages waiting for a consumer: in memory and on disk.
     pub(super) fn total_ready(&self) -> usize {
-        self.ready.len() + self.pending.len() + self.disk.as_ref().map_or(0, |d| d.count)
+        self.ready.len()
+            + self.pending.len()
+            + self.delayed.len()
+            + self.disk.as_ref().map_or(0, |d| d.count)
     }
 
     /// Wakes the spill task when the head runs low and a disk tail waits.
@@ -109,7 +112,9 @@ impl Queue {
     /// Messages kept in memory beyond the head, which a spill could move to disk.
     pub(crate) fn spillable(&self) -> usize {
         let st = self.state.lock();
-        if st.disk.is_some() {
+        if !st.ready.can_spill() {
+            0
+        } else if st.disk.is_some() {
             st.pending.len()
         } else {
             st.ready.len()
@@ -137,7 +142,7 @@ impl Queue {
     ) -> Option<SpillBatch> {
         let mut guard = self.state.lock();
         let st = &mut *guard;
-        if st.deleted || st.busy || st.reserving > 0 || max == 0 {
+        if st.deleted || st.busy || st.reserving > 0 || max == 0 || !st.ready.can_spill() {
             return None;
         }
         if let Some(ticket) = st.tail_removal {
@@ -189,6 +194,7 @@ impl Queue {
         };
         let bytes: u64 = items.iter().map(|r| r.size).sum();
         st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(bytes);
+        Self::remember_arrivals(st, &items);
         match &mut st.disk {
             Some(disk) => {
                 disk.count += items.len();
@@ -244,6 +250,7 @@ impl Queue {
             return None;
         }
         // The write failed (disk full): keep the messages in memory, in order.
+        st.spilled_arrivals.retain(|(seq, _)| !range.contains(seq));
         let bytes: u64 = items.iter().map(|r| r.size).sum();
         st.counters.ready_bytes += bytes;
         let n = items.len();
@@ -303,9 +310,10 @@ impl Queue {
         if st.epoch != request.epoch {
             return;
         }
-        let Some(paged) = paged else {
+        let Some(mut paged) = paged else {
             return;
         };
+        self.restore_arrivals(st, &mut paged);
         let Some(disk) = &mut st.disk else {
             return;
         };
@@ -326,7 +334,12 @@ impl Queue {
             let pending = std::mem::take(&mut st.pending);
             st.ready.extend(pending);
         }
+        // Messages that expired on disk go before anything is delivered.
+        let mut dead = Vec::new();
+        self.expire_due(st, std::time::Instant::now(), usize::MAX, &mut dead);
         drain(st, self.store.as_ref());
+        drop(guard);
+        self.dead_letter(dead);
     }
 
     /// Pages in the next messages of the disk tail for `basic.get`, whose head is empty;

@@ -20,8 +20,11 @@ pub(super) enum Content {
     },
 }
 
-/// A body arriving in one frame stays the `Bytes` split off the read buffer; only bodies split
-/// over several frames are copied into one buffer.
+/// Bodies up to this size are copied out of the read buffer.
+const SMALL_BODY: usize = 256;
+
+/// A body arriving in one frame stays the `Bytes` split off the read buffer (a small one is
+/// copied out of it at the end); bodies split over several frames are copied into one buffer.
 pub(super) enum Body {
     Empty,
     One(Bytes),
@@ -50,6 +53,9 @@ impl Body {
     pub(super) fn into_bytes(self) -> Bytes {
         match self {
             Self::Empty => Bytes::new(),
+            // A small body is copied out of the read chunk it was split from, so that a
+            // backlog of small messages does not keep whole chunks alive.
+            Self::One(b) if b.len() <= SMALL_BODY => Bytes::copy_from_slice(&b),
             Self::One(b) => b,
             Self::Many(b) => b.freeze(),
         }

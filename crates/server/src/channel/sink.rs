@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lockgate_broker::{ConsumerTag, Delivery, DeliverySink, SinkClosed};
+use lockgate_broker::{ConsumerTag, Delivery, DeliverySink, DeliveryTag, SinkClosed};
 use lockgate_wire::basic;
 use tokio::sync::mpsc::error::SendError;
 use tokio::sync::mpsc::UnboundedSender;
@@ -11,12 +11,29 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::metrics::GlobalCounters;
 use crate::writer::Outbound;
 
+/// What the broker asks of a connection's reader, outside any method it received.
+#[derive(Debug)]
+pub enum ChannelEvent {
+    /// Close channel `number` (if `serial` is still the one open under that number) with 406:
+    /// a delivery was not acknowledged within the consumer timeout (action close-channel).
+    ConsumerTimeout {
+        /// Channel number.
+        number: u16,
+        /// The channel's serial (see `ChannelInit::serial`).
+        serial: u64,
+        /// RabbitMQ's text.
+        text: String,
+    },
+}
+
 /// The delivery sink the broker pushes to: straight onto the connection writer's queue.
 pub(super) struct ChannelSink {
     pub(super) number: u16,
     pub(super) out: UnboundedSender<Outbound>,
     pub(super) cancel_notify: bool,
     pub(super) counters: Arc<GlobalCounters>,
+    pub(super) events: UnboundedSender<ChannelEvent>,
+    pub(super) serial: u64,
 }
 
 impl DeliverySink for ChannelSink {
@@ -36,6 +53,20 @@ impl DeliverySink for ChannelSink {
             // Only a Deliver was sent, so only a Deliver can come back.
             Err(SendError(_)) => Ok(()),
         }
+    }
+
+    fn consumer_timeout(&self, _delivery_tag: DeliveryTag, timeout_ms: u64) {
+        // RabbitMQ's text (rabbit_channel, consumer_timeout).
+        let text = format!(
+            "delivery acknowledgement on channel {} timed out. Timeout value used: {timeout_ms} \
+             ms. This timeout value can be configured, see consumers doc guide to learn more",
+            self.number
+        );
+        let _ = self.events.send(ChannelEvent::ConsumerTimeout {
+            number: self.number,
+            serial: self.serial,
+            text,
+        });
     }
 
     fn consumer_cancelled(&self, tag: &ConsumerTag) {

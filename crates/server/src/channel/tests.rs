@@ -25,6 +25,8 @@ fn channel(max_message_size: u64) -> (Channel, UnboundedReceiver<Outbound>) {
             crate::limits::QueueLimits::default(),
         ),
         counters: Arc::default(),
+        events: mpsc::unbounded_channel().0,
+        serial: 0,
     });
     (channel, rx)
 }
@@ -75,12 +77,28 @@ fn publish_header(channel: &mut Channel, queue: &str, size: u64) -> Result<(), A
 fn a_single_body_frame_is_routed_without_copying() {
     let (mut channel, mut rx) = channel(1024);
     declare(&mut channel, &mut rx, "q");
+    publish_header(&mut channel, "q", 512).unwrap();
+    let payload = Bytes::from(vec![7u8; 512]);
+    channel.on_body(payload.clone()).unwrap();
+    let body = get(&mut channel, &mut rx, "q");
+    assert_eq!(body, payload);
+    assert_eq!(body.as_ptr(), payload.as_ptr(), "the body was copied");
+}
+
+#[test]
+fn a_small_body_is_copied_out_of_the_read_buffer() {
+    let (mut channel, mut rx) = channel(1024);
+    declare(&mut channel, &mut rx, "q");
     publish_header(&mut channel, "q", 5).unwrap();
     let payload = Bytes::from_static(b"hello");
     channel.on_body(payload.clone()).unwrap();
     let body = get(&mut channel, &mut rx, "q");
     assert_eq!(body, payload);
-    assert_eq!(body.as_ptr(), payload.as_ptr(), "the body was copied");
+    assert_ne!(
+        body.as_ptr(),
+        payload.as_ptr(),
+        "the body still points into the buffer"
+    );
 }
 
 #[test]
@@ -168,6 +186,56 @@ fn confirms_are_batched_into_one_multiple_ack() {
         panic!("expected basic.ack");
     };
     assert_eq!((ack.delivery_tag, ack.multiple), (4, false));
+}
+
+#[test]
+fn publishes_refused_by_a_full_queue_are_nacked_between_acks() {
+    let (mut channel, mut rx) = channel(1024);
+    let arguments: lockgate_wire::FieldTable = [
+        ("x-max-length".to_owned(), lockgate_wire::FieldValue::I64(2)),
+        (
+            "x-overflow".to_owned(),
+            lockgate_wire::FieldValue::LongString("reject-publish".into()),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    channel
+        .on_method(Method::QueueDeclare(queue::Declare {
+            queue: "full".into(),
+            arguments,
+            ..Default::default()
+        }))
+        .unwrap();
+    assert!(matches!(next_method(&mut rx), Method::QueueDeclareOk(_)));
+    channel
+        .on_method(Method::ConfirmSelect(confirm::Select { nowait: false }))
+        .unwrap();
+    assert!(matches!(next_method(&mut rx), Method::ConfirmSelectOk(_)));
+    for _ in 0..4 {
+        publish_header(&mut channel, "full", 0).unwrap();
+    }
+    publish_header(&mut channel, "nowhere", 0).unwrap();
+    channel.flush_confirms();
+    let mut confirms = Vec::new();
+    while let Ok(Outbound::Frame(frame)) = rx.try_recv() {
+        if let Frame::Method { method, .. } = *frame {
+            confirms.push(match method {
+                Method::BasicAck(a) => ("ack", a.delivery_tag, a.multiple),
+                Method::BasicNack(n) => ("nack", n.delivery_tag, n.multiple),
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+    }
+    assert_eq!(
+        confirms,
+        [
+            ("ack", 2, true),
+            ("nack", 3, false),
+            ("nack", 4, false),
+            ("ack", 5, false)
+        ]
+    );
 }
 
 #[test]

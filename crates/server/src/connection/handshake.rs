@@ -88,9 +88,12 @@ impl Connection {
             }
             Err(e) => return Err(self.refuse_login(&start_ok.mechanism, &e).await),
         };
-        let users = &self.ctx.config.users;
-        let user = match auth::authenticate(users, &credentials, self.peer.ip()) {
-            Ok(user) => user.clone(),
+        let user = match self
+            .ctx
+            .permissions
+            .authenticate(&credentials, self.peer.ip())
+        {
+            Ok(user) => user,
             Err(e) => return Err(self.refuse_login(&start_ok.mechanism, &e).await),
         };
         self.user = Arc::from(user.name.as_str());

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use lockgate_broker::{Broker, ConnectionId, VHost};
 use lockgate_wire::{
@@ -25,7 +25,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{self, Instant};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn, Instrument};
 
@@ -34,7 +34,7 @@ mod liveness;
 
 use self::handshake::{bad_header_hint, is_supported_header};
 use self::liveness::Liveness;
-use crate::channel::{Channel, ChannelInit};
+use crate::channel::{Channel, ChannelEvent, ChannelInit};
 use crate::config::Config;
 use crate::error::{code_name, AmqpError};
 use crate::limits::{ConnectionSlot, LimitTable};
@@ -49,6 +49,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long to wait for the writer to flush, and the peer to close its side, at the end.
 const LINGER: Duration = Duration::from_secs(2);
+/// How much the read loop asks the socket for at once; every complete frame in it is then
+/// handled without going back to the runtime.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// What every connection shares: config, broker, shutdown signal, counters.
 pub struct ServerContext {
@@ -147,6 +150,7 @@ enum Slot {
 struct OpenChannel {
     channel: Channel,
     span: tracing::Span,
+    serial: u64,
 }
 
 /// The socket's read side: a TCP half, or one side of a TLS stream.
@@ -245,8 +249,9 @@ async fn serve_halves(
 
     let frame_max = ctx.config.limits.frame_max;
     let (out, rx) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer::run(write_half, rx, frame_max).in_current_span());
-    let framed = FramedRead::new(read_half, FrameCodec::new(frame_max));
+    let framed = FramedRead::with_capacity(read_half, FrameCodec::new(frame_max), READ_CHUNK);
 
     let mut connection = Connection {
         ctx: ctx.clone(),
@@ -268,6 +273,10 @@ async fn serve_halves(
         disk_alarm: false,
         blocked_sent: false,
         held: None,
+        room_wait: None,
+        events_tx,
+        events,
+        next_serial: 0,
         confirms_dirty: Vec::new(),
         confirm_wait: None,
         permissions: None,
@@ -306,6 +315,15 @@ struct Connection {
     blocked_sent: bool,
     /// A basic.publish read while the memory alarm is on, processed once it clears.
     held: Option<Frame>,
+    /// A queue with overflow `block` this connection's last publish filled: nothing more
+    /// is read until it has room (the receiver turns true).
+    room_wait: Option<watch::Receiver<bool>>,
+    /// Requests from the broker side of this connection's channels (consumer timeouts).
+    events_tx: UnboundedSender<ChannelEvent>,
+    events: mpsc::UnboundedReceiver<ChannelEvent>,
+    /// Serial of the next channel opened, so that a late event for a closed channel does
+    /// not hit a new one with the same number.
+    next_serial: u64,
     /// Channels with publisher confirms not sent yet (flushed when the read buffer runs dry).
     confirms_dirty: Vec<u16>,
     /// The oldest store commit ticket a confirm waits for: the read loop also wakes when the
@@ -395,15 +413,16 @@ impl Connection {
                 shutdown_sent = true;
                 self.force_close();
             }
-            // Cheap enough per frame, and it makes the alarm bite at once under a flood.
             if memory_open && memory.has_changed().unwrap_or(false) {
                 self.memory_alarm = *memory.borrow_and_update();
                 self.on_alarm();
             }
             if self.closing.is_some() {
                 // Only close-ok matters now: a publish held by the alarm would be ignored
-                // anyway, and holding it would stop us reading the close-ok.
+                // anyway, and holding it would stop us reading the close-ok. The same for a
+                // full queue's backpressure.
                 self.held = None;
+                self.room_wait = None;
             }
             if let Some(frame) = self.held.take_if(|_| !self.memory_blocked) {
                 if let Err(end) = self.on_frame(frame) {
@@ -411,8 +430,14 @@ impl Connection {
                 }
                 continue;
             }
-            // Fast path: decode whatever is already readable without going through select.
-            if self.held.is_none() {
+            // Fast path: handle every frame already read, then whatever is readable now,
+            // without going through select.
+            if self.held.is_none() && self.room_wait.is_none() {
+                match self.on_buffered(&mut liveness, memory_open.then_some(&memory)) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(end) => return end,
+                }
                 if let Some(next) = self.framed.next().now_or_never() {
                     liveness.received();
                     match self.on_read(next) {
@@ -425,8 +450,17 @@ impl Connection {
             self.flush_confirms();
 
             let closing_deadline = self.closing.unwrap_or_else(|| Instant::now() + period);
-            let read_enabled = self.held.is_none();
+            let read_enabled = self.held.is_none() && self.room_wait.is_none();
             let confirm_wait = self.confirm_wait;
+            let room_wait = &mut self.room_wait;
+            let room = async {
+                match room_wait {
+                    Some(rx) => {
+                        let _ = rx.wait_for(|room| *room).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let durable = async {
                 match (&store, confirm_wait) {
                     (Some(store), Some(ticket)) => store.wait_durable(ticket).await,
@@ -473,7 +507,7 @@ impl Connection {
                     }
                 }
                 _ = ticker.tick(), if !heartbeat.is_zero() => {
-                    if self.held.is_some() {
+                    if self.held.is_some() || self.room_wait.is_some() {
                         // We are not reading, so the peer's heartbeats sit unread: as RabbitMQ
                         // pauses its heartbeat monitor while a connection is blocked.
                         liveness.received();
@@ -486,12 +520,57 @@ impl Connection {
                     self.send(Outbound::Frame(Box::new(Frame::Heartbeat)));
                 }
                 () = time::sleep_until(closing_deadline), if self.closing.is_some() => {}
+                () = room => self.on_queue_room(),
+                Some(event) = self.events.recv() => self.on_channel_event(event),
                 next = self.framed.next(), if read_enabled => {
                     liveness.received();
                     if let Err(end) = self.on_read(next) {
                         return end;
                     }
                 }
+            }
+        }
+    }
+
+    /// Handles the complete frames already in the read buffer, in a plain loop. Stops after
+    /// a frame that changes what the loop's checks decide (a publish held by an alarm, a
+    /// publish that filled a queue with overflow `block`, a close) and when the memory alarm
+    /// changes, so that no frame after it is handled before those checks. Returns whether
+    /// it handled a frame.
+    fn on_buffered(
+        &mut self,
+        liveness: &mut Liveness,
+        memory: Option<&watch::Receiver<bool>>,
+    ) -> Result<bool, End> {
+        let mut buffer = std::mem::take(self.framed.read_buffer_mut());
+        let result = self.on_frames_in(&mut buffer, liveness, memory);
+        *self.framed.read_buffer_mut() = buffer;
+        result
+    }
+
+    fn on_frames_in(
+        &mut self,
+        buffer: &mut BytesMut,
+        liveness: &mut Liveness,
+        memory: Option<&watch::Receiver<bool>>,
+    ) -> Result<bool, End> {
+        let closing = self.closing.is_some();
+        let mut handled = false;
+        loop {
+            let next = match self.framed.decoder_mut().decode(buffer) {
+                Ok(None) => return Ok(handled),
+                Ok(Some(frame)) => Ok(frame),
+                Err(e) => Err(e),
+            };
+            handled = true;
+            liveness.received();
+            self.on_read(Some(next))?;
+            if self.held.is_some()
+                || self.room_wait.is_some()
+                || self.closing.is_some() != closing
+                || memory.is_some_and(|m| m.has_changed().unwrap_or(false))
+            {
+                return Ok(true);
             }
         }
     }
@@ -528,10 +607,64 @@ impl Connection {
     fn on_alarm(&mut self) {
         let blocked = self.memory_alarm || self.disk_alarm;
         self.memory_blocked = blocked;
-        if !blocked && self.blocked_sent {
+        if !blocked && self.blocked_sent && self.room_wait.is_none() {
             self.blocked_sent = false;
             if self.closing.is_none() {
                 self.send_method(0, conn::Unblocked {});
+            }
+        }
+    }
+
+    /// The full queue (overflow `block`) has room again: resume reading, and tell the
+    /// client unless an alarm still blocks it.
+    fn on_queue_room(&mut self) {
+        debug!("queue has room: resuming publisher");
+        self.room_wait = None;
+        if !self.memory_blocked && self.blocked_sent {
+            self.blocked_sent = false;
+            if self.closing.is_none() {
+                self.send_method(0, conn::Unblocked {});
+            }
+        }
+    }
+
+    /// A publish filled a queue with overflow `block`: stop reading from this client until
+    /// it has room, telling clients that understand connection.blocked.
+    fn block_on_queue(&mut self, queue: &lockgate_broker::Queue) {
+        let room = queue.room();
+        if *room.borrow() {
+            return;
+        }
+        debug!(
+            queue = queue.name(),
+            "queue full (overflow block): blocking publisher"
+        );
+        self.room_wait = Some(room);
+        if self.capabilities.connection_blocked && !self.blocked_sent {
+            self.blocked_sent = true;
+            self.send_method(
+                0,
+                conn::Blocked {
+                    reason: format!("queue '{}' is full", queue.name()),
+                },
+            );
+        }
+    }
+
+    fn on_channel_event(&mut self, event: ChannelEvent) {
+        match event {
+            ChannelEvent::ConsumerTimeout {
+                number,
+                serial,
+                text,
+            } => {
+                let current = matches!(
+                    self.channels.get(&number),
+                    Some(Slot::Open(open)) if open.serial == serial
+                );
+                if current && self.closing.is_none() {
+                    self.close_channel(number, AmqpError::precondition_failed(text));
+                }
             }
         }
     }
@@ -676,9 +809,21 @@ impl Connection {
                 Ok(())
             }
             Some(Slot::Open(open)) => {
-                let OpenChannel { channel, span } = &mut **open;
-                let (result, pending_confirms) = {
-                    let _entered = span.enter();
+                let OpenChannel { channel, span, .. } = &mut **open;
+                // Entering the span for each publish and ack costs more than handling it, and
+                // their own events are debug or trace: it is entered for them when those show.
+                let hot = matches!(
+                    frame,
+                    Frame::Header { .. }
+                        | Frame::Body { .. }
+                        | Frame::Method {
+                            method: Method::BasicPublish(_) | Method::BasicAck(_),
+                            ..
+                        }
+                );
+                let (result, pending_confirms, blocked) = {
+                    let _entered =
+                        (!hot || tracing::enabled!(tracing::Level::DEBUG)).then(|| span.enter());
                     let result = match frame {
                         Frame::Method {
                             method: Method::ChannelOpen(_),
@@ -708,8 +853,15 @@ impl Connection {
                         Frame::Header { header, .. } => Some(channel.on_header(header)),
                         Frame::Body { payload, .. } => Some(channel.on_body(payload)),
                     };
-                    (result, channel.has_pending_confirms())
+                    (
+                        result,
+                        channel.has_pending_confirms(),
+                        channel.take_blocked(),
+                    )
                 };
+                if let Some(queue) = blocked {
+                    self.block_on_queue(&queue);
+                }
                 let Some(result) = result else {
                     self.channels.remove(&number);
                     self.send_method(number, ch::CloseOk {});
@@ -758,10 +910,20 @@ impl Connection {
             store: self.ctx.broker.store().cloned(),
             access,
             counters: Arc::clone(&self.ctx.counters),
+            events: self.events_tx.clone(),
+            serial: self.next_serial,
         });
+        let serial = self.next_serial;
+        self.next_serial += 1;
         let span = tracing::info_span!("channel", channel = number);
-        self.channels
-            .insert(number, Slot::Open(Box::new(OpenChannel { channel, span })));
+        self.channels.insert(
+            number,
+            Slot::Open(Box::new(OpenChannel {
+                channel,
+                span,
+                serial,
+            })),
+        );
         self.send_method(
             number,
             ch::OpenOk {

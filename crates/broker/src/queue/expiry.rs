@@ -1,0 +1,284 @@
+//! A queue's timed work: message TTL, retry delays and `x-expires`, all woken through the
+//! broker's one timer ([`crate::timer`]).
+//!
+//! The queue keeps its own ordered deadlines (`expiry` and `retry`, keyed by message seq) and
+//! at most one wake on the global timer (`timer_at`, the earliest it asked for). A message
+//! with a TTL costs one push into `expiry` when it enters the ready messages; nothing is
+//! scanned. When the wake fires, every due seq is looked up by binary search in the ready
+//! list (sorted by seq), wherever it stands, and removed if it is still there and expired:
+//! an expired message never waits for the head to reach a consumer. Deadlines of messages
+//! that left meanwhile (delivered, purged) are skipped when they come due.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::deadletter::{Dead, Reason};
+use super::{drain, insert_ready, Queue, QueueState, Ready};
+use crate::timer::{self, Deadlines, Timed};
+
+impl Timed for Queue {
+    fn fire(&self, now: Instant) {
+        let mut dead = Vec::new();
+        let mut unused = false;
+        {
+            let mut st = self.state.lock();
+            st.timer_at = None;
+            if st.deleted {
+                return;
+            }
+            let more = self.expire_due(&mut st, now, EXPIRE_BATCH, &mut dead);
+            let due: Vec<u64> = st.retry.pop_due(now).collect();
+            for seq in due {
+                if let Some(item) = st.delayed.remove(&seq) {
+                    insert_ready(&mut st, item);
+                }
+            }
+            let expires = st.args.expires.map(Duration::from_millis);
+            if let (Some(expires), Some(last)) = (expires, st.last_used) {
+                if st.consumers.is_empty() && now >= last + expires {
+                    unused = true;
+                } else if !st.consumers.is_empty() {
+                    // In use: look again one period from now (one wake per period).
+                    st.last_used = Some(now);
+                }
+            }
+            if !more {
+                // (With a backlog, expired messages may still stand before live ones.)
+                drain(&mut st, self.store.as_ref());
+            }
+            self.refresh_room(&st);
+            if more {
+                // A backlog: the next batch comes at once, after other timers' due work.
+                self.arm(&mut st, now);
+            } else if let Some(next) = next_wake(&st) {
+                self.arm(&mut st, next);
+            }
+        }
+        self.dead_letter(dead);
+        if unused {
+            if let (Some(vhost), Some(me)) = (self.vhost_ref.upgrade(), self.me.upgrade()) {
+                vhost.expire_queue(&me);
+            }
+        }
+    }
+}
+
+/// How many TTL deadlines one wake handles at most.
+const EXPIRE_BATCH: usize = 4096;
+
+/// The earliest of the queue's deadlines.
+fn next_wake(st: &QueueState) -> Option<Instant> {
+    let expires = st
+        .args
+        .expires
+        .zip(st.last_used)
+        .map(|(ms, last)| last + Duration::from_millis(ms));
+    [st.expiry.next(), st.retry.next(), expires]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// The messages that can have a live TTL deadline: in memory, behind the disk tail and held
+/// aside by a retry delay.
+pub(super) fn ready_count(st: &QueueState) -> usize {
+    st.ready.len() + st.pending.len() + st.delayed.len()
+}
+
+/// Removes the message `seq` from the ready messages (head, behind the disk tail or held
+/// aside by a retry delay) if it is there and expired at `now`.
+fn take_expired(st: &mut QueueState, seq: u64, now: Instant) -> Option<Ready> {
+    let ttl = st.args.message_ttl;
+    let expired = |r: &Ready| r.seq == seq && r.message.expires_at(ttl).is_some_and(|t| t <= now);
+    if st.ready.find(seq).is_some_and(expired) {
+        return st.ready.remove(seq);
+    }
+    let at = st.pending.partition_point(|r| r.seq < seq);
+    if st.pending.get(at).is_some_and(expired) {
+        return st.pending.remove(at);
+    }
+    // Held aside by its retry delay: it expires there too (its retry deadline is then skipped).
+    if st.delayed.get(&seq).is_some_and(expired) {
+        return st.delayed.remove(&seq);
+    }
+    None
+}
+
+impl Queue {
+    /// Removes the messages whose TTL deadline is due at `now` (discarded into `dead`), at
+    /// most `limit` deadlines; true when more are due. The timer's wake passes
+    /// [`EXPIRE_BATCH`], so that neither the queue lock nor the timer thread is held for a
+    /// whole backlog; a path about to deliver passes `usize::MAX` (nothing expired may
+    /// reach a consumer).
+    pub(super) fn expire_due(
+        &self,
+        st: &mut QueueState,
+        now: Instant,
+        limit: usize,
+        dead: &mut Vec<Dead>,
+    ) -> bool {
+        let due: Vec<u64> = st.expiry.pop_due(now).take(limit).collect();
+        let more = due.len() == limit && st.expiry.next().is_some_and(|t| t <= now);
+        for seq in due {
+            if let Some(item) = take_expired(st, seq, now) {
+                st.counters.expired += 1;
+                self.discard(st, item, Reason::Expired, dead);
+            }
+        }
+        more
+    }
+
+    /// The TTL changed (policy): every ready message's deadline is computed again, once.
+    pub(super) fn reschedule_expiry(&self, st: &mut QueueState) {
+        let ttl = st.args.message_ttl;
+        let mut expiry = Deadlines::new();
+        let items = st
+            .ready
+            .iter()
+            .chain(&st.pending)
+            .chain(st.delayed.values());
+        for item in items {
+            if let Some(at) = item.message.expires_at(ttl) {
+                expiry.push(at, item.seq);
+            }
+        }
+        st.expiry = expiry;
+        if let Some(next) = st.expiry.next() {
+            self.arm(st, next);
+        }
+    }
+
+    /// Makes sure the timer wakes the queue at `at` or earlier (one global entry per queue,
+    /// replaced only by an earlier one).
+    pub(super) fn arm(&self, st: &mut QueueState, at: Instant) {
+        if st.timer_at.is_none_or(|t| at < t) {
+            st.timer_at = Some(at);
+            let me: Weak<dyn Timed> = self.me.clone();
+            timer::schedule(at, me);
+        }
+    }
+
+    /// Records a use of the queue (`x-expires`: consumers, `basic.get`, redeclaration).
+    pub(crate) fn touch(&self) {
+        let mut st = self.state.lock();
+        self.touch_locked(&mut st);
+    }
+
+    pub(super) fn touch_locked(&self, st: &mut QueueState) {
+        let Some(ms) = st.args.expires else {
+            return;
+        };
+        let now = Instant::now();
+        st.last_used = Some(now);
+        self.arm(st, now + Duration::from_millis(ms));
+    }
+
+    /// Before spilling `items`: keeps the arrival time of those that can expire, since
+    /// messages read back from disk are rebuilt with a fresh one.
+    pub(super) fn remember_arrivals(st: &mut QueueState, items: &[Ready]) {
+        let ttl = st.args.message_ttl;
+        st.spilled_arrivals.extend(
+            items
+                .iter()
+                .filter(|r| r.message.expires_at(ttl).is_some())
+                .map(|r| (r.seq, r.message.received_at)),
+        );
+    }
+
+    /// After a page-in: restores the arrival times of the messages read back and schedules
+    /// their TTL (an already expired one goes on the next wake, before any delivery).
+    pub(super) fn restore_arrivals(&self, st: &mut QueueState, paged: &mut [Ready]) {
+        for item in paged.iter_mut() {
+            while st
+                .spilled_arrivals
+                .front()
+                .is_some_and(|&(seq, _)| seq < item.seq)
+            {
+                st.spilled_arrivals.pop_front();
+            }
+            if let Some(&(seq, at)) = st.spilled_arrivals.front() {
+                if seq == item.seq {
+                    st.spilled_arrivals.pop_front();
+                    if let Some(message) = Arc::get_mut(&mut item.message) {
+                        message.received_at = at;
+                    }
+                }
+            }
+            if let Some(at) = item.message.expires_at(st.args.message_ttl) {
+                st.expiry.push(at, item.seq);
+                self.arm(st, at);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{Delivery, DeliverySink, SinkClosed};
+    use crate::{
+        Broker, BrokerConfig, Channel, ChannelId, ConnectionId, ConsumerTag, Message, QueueFlags,
+    };
+    use bytes::Bytes;
+    use lockgate_wire::{BasicProperties, ContentHeader, FieldTable, FieldValue};
+
+    struct Discard;
+
+    impl DeliverySink for Discard {
+        fn deliver(&self, _: Delivery) -> Result<(), SinkClosed> {
+            Ok(())
+        }
+
+        fn consumer_cancelled(&self, _: &ConsumerTag) {}
+    }
+
+    #[test]
+    fn a_backlog_expires_in_batches() {
+        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
+        let args: FieldTable = [("x-message-ttl".to_owned(), FieldValue::I64(60_000))]
+            .into_iter()
+            .collect();
+        v.declare_queue(ConnectionId(1), "q", QueueFlags::default(), args)
+            .unwrap();
+        let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
+        for _ in 0..10_000 {
+            let m = Message::new(String::new(), "q".into(), header.clone(), Bytes::new());
+            v.publish(false, m).unwrap();
+        }
+        let q = v.queue("q").unwrap();
+        let later = Instant::now() + Duration::from_secs(120);
+        q.fire(later);
+        assert_eq!(q.snapshot().expired, EXPIRE_BATCH as u64);
+        q.fire(later);
+        q.fire(later);
+        assert_eq!(q.snapshot().expired, 10_000);
+        assert_eq!(q.message_count(), 0);
+    }
+
+    #[test]
+    fn delivered_messages_do_not_keep_their_ttl_deadlines() {
+        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
+        let args: FieldTable = [("x-message-ttl".to_owned(), FieldValue::I64(86_400_000))]
+            .into_iter()
+            .collect();
+        v.declare_queue(ConnectionId(1), "q", QueueFlags::default(), args)
+            .unwrap();
+        let mut ch = Channel::new(
+            Arc::clone(&v),
+            ConnectionId(1),
+            ChannelId(1),
+            Arc::new(Discard),
+        );
+        ch.consume("q", "c", true, false, &FieldTable::default(), |_| {})
+            .unwrap();
+        let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
+        for _ in 0..20_000 {
+            let m = Message::new(String::new(), "q".into(), header.clone(), Bytes::new());
+            v.publish(false, m).unwrap();
+        }
+        let q = v.queue("q").unwrap();
+        let st = q.state.lock();
+        assert_eq!(ready_count(&st), 0);
+        assert!(st.expiry.len() <= 1025, "{} deadlines", st.expiry.len());
+    }
+}

@@ -1,0 +1,527 @@
+//! The ready list: a queue's in-memory messages waiting for a consumer, in delivery order.
+//!
+//! Three shapes behind one API, chosen from the queue's arguments at declaration:
+//!
+//! - FIFO (no `x-max-priority`, no `x-group-header`): one `VecDeque` sorted by seq. This is
+//!   the hot path; every operation is the `VecDeque` operation it was before the other shapes
+//!   existed, behind one enum match.
+//! - Priority (`x-max-priority` = N > 0): one `VecDeque` per priority 0..=N, each sorted by
+//!   seq. A message's priority is its `priority` property, 0 when absent, N when above N
+//!   (RabbitMQ's rule). Higher priorities are delivered first, FIFO within a priority; a
+//!   requeued message goes back to its seq position within its priority.
+//! - Grouped (`x-group-header`): messages kept per group with the consumer each group is
+//!   assigned to (see `groups.rs`). `x-max-priority` is ignored on such a queue: per-key order
+//!   is its contract.
+//!
+//! Spill (the disk tail, `spill.rs`) only ever splits a FIFO list: [`ReadyList::partition_point`]
+//! and [`ReadyList::split_off`] answer "nothing to spill" for the other shapes, so priority
+//! and grouped queues stay in memory (the memory alarm is their backpressure). A page-in
+//! (recovery of a long durable queue) appends in seq order through [`ReadyList::push_back`],
+//! which files each message under its priority or group.
+
+use std::collections::VecDeque;
+use std::ops::Index;
+
+use std::sync::Arc;
+
+use super::arguments::QueueArguments;
+use super::groups::Groups;
+use super::Ready;
+use crate::consumer::Consumer;
+
+/// A queue's ready messages. See the module doc.
+pub(crate) struct ReadyList {
+    inner: Inner,
+}
+
+enum Inner {
+    Fifo(VecDeque<Ready>),
+    Priority(Levels),
+    Grouped(Box<Groups>),
+}
+
+/// One list per priority, index = priority.
+struct Levels {
+    levels: Vec<VecDeque<Ready>>,
+    len: usize,
+    /// Every level above this one is empty: delivery starts looking here, not at 255.
+    top: usize,
+}
+
+impl Default for ReadyList {
+    fn default() -> Self {
+        Self {
+            inner: Inner::Fifo(VecDeque::new()),
+        }
+    }
+}
+
+impl ReadyList {
+    /// The shape the queue's arguments ask for. A single-active-consumer queue ignores the
+    /// group header (one consumer takes every group anyway).
+    pub fn new(arguments: &QueueArguments) -> Self {
+        let inner = match (&arguments.group_header, arguments.max_priority) {
+            (Some(header), _) if !arguments.single_active_consumer => {
+                Inner::Grouped(Box::new(Groups::new(header.clone())))
+            }
+            (_, Some(max)) if max > 0 => Inner::Priority(Levels {
+                levels: (0..=max).map(|_| VecDeque::new()).collect(),
+                len: 0,
+                top: 0,
+            }),
+            _ => Inner::Fifo(VecDeque::new()),
+        };
+        Self { inner }
+    }
+
+    /// Changes the shape when the arguments changed (a policy set or removed
+    /// `max-priority` or `group-header`): every message is filed again. A new grouped list
+    /// starts with `consumers` and no group; deliveries in flight are not tracked by it.
+    pub fn reshape(&mut self, arguments: &QueueArguments, consumers: &[Arc<Consumer>]) {
+        let same = match (&self.inner, ReadyList::new(arguments).inner) {
+            (Inner::Fifo(_), Inner::Fifo(_)) => true,
+            (Inner::Priority(a), Inner::Priority(b)) => a.levels.len() == b.levels.len(),
+            (Inner::Grouped(a), Inner::Grouped(b)) => a.header() == b.header(),
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let old = self.take();
+        *self = ReadyList::new(arguments);
+        if let Inner::Grouped(g) = &mut self.inner {
+            for consumer in consumers {
+                g.add_consumer(consumer);
+            }
+        }
+        self.extend(old.iter_owned());
+    }
+
+    /// An empty list of the same shape, keeping a grouped list's group assignments.
+    fn empty_like(&self) -> Inner {
+        match &self.inner {
+            Inner::Fifo(_) | Inner::Grouped(_) => Inner::Fifo(VecDeque::new()),
+            Inner::Priority(p) => Inner::Priority(Levels {
+                levels: (0..p.levels.len()).map(|_| VecDeque::new()).collect(),
+                len: 0,
+                top: 0,
+            }),
+        }
+    }
+
+    /// Messages in the list.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            Inner::Fifo(l) => l.len(),
+            Inner::Priority(p) => p.len,
+            Inner::Grouped(g) => g.len(),
+        }
+    }
+
+    /// True when no message is ready.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        match &self.inner {
+            Inner::Fifo(l) => l.is_empty(),
+            Inner::Priority(p) => p.len == 0,
+            Inner::Grouped(g) => g.len() == 0,
+        }
+    }
+
+    /// The group index of a grouped list.
+    #[inline]
+    pub(super) fn groups_mut(&mut self) -> Option<&mut Groups> {
+        match &mut self.inner {
+            Inner::Grouped(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Appends a message that arrived (or was paged in). Its seq is normally greater than
+    /// every seq in its list; when it is not, it is inserted at its place instead.
+    #[inline]
+    pub fn push_back(&mut self, item: Ready) {
+        self.insert(item);
+    }
+
+    /// Puts a message back at its seq position (within its priority, or its group): a
+    /// requeue, or a message whose retry delay is over. A grouped list also counts it as no
+    /// longer in flight.
+    #[inline]
+    pub fn insert(&mut self, item: Ready) {
+        match &mut self.inner {
+            Inner::Fifo(l) => insert_sorted(l, item),
+            _ => self.insert_filed(item),
+        }
+    }
+
+    /// [`ReadyList::insert`] for the priority and grouped shapes, kept out of the FIFO path.
+    #[inline(never)]
+    fn insert_filed(&mut self, item: Ready) {
+        match &mut self.inner {
+            Inner::Fifo(l) => insert_sorted(l, item),
+            Inner::Priority(p) => p.insert(item),
+            Inner::Grouped(g) => g.insert(item),
+        }
+    }
+
+    /// The next message to deliver (for a grouped list: the oldest, whatever its group).
+    #[inline]
+    pub fn front(&self) -> Option<&Ready> {
+        match &self.inner {
+            Inner::Fifo(l) => l.front(),
+            Inner::Priority(p) => p.levels[..=p.top].iter().rev().find_map(VecDeque::front),
+            Inner::Grouped(g) => g.front(),
+        }
+    }
+
+    /// Takes the next message (for a grouped list: the oldest, whatever its group; this is
+    /// what `basic.get` and drop-head use).
+    #[inline]
+    pub fn pop_front(&mut self) -> Option<Ready> {
+        match &mut self.inner {
+            Inner::Fifo(l) => l.pop_front(),
+            _ => self.pop_filed(),
+        }
+    }
+
+    /// [`ReadyList::pop_front`] for the priority and grouped shapes.
+    #[inline(never)]
+    fn pop_filed(&mut self) -> Option<Ready> {
+        match &mut self.inner {
+            Inner::Fifo(l) => l.pop_front(),
+            Inner::Priority(p) => {
+                while p.top > 0 && p.levels[p.top].is_empty() {
+                    p.top -= 1;
+                }
+                let item = p.levels[p.top].pop_front();
+                p.len -= usize::from(item.is_some());
+                item
+            }
+            Inner::Grouped(g) => g.pop_front(),
+        }
+    }
+
+    /// Removes the message with this seq, wherever it stands (TTL). O(log n) to find it plus
+    /// the `VecDeque` removal (moves the shorter side); a priority list searches each
+    /// priority, a grouped list finds the group in its seq index.
+    pub fn remove(&mut self, seq: u64) -> Option<Ready> {
+        match &mut self.inner {
+            Inner::Fifo(l) => remove_seq(l, seq),
+            Inner::Priority(p) => {
+                let item = p.levels.iter_mut().find_map(|l| remove_seq(l, seq));
+                p.len -= usize::from(item.is_some());
+                item
+            }
+            Inner::Grouped(g) => g.remove(seq),
+        }
+    }
+
+    /// The message with this seq, if it is in the list.
+    pub fn find(&self, seq: u64) -> Option<&Ready> {
+        match &self.inner {
+            Inner::Fifo(l) => find_seq(l, seq),
+            Inner::Priority(p) => p.levels.iter().find_map(|l| find_seq(l, seq)),
+            Inner::Grouped(g) => g.find(seq),
+        }
+    }
+
+    /// A delivery of this queue ended without coming back to the list (acked, rejected
+    /// without requeue, dropped, dead-lettered): a grouped list forgets it as in flight, which
+    /// lets its group move to another consumer. No-op for the other shapes.
+    pub fn settled(&mut self, seq: u64) {
+        if let Inner::Grouped(g) = &mut self.inner {
+            g.settled(seq);
+        }
+    }
+
+    /// The messages in delivery order (a grouped list: group by group, each in seq order).
+    pub fn iter(&self) -> impl Iterator<Item = &Ready> + '_ {
+        let (fifo, levels, groups) = match &self.inner {
+            Inner::Fifo(l) => (Some(l), None, None),
+            Inner::Priority(p) => (None, Some(p), None),
+            Inner::Grouped(g) => (None, None, Some(g)),
+        };
+        fifo.into_iter()
+            .flatten()
+            .chain(
+                levels
+                    .into_iter()
+                    .flat_map(|p| p.levels.iter().rev().flatten()),
+            )
+            .chain(groups.into_iter().flat_map(|g| g.iter()))
+    }
+
+    /// The `i`-th message in [`ReadyList::iter`] order (O(1) for FIFO, O(lists) otherwise).
+    pub fn get(&self, i: usize) -> Option<&Ready> {
+        match &self.inner {
+            Inner::Fifo(l) => l.get(i),
+            Inner::Priority(p) => nth(p.levels.iter().rev(), i),
+            Inner::Grouped(g) => g.get(i),
+        }
+    }
+
+    /// True when the disk tail may take part of this list: FIFO lists only (priority and
+    /// grouped queues stay in memory).
+    pub fn can_spill(&self) -> bool {
+        matches!(self.inner, Inner::Fifo(_))
+    }
+
+    /// The messages, by value, in [`ReadyList::iter`] order.
+    fn iter_owned(self) -> Vec<Ready> {
+        match self.inner {
+            Inner::Fifo(l) => l.into(),
+            Inner::Priority(p) => p.levels.into_iter().rev().flatten().collect(),
+            Inner::Grouped(mut g) => g.take_all().into(),
+        }
+    }
+
+    /// Takes every message out, leaving an empty list of the same shape (a grouped list keeps
+    /// its group assignments and in-flight counts). The returned list is only for iterating
+    /// and dropping (outside the queue lock).
+    pub fn take(&mut self) -> ReadyList {
+        if let Inner::Grouped(g) = &mut self.inner {
+            return ReadyList {
+                inner: Inner::Fifo(g.take_all()),
+            };
+        }
+        let empty = self.empty_like();
+        ReadyList {
+            inner: std::mem::replace(&mut self.inner, empty),
+        }
+    }
+
+    /// Index of the first message (FIFO order) for which `pred` is false, `pred` being true
+    /// then false along the list, as `VecDeque::partition_point`. The disk tail starts there
+    /// at the earliest; for priority and grouped lists it is the length: they never spill.
+    pub fn partition_point(&self, pred: impl FnMut(&Ready) -> bool) -> usize {
+        match &self.inner {
+            Inner::Fifo(l) => l.partition_point(pred),
+            _ => self.len(),
+        }
+    }
+
+    /// Splits off the messages from index `at` on (FIFO lists, for spilling); empty for the
+    /// other shapes, which never spill.
+    pub fn split_off(&mut self, at: usize) -> VecDeque<Ready> {
+        match &mut self.inner {
+            Inner::Fifo(l) if at <= l.len() => l.split_off(at),
+            _ => VecDeque::new(),
+        }
+    }
+
+    /// Gives back what a burst left behind: a drained backlog must not pin its peak memory.
+    #[inline]
+    pub fn shrink(&mut self) {
+        match &mut self.inner {
+            Inner::Fifo(l) => shrink(l),
+            Inner::Priority(p) => p.levels.iter_mut().for_each(shrink),
+            Inner::Grouped(g) => g.shrink(),
+        }
+    }
+}
+
+impl Extend<Ready> for ReadyList {
+    fn extend<T: IntoIterator<Item = Ready>>(&mut self, iter: T) {
+        match &mut self.inner {
+            Inner::Fifo(l) => {
+                for item in iter {
+                    insert_sorted(l, item);
+                }
+            }
+            _ => {
+                for item in iter {
+                    self.push_back(item);
+                }
+            }
+        }
+    }
+}
+
+impl Index<usize> for ReadyList {
+    type Output = Ready;
+
+    /// # Panics
+    /// When `i` is out of bounds, as `VecDeque`.
+    fn index(&self, i: usize) -> &Ready {
+        match self.get(i) {
+            Some(r) => r,
+            None => panic!("ready list index {i} out of bounds (len {})", self.len()),
+        }
+    }
+}
+
+impl Levels {
+    fn insert(&mut self, item: Ready) {
+        let top = self.levels.len() - 1;
+        let level = usize::from(item.message.header.properties.priority.unwrap_or(0)).min(top);
+        insert_sorted(&mut self.levels[level], item);
+        self.len += 1;
+        self.top = self.top.max(level);
+    }
+}
+
+/// The `i`-th message of `lists` taken one after the other.
+pub(super) fn nth<'a>(
+    lists: impl Iterator<Item = &'a VecDeque<Ready>>,
+    mut i: usize,
+) -> Option<&'a Ready> {
+    for list in lists {
+        if i < list.len() {
+            return list.get(i);
+        }
+        i -= list.len();
+    }
+    None
+}
+
+/// Inserts `item` at its seq position; O(1) at either end (the usual cases: a new message
+/// at the back, a requeue of the last delivery at the front).
+#[inline]
+pub(super) fn insert_sorted(list: &mut VecDeque<Ready>, item: Ready) {
+    if list.back().is_none_or(|r| r.seq < item.seq) {
+        list.push_back(item);
+    } else {
+        insert_before_back(list, item);
+    }
+}
+
+#[inline(never)]
+fn insert_before_back(list: &mut VecDeque<Ready>, item: Ready) {
+    if list.front().is_some_and(|r| r.seq > item.seq) {
+        list.push_front(item);
+    } else {
+        let at = list.partition_point(|r| r.seq < item.seq);
+        list.insert(at, item);
+    }
+}
+
+/// The message with this seq in a list sorted by seq.
+pub(super) fn find_seq(list: &VecDeque<Ready>, seq: u64) -> Option<&Ready> {
+    let at = list.binary_search_by_key(&seq, |r| r.seq).ok()?;
+    list.get(at)
+}
+
+/// Removes the message with this seq from a list sorted by seq.
+pub(super) fn remove_seq(list: &mut VecDeque<Ready>, seq: u64) -> Option<Ready> {
+    let at = list.binary_search_by_key(&seq, |r| r.seq).ok()?;
+    list.remove(at)
+}
+
+#[inline]
+pub(super) fn shrink(list: &mut VecDeque<Ready>) {
+    if list.capacity() > 1024 && list.len() < list.capacity() / 8 {
+        list.shrink_to(list.len() * 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use lockgate_wire::{BasicProperties, ContentHeader, FieldTable, FieldValue};
+
+    use super::*;
+    use crate::message::Message;
+
+    fn item(seq: u64, priority: Option<u8>, key: Option<&str>) -> Ready {
+        let headers = key.map(|k| {
+            [(
+                "k".to_owned(),
+                FieldValue::LongString(Bytes::from(k.to_owned())),
+            )]
+            .into_iter()
+            .collect::<FieldTable>()
+        });
+        let properties = BasicProperties {
+            priority,
+            headers,
+            ..BasicProperties::default()
+        };
+        let header = ContentHeader::new(60, 0, properties).expect("header");
+        let message = Message::new(String::new(), "q".into(), header, Bytes::new());
+        Ready {
+            seq,
+            size: message.size(),
+            message: Arc::new(message),
+            redelivered: false,
+            stored: None,
+        }
+    }
+
+    fn seqs(list: &ReadyList) -> Vec<u64> {
+        list.iter().map(|r| r.seq).collect()
+    }
+
+    fn args(max_priority: Option<u8>, group: Option<&str>) -> QueueArguments {
+        QueueArguments {
+            max_priority,
+            group_header: group.map(str::to_owned),
+            ..QueueArguments::default()
+        }
+    }
+
+    #[test]
+    fn priority_list_orders_by_priority_then_seq_and_removes_anywhere() {
+        let mut list = ReadyList::new(&args(Some(3), None));
+        for (seq, p) in [
+            (0, None),
+            (1, Some(2)),
+            (2, Some(7)),
+            (3, Some(2)),
+            (4, Some(0)),
+        ] {
+            list.push_back(item(seq, p, None));
+        }
+        assert_eq!(seqs(&list), [2, 1, 3, 0, 4]);
+        assert_eq!(list.get(2).map(|r| r.seq), Some(3));
+        assert_eq!(list[4].seq, 4);
+        assert_eq!(list.remove(3).map(|r| r.seq), Some(3));
+        assert!(list.find(3).is_none());
+        list.insert(item(3, Some(2), None));
+        assert_eq!(list.pop_front().map(|r| r.seq), Some(2));
+        assert_eq!(list.front().map(|r| r.seq), Some(1));
+        assert!(!list.can_spill());
+        assert_eq!(list.partition_point(|_| true), list.len());
+        let taken = list.take();
+        assert_eq!((taken.len(), list.len()), (4, 0));
+        list.push_back(item(9, Some(1), None));
+        list.push_back(item(10, Some(3), None));
+        assert_eq!(seqs(&list), [10, 9], "still a priority list after take");
+    }
+
+    #[test]
+    fn grouped_list_keeps_global_order_for_get_and_removes_by_seq() {
+        let mut list = ReadyList::new(&args(Some(9), Some("k")));
+        for (seq, key) in [(0, Some("a")), (1, None), (2, Some("b")), (3, Some("a"))] {
+            list.push_back(item(seq, Some(9), key));
+        }
+        assert_eq!(list.len(), 4);
+        assert_eq!(list.front().map(|r| r.seq), Some(0));
+        assert_eq!(list.remove(3).map(|r| r.seq), Some(3));
+        assert_eq!(list.remove(3).map(|r| r.seq), None);
+        assert_eq!(list.find(2).map(|r| r.seq), Some(2));
+        let order: Vec<u64> = std::iter::from_fn(|| list.pop_front().map(|r| r.seq)).collect();
+        assert_eq!(
+            order,
+            [0, 1, 2],
+            "priorities are ignored on a grouped queue"
+        );
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn reshape_refiles_the_messages() {
+        let mut list = ReadyList::new(&args(None, None));
+        for (seq, p) in [(0, Some(1)), (1, Some(5)), (2, None)] {
+            list.push_back(item(seq, p, None));
+        }
+        assert_eq!(seqs(&list), [0, 1, 2]);
+        list.reshape(&args(Some(5), None), &[]);
+        assert_eq!(seqs(&list), [1, 0, 2]);
+        list.reshape(&args(Some(5), None), &[]);
+        assert_eq!(seqs(&list), [1, 0, 2]);
+        list.reshape(&args(None, None), &[]);
+        assert_eq!(seqs(&list), [0, 1, 2]);
+    }
+}
