@@ -1,8 +1,16 @@
-//! SASL responses (PLAIN and AMQPLAIN) and the user check against the configured users.
+//! SASL responses (PLAIN and AMQPLAIN), password hashes in RabbitMQ's format, and the user
+//! check against the configured users.
+//!
+//! Passwords are kept as RabbitMQ keeps them, never as plain text: `password_hash` is
+//! base64(4-byte random salt ++ H(salt ++ password)), with H named by `hashing_algorithm`
+//! (`rabbit_password_hashing_sha256`, RabbitMQ's default, or `rabbit_password_hashing_sha512`),
+//! so hashes from a RabbitMQ definitions export work here unchanged and the other way round.
+//! An empty hash is a user that cannot log in with a password (as in RabbitMQ).
 
-use std::net::IpAddr;
+use std::fmt;
 
-use crate::config::UserConfig;
+use base64::Engine;
+use sha2::{Digest, Sha256, Sha512};
 
 /// The mechanisms offered in connection.start, space separated as the spec wants.
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
@@ -85,23 +93,136 @@ fn parse_amqplain(mut bytes: &[u8]) -> Option<Credentials> {
     })
 }
 
-/// Checks credentials against the configured users, and the loopback rule against `peer`.
-///
-/// # Errors
-/// [`AuthError::BadCredentials`] or [`AuthError::LoopbackOnly`].
-pub fn authenticate<'a>(
-    users: &'a [UserConfig],
-    credentials: &Credentials,
-    peer: IpAddr,
-) -> Result<&'a UserConfig, AuthError> {
-    let user = users
-        .iter()
-        .find(|u| u.name == credentials.username && u.password == credentials.password)
-        .ok_or_else(|| AuthError::BadCredentials(credentials.username.clone()))?;
-    if user.loopback_only && !peer.to_canonical().is_loopback() {
-        return Err(AuthError::LoopbackOnly(user.name.clone()));
+/// RabbitMQ's password hashing modules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HashingAlgorithm {
+    /// `rabbit_password_hashing_sha256` (RabbitMQ's default).
+    #[default]
+    Sha256,
+    /// `rabbit_password_hashing_sha512`.
+    Sha512,
+}
+
+impl HashingAlgorithm {
+    /// Parses RabbitMQ's module name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "rabbit_password_hashing_sha256" => Some(Self::Sha256),
+            "rabbit_password_hashing_sha512" => Some(Self::Sha512),
+            _ => None,
+        }
     }
-    Ok(user)
+
+    /// RabbitMQ's module name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "rabbit_password_hashing_sha256",
+            Self::Sha512 => "rabbit_password_hashing_sha512",
+        }
+    }
+
+    fn digest(self, salt: &[u8], password: &str) -> Vec<u8> {
+        match self {
+            Self::Sha256 => {
+                let mut h = Sha256::new();
+                h.update(salt);
+                h.update(password.as_bytes());
+                h.finalize().to_vec()
+            }
+            Self::Sha512 => {
+                let mut h = Sha512::new();
+                h.update(salt);
+                h.update(password.as_bytes());
+                h.finalize().to_vec()
+            }
+        }
+    }
+}
+
+/// A salted password hash in RabbitMQ's format. Its `Debug` never shows the hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash {
+    algorithm: HashingAlgorithm,
+    /// salt (4 bytes) ++ digest; empty for a user without a password.
+    bytes: Vec<u8>,
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PasswordHash({})", self.algorithm.name())
+    }
+}
+
+impl PasswordHash {
+    /// Hashes `password` with a fresh random salt (SHA-256, RabbitMQ's default).
+    ///
+    /// # Errors
+    /// The operating system's random source failed.
+    pub fn new(password: &str) -> Result<Self, getrandom::Error> {
+        let mut salt = [0u8; 4];
+        getrandom::getrandom(&mut salt)?;
+        Ok(Self::with_salt(HashingAlgorithm::Sha256, salt, password))
+    }
+
+    /// Hashes `password` with `salt`.
+    pub fn with_salt(algorithm: HashingAlgorithm, salt: [u8; 4], password: &str) -> Self {
+        let mut bytes = salt.to_vec();
+        bytes.extend_from_slice(&algorithm.digest(&salt, password));
+        Self { algorithm, bytes }
+    }
+
+    /// Reads a base64 hash as found in RabbitMQ's definitions (`password_hash` with
+    /// `hashing_algorithm`); an empty string is a user without a password.
+    ///
+    /// # Errors
+    /// Not base64, or the wrong length for the algorithm; the text says which.
+    pub fn parse(algorithm: HashingAlgorithm, base64: &str) -> Result<Self, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(base64.trim())
+            .map_err(|e| format!("password_hash is not base64: {e}"))?;
+        let expected = 4 + algorithm.digest(&[], "").len();
+        if !bytes.is_empty() && bytes.len() != expected {
+            return Err(format!(
+                "password_hash has {} bytes, {} expects {expected} (4 bytes of salt and the digest)",
+                bytes.len(),
+                algorithm.name()
+            ));
+        }
+        Ok(Self { algorithm, bytes })
+    }
+
+    /// Whether `password` is the one hashed (constant time in the digest comparison).
+    pub fn verify(&self, password: &str) -> bool {
+        let Some((salt, digest)) = self.bytes.split_first_chunk::<4>() else {
+            return false;
+        };
+        let computed = self.algorithm.digest(salt, password);
+        computed.len() == digest.len()
+            && computed
+                .iter()
+                .zip(digest)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    /// The hash in base64, as RabbitMQ writes `password_hash`.
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&self.bytes)
+    }
+
+    /// The algorithm, for `hashing_algorithm`.
+    pub fn algorithm(&self) -> HashingAlgorithm {
+        self.algorithm
+    }
+}
+
+/// A user who logged in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthUser {
+    /// Login name.
+    pub name: String,
+    /// RabbitMQ tags.
+    pub tags: Vec<String>,
 }
 
 #[cfg(test)]
@@ -125,15 +246,6 @@ mod tests {
             username: u.into(),
             password: p.into(),
         }
-    }
-
-    fn users() -> Vec<UserConfig> {
-        crate::config::Config::parse(
-            "[[users]]\nname = \"guest\"\npassword = \"guest\"\nloopback_only = true\n\
-             [[users]]\nname = \"app\"\npassword = \"pw\"",
-        )
-        .unwrap()
-        .users
     }
 
     #[test]
@@ -209,30 +321,33 @@ mod tests {
     }
 
     #[test]
-    fn guest_only_from_loopback() {
-        let users = users();
-        let guest = creds("guest", "guest");
-        assert!(authenticate(&users, &guest, "127.0.0.1".parse().unwrap()).is_ok());
-        assert!(authenticate(&users, &guest, "::1".parse().unwrap()).is_ok());
-        assert!(authenticate(&users, &guest, "::ffff:127.0.0.1".parse().unwrap()).is_ok());
+    fn password_hashes_verify_in_rabbitmq_format() {
+        let hash = PasswordHash::with_salt(HashingAlgorithm::Sha256, [1, 2, 3, 4], "secret");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(hash.to_base64())
+            .unwrap();
+        assert_eq!(&raw[..4], &[1, 2, 3, 4]);
         assert_eq!(
-            authenticate(&users, &guest, "10.1.2.3".parse().unwrap()),
-            Err(AuthError::LoopbackOnly("guest".into()))
+            &raw[4..],
+            Sha256::digest(b"\x01\x02\x03\x04secret").as_slice()
         );
-        assert!(authenticate(&users, &creds("app", "pw"), "10.1.2.3".parse().unwrap()).is_ok());
-    }
-
-    #[test]
-    fn wrong_password_or_user_is_refused() {
-        let users = users();
-        let peer = "127.0.0.1".parse().unwrap();
-        assert_eq!(
-            authenticate(&users, &creds("guest", "nope"), peer),
-            Err(AuthError::BadCredentials("guest".into()))
+        assert!(hash.verify("secret") && !hash.verify("Secret"));
+        let sha512 = PasswordHash::with_salt(HashingAlgorithm::Sha512, [9; 4], "p");
+        let parsed = PasswordHash::parse(HashingAlgorithm::Sha512, &sha512.to_base64()).unwrap();
+        assert!(parsed.verify("p"));
+        assert!(PasswordHash::parse(HashingAlgorithm::Sha256, &sha512.to_base64()).is_err());
+        let random = PasswordHash::new("p").unwrap();
+        assert!(random.verify("p"));
+        assert_ne!(
+            random,
+            PasswordHash::new("p").unwrap(),
+            "a fresh salt each time"
         );
+        let locked = PasswordHash::parse(HashingAlgorithm::Sha256, "").unwrap();
+        assert!(!locked.verify("") && !locked.verify("p"));
         assert_eq!(
-            authenticate(&users, &creds("nobody", "guest"), peer),
-            Err(AuthError::BadCredentials("nobody".into()))
+            format!("{hash:?}"),
+            "PasswordHash(rabbit_password_hashing_sha256)"
         );
     }
 }

@@ -2,6 +2,12 @@
 //!
 //! `config/lockgate.toml` in the repository is the documented reference of every key and its
 //! default; [`Config::default`] must stay in step with it (a test checks this).
+//! docs/configuration.md is the full reference, with the topology (`[[exchanges]]`,
+//! `[[queues]]`, `[[bindings]]`), `[[policies]]` and hashed passwords.
+//!
+//! Errors name the file, the line and the key: `config file F, line N, key users[1].vhosts:
+//! ...`. Type and syntax errors get their line from the TOML parser; checks made after
+//! parsing name a key path, whose line is looked up in the file ([`locate`]).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,6 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+
+use crate::auth::{HashingAlgorithm, PasswordHash};
 
 use crate::management::ManagementConfig;
 use crate::metrics::MetricsConfig;
@@ -38,6 +46,19 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// `[[permissions]]`: per user and vhost configure/write/read patterns.
     pub permissions: Vec<PermissionConfig>,
+    /// `[[exchanges]]` declared at start and on SIGHUP.
+    pub exchanges: Vec<ExchangeConfig>,
+    /// `[[queues]]` declared at start and on SIGHUP.
+    pub queues: Vec<QueueConfig>,
+    /// `[[bindings]]` made at start and on SIGHUP.
+    pub bindings: Vec<BindingConfig>,
+    /// `[[policies]]` (or `[[policy]]`): queue settings by name pattern.
+    #[serde(alias = "policy")]
+    pub policies: Vec<PolicyConfig>,
+    /// Broker-wide default consumer timeout in milliseconds (RabbitMQ's `consumer_timeout`):
+    /// a delivery not acknowledged in time is requeued. Queues override it with
+    /// `x-consumer-timeout` or a policy. Absent: no timeout.
+    pub consumer_timeout: Option<u64>,
     /// `[tls]`: the AMQPS listener.
     pub tls: TlsConfig,
     /// `[metrics]`: the Prometheus endpoint.
@@ -139,8 +160,18 @@ pub struct VHostConfig {
 pub struct UserConfig {
     /// Login name.
     pub name: String,
-    /// Password, compared as plain text.
-    pub password: String,
+    /// The password as plain text: still accepted for compatibility with older files, hashed
+    /// in memory at load; prefer `password_hash`.
+    #[serde(default)]
+    pub password: PlainPassword,
+    /// RabbitMQ's `password_hash`: base64(salt ++ SHA-256(salt ++ password)); produce one
+    /// with `lockgate hash-password`.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// RabbitMQ's `hashing_algorithm` for `password_hash` (default
+    /// `rabbit_password_hashing_sha256`).
+    #[serde(default)]
+    pub hashing_algorithm: Option<String>,
     /// Only accept logins from loopback addresses.
     #[serde(default)]
     pub loopback_only: bool,
@@ -163,6 +194,172 @@ fn default_user_vhosts() -> Vec<String> {
     vec!["/".to_owned()]
 }
 
+/// A plain-text password from the config file; its `Debug` never shows it.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct PlainPassword(pub Option<String>);
+
+impl fmt::Debug for PlainPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
+/// The default guest user's `password_hash` (of "guest": RabbitMQ's SHA-256 format, salt
+/// 90 8d c6 0a), also in config/lockgate.toml: no plain-text password even in the defaults.
+pub const GUEST_PASSWORD_HASH: &str = "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe";
+
+impl UserConfig {
+    /// The user's password hash: `password_hash` as given, or `password` hashed now.
+    ///
+    /// # Errors
+    /// Neither or both given, an unknown `hashing_algorithm`, a malformed hash; the text
+    /// names the key.
+    pub fn hash(&self) -> anyhow::Result<PasswordHash> {
+        let algorithm = match self.hashing_algorithm.as_deref() {
+            None => HashingAlgorithm::default(),
+            Some(name) => HashingAlgorithm::parse(name).with_context(|| {
+                format!(
+                    "hashing_algorithm: unknown {name:?} (rabbit_password_hashing_sha256 or \
+                     rabbit_password_hashing_sha512)"
+                )
+            })?,
+        };
+        match (&self.password.0, &self.password_hash) {
+            (Some(_), Some(_)) => bail!("password: give password_hash or password, not both"),
+            (None, None) => bail!(
+                "password_hash: the user needs a password_hash (see `lockgate hash-password`) \
+                 or a password"
+            ),
+            (None, Some(hash)) => PasswordHash::parse(algorithm, hash)
+                .map_err(|e| anyhow::anyhow!("password_hash: {e}")),
+            (Some(plain), None) => PasswordHash::new(plain)
+                .map_err(|e| anyhow::anyhow!("password: no random salt to hash it: {e}")),
+        }
+    }
+}
+
+fn default_vhost() -> String {
+    "/".to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_exchange_type() -> String {
+    "direct".to_owned()
+}
+
+fn default_destination_type() -> String {
+    "queue".to_owned()
+}
+
+fn default_apply_to() -> String {
+    "all".to_owned()
+}
+
+/// One `[[exchanges]]` entry: declared at start and on SIGHUP unless it exists.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeConfig {
+    /// Its vhost (default "/").
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Its name.
+    pub name: String,
+    /// direct, fanout, topic, headers or another type lockgate has (default direct).
+    #[serde(rename = "type", default = "default_exchange_type")]
+    pub kind: String,
+    /// Survives a restart (default true).
+    #[serde(default = "yes")]
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Not published to directly.
+    #[serde(default)]
+    pub internal: bool,
+    /// Exchange arguments (`alternate-exchange`, ...).
+    #[serde(default)]
+    pub arguments: toml::Table,
+    /// `true`: make sure it does not exist (deleted if it does).
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// One `[[queues]]` entry: declared at start and on SIGHUP unless it exists.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Its vhost (default "/").
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Its name.
+    pub name: String,
+    /// Survives a restart (default true).
+    #[serde(default = "yes")]
+    pub durable: bool,
+    /// Deleted when its last consumer goes.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// `x-` arguments, as a client would declare them.
+    #[serde(default)]
+    pub arguments: toml::Table,
+    /// `true`: make sure it does not exist (deleted if it does, with its messages).
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// One `[[bindings]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    /// Its vhost (default "/").
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// The exchange bound from.
+    pub source: String,
+    /// The queue or exchange bound to.
+    pub destination: String,
+    /// "queue" (default) or "exchange".
+    #[serde(default = "default_destination_type")]
+    pub destination_type: String,
+    /// The binding key.
+    #[serde(default)]
+    pub routing_key: String,
+    /// Binding arguments (headers exchanges).
+    #[serde(default)]
+    pub arguments: toml::Table,
+    /// `true`: make sure it does not exist.
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// One `[[policies]]` (or `[[policy]]`) entry, as RabbitMQ's `set_policy`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Its vhost (default "/").
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Its name, unique in the vhost.
+    pub name: String,
+    /// Regular expression matched (unanchored) against queue names.
+    pub pattern: String,
+    /// When several policies match, the highest priority applies (default 0).
+    #[serde(default)]
+    pub priority: i64,
+    /// "queues", "exchanges" or "all" (default, as RabbitMQ).
+    #[serde(default = "default_apply_to", alias = "apply-to")]
+    pub apply_to: String,
+    /// The settings: max-length, max-length-bytes, overflow, dead-letter-exchange,
+    /// dead-letter-routing-key, message-ttl, expires, consumer-timeout,
+    /// consumer-timeout-action, delivery-limit, retry-delay, retry-delay-max, max-priority,
+    /// deduplication-window, group-header.
+    pub definition: toml::Table,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -172,6 +369,11 @@ impl Default for Config {
             memory: Memory::default(),
             disk: Disk::default(),
             permissions: Vec::new(),
+            exchanges: Vec::new(),
+            queues: Vec::new(),
+            bindings: Vec::new(),
+            policies: Vec::new(),
+            consumer_timeout: None,
             tls: TlsConfig::default(),
             metrics: MetricsConfig::default(),
             management: ManagementConfig::default(),
@@ -183,7 +385,9 @@ impl Default for Config {
             }],
             users: vec![UserConfig {
                 name: "guest".to_owned(),
-                password: "guest".to_owned(),
+                password: PlainPassword(None),
+                password_hash: Some(GUEST_PASSWORD_HASH.to_owned()),
+                hashing_algorithm: None,
                 loopback_only: true,
                 vhosts: default_user_vhosts(),
                 max_connections: None,
@@ -235,16 +439,61 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in config file {}", path.display()))
+        Self::parse_located(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "config file {}, line {}, key {}: {}",
+                path.display(),
+                e.line,
+                e.key,
+                e.message
+            )
+        })
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text (tests; files go through [`Config::load`]).
     ///
     /// # Errors
-    /// Invalid TOML, an unknown key, or a value out of range; the error names the key.
+    /// Invalid TOML, an unknown key, or a value out of range; the error names the line and
+    /// the key.
+    #[cfg(test)]
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: Self = toml::from_str(text)?;
-        config.validate()?;
+        Self::parse_located(text)
+            .map_err(|e| anyhow::anyhow!("line {}, key {}: {}", e.line, e.key, e.message))
+    }
+
+    /// Parses and validates config text; an error says where.
+    ///
+    /// # Errors
+    /// A [`Located`] error.
+    pub fn parse_located(text: &str) -> Result<Self, Located> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let mut offset = e.span().map_or(0, |span| span.start);
+            let mut message = e.message().trim().to_owned();
+            if message == "duplicate field `policies`" {
+                // Both spellings of the list: point at the second one.
+                let first = |header: &str| text.find(header).unwrap_or(0);
+                offset = first("[[policy]]").max(first("[[policies]]"));
+                message.push_str(": [[policy]] and [[policies]] are the same list, use one");
+            }
+            let key = if message.starts_with("duplicate field `policies`") {
+                "policies".to_owned()
+            } else {
+                key_at(text, offset, &message)
+            };
+            Located {
+                line: line_of(text, offset),
+                key,
+                message,
+            }
+        })?;
+        config.validate().map_err(|e| {
+            let (key, message) = split_key(&format!("{e:#}"));
+            Located {
+                line: locate(text, &key),
+                key,
+                message,
+            }
+        })?;
         Ok(config)
     }
 
@@ -297,6 +546,7 @@ impl Config {
             if user.name.is_empty() {
                 bail!("users[{i}].name must not be empty");
             }
+            user.hash().with_context(|| format!("users[{i}]"))?;
             if self.users[..i].iter().any(|u| u.name == user.name) {
                 bail!("users[{i}].name: duplicate user {:?}", user.name);
             }
@@ -308,6 +558,10 @@ impl Config {
                 bail!("users[{i}].vhosts: vhost {v:?} is not declared in [[vhosts]]");
             }
         }
+        if self.consumer_timeout == Some(0) {
+            bail!("consumer_timeout must be greater than 0 (leave it out for no timeout)");
+        }
+        crate::apply::validate(self)?;
         Ok(())
     }
 
@@ -331,6 +585,125 @@ impl Config {
             Watermark::Bytes(b) => b,
         }
     }
+}
+
+/// A config error and where it is: the line (1-based) and the key path
+/// (`users[1].vhosts`, `limits.frame_max`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// 1-based line in the file.
+    pub line: usize,
+    /// The key path.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Splits a validation message into its key path and the rest: "users[0]: password_hash:
+/// not base64" gives ("users[0].password_hash", "not base64"); "limits.frame_max must be ..."
+/// gives ("limits.frame_max", the whole message).
+pub fn split_key(message: &str) -> (String, String) {
+    let is_key = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(c))
+    };
+    let mut keys = Vec::new();
+    let mut rest = message;
+    while let Some((head, tail)) = rest.split_once(": ") {
+        if !is_key(head) {
+            break;
+        }
+        keys.push(head);
+        rest = tail;
+    }
+    if keys.is_empty() {
+        let key = message.split([':', ' ']).next().unwrap_or_default();
+        return (key.to_owned(), message.to_owned());
+    }
+    (keys.join("."), rest.to_owned())
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |before| before.matches('\n').count() + 1)
+}
+
+/// The key path of the TOML line holding `offset` (`limits.frame_max`, `users[1].password`),
+/// or the unknown field a deserialisation message names.
+fn key_at(text: &str, offset: usize, message: &str) -> String {
+    let mut table = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut key = String::new();
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed
+            .strip_prefix("[[")
+            .and_then(|t| t.split("]]").next())
+        {
+            let name = name.trim().to_owned();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.split(']').next()) {
+            table = name.trim().to_owned();
+        }
+        if pos + line.len() > offset {
+            if let Some((lhs, _)) = trimmed.split_once('=') {
+                key = lhs.trim().trim_matches('"').to_owned();
+            }
+            break;
+        }
+        pos += line.len();
+    }
+    // serde names the field when the key itself is the problem ("unknown field `bogus`").
+    let names_a_field =
+        message.starts_with("unknown field") || message.starts_with("missing field");
+    if let Some(field) = message.split('`').nth(1).filter(|_| names_a_field) {
+        key = field.to_owned();
+    }
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+/// The line of a key path such as `users[1].vhosts` or `limits.frame_max` in `text`: the
+/// deepest part of the path that exists (a missing key points at its table). Line 1 when
+/// nothing of it is found.
+pub fn locate(text: &str, path: &str) -> usize {
+    let Ok(root) = toml::de::DeTable::parse(text) else {
+        return 1;
+    };
+    let root_value = toml::de::DeValue::Table(root.get_ref().clone());
+    let mut current: Option<&toml::de::DeValue<'_>> = Some(&root_value);
+    let mut span: Option<std::ops::Range<usize>> = None;
+    for part in path.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some(value) = current else { break };
+        // `[[policy]]` is accepted for `[[policies]]`.
+        let found = value
+            .get(name)
+            .or_else(|| (name == "policies").then(|| value.get("policy")).flatten());
+        let Some(found) = found else { break };
+        span = Some(found.span());
+        current = Some(found.get_ref());
+        if let Some(i) = index {
+            let Some(item) = found.get_ref().get(i) else {
+                break;
+            };
+            span = Some(item.span());
+            current = Some(item.get_ref());
+        }
+    }
+    span.map_or(1, |s| line_of(text, s.start))
 }
 
 /// Total RAM from `/proc/meminfo`, or 8 GiB where that cannot be read.
@@ -542,5 +915,110 @@ mod tests {
             Config::load(&dir.path().join("none.toml")).unwrap_err()
         );
         assert!(missing.contains("none.toml"), "{missing}");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let located = |text: &str| Config::parse_located(text).unwrap_err();
+        let e = located("listen = \"127.0.0.1:1\"\n\n[limits]\nheartbeat = 5\nframe_max = 1\n");
+        assert_eq!((e.line, e.key.as_str()), (5, "limits.frame_max"), "{e:?}");
+        let e = located("[log]\nlevel = \"info\"\nbogus = 1\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "log.bogus"), "{e:?}");
+        let e = located("[limits]\nchannel_max = \"many\"\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "limits.channel_max"), "{e:?}");
+        let text = "[[vhosts]]\nname = \"/\"\n[[users]]\nname = \"a\"\npassword = \"p\"\n\
+                    [[users]]\nname = \"b\"\npassword = \"p\"\nvhosts = [\"nope\"]\n";
+        let e = located(text);
+        assert_eq!((e.line, e.key.as_str()), (9, "users[1].vhosts"), "{e:?}");
+        let policy = "pattern = \".*\"\ndefinition = { max-length = 1 }\n";
+        let e = located(&format!(
+            "[[policy]]\nname = \"a\"\n{policy}[[policies]]\nname = \"b\"\n{policy}"
+        ));
+        assert_eq!((e.line, e.key.as_str()), (5, "policies"), "{e:?}");
+        assert!(e.message.contains("use one"), "{e:?}");
+        // A bad queue or exchange argument is located at its own key, not at the entry.
+        let e = located(
+            "[[queues]]\nname = \"q\"\n\n[[queues]]\nname = \"r\"\narguments = { \"x-max-length\" = 1, \"x-overflow\" = \"blok\" }\n",
+        );
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (6, "queues[1].arguments.x-overflow"),
+            "{e:?}"
+        );
+        assert!(e.message.contains("invalid arg 'x-overflow'"), "{e:?}");
+        let e = located(
+            "[[exchanges]]\nname = \"h\"\ntype = \"x-consistent-hash\"\n[exchanges.arguments]\n\
+             hash-property = \"message_id\"\nhash-header = \"h\"\n",
+        );
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (6, "exchanges[0].arguments.hash-header"),
+            "{e:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[memory]\nhigh_watermark = 7.5\n").unwrap();
+        let message = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            message.contains("bad.toml, line 2, key memory.high_watermark"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn users_take_a_rabbitmq_password_hash_or_a_plain_password() {
+        let config = Config::parse(&format!(
+            "[[users]]\nname = \"a\"\npassword_hash = \"{GUEST_PASSWORD_HASH}\"\n\
+             [[users]]\nname = \"b\"\npassword = \"pw\""
+        ))
+        .unwrap();
+        assert!(config.users[0].hash().unwrap().verify("guest"));
+        assert!(config.users[1].hash().unwrap().verify("pw"));
+        assert!(!config.users[1].hash().unwrap().verify("guest"));
+        assert!(format!("{:?}", config.users[1]).contains("Some(..)"));
+        assert!(
+            err("[[users]]\nname = \"a\"\npassword = \"p\"\npassword_hash = \"\"")
+                .contains("not both")
+        );
+        assert!(err(
+            "[[users]]\nname = \"a\"\npassword_hash = \"abc\"\nhashing_algorithm = \"md5\""
+        )
+        .contains("hashing_algorithm"));
+        assert!(err("[[users]]\nname = \"a\"\npassword_hash = \"AAAA\"").contains("bytes"));
+    }
+
+    #[test]
+    fn topology_and_policies_are_read() {
+        let config = Config::parse(
+            r#"
+            consumer_timeout = 60000
+            [[exchanges]]
+            name = "events"
+            type = "topic"
+            [[queues]]
+            name = "orders"
+            durable = false
+            arguments = { "x-max-length" = 10 }
+            [[bindings]]
+            source = "events"
+            destination = "orders"
+            routing_key = "order.*"
+            [[policy]]
+            name = "cap"
+            pattern = "^orders"
+            apply-to = "queues"
+            priority = 2
+            definition = { max-length = 5, overflow = "reject-publish" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.consumer_timeout, Some(60_000));
+        assert_eq!(config.exchanges[0].kind, "topic");
+        assert!(config.exchanges[0].durable);
+        assert!(!config.queues[0].durable);
+        assert_eq!(config.bindings[0].destination_type, "queue");
+        assert_eq!(config.policies[0].apply_to, "queues");
+        assert_eq!(config.policies[0].vhost, "/");
+        assert!(err("consumer_timeout = 0").contains("consumer_timeout"));
     }
 }

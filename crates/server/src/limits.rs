@@ -6,10 +6,14 @@
 //!
 //! Connection counts are atomics touched only at connection.open and when a connection ends;
 //! the queue limits count only when a limit is set and a declaration would create a queue.
+//!
+//! SIGHUP applies changed limits ([`LimitTable::reconfigure`]): a limit that existed keeps its
+//! count and gets the new value; a new one counts from the reload on (connections already open
+//! for that user or vhost do not take a slot under it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use lockgate_broker::{Queue, VHost};
 
@@ -19,19 +23,24 @@ use crate::error::AmqpError;
 /// A connection limit and how many connections hold a slot under it.
 #[derive(Debug)]
 struct Counter {
-    limit: u32,
+    limit: AtomicU32,
     open: AtomicU32,
 }
 
 impl Counter {
     /// Takes a slot unless the limit is reached.
     fn acquire(self: &Arc<Self>) -> Option<Arc<Self>> {
+        let limit = self.limit();
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
+                (n < limit).then_some(n + 1)
             })
             .ok()
             .map(|_| Arc::clone(self))
+    }
+
+    fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
     }
 }
 
@@ -50,6 +59,11 @@ impl Drop for ConnectionSlot {
 /// Every configured vhost and user limit.
 #[derive(Debug, Default)]
 pub struct LimitTable {
+    tables: RwLock<Tables>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
     vhost_connections: HashMap<String, Arc<Counter>>,
     user_connections: HashMap<String, Arc<Counter>>,
     vhost_queues: HashMap<String, u32>,
@@ -60,7 +74,7 @@ pub struct LimitTable {
 /// counting without any bookkeeping on the delete path.
 #[derive(Debug)]
 pub struct UserQueues {
-    limit: u32,
+    limit: AtomicU32,
     queues: Mutex<Vec<Weak<Queue>>>,
 }
 
@@ -80,10 +94,10 @@ impl UserQueues {
     /// 406 PRECONDITION_FAILED.
     pub fn check(&self, user: &str, queue: &str) -> Result<(), AmqpError> {
         let live = self.with_live(|queues| queues.len());
-        if live >= usize::try_from(self.limit).unwrap_or(usize::MAX) {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if live >= usize::try_from(limit).unwrap_or(usize::MAX) {
             return Err(AmqpError::precondition_failed(format_args!(
-                "cannot declare queue '{queue}': queue limit for user '{user}' ({}) is reached",
-                self.limit
+                "cannot declare queue '{queue}': queue limit for user '{user}' ({limit}) is reached"
             )));
         }
         Ok(())
@@ -95,44 +109,76 @@ impl UserQueues {
     }
 }
 
-fn counter(limit: u32) -> Arc<Counter> {
-    Arc::new(Counter {
-        limit,
-        open: AtomicU32::new(0),
-    })
+/// The counter for `name` in `old` with its limit set to `limit`, or a new one.
+fn counter(old: &HashMap<String, Arc<Counter>>, name: &str, limit: u32) -> Arc<Counter> {
+    match old.get(name) {
+        Some(counter) => {
+            counter.limit.store(limit, Ordering::Relaxed);
+            Arc::clone(counter)
+        }
+        None => Arc::new(Counter {
+            limit: AtomicU32::new(limit),
+            open: AtomicU32::new(0),
+        }),
+    }
 }
 
 impl LimitTable {
     /// The limits set in the config.
     pub fn from_config(config: &Config) -> Self {
-        let mut table = Self::default();
+        let table = Self::default();
+        table.reconfigure(config);
+        table
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        match self.tables.read() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Applies the limits of `config` (at start and on SIGHUP), keeping the counts of limits
+    /// that already existed.
+    pub fn reconfigure(&self, config: &Config) {
+        let mut tables = match self.tables.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut fresh = Tables::default();
         for vhost in &config.vhosts {
             if let Some(limit) = vhost.max_connections {
-                table
-                    .vhost_connections
-                    .insert(vhost.name.clone(), counter(limit));
+                fresh.vhost_connections.insert(
+                    vhost.name.clone(),
+                    counter(&tables.vhost_connections, &vhost.name, limit),
+                );
             }
             if let Some(limit) = vhost.max_queues {
-                table.vhost_queues.insert(vhost.name.clone(), limit);
+                fresh.vhost_queues.insert(vhost.name.clone(), limit);
             }
         }
         for user in &config.users {
             if let Some(limit) = user.max_connections {
-                table
-                    .user_connections
-                    .insert(user.name.clone(), counter(limit));
-            }
-            if let Some(limit) = user.max_queues {
-                table.user_queues.insert(
+                fresh.user_connections.insert(
                     user.name.clone(),
-                    Arc::new(UserQueues {
-                        limit,
-                        queues: Mutex::new(Vec::new()),
-                    }),
+                    counter(&tables.user_connections, &user.name, limit),
                 );
             }
+            if let Some(limit) = user.max_queues {
+                let queues = match tables.user_queues.get(&user.name) {
+                    Some(queues) => {
+                        queues.limit.store(limit, Ordering::Relaxed);
+                        Arc::clone(queues)
+                    }
+                    None => Arc::new(UserQueues {
+                        limit: AtomicU32::new(limit),
+                        queues: Mutex::new(Vec::new()),
+                    }),
+                };
+                fresh.user_queues.insert(user.name.clone(), queues);
+            }
         }
-        table
+        *tables = fresh;
     }
 
     /// At connection.open: takes a slot under the vhost's and the user's connection limits.
@@ -141,22 +187,23 @@ impl LimitTable {
     /// 530 NOT_ALLOWED with RabbitMQ's text when either limit is reached.
     pub fn open_connection(&self, user: &str, vhost: &str) -> Result<ConnectionSlot, AmqpError> {
         let mut slot = ConnectionSlot::default();
-        if let Some(counter) = self.vhost_connections.get(vhost) {
+        let tables = self.read();
+        if let Some(counter) = tables.vhost_connections.get(vhost) {
             let Some(held) = counter.acquire() else {
                 return Err(AmqpError::not_allowed(format_args!(
                     "access to vhost '{vhost}' refused for user '{user}': connection limit ({}) \
                      is reached",
-                    counter.limit
+                    counter.limit()
                 )));
             };
             slot.0.push(held);
         }
-        if let Some(counter) = self.user_connections.get(user) {
+        if let Some(counter) = tables.user_connections.get(user) {
             let Some(held) = counter.acquire() else {
                 // `slot` drops here and gives back the vhost slot.
                 return Err(AmqpError::not_allowed(format_args!(
                     "connection refused for user '{user}': user connection limit ({}) is reached",
-                    counter.limit
+                    counter.limit()
                 )));
             };
             slot.0.push(held);
@@ -166,9 +213,10 @@ impl LimitTable {
 
     /// The queue limits for `user` in `vhost`, handed to each channel's access checks.
     pub fn queue_limits(&self, user: &str, vhost: &str) -> QueueLimits {
+        let tables = self.read();
         QueueLimits {
-            vhost: self.vhost_queues.get(vhost).copied(),
-            user: self.user_queues.get(user).cloned(),
+            vhost: tables.vhost_queues.get(vhost).copied(),
+            user: tables.user_queues.get(user).cloned(),
         }
     }
 }
@@ -318,5 +366,30 @@ mod tests {
             table.queue_limits("v", "other").check("v", &vhost, "c"),
             Ok(false)
         );
+    }
+
+    #[test]
+    fn reconfigure_keeps_counts_and_applies_new_limits() {
+        let limits = table();
+        let _held = limits.open_connection("u", "/").unwrap();
+        assert!(limits.open_connection("u", "/").is_err());
+        let raised = Config::parse(
+            "[[vhosts]]\nname = \"/\"\n\
+             [[users]]\nname = \"u\"\npassword = \"p\"\nmax_connections = 2\n\
+             [[users]]\nname = \"v\"\npassword = \"p\"\nmax_connections = 0",
+        )
+        .unwrap();
+        limits.reconfigure(&raised);
+        // One of two slots is held from before the reload.
+        let _second = limits.open_connection("u", "/").unwrap();
+        let err = limits.open_connection("u", "/").unwrap_err();
+        assert!(
+            err.text.contains("user connection limit (2)"),
+            "{}",
+            err.text
+        );
+        assert!(limits.open_connection("v", "/").is_err());
+        // The vhost limit is gone from the file: unlimited.
+        assert!(limits.open_connection("w", "/").is_ok());
     }
 }

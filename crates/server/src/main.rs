@@ -1,7 +1,10 @@
 //! `lockgate`: an AMQP 0-9-1 message broker that speaks the protocol as RabbitMQ does.
 //!
 //! Layout, one concept per file:
-//! - [`cli`] and [`config`]: flags and the TOML config (the reference is `config/lockgate.toml`);
+//! - [`cli`] and [`config`]: flags and the TOML config (the reference is `config/lockgate.toml`,
+//!   docs/configuration.md); [`apply`] applies the file's vhosts, users, permissions, policies
+//!   and topology at start and on SIGHUP (and plans it for `--check-config`); [`stored`] keeps
+//!   the users, permissions and policies created through the management API in the store;
 //! - [`logging`]: tracing setup (text or JSON on stderr, one span per connection and channel);
 //! - [`server`]: the listener, one task per connection, the shutdown sequence;
 //! - [`connection`]: the read loop of one connection (frame dispatch, heartbeats, memory-alarm
@@ -23,6 +26,7 @@
 //!
 //! Where lockgate follows RabbitMQ rather than the letter of the spec, the code says so.
 
+mod apply;
 mod auth;
 mod channel;
 mod cli;
@@ -36,6 +40,7 @@ mod management;
 mod metrics;
 mod permissions;
 mod server;
+mod stored;
 mod tls;
 mod tune;
 mod writer;
@@ -54,10 +59,16 @@ use crate::connection::ServerContext;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let result = cli.into_config().and_then(|config| {
+    if let Some(command) = &cli.command {
+        return command.run();
+    }
+    if let Some(file) = &cli.check_config {
+        return apply::check_config(file, cli.config.as_deref());
+    }
+    let result = cli.load_config().and_then(|config| {
         logging::init(&config.log)?;
         let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-        runtime.block_on(run(config))
+        runtime.block_on(run(config, cli.config.clone(), cli.overrides()))
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -74,7 +85,11 @@ fn store_cache_bytes(memory_budget: u64) -> u64 {
     (memory_budget / 4).clamp(8 << 20, 256 << 20)
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+    overrides: cli::Overrides,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let total_memory = config::total_memory();
     // The store is opened and recovered before listening: clients never see a half-rebuilt
@@ -105,10 +120,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
             vhosts: config.vhosts.iter().map(|v| v.name.clone()).collect(),
             memory_high_watermark: config.high_watermark_bytes(total_memory),
             max_message_size: config.limits.max_message_size,
+            consumer_timeout: config.consumer_timeout,
         },
         store.clone(),
     );
     let started = std::time::Instant::now();
+    // Users, permissions and policies created through the API (the broker skips them).
+    let stored_access = stored::load(&recovery.definitions);
     let recovering = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || recovering.recover(&recovery))
         .await
@@ -132,7 +150,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
-    let ctx = Arc::new(ServerContext::new(config, broker, shutdown, disk_alarm));
+    let ctx = Arc::new(ServerContext::new(
+        Arc::clone(&config),
+        Arc::clone(&broker),
+        shutdown,
+        disk_alarm,
+    ));
+    // Users, permissions and policies created through the API, then the config file over
+    // them; before any client is accepted.
+    ctx.permissions.set_stored(stored_access);
+    apply::at_start(&config, path.as_deref(), &broker, &ctx.permissions).await?;
     // AMQPS and metrics are up before `listening` is logged, so a harness can use them at once.
     let amqps = tls::start(&ctx).await?;
     if let Err(e) = metrics::start(&ctx).await {
@@ -141,7 +168,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let management = management::start(Arc::clone(&ctx), addr).await;
     let amqps_acceptor = amqps.as_ref().map(|amqps| Arc::clone(&amqps.acceptor));
-    tls::reload_on_sighup(hangup, sighup_certificates(amqps_acceptor, management));
+    apply::reload_on_sighup(
+        hangup,
+        path,
+        Config::clone(&config),
+        overrides,
+        Arc::clone(&ctx),
+        sighup_certificates(amqps_acceptor, management),
+    );
     info!(%addr, "listening");
 
     server::run(ctx, listener).await;

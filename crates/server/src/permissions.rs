@@ -19,18 +19,24 @@
 //! Where they come from: a user's `vhosts = [...]` grants `".*" ".*" ".*"` on each listed vhost
 //! (so the default guest user has full access to "/"); a `[[permissions]]` entry for a
 //! (user, vhost) pair replaces that grant with its own patterns and also opens the vhost to
-//! the user.
+//! the user. The management API (`PUT /api/permissions/{vhost}/{user}`) and definitions
+//! imports add stored entries; the config file wins for every (user, vhost) it names.
+//!
+//! [`Permissions`] is the runtime registry of users, permissions and policies: two layers
+//! (config file, stored) and the effective tables computed from them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{bail, Context};
-use lockgate_broker::{ExchangeKind, VHost};
+use lockgate_broker::{Broker, ExchangeKind, Policy, VHost};
 use lockgate_wire::{FieldTable, FieldValue, Method};
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::auth::{AuthError, AuthUser, Credentials, PasswordHash};
 use crate::config::Config;
 use crate::error::AmqpError;
 use crate::limits::QueueLimits;
@@ -49,6 +55,25 @@ pub struct PermissionConfig {
     pub write: String,
     /// Names of resources the user may consume from (queues) or bind from (exchanges).
     pub read: String,
+}
+
+impl PermissionConfig {
+    /// `".*" ".*" ".*"` for `user` on `vhost`.
+    pub fn full(user: &str, vhost: &str) -> Self {
+        Self {
+            user: user.to_owned(),
+            vhost: vhost.to_owned(),
+            configure: ".*".to_owned(),
+            write: ".*".to_owned(),
+            read: ".*".to_owned(),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        [&self.configure, &self.write, &self.read]
+            .iter()
+            .all(|p| p.as_str() == ".*")
+    }
 }
 
 /// What an operation needs on a resource.
@@ -123,7 +148,11 @@ impl VHostPermissions {
         }
     }
 
-    fn compile(entry: &PermissionConfig) -> anyhow::Result<Self> {
+    /// Compiles an entry's three patterns.
+    ///
+    /// # Errors
+    /// An invalid regular expression; the error names the key.
+    pub fn compile(entry: &PermissionConfig) -> anyhow::Result<Self> {
         let compile = |key: &str, text: &str| {
             Pattern::compile(text).with_context(|| format!("{key}: invalid regular expression"))
         };
@@ -144,24 +173,56 @@ impl VHostPermissions {
     }
 }
 
-/// Every (user, vhost) pair's permissions, compiled once at startup.
-#[derive(Debug, Default)]
-pub struct Permissions {
-    table: HashMap<(String, String), Arc<VHostPermissions>>,
+/// A user who may log in, as the checks see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserEntry {
+    /// Login name.
+    pub name: String,
+    /// The password hash (RabbitMQ's format).
+    pub hash: PasswordHash,
+    /// RabbitMQ tags (`administrator`, `monitoring`, ...).
+    pub tags: Vec<String>,
+    /// Only from loopback addresses.
+    pub loopback_only: bool,
 }
 
-impl Permissions {
-    /// Compiles the users' vhost grants and the `[[permissions]]` entries.
+/// One source of users, permissions and policies: the config file, or what the management
+/// API and definitions imports stored. Keys: user name; (user, vhost); (vhost, policy name).
+#[derive(Clone, Debug, Default)]
+pub struct Layer {
+    /// Users by name.
+    pub users: BTreeMap<String, UserEntry>,
+    /// Permissions by (user, vhost).
+    pub permissions: BTreeMap<(String, String), PermissionConfig>,
+    /// Policies by (vhost, name).
+    pub policies: BTreeMap<(String, String), Policy>,
+}
+
+impl Layer {
+    /// The config file's users (each with full permissions on the vhosts it lists),
+    /// `[[permissions]]` entries (replacing those grants) and policies.
     ///
     /// # Errors
-    /// An entry names an unknown user or vhost, or has an invalid regular expression; the
-    /// error names the entry and key.
+    /// An entry names an unknown user or vhost, has an invalid regular expression, password
+    /// hash or policy; the error names the entry and key.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let mut table = HashMap::new();
-        let full = Arc::new(VHostPermissions::full());
-        for user in &config.users {
+        let mut layer = Self::default();
+        for (i, user) in config.users.iter().enumerate() {
+            let hash = user.hash().with_context(|| format!("users[{i}]"))?;
+            layer.users.insert(
+                user.name.clone(),
+                UserEntry {
+                    name: user.name.clone(),
+                    hash,
+                    tags: user.tags.clone(),
+                    loopback_only: user.loopback_only,
+                },
+            );
             for vhost in &user.vhosts {
-                table.insert((user.name.clone(), vhost.clone()), Arc::clone(&full));
+                layer.permissions.insert(
+                    (user.name.clone(), vhost.clone()),
+                    PermissionConfig::full(&user.name, vhost),
+                );
             }
         }
         for (i, entry) in config.permissions.iter().enumerate() {
@@ -177,21 +238,252 @@ impl Permissions {
                     entry.vhost
                 );
             }
-            let compiled =
-                VHostPermissions::compile(entry).with_context(|| format!("permissions[{i}]"))?;
-            table.insert(
-                (entry.user.clone(), entry.vhost.clone()),
-                Arc::new(compiled),
-            );
+            VHostPermissions::compile(entry).with_context(|| format!("permissions[{i}]"))?;
+            layer
+                .permissions
+                .insert((entry.user.clone(), entry.vhost.clone()), entry.clone());
         }
-        Ok(Self { table })
+        for (i, entry) in config.policies.iter().enumerate() {
+            let policy = crate::apply::policy_from_config(entry)
+                .with_context(|| format!("policies[{i}]"))?;
+            if layer
+                .policies
+                .insert((entry.vhost.clone(), entry.name.clone()), policy)
+                .is_some()
+            {
+                bail!(
+                    "policies[{i}].name: duplicate policy {:?} in vhost {:?}",
+                    entry.name,
+                    entry.vhost
+                );
+            }
+        }
+        Ok(layer)
+    }
+}
+
+/// The effective tables: the config layer over the stored one.
+#[derive(Debug, Default)]
+struct Effective {
+    users: HashMap<String, UserEntry>,
+    table: HashMap<(String, String), Arc<VHostPermissions>>,
+    permissions: BTreeMap<(String, String), PermissionConfig>,
+    policies: BTreeMap<String, Vec<Policy>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    config: Layer,
+    stored: Layer,
+    effective: Effective,
+}
+
+impl State {
+    /// Recomputes the effective tables. The config file wins for every key it names;
+    /// stored permissions of users that do not exist are left out.
+    fn rebuild(&mut self) {
+        let mut users: HashMap<String, UserEntry> = HashMap::new();
+        for (name, user) in self.stored.users.iter().chain(&self.config.users) {
+            users.insert(name.clone(), user.clone());
+        }
+        let mut permissions = BTreeMap::new();
+        for (key, entry) in self
+            .stored
+            .permissions
+            .iter()
+            .chain(&self.config.permissions)
+        {
+            if users.contains_key(&key.0) {
+                permissions.insert(key.clone(), entry.clone());
+            }
+        }
+        let full = Arc::new(VHostPermissions::full());
+        let table = permissions
+            .iter()
+            .filter_map(|(key, entry)| {
+                let compiled = if entry.is_full() {
+                    Arc::clone(&full)
+                } else {
+                    // Every entry was compiled once when it was accepted.
+                    Arc::new(VHostPermissions::compile(entry).ok()?)
+                };
+                Some((key.clone(), compiled))
+            })
+            .collect();
+        let mut by_key: BTreeMap<(String, String), Policy> = BTreeMap::new();
+        for (key, policy) in self.stored.policies.iter().chain(&self.config.policies) {
+            by_key.insert(key.clone(), policy.clone());
+        }
+        let mut policies: BTreeMap<String, Vec<Policy>> = BTreeMap::new();
+        for ((vhost, _), policy) in by_key {
+            policies.entry(vhost).or_default().push(policy);
+        }
+        self.effective = Effective {
+            users,
+            table,
+            permissions,
+            policies,
+        };
+    }
+}
+
+/// Who may log in and what they may do (users and permissions), and the policies: the config
+/// file's entries over those stored through the management API. Read at every login and
+/// connection.open (a short read lock), replaced on SIGHUP and by API writes.
+#[derive(Debug, Default)]
+pub struct Permissions {
+    state: RwLock<State>,
+}
+
+/// A definition the config file names: the API may not change it (edit the file instead).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefinedInConfig(pub String);
+
+impl Permissions {
+    /// The config file's users, permissions and policies (nothing stored yet).
+    ///
+    /// # Errors
+    /// See [`Layer::from_config`].
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let permissions = Self::default();
+        permissions.set_config(Layer::from_config(config)?);
+        Ok(permissions)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        match self.state.read() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        match self.state.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Replaces the config file's layer (at start and on SIGHUP).
+    pub fn set_config(&self, layer: Layer) {
+        let mut state = self.write();
+        state.config = layer;
+        state.rebuild();
+    }
+
+    /// Replaces the stored layer (at start, from the store).
+    pub fn set_stored(&self, layer: Layer) {
+        let mut state = self.write();
+        state.stored = layer;
+        state.rebuild();
     }
 
     /// The user's permissions in `vhost`; `None` means the vhost is closed to the user.
     pub fn lookup(&self, user: &str, vhost: &str) -> Option<Arc<VHostPermissions>> {
-        self.table
+        self.read()
+            .effective
+            .table
             .get(&(user.to_owned(), vhost.to_owned()))
             .cloned()
+    }
+
+    /// Checks credentials, and the loopback rule against `peer`. The same error whether the
+    /// user exists or the password is wrong.
+    ///
+    /// # Errors
+    /// [`AuthError::BadCredentials`] or [`AuthError::LoopbackOnly`].
+    pub fn authenticate(
+        &self,
+        credentials: &Credentials,
+        peer: IpAddr,
+    ) -> Result<AuthUser, AuthError> {
+        let user = self
+            .read()
+            .effective
+            .users
+            .get(&credentials.username)
+            .filter(|u| u.hash.verify(&credentials.password))
+            .cloned()
+            .ok_or_else(|| AuthError::BadCredentials(credentials.username.clone()))?;
+        if user.loopback_only && !peer.to_canonical().is_loopback() {
+            return Err(AuthError::LoopbackOnly(user.name));
+        }
+        Ok(AuthUser {
+            name: user.name,
+            tags: user.tags,
+        })
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Vec<UserEntry> {
+        let mut users: Vec<_> = self.read().effective.users.values().cloned().collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        users
+    }
+
+    /// One user.
+    pub fn user(&self, name: &str) -> Option<UserEntry> {
+        self.read().effective.users.get(name).cloned()
+    }
+
+    /// Every permission entry, by (user, vhost).
+    pub fn permissions(&self) -> Vec<PermissionConfig> {
+        self.read()
+            .effective
+            .permissions
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The policies of `vhost`, by name.
+    pub fn policies(&self, vhost: &str) -> Vec<Policy> {
+        self.read()
+            .effective
+            .policies
+            .get(vhost)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every vhost that has policies, with them.
+    pub fn all_policies(&self) -> BTreeMap<String, Vec<Policy>> {
+        self.read().effective.policies.clone()
+    }
+
+    /// Changes the stored layer with `change`, unless `key` is one the config file names.
+    ///
+    /// # Errors
+    /// [`DefinedInConfig`] naming the definition.
+    pub fn change_stored<T>(
+        &self,
+        in_config: impl FnOnce(&Layer) -> Option<String>,
+        change: impl FnOnce(&mut Layer) -> T,
+    ) -> Result<T, DefinedInConfig> {
+        let mut state = self.write();
+        if let Some(what) = in_config(&state.config) {
+            return Err(DefinedInConfig(what));
+        }
+        let out = change(&mut state.stored);
+        state.rebuild();
+        Ok(out)
+    }
+
+    /// Sets every vhost's policies in the broker to the effective ones; returns how many
+    /// queues changed.
+    pub fn push_policies(&self, broker: &Broker) -> usize {
+        let policies = self.all_policies();
+        let mut changed = 0;
+        for name in broker.vhost_names() {
+            let Some(vhost) = broker.vhost(&name) else {
+                continue;
+            };
+            let wanted = policies.get(&name).cloned().unwrap_or_default();
+            if *vhost.policies() != wanted {
+                changed += vhost.set_policies(wanted);
+            }
+        }
+        changed
     }
 }
 
@@ -252,7 +544,12 @@ impl Access {
     /// # Errors
     /// 403 ACCESS_REFUSED with RabbitMQ's text.
     pub fn check_publish(&mut self, exchange: &str) -> Result<(), AmqpError> {
-        if self.publish_allowed.as_deref() == Some(exchange) {
+        // Lengths first: most publishes name the default exchange "", and a memcmp call per
+        // publish shows in profiles.
+        let allowed = self.publish_allowed.as_deref().is_some_and(|allowed| {
+            allowed.len() == exchange.len() && (exchange.is_empty() || allowed == exchange)
+        });
+        if allowed {
             return Ok(());
         }
         self.check(Permission::Write, Resource::Exchange, exchange)?;
@@ -436,5 +733,93 @@ mod tests {
             bad.contains("permissions[0]") && bad.contains("configure"),
             "{bad}"
         );
+    }
+
+    fn creds(u: &str, p: &str) -> Credentials {
+        Credentials {
+            username: u.into(),
+            password: p.into(),
+        }
+    }
+
+    #[test]
+    fn guest_only_from_loopback_and_wrong_passwords_refused() {
+        let config = Config::parse(
+            "[[users]]\nname = \"guest\"\npassword = \"guest\"\nloopback_only = true\n\
+             [[users]]\nname = \"app\"\npassword = \"pw\"",
+        )
+        .unwrap();
+        let perms = Permissions::from_config(&config).unwrap();
+        let local = "127.0.0.1".parse().unwrap();
+        let remote = "10.1.2.3".parse().unwrap();
+        let guest = creds("guest", "guest");
+        assert_eq!(perms.authenticate(&guest, local).unwrap().name, "guest");
+        assert!(perms
+            .authenticate(&guest, "::ffff:127.0.0.1".parse().unwrap())
+            .is_ok());
+        assert_eq!(
+            perms.authenticate(&guest, remote),
+            Err(AuthError::LoopbackOnly("guest".into()))
+        );
+        assert!(perms.authenticate(&creds("app", "pw"), remote).is_ok());
+        assert_eq!(
+            perms.authenticate(&creds("guest", "nope"), local),
+            Err(AuthError::BadCredentials("guest".into()))
+        );
+        assert_eq!(
+            perms.authenticate(&creds("nobody", "guest"), local),
+            Err(AuthError::BadCredentials("nobody".into()))
+        );
+    }
+
+    #[test]
+    fn the_config_file_wins_over_stored_entries() {
+        let perms = permissions("");
+        let mut stored = Layer::default();
+        let hash = PasswordHash::new("stored").unwrap();
+        for name in ["admin", "api"] {
+            stored.users.insert(
+                name.into(),
+                UserEntry {
+                    name: name.into(),
+                    hash: hash.clone(),
+                    tags: Vec::new(),
+                    loopback_only: false,
+                },
+            );
+        }
+        stored.permissions.insert(
+            ("api".into(), "/".into()),
+            PermissionConfig::full("api", "/"),
+        );
+        stored.permissions.insert(
+            ("ghost".into(), "/".into()),
+            PermissionConfig::full("ghost", "/"),
+        );
+        perms.set_stored(stored);
+        let local = "127.0.0.1".parse().unwrap();
+        // "admin" is in the config file: its password there wins.
+        assert!(perms.authenticate(&creds("admin", "a"), local).is_ok());
+        assert!(perms
+            .authenticate(&creds("admin", "stored"), local)
+            .is_err());
+        assert!(perms.authenticate(&creds("api", "stored"), local).is_ok());
+        assert!(perms.lookup("api", "/").is_some());
+        // A stored permission of a user that does not exist opens nothing.
+        assert!(perms.lookup("ghost", "/").is_none());
+        let refused = perms.change_stored(
+            |config| {
+                config
+                    .users
+                    .contains_key("admin")
+                    .then(|| "user 'admin'".to_owned())
+            },
+            |layer| layer.users.remove("admin"),
+        );
+        assert_eq!(refused, Err(DefinedInConfig("user 'admin'".into())));
+        let removed = perms.change_stored(|_| None, |layer| layer.users.remove("api"));
+        assert!(removed.unwrap().is_some());
+        assert!(perms.authenticate(&creds("api", "stored"), local).is_err());
+        assert!(perms.lookup("api", "/").is_none());
     }
 }

@@ -13,7 +13,6 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::{Api, ApiError};
-use crate::config::UserConfig;
 
 /// The authenticated API user, put in the request's extensions.
 #[derive(Clone, Debug)]
@@ -38,13 +37,17 @@ pub async fn require(
     let Some((name, password)) = credentials(&request) else {
         return unauthorised("Not_Authorized");
     };
-    let users = &api.ctx.config.users;
-    let Some(user) = find(users, &name, &password) else {
-        return unauthorised("Login failed");
+    let credentials = crate::auth::Credentials {
+        username: name,
+        password,
     };
-    if user.loopback_only && !peer.ip().to_canonical().is_loopback() {
-        return unauthorised("User can only log in via localhost");
-    }
+    let user = match api.ctx.permissions.authenticate(&credentials, peer.ip()) {
+        Ok(user) => user,
+        Err(crate::auth::AuthError::LoopbackOnly(_)) => {
+            return unauthorised("User can only log in via localhost")
+        }
+        Err(_) => return unauthorised("Login failed"),
+    };
     let admin = user.tags.iter().any(|t| t == ADMIN);
     let monitoring = user.tags.iter().any(|t| t == MONITORING);
     if !admin && !monitoring {
@@ -64,12 +67,6 @@ pub async fn require(
         tags: user.tags.clone(),
     });
     next.run(request).await
-}
-
-fn find<'a>(users: &'a [UserConfig], name: &str, password: &str) -> Option<&'a UserConfig> {
-    users
-        .iter()
-        .find(|u| u.name == name && u.password == password)
 }
 
 fn credentials(request: &Request) -> Option<(String, String)> {

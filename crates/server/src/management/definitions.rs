@@ -1,40 +1,28 @@
 //! Definitions export and import in RabbitMQ's format (`rabbitmqctl export_definitions`,
 //! `GET /api/definitions`), so that a RabbitMQ deployment's file imports as is.
 //!
-//! Export lists vhosts, users (with a RabbitMQ-compatible SHA-256 password hash), permissions,
+//! Export lists vhosts, users (with their RabbitMQ password hash), permissions, policies,
 //! exchanges (not the predeclared ones), queues (not exclusive ones) and bindings (not the
-//! default exchange's implicit ones). Import creates vhosts, exchanges, queues and bindings;
-//! users, permissions, policies and parameters are configuration in lockgate (the config
-//! file), so they are reported as skipped rather than applied, and stream queues, which
-//! lockgate does not have, are skipped with a reason.
+//! default exchange's implicit ones). Import creates vhosts, users (a `password_hash` is kept
+//! as is, so the users log in with their RabbitMQ passwords), permissions, policies,
+//! exchanges, queues and bindings; users, permissions and policies are stored and survive a
+//! restart. What the config file defines is left as the file says and reported as skipped,
+//! as are parameters and stream queues, which lockgate does not have. One command:
+//! `lockgatectl import definitions.json` (or `curl -u admin -X POST -H 'content-type:
+//! application/json' --data @definitions.json http://localhost:15672/api/definitions`).
 
 use axum::extract::{Path, State};
 use axum::Json;
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
+use super::access::{permissions_json, policies_json, users_json};
 use super::actions::{
     bind_in, declare_exchange_in, declare_queue_in, sync, ExchangeBody, QueueBody,
 };
-use super::read::{permissions_json, users_json, RABBITMQ_COMPAT_VERSION};
+use super::read::RABBITMQ_COMPAT_VERSION;
 use super::{Api, ApiError, ApiResult};
-
-/// RabbitMQ's `rabbit_password_hashing_sha256`: base64(salt ++ sha256(salt ++ password)),
-/// with a 4-byte salt (derived from the user name, so that exports are stable).
-pub fn password_hash(user: &str, password: &str) -> String {
-    let salt: [u8; 4] = {
-        let digest = Sha256::digest(user.as_bytes());
-        [digest[0], digest[1], digest[2], digest[3]]
-    };
-    let mut hasher = Sha256::new();
-    hasher.update(salt);
-    hasher.update(password.as_bytes());
-    let mut out = salt.to_vec();
-    out.extend_from_slice(&hasher.finalize());
-    base64::engine::general_purpose::STANDARD.encode(out)
-}
+use crate::stored;
 
 fn is_predeclared(name: &str) -> bool {
     name.is_empty() || name.starts_with("amq.")
@@ -127,7 +115,7 @@ pub async fn export(State(api): State<Api>) -> ApiResult<Json<Value>> {
     doc.insert("topic_permissions".into(), json!([]));
     doc.insert("parameters".into(), json!([]));
     doc.insert("global_parameters".into(), json!([]));
-    doc.insert("policies".into(), json!([]));
+    doc.insert("policies".into(), json!(policies_json(&api, None)));
     doc.insert("queues".into(), json!(queues));
     doc.insert("exchanges".into(), json!(exchanges));
     doc.insert("bindings".into(), json!(bindings));
@@ -142,7 +130,13 @@ pub async fn export_vhost(
     let [queues, exchanges, bindings] = topology(&api, Some(&vhost), false)?;
     let mut doc = header();
     doc.insert("parameters".into(), json!([]));
-    doc.insert("policies".into(), json!([]));
+    let mut policies = policies_json(&api, Some(&vhost));
+    for p in &mut policies {
+        if let Value::Object(map) = p {
+            map.remove("vhost");
+        }
+    }
+    doc.insert("policies".into(), json!(policies));
     doc.insert("queues".into(), json!(queues));
     doc.insert("exchanges".into(), json!(exchanges));
     doc.insert("bindings".into(), json!(bindings));
@@ -174,6 +168,9 @@ fn text<'a>(item: &'a Value, key: &str) -> ApiResult<&'a str> {
 /// What an import did.
 #[derive(Default)]
 struct Report {
+    users: usize,
+    permissions: usize,
+    policies: usize,
     vhosts: usize,
     exchanges: usize,
     queues: usize,
@@ -199,25 +196,11 @@ fn apply(api: &Api, defs: &Definitions, only_vhost: Option<&str>) -> ApiResult<R
             }
         }
     }
-    let config = &api.ctx.config;
-    for user in &defs.users {
-        let name = user["name"].as_str().unwrap_or("?");
-        if !config.users.iter().any(|u| u.name == name) {
-            report.skipped.push(format!(
-                "user '{name}': users come from the config file ([[users]])"
-            ));
-        }
-    }
-    if !defs.permissions.is_empty() || !defs.topic_permissions.is_empty() {
+    import_access(api, defs, only_vhost, &mut report);
+    if !defs.topic_permissions.is_empty() {
         report.skipped.push(format!(
-            "{} permission(s): permissions come from the config file ([[permissions]])",
-            defs.permissions.len() + defs.topic_permissions.len()
-        ));
-    }
-    if !defs.policies.is_empty() {
-        report.skipped.push(format!(
-            "{} policy(ies): lockgate has no policies, use queue x- arguments",
-            defs.policies.len()
+            "{} topic permission(s): not supported",
+            defs.topic_permissions.len()
         ));
     }
     if !defs.parameters.is_empty() || !defs.global_parameters.is_empty() {
@@ -288,8 +271,131 @@ fn apply(api: &Api, defs: &Definitions, only_vhost: Option<&str>) -> ApiResult<R
     Ok(report)
 }
 
+/// Users, permissions and policies, stored. Entries the config file defines, and entries
+/// that do not validate, are skipped with the reason.
+fn import_access(api: &Api, defs: &Definitions, only_vhost: Option<&str>, report: &mut Report) {
+    // An entry that does not validate (a hash lockgate cannot read, a bad pattern) is
+    // skipped with its reason; the rest of the file still imports.
+    fn keep<T>(skipped: &mut Vec<String>, result: Result<T, String>) -> Option<T> {
+        result.map_err(|reason| skipped.push(reason)).ok()
+    }
+    let users: Vec<_> = defs
+        .users
+        .iter()
+        .filter_map(|u| keep(&mut report.skipped, stored::user_from_json(u)))
+        .collect();
+    let permissions: Vec<_> = defs
+        .permissions
+        .iter()
+        .filter_map(|p| {
+            let mut p = p.clone();
+            if let (Some(v), Value::Object(map)) = (only_vhost, &mut p) {
+                map.insert("vhost".into(), json!(v));
+            }
+            keep(&mut report.skipped, stored::permission_from_json(&p))
+        })
+        .collect();
+    let policies: Vec<_> = defs
+        .policies
+        .iter()
+        .filter_map(|p| {
+            let vhost = only_vhost.or_else(|| p["vhost"].as_str()).unwrap_or("/");
+            let name = p["name"].as_str().unwrap_or_default();
+            keep(
+                &mut report.skipped,
+                stored::policy_from_json(vhost, name, p).map(|policy| (vhost.to_owned(), policy)),
+            )
+        })
+        .collect();
+    let store = api.ctx.broker.store();
+    let access = &api.ctx.permissions;
+    for user in users {
+        let name = user.name.clone();
+        let kept = user.clone();
+        match access.change_stored(
+            |c| {
+                c.users
+                    .contains_key(&name)
+                    .then(|| format!("user '{name}'"))
+            },
+            |layer| layer.users.insert(kept.name.clone(), kept),
+        ) {
+            Ok(_) => {
+                report.users += 1;
+                if let Some(store) = store {
+                    drop(stored::put_user(store, &user));
+                }
+            }
+            Err(e) => report
+                .skipped
+                .push(format!("{}: defined in the config file", e.0)),
+        }
+    }
+    for p in permissions {
+        if access.user(&p.user).is_none() {
+            report.skipped.push(format!(
+                "permissions of '{}' in vhost '{}': no such user",
+                p.user, p.vhost
+            ));
+            continue;
+        }
+        let key = (p.user.clone(), p.vhost.clone());
+        let kept = p.clone();
+        match access.change_stored(
+            |c| {
+                c.permissions
+                    .contains_key(&key)
+                    .then(|| format!("permissions of '{}' in vhost '{}'", key.0, key.1))
+            },
+            |layer| layer.permissions.insert(key.clone(), kept),
+        ) {
+            Ok(_) => {
+                report.permissions += 1;
+                if let Some(store) = store {
+                    drop(stored::put_permission(store, &p));
+                }
+            }
+            Err(e) => report
+                .skipped
+                .push(format!("{}: defined in the config file", e.0)),
+        }
+    }
+    for (vhost, policy) in policies {
+        let key = (vhost.clone(), policy.name.clone());
+        let kept = policy.clone();
+        match access.change_stored(
+            |c| {
+                c.policies
+                    .contains_key(&key)
+                    .then(|| format!("policy '{}' in vhost '{}'", key.1, key.0))
+            },
+            |layer| layer.policies.insert(key.clone(), kept),
+        ) {
+            Ok(_) => {
+                report.policies += 1;
+                let ignored = policy.ignored_keys();
+                if !ignored.is_empty() {
+                    report.skipped.push(format!(
+                        "policy '{}': key(s) {} accepted but without effect in lockgate",
+                        policy.name,
+                        ignored.join(", ")
+                    ));
+                }
+                if let Some(store) = store {
+                    drop(stored::put_policy(store, &vhost, &policy));
+                }
+            }
+            Err(e) => report
+                .skipped
+                .push(format!("{}: defined in the config file", e.0)),
+        }
+    }
+}
+
 async fn import_into(api: &Api, defs: Definitions, vhost: Option<&str>) -> ApiResult<Json<Value>> {
     let report = apply(api, &defs, vhost)?;
+    // Policies apply to the queues just declared and to those that existed.
+    api.ctx.permissions.push_policies(&api.ctx.broker);
     for v in api.vhosts(vhost)? {
         sync(&v).await?;
     }
@@ -304,6 +410,8 @@ async fn import_into(api: &Api, defs: Definitions, vhost: Option<&str>) -> ApiRe
     }
     Ok(Json(json!({
         "imported": {
+            "users": report.users, "permissions": report.permissions,
+            "policies": report.policies,
             "vhosts": report.vhosts, "exchanges": report.exchanges,
             "queues": report.queues, "bindings": report.bindings,
         },
@@ -328,22 +436,4 @@ pub async fn import_vhost(
 ) -> ApiResult<Json<Value>> {
     api.vhost(&vhost)?;
     import_into(&api, defs, Some(&vhost)).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn password_hash_is_rabbitmq_sha256() {
-        let hash = password_hash("guest", "guest");
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(&hash)
-            .unwrap();
-        assert_eq!(raw.len(), 36);
-        let mut hasher = Sha256::new();
-        hasher.update(&raw[..4]);
-        hasher.update(b"guest");
-        assert_eq!(&raw[4..], hasher.finalize().as_slice());
-    }
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::Signal;
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -154,27 +153,23 @@ impl Acceptor {
 /// A listener's certificate that SIGHUP reloads, with the listener's name for the log.
 pub type Reloadable = (&'static str, Arc<Acceptor>);
 
-/// The one SIGHUP handler: on each SIGHUP received by `hangup`, reloads every certificate in
-/// `certificates` (AMQPS and management), logging one line per certificate, or that there is
-/// none. `hangup` is registered at startup, so a SIGHUP never ends the process.
-pub fn reload_on_sighup(mut hangup: Signal, certificates: Vec<Reloadable>) {
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            if certificates.is_empty() {
-                info!("SIGHUP: no TLS certificate to reload");
-            }
-            for (listener, acceptor) in &certificates {
-                match acceptor.reload() {
-                    Ok(()) => info!(listener, "SIGHUP: TLS certificate reloaded"),
-                    Err(e) => error!(
-                        listener,
-                        error = format!("{e:#}"),
-                        "SIGHUP: TLS certificate reload failed, keeping the previous one"
-                    ),
-                }
-            }
+/// Reloads every certificate in `certificates` (AMQPS and management), logging one line per
+/// certificate, or that there is none. Called by the one SIGHUP handler
+/// (`apply::reload_on_sighup`), after the config file.
+pub fn reload_certificates(certificates: &[Reloadable]) {
+    if certificates.is_empty() {
+        info!("SIGHUP: no TLS certificate to reload");
+    }
+    for (listener, acceptor) in certificates {
+        match acceptor.reload() {
+            Ok(()) => info!(listener, "SIGHUP: TLS certificate reloaded"),
+            Err(e) => error!(
+                listener,
+                error = format!("{e:#}"),
+                "SIGHUP: TLS certificate reload failed, keeping the previous one"
+            ),
         }
-    });
+    }
 }
 
 /// Binds the AMQPS listener.
