@@ -134,3 +134,37 @@ def test_dashboard_asks_for_login_without_credentials(env):
     browser.send("Page.reload")
     browser.wait_for("getComputedStyle(document.getElementById('login')).display === 'flex'")
     assert browser.eval("document.getElementById('refreshes').dataset.count") == "0"
+
+
+def test_queue_counters_shown_match_the_api(env):
+    """Expired, dead-lettered and ack-timeout counts per queue (lockgate's own counters)."""
+    proc, api, browser = env
+    source, target = unique("expiring"), unique("dead")
+    conn = proc.broker().connect()
+    try:
+        ch = conn.channel()
+        ch.queue_declare(target)
+        ch.queue_declare(source, arguments={"x-message-ttl": 100, "x-dead-letter-exchange": "",
+                                            "x-dead-letter-routing-key": target})
+        for i in range(2):
+            ch.basic_publish("", source, b"%d" % i)
+        eventually(lambda: api.get(f"/api/queues/%2F/{source}")["messages_dead_lettered"] == 2,
+                   timeout=10, message="two messages expired and dead-lettered")
+        # The earlier tests' tabs keep polling the broker: close them, then open a fresh one.
+        for tab in browser.send("Target.getTargets", session=False)["targetInfos"]:
+            if tab["type"] == "page":
+                browser.send("Target.closeTarget", {"targetId": tab["targetId"]}, session=False)
+        browser.open(f"{proc.http}/#user=guest&password=guest")
+        key = f"/|{source}"
+        shown = browser.wait_for(
+            f"(() => {{ const r = {ROWS_JS % 'queues'}; return r['{key}'] && "
+            f"r['{key}'].messages_dead_lettered === '2' ? r : null; }})()")
+        api_queue = api.get(f"/api/queues/%2F/{source}")
+        row = shown[key]
+        assert int(row["messages_expired"]) == api_queue["messages_expired"] == 2
+        assert int(row["messages_dead_lettered"]) == api_queue["messages_dead_lettered"] == 2
+        assert int(row["ack_timeout_redeliveries"]) == api_queue["ack_timeout_redeliveries"] == 0
+        assert shown[f"/|{target}"]["messages_ready"] == "2"
+        assert shown[f"/|{target}"]["messages_expired"] == "0"
+    finally:
+        conn.close()

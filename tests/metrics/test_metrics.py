@@ -152,6 +152,7 @@ def test_store_group_commit_metrics(server):
         assert value(samples, "lockgate_store_commit_ops_total") >= 3
         assert value(samples, "lockgate_store_max_batch_ops") >= 1
         assert value(samples, "lockgate_store_commit_seconds_total") > 0
+        assert value(samples, "lockgate_store_backpressure_waits_total") == 0
         ch.queue_delete(q)
     finally:
         conn.close()
@@ -225,3 +226,18 @@ def test_multiple_acks_count_every_message_while_deliveries_refill(server):
         assert value(after, "rabbitmq_queue_messages_unacked", vhost="/", queue=q) == 0
     finally:
         conn.close()
+
+
+def test_head_and_other_methods(server):
+    """Served by axum, the management API's HTTP stack: HEAD answers like GET without a body,
+    other methods get 405."""
+    _, url = server
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert r.read() == b""
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=5)
+    assert info.value.code == 405
+    samples, _ = scrape(url.replace("/metrics", "/metrics/per-object"))
+    assert ("rabbitmq_queues", frozenset()) in samples

@@ -9,18 +9,22 @@
 //!   queues, bindings, vhosts, users, permissions, policies, health);
 //! - `actions.rs`: declare, delete, bind, purge, publish, get, close connection;
 //! - `definitions.rs`: export and import in RabbitMQ's definitions format;
+//! - `access.rs`: users, permissions and policies (PUT/DELETE, stored in the store);
 //! - `rates.rs`: a sampler turning the broker's monotonic counters into rates every 5 s;
 //! - `tls.rs`: `[management.tls]`, HTTPS with the acceptor AMQPS uses (reloaded on SIGHUP);
 //! - `json.rs`: field tables and message properties as JSON;
+//! - `listing.rs`: RabbitMQ's list parameters (sort, columns, name filter, pagination);
 //! - `openapi.json` and `dashboard.html`, embedded (no build step).
 //!
 //! It runs on the server's tokio runtime but shares nothing with the AMQP path except the
 //! broker's read-only snapshots (short locks, never per message).
 
+mod access;
 mod actions;
 mod auth;
 mod definitions;
 mod json;
+mod listing;
 mod rates;
 mod read;
 pub mod registry;
@@ -233,11 +237,28 @@ fn router(api: Api) -> Router {
             get(read::vhost).put(actions::create_vhost),
         )
         .route("/users", get(read::users))
-        .route("/users/{name}", get(read::user))
+        .route(
+            "/users/{name}",
+            get(read::user)
+                .put(access::put_user)
+                .delete(access::delete_user),
+        )
         .route("/permissions", get(read::permissions))
         .route("/vhosts/{vhost}/permissions", get(read::vhost_permissions))
+        .route(
+            "/permissions/{vhost}/{user}",
+            get(access::permission)
+                .put(access::put_permission)
+                .delete(access::delete_permission),
+        )
         .route("/policies", get(read::policies))
-        .route("/policies/{vhost}", get(read::policies))
+        .route("/policies/{vhost}", get(read::vhost_policies))
+        .route(
+            "/policies/{vhost}/{name}",
+            get(access::policy)
+                .put(access::put_policy)
+                .delete(access::delete_policy),
+        )
         .route(
             "/definitions",
             get(definitions::export).post(definitions::import),
@@ -252,6 +273,7 @@ fn router(api: Api) -> Router {
         .route("/health/checks/virtual-hosts", get(read::health_vhosts))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .layer(middleware::from_fn(listing::apply))
         .layer(middleware::from_fn_with_state(api.clone(), auth::require));
     Router::new()
         .nest("/api", apis)

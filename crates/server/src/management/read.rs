@@ -1,7 +1,7 @@
 //! The GET endpoints, in RabbitMQ's JSON shapes. lockgate's additions to a shape are named
 //! `oldest_*_age_seconds` (queues, consumers, channels) and `memory` (overview).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,8 +94,11 @@ impl Api {
             "node": node_name(),
             "state": "running",
             "type": "classic",
-            "policy": Value::Null,
-            "effective_policy_definition": {},
+            "policy": queue.policy_name(),
+            "effective_policy_definition": queue
+                .policy_name()
+                .and_then(|name| vhost.policy(&name))
+                .map_or_else(|| json!({}), |p| table_to_json(&p.definition)),
             "messages": s.ready + s.unacked,
             "messages_details": rate(rates.messages),
             "messages_ready": s.ready,
@@ -115,6 +118,14 @@ impl Api {
             "message_stats": message_stats([s.published, s.delivered, s.acked, s.redelivered], rates),
             "oldest_ready_age_seconds": seconds(s.oldest_ready_age),
             "oldest_unacked_age_seconds": seconds(oldest_unacked.map(|t| t.elapsed())),
+            // Not in RabbitMQ's queue object (lockgate's own; the metrics have the same).
+            "messages_expired": s.expired,
+            "messages_dead_lettered": s.dead_lettered,
+            "messages_dropped_overflow": s.dropped_overflow,
+            "messages_rejected_overflow": s.rejected_overflow,
+            "ack_timeout_redeliveries": s.timeout_redelivered,
+            "messages_delivery_limit": s.delivery_limit_dropped,
+            "messages_deduplicated": s.dedup_dropped,
         })
     }
 
@@ -711,20 +722,7 @@ pub async fn vhost(State(api): State<Api>, Path(name): Path<String>) -> ApiResul
 
 /// The users, as RabbitMQ lists them (with a RabbitMQ-compatible password hash).
 pub(super) fn users_json(api: &Api) -> Vec<Value> {
-    api.ctx
-        .config
-        .users
-        .iter()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "password_hash": super::definitions::password_hash(&u.name, &u.password),
-                "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": u.tags,
-                "limits": u.max_connections.map_or_else(|| json!({}), |m| json!({"max-connections": m})),
-            })
-        })
-        .collect()
+    super::access::users_json(api)
 }
 
 /// `GET /api/users`.
@@ -744,24 +742,7 @@ pub async fn user(State(api): State<Api>, Path(name): Path<String>) -> ApiResult
 /// Effective permissions: `[[permissions]]` entries, and full access on each vhost a user
 /// lists without an entry.
 pub(super) fn permissions_json(api: &Api) -> Vec<Value> {
-    let config = &api.ctx.config;
-    let mut out: BTreeMap<(String, String), Value> = BTreeMap::new();
-    for u in &config.users {
-        for v in &u.vhosts {
-            out.insert(
-                (u.name.clone(), v.clone()),
-                json!({"user": u.name, "vhost": v, "configure": ".*", "write": ".*", "read": ".*"}),
-            );
-        }
-    }
-    for p in &config.permissions {
-        out.insert(
-            (p.user.clone(), p.vhost.clone()),
-            json!({"user": p.user, "vhost": p.vhost, "configure": p.configure,
-                   "write": p.write, "read": p.read}),
-        );
-    }
-    out.into_values().collect()
+    super::access::permissions_json(api)
 }
 
 /// `GET /api/permissions`.
@@ -785,8 +766,17 @@ pub async fn vhost_permissions(
 
 /// `GET /api/policies[/{vhost}]`: lockgate has no policies (queue behaviour comes from
 /// `x-` arguments), so the list is empty.
-pub async fn policies() -> Json<Vec<Value>> {
-    Json(Vec::new())
+pub async fn policies(State(api): State<Api>) -> Json<Vec<Value>> {
+    Json(super::access::policies_json(&api, None))
+}
+
+/// `GET /api/policies/{vhost}`.
+pub async fn vhost_policies(
+    State(api): State<Api>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<Vec<Value>>> {
+    api.vhost(&vhost)?;
+    Ok(Json(super::access::policies_json(&api, Some(&vhost))))
 }
 
 fn health(ok: bool, reason: &str, extra: Value) -> Response {

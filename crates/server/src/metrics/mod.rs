@@ -21,16 +21,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use tokio::net::TcpListener;
-use tracing::{debug, info};
+use tracing::{error, info};
 
 pub use self::config::MetricsConfig;
 pub use self::counters::{Counter, GlobalCounters};
@@ -56,58 +53,41 @@ pub async fn bind(config: &MetricsConfig) -> anyhow::Result<Option<TcpListener>>
     Ok(Some(listener))
 }
 
-/// Serves `/metrics` until shutdown.
+/// Serves `/metrics` until shutdown, with the HTTP stack the management API uses (axum).
 pub async fn serve(ctx: Arc<ServerContext>, listener: TcpListener) {
     if let Ok(addr) = listener.local_addr() {
         // Not the word the AMQP listener's line uses: harnesses match that one.
         info!(metrics_addr = %addr, "serving Prometheus metrics");
     }
-    loop {
-        let accepted = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                debug!(error = %e, "metrics accept failed");
-                continue;
-            }
-        };
-        let ctx = Arc::clone(&ctx);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let ctx = Arc::clone(&ctx);
-                async move { Ok::<_, std::convert::Infallible>(respond(&ctx, &request)) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(error = %e, %peer, "metrics connection ended with an error");
-            }
-        });
+    let shutdown = ctx.shutdown.clone();
+    let served = axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        error!(error = %e, "metrics listener stopped");
     }
 }
 
-fn respond(ctx: &ServerContext, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = request.uri().path();
-    let (status, body) = match (request.method(), path) {
-        (&Method::GET | &Method::HEAD, "/metrics" | "/metrics/per-object") => {
-            (StatusCode::OK, render::render(ctx))
-        }
-        (&Method::GET | &Method::HEAD, _) => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-        _ => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n".to_owned(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
-    response
+/// `GET` (and `HEAD`) `/metrics` and `/metrics/per-object` (the same: every metric is per
+/// object already); 404 elsewhere, 405 for other methods.
+fn router(ctx: Arc<ServerContext>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/metrics/per-object", get(metrics))
+        .fallback(not_found)
+        .with_state(ctx)
+}
+
+async fn metrics(State(ctx): State<Arc<ServerContext>>) -> Response {
+    text(StatusCode::OK, render::render(&ctx))
+}
+
+async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "not found\n".to_owned())
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, CONTENT_TYPE_TEXT)], body).into_response()
 }
 
 /// Starts serving when enabled: binds first so a bad address fails at startup.

@@ -67,6 +67,13 @@ struct QueueRow {
     delivered: u64,
     redelivered: u64,
     acked: u64,
+    expired: u64,
+    dead_lettered: u64,
+    dropped_overflow: u64,
+    rejected_overflow: u64,
+    timeout_redelivered: u64,
+    delivery_limit_dropped: u64,
+    dedup_dropped: u64,
 }
 
 fn queue_rows(ctx: &ServerContext) -> Vec<QueueRow> {
@@ -94,6 +101,13 @@ fn queue_rows(ctx: &ServerContext) -> Vec<QueueRow> {
                 delivered: s.delivered,
                 redelivered: s.redelivered,
                 acked: s.acked,
+                expired: s.expired,
+                dead_lettered: s.dead_lettered,
+                dropped_overflow: s.dropped_overflow,
+                rejected_overflow: s.rejected_overflow,
+                timeout_redelivered: s.timeout_redelivered,
+                delivery_limit_dropped: s.delivery_limit_dropped,
+                dedup_dropped: s.dedup_dropped,
             });
         }
     }
@@ -187,7 +201,7 @@ pub fn render(ctx: &ServerContext) -> String {
     );
 
     type Column = fn(&QueueRow) -> String;
-    let per_queue: [(&str, &str, &str, Column); 11] = [
+    let per_queue: [(&str, &str, &str, Column); 18] = [
         (
             "rabbitmq_queue_messages_ready",
             "gauge",
@@ -254,6 +268,48 @@ pub fn render(ctx: &ServerContext) -> String {
             "Deliveries from the queue settled without requeue",
             |r| r.acked.to_string(),
         ),
+        (
+            "lockgate_queue_messages_expired_total",
+            "counter",
+            "Messages removed from the queue because their TTL passed (dead-lettered or dropped)",
+            |r| r.expired.to_string(),
+        ),
+        (
+            "lockgate_queue_messages_dead_lettered_total",
+            "counter",
+            "Messages the queue's dead-letter exchange routed to a queue, for any reason",
+            |r| r.dead_lettered.to_string(),
+        ),
+        (
+            "lockgate_queue_messages_dropped_overflow_total",
+            "counter",
+            "Messages dropped from the head by x-max-length / x-max-length-bytes (drop-head)",
+            |r| r.dropped_overflow.to_string(),
+        ),
+        (
+            "lockgate_queue_messages_rejected_overflow_total",
+            "counter",
+            "Publishes refused because the queue was full (reject-publish, reject-publish-dlx)",
+            |r| r.rejected_overflow.to_string(),
+        ),
+        (
+            "lockgate_queue_ack_timeout_redeliveries_total",
+            "counter",
+            "Deliveries taken back because the consumer did not acknowledge within x-consumer-timeout",
+            |r| r.timeout_redelivered.to_string(),
+        ),
+        (
+            "lockgate_queue_messages_delivery_limit_total",
+            "counter",
+            "Messages dead-lettered or dropped for passing x-delivery-limit",
+            |r| r.delivery_limit_dropped.to_string(),
+        ),
+        (
+            "lockgate_queue_messages_deduplicated_total",
+            "counter",
+            "Publishes not enqueued because their message-id was already in the deduplication window",
+            |r| r.dedup_dropped.to_string(),
+        ),
     ];
     for (name, kind, help, column) in per_queue {
         e.family(name, kind, help);
@@ -294,8 +350,8 @@ pub fn render(ctx: &ServerContext) -> String {
     e.single(
         "lockgate_ack_timeout_redeliveries_total",
         "counter",
-        "Deliveries requeued because the consumer did not acknowledge in time",
-        0,
+        "Deliveries taken back because the consumer did not acknowledge in time (queues that exist)",
+        rows.iter().map(|r| r.timeout_redelivered).sum::<u64>(),
     );
 
     if let Some(rss) = resident_memory() {
@@ -396,6 +452,12 @@ pub fn render(ctx: &ServerContext) -> String {
             "gauge",
             "Longest apply + flush time of a group commit",
             m.max_commit_time.as_secs_f64(),
+        );
+        e.single(
+            "lockgate_store_backpressure_waits_total",
+            "counter",
+            "Publishes that waited because the store writer had 64 MiB of records queued",
+            m.backpressure_waits,
         );
         if let Ok(size) = store.size_on_disk() {
             e.single(
