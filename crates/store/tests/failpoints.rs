@@ -63,7 +63,7 @@ fn failed_apply_writes_nothing_of_the_batch() {
 #[test]
 fn publishes_wait_while_the_writer_is_behind() {
     use std::sync::mpsc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use lockgate_store::{Store, StoreConfig};
 
@@ -76,38 +76,44 @@ fn publishes_wait_while_the_writer_is_behind() {
     let (queue, c) = store.put_queue(b"q", b"");
     c.wait_blocking().expect("commit");
     failpoints::arm(failpoints::STALL, dir.path());
-    // 16 records of 4 KiB (+ header) fill the 64 KiB allowance.
-    let mut commits: Vec<_> = (0..16)
-        .map(|seq| {
-            store
-                .publish(header(seq), body(seq, 4096), &[(queue, seq)])
-                .1
-        })
-        .collect();
+    // 20 records of 4 KiB overflow the 64 KiB allowance even if the writer took the first
+    // one before it stalled; they are published from another thread, which must wait.
     let (done, finished) = mpsc::channel();
-    let blocked = {
+    let publisher = {
         let store = store.clone();
         std::thread::spawn(move || {
-            let (_, c) = store.publish(header(16), body(16, 4096), &[(queue, 16)]);
+            let commits: Vec<_> = (0..20)
+                .map(|seq| {
+                    store
+                        .publish(header(seq), body(seq, 4096), &[(queue, seq)])
+                        .1
+                })
+                .collect();
             done.send(()).expect("send");
-            c
+            commits
         })
     };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.metrics().backpressure_waits == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no publish waited for the writer"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(
-        finished.recv_timeout(Duration::from_millis(300)).is_err(),
-        "the 17th publish did not wait"
+        finished.try_recv().is_err(),
+        "the publisher finished while the writer was stalled"
     );
     // Barriers are not held back by the backpressure (they are just not durable yet).
     let barrier = store.sync();
-    assert_eq!(store.metrics().backpressure_waits, 1);
     failpoints::disarm(failpoints::STALL, dir.path());
     finished
         .recv_timeout(Duration::from_secs(10))
         .expect("released once the writer took the queue");
-    commits.push(blocked.join().expect("thread"));
-    for c in commits {
+    for c in publisher.join().expect("thread") {
         c.wait_blocking().expect("commit");
     }
     barrier.wait_blocking().expect("barrier");
-    assert_eq!(seqs(&store, queue), (0..17).collect::<Vec<_>>());
+    assert_eq!(seqs(&store, queue), (0..20).collect::<Vec<_>>());
 }
