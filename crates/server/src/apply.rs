@@ -408,7 +408,7 @@ pub fn plan(new: &Config, old: &Config, broker: &Broker) -> anyhow::Result<Plan>
                         e.durable(),
                         e.auto_delete(),
                         e.exclusive_owner().is_some(),
-                        crate::stored::table_to_json(e.raw_arguments())
+                        crate::management::json::table_to_json(e.raw_arguments())
                     );
                 }
             }

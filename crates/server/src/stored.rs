@@ -9,14 +9,13 @@
 //! | `DefinitionKind::Permission` | vhost NUL user | `{"user", "vhost", "configure", "write", "read"}` |
 //! | `DefinitionKind::Policy` | vhost NUL name | `{"vhost", "name", "pattern", "apply-to", "priority", "definition"}` |
 
-use bytes::Bytes;
 use lockgate_broker::{ApplyTo, Policy};
 use lockgate_store::{Commit, Definition, DefinitionKind, Store};
-use lockgate_wire::{FieldTable, FieldValue};
-use serde_json::{json, Map, Number, Value};
+use serde_json::{json, Value};
 use tracing::warn;
 
 use crate::auth::{HashingAlgorithm, PasswordHash};
+use crate::management::json::{json_to_table, table_to_json};
 use crate::permissions::{Layer, PermissionConfig, UserEntry};
 
 fn pair_key(a: &str, b: &str) -> Vec<u8> {
@@ -24,68 +23,6 @@ fn pair_key(a: &str, b: &str) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(b.as_bytes());
     key
-}
-
-/// A field table as JSON (`long` and friends as numbers, `longstr` as strings).
-pub fn table_to_json(table: &FieldTable) -> Value {
-    Value::Object(
-        table
-            .iter()
-            .map(|(k, v)| (k.clone(), value_to_json(v)))
-            .collect::<Map<_, _>>(),
-    )
-}
-
-fn value_to_json(value: &FieldValue) -> Value {
-    match value {
-        FieldValue::Bool(b) => json!(b),
-        FieldValue::I8(v) => json!(v),
-        FieldValue::U8(v) => json!(v),
-        FieldValue::I16(v) => json!(v),
-        FieldValue::U16(v) => json!(v),
-        FieldValue::I32(v) => json!(v),
-        FieldValue::U32(v) => json!(v),
-        FieldValue::I64(v) => json!(v),
-        FieldValue::Timestamp(v) => json!(v),
-        FieldValue::F32(v) => json!(v),
-        FieldValue::F64(v) => json!(v),
-        FieldValue::LongString(b) | FieldValue::ByteArray(b) => {
-            json!(String::from_utf8_lossy(b))
-        }
-        FieldValue::Array(items) => Value::Array(items.iter().map(value_to_json).collect()),
-        FieldValue::Table(t) => table_to_json(t),
-        FieldValue::Decimal(d) => json!(d.value),
-        FieldValue::Void => Value::Null,
-    }
-}
-
-/// JSON as a field table: integers are `long`, strings `longstr`.
-pub fn json_to_table(value: &Value) -> FieldTable {
-    match value {
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
-            .collect(),
-        _ => FieldTable::default(),
-    }
-}
-
-fn json_to_value(value: &Value) -> FieldValue {
-    match value {
-        Value::Null => FieldValue::Void,
-        Value::Bool(b) => FieldValue::Bool(*b),
-        Value::Number(n) => number(n),
-        Value::String(s) => FieldValue::LongString(Bytes::copy_from_slice(s.as_bytes())),
-        Value::Array(items) => FieldValue::Array(items.iter().map(json_to_value).collect()),
-        Value::Object(_) => FieldValue::Table(json_to_table(value)),
-    }
-}
-
-fn number(n: &Number) -> FieldValue {
-    match n.as_i64() {
-        Some(i) => FieldValue::I64(i),
-        None => FieldValue::F64(n.as_f64().unwrap_or(0.0)),
-    }
 }
 
 /// A user in RabbitMQ's definitions shape.
@@ -310,6 +247,8 @@ pub fn remove_policy(store: &Store, vhost: &str, name: &str) -> Commit {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     fn def(kind: DefinitionKind, value: &Value) -> Definition {

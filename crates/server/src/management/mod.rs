@@ -23,7 +23,7 @@ mod access;
 mod actions;
 mod auth;
 mod definitions;
-mod json;
+pub(crate) mod json;
 mod listing;
 mod rates;
 mod read;
