@@ -18,6 +18,9 @@ pub const STALL: &str = "stall";
 
 static ARMED: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
 
+/// Stores whose writer is held by [`STALL`] right now.
+static STALLED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
 /// Arms failpoint `name` for the store at `path` until [`disarm`].
 pub fn arm(name: &'static str, path: &Path) {
     let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
@@ -28,6 +31,30 @@ pub fn arm(name: &'static str, path: &Path) {
 pub fn disarm(name: &'static str, path: &Path) {
     let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
     armed.retain(|(n, p)| !(*n == name && p == path));
+}
+
+/// True while the writer of the store at `path` is held by [`STALL`] (it takes nothing).
+pub fn stalled(path: &Path) -> bool {
+    let stalled = STALLED.lock().unwrap_or_else(|e| e.into_inner());
+    stalled.iter().any(|p| p == path)
+}
+
+/// Holds the calling writer while [`STALL`] is armed for `path`.
+pub(crate) fn stall(path: &Path) {
+    if !armed(STALL, path) {
+        return;
+    }
+    STALLED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(path.to_path_buf());
+    while armed(STALL, path) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    STALLED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| p != path);
 }
 
 pub(crate) fn armed(name: &'static str, path: &Path) -> bool {

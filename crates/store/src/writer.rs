@@ -393,9 +393,7 @@ impl Writer {
     pub(crate) fn run(mut self) {
         loop {
             #[cfg(feature = "failpoints")]
-            while crate::failpoints::armed(crate::failpoints::STALL, &self.shared.path) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            crate::failpoints::stall(&self.shared.path);
             let (ops, ticket) = {
                 let mut pending = lock(&self.shared.pending);
                 while pending.ops.is_empty() && !pending.closing {

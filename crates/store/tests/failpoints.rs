@@ -76,8 +76,15 @@ fn publishes_wait_while_the_writer_is_behind() {
     let (queue, c) = store.put_queue(b"q", b"");
     c.wait_blocking().expect("commit");
     failpoints::arm(failpoints::STALL, dir.path());
-    // 20 records of 4 KiB overflow the 64 KiB allowance even if the writer took the first
-    // one before it stalled; they are published from another thread, which must wait.
+    // A barrier wakes the writer, which then stalls before taking anything more.
+    drop(store.sync());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !failpoints::stalled(dir.path()) {
+        assert!(Instant::now() < deadline, "the writer did not stall");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // 20 records of 4 KiB overflow the 64 KiB allowance; they are published from another
+    // thread, which must wait.
     let (done, finished) = mpsc::channel();
     let publisher = {
         let store = store.clone();
@@ -93,7 +100,6 @@ fn publishes_wait_while_the_writer_is_behind() {
             commits
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
     while store.metrics().backpressure_waits == 0 {
         assert!(
             Instant::now() < deadline,
