@@ -697,19 +697,10 @@ impl Drop for Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::Discard;
     use crate::{Broker, BrokerConfig, QueueFlags};
     use bytes::Bytes;
     use lockgate_wire::{BasicProperties, ContentHeader, FieldValue};
-
-    struct Discard;
-
-    impl DeliverySink for Discard {
-        fn deliver(&self, _: Delivery) -> Result<(), SinkClosed> {
-            Ok(())
-        }
-
-        fn consumer_cancelled(&self, _: &ConsumerTag) {}
-    }
 
     #[test]
     fn acked_deliveries_do_not_keep_their_timeout_deadlines() {

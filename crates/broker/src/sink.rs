@@ -71,3 +71,16 @@ pub trait DeliverySink: Send + Sync {
         let _ = (delivery_tag, timeout_ms);
     }
 }
+
+/// A sink that accepts every delivery and drops it (unit tests that only count).
+#[cfg(test)]
+pub(crate) struct Discard;
+
+#[cfg(test)]
+impl DeliverySink for Discard {
+    fn deliver(&self, _: Delivery) -> Result<(), SinkClosed> {
+        Ok(())
+    }
+
+    fn consumer_cancelled(&self, _: &ConsumerTag) {}
+}

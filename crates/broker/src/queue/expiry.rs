@@ -215,22 +215,10 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::{Delivery, DeliverySink, SinkClosed};
-    use crate::{
-        Broker, BrokerConfig, Channel, ChannelId, ConnectionId, ConsumerTag, Message, QueueFlags,
-    };
+    use crate::sink::Discard;
+    use crate::{Broker, BrokerConfig, Channel, ChannelId, ConnectionId, Message, QueueFlags};
     use bytes::Bytes;
     use lockgate_wire::{BasicProperties, ContentHeader, FieldTable, FieldValue};
-
-    struct Discard;
-
-    impl DeliverySink for Discard {
-        fn deliver(&self, _: Delivery) -> Result<(), SinkClosed> {
-            Ok(())
-        }
-
-        fn consumer_cancelled(&self, _: &ConsumerTag) {}
-    }
 
     #[test]
     fn a_backlog_expires_in_batches() {
