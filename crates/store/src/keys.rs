@@ -15,7 +15,8 @@ pub(crate) const COMMIT_SEQ: &[u8] = b"S";
 pub(crate) const NEXT_MESSAGE_ID: &[u8] = b"N";
 /// `M` + message id: a persistent message record.
 pub(crate) const MESSAGE: u8 = b'M';
-/// `Q` + queue id + seq: a queue index entry, value = message id.
+/// `Q` + queue id + seq: a queue index entry. Its value is the u64 message id, followed by
+/// the record's first part when the queue is the message's only holder (see [`decode_index`]).
 pub(crate) const INDEX: u8 = b'Q';
 /// `P` + message id + u32 part: part 1, 2, ... of a message record longer than
 /// [`RECORD_PART`] (the `M` value holds its first part). Format 2; format 1 stores have none.
@@ -32,6 +33,10 @@ pub(crate) const DELIVERED: u8 = b'W';
 pub(crate) const META_FORMAT: &[u8] = b"format";
 /// Meta tree: 1 after a clean close, 0 while open.
 pub(crate) const META_CLEAN: &[u8] = b"clean";
+/// Meta tree: message ids below this value (u64) were written by format 1 or 2, which kept
+/// every record under `M`, also that of a message held by one queue. Written when such a
+/// store is upgraded; absent in a store created by format 3.
+pub(crate) const META_LEGACY_BELOW: &[u8] = b"legacy-below";
 
 pub(crate) fn definition(kind: u8, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + key.len());
@@ -118,10 +123,35 @@ pub(crate) fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 /// A message record: `header length (u32) + header + body`.
 pub(crate) fn encode_record(header: &[u8], body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + header.len() + body.len());
-    v.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    v.extend_from_slice(header);
-    v.extend_from_slice(body);
+    encode_record_into(&mut v, header, body);
     v
+}
+
+/// Appends a message record (see [`encode_record`]) to `dst`.
+pub(crate) fn encode_record_into(dst: &mut Vec<u8>, header: &[u8], body: &[u8]) {
+    dst.reserve(4 + header.len() + body.len());
+    dst.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    dst.extend_from_slice(header);
+    dst.extend_from_slice(body);
+}
+
+/// An index entry's value, decoded.
+pub(crate) struct IndexValue<'a> {
+    /// The message.
+    pub(crate) message: MessageId,
+    /// The record's first part (up to [`RECORD_PART`] - 8 bytes, the rest under [`part`]
+    /// keys) when the entry holds the record itself: the queue is the message's only
+    /// holder. `None`: the record is under [`message`] (held by several queues, or written
+    /// by format 1 or 2).
+    pub(crate) inline: Option<&'a [u8]>,
+}
+
+/// Decodes an index entry's value: 8 bytes of message id, then the record's first part if
+/// the entry holds it (a record is at least 4 bytes, so the two layouts never collide).
+pub(crate) fn decode_index(value: &[u8]) -> Option<IndexValue<'_>> {
+    let message = MessageId(u64_at(value, 0)?);
+    let inline = (value.len() > 8).then(|| &value[8..]);
+    Some(IndexValue { message, inline })
 }
 
 /// Splits a record into header and body without copying; `None` when malformed.
@@ -146,6 +176,19 @@ mod tests {
         let c = index(QueueId(2), 0);
         assert!(a < b && b < c);
         assert_eq!(u64_at(&b, 9), Some(256));
+    }
+
+    #[test]
+    fn index_values_tell_pointers_from_inline_records() {
+        let raw = 7u64.to_be_bytes();
+        let pointer = decode_index(&raw).expect("pointer");
+        assert_eq!((pointer.message, pointer.inline), (MessageId(7), None));
+        let mut value = 9u64.to_be_bytes().to_vec();
+        encode_record_into(&mut value, b"h", b"body");
+        let inline = decode_index(&value).expect("inline");
+        assert_eq!(inline.message, MessageId(9));
+        assert_eq!(inline.inline, Some(&value[8..]));
+        assert!(decode_index(&[0, 1]).is_none());
     }
 
     #[test]

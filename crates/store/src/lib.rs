@@ -20,29 +20,38 @@
 //! # On disk
 //!
 //! A directory holding sled's files (`conf`, `db`, `blobs/`, `snap.*`) and
-//! [`VERSION_FILE`] (`lockgate-store format 2` / `committed N`, see Integrity). Three sled
+//! [`VERSION_FILE`] (`lockgate-store format 3` / `committed N`, see Integrity). Three sled
 //! trees; integers are big-endian so byte order is numeric order:
 //!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `meta` | `format` | u32 format version |
 //! | `meta` | `clean` | 1 after a clean close, 0 while open |
+//! | `meta` | `legacy-below` | u64: lower message ids may be format 1/2 `M` records (upgraded stores only) |
 //! | `data` | `D` kind-tag broker-key | broker value (queues, tag `q`: u64 queue id + broker value) |
 //! | `data` | `I` | u64 next queue id |
 //! | `data` | `S` | u64 number of the latest committed batch |
 //! | `data` | `N` | u64 one past the highest message id written (ids are never reused) |
-//! | `data` | `M` message-id | u32 header length, header bytes, body: the first 4 KiB |
+//! | `data` | `Q` queue-id seq | the queue index: u64 message id, then, for a message held by this queue only, its record's first 4 KiB - 8 (format 3) |
+//! | `data` | `M` message-id | the record of a message held by several queues: its first 4 KiB |
 //! | `data` | `P` message-id u32-part | the record's next 4 KiB, for part 1, 2, ... (format 2) |
-//! | `data` | `Q` queue-id seq | u64 message id (the queue index) |
-//! | `data` | `R` message-id | u32 reference count, only while > 1 queue holds the message |
+//! | `data` | `R` message-id | u32 reference count of an `M` record (queues still holding it) |
 //! | `data` | `C` queue-id | u64 number of the queue's index entries (read at startup) |
 //! | `data` | `W` queue-id | u64 highest delivered seq (redelivered watermark) |
 //! | `spill` | queue-id seq | u32 header length, header bytes, body (transient only): its first 4 KiB |
 //! | `spill` | queue-id seq u32-part | the record's next 4 KiB, for part 1, 2, ... |
 //!
-//! Definitions and messages share the `data` tree so that every write is one atomic sled
-//! batch (a message record lands with its index entries, count and reference count, or not
-//! at all), and sled recovers its log as a prefix, in order.
+//! A record is `u32 header length, header bytes, body`. Definitions and messages share the
+//! `data` tree so that every write is one atomic sled batch (a message record lands with its
+//! index entries, count and reference count, or not at all), and sled recovers its log as a
+//! prefix, in order.
+//!
+//! Format 3 stores a message held by one queue in its index entry: one sled insert when it
+//! is published and one remove when it is acked (format 2 wrote an `M` record and an index
+//! entry pointing to it, and removed both). An index value of exactly 8 bytes points to an
+//! `M` record, a longer one holds the record. Format 1 and 2 stores are upgraded in place
+//! when opened: their records stay as they are until acked, and `legacy-below` tells the
+//! writer which ids may still have a single-queue `M` record to remove with their entry.
 //!
 //! # Durability: group commit
 //!
@@ -51,7 +60,9 @@
 //! sled's memory use explodes with one huge batch), calls `flush` (fsync) once and
 //! completes their [`Commit`]s together. A publisher confirm is sent after its commit
 //! completes, so a confirmed message survives `kill -9`. Removes (acks) go through the same
-//! writer: once a remove's commit completes, the message never comes back.
+//! writer: once a remove's commit completes, the message never comes back. A message copy
+//! removed in the same group that published it is written neither way (it was acked before
+//! it was ever durable; [`StoreMetrics::acked_unwritten`] counts them).
 //!
 //! # Integrity
 //!
@@ -65,14 +76,14 @@
 //!
 //! # Shared messages
 //!
-//! A message routed to N durable queues is one `M` record and N `Q` entries; an `R` count
-//! records N when N > 1 (the writer keeps the counts in memory and is the only writer, so
+//! A message routed to N > 1 durable queues is one `M` record, N `Q` entries pointing to it
+//! and an `R` count of N (the writer keeps the counts in memory and is the only writer, so
 //! no read-modify-write happens on the hot path). The record is removed with the last entry.
 //!
 //! # Redelivered after a restart
 //!
 //! Each queue has a delivered watermark (`W`): [`Store::mark_delivered`] keeps the highest
-//! delivered seq, written with the next batch (no extra fsync of its own). On recovery every
+//! delivered seq, written once per queue with the next batch (no extra fsync of its own). On recovery every
 //! message at or below the watermark comes back with redelivered = true; in a FIFO queue
 //! that is exactly the messages delivered and not acked (requeued ones included). With
 //! priorities or out-of-order delivery some never-delivered messages below the watermark
@@ -84,7 +95,7 @@
 //!
 //! Transient messages of a long queue are written to `spill` (no fsync) keyed by queue id +
 //! seq, and read back in order by [`Store::page_in`], which merges them with the queue's
-//! persistent messages (whose bodies are already in `M` and need no spilling). The whole
+//! persistent messages (whose bodies are already stored and need no spilling). The whole
 //! `spill` tree is cleared at startup: transient messages do not survive a restart.
 //! Records are split into 4 KiB parts (sled keeps tree nodes of large values in memory for
 //! good), and the spill calls flush the engine every 4 MiB of spill traffic (sled reclaims a

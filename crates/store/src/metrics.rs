@@ -14,6 +14,7 @@ pub(crate) struct Metrics {
     last_flush_nanos: AtomicU64,
     max_flush_nanos: AtomicU64,
     backpressure_waits: AtomicU64,
+    acked_unwritten: AtomicU64,
 }
 
 impl Metrics {
@@ -27,6 +28,10 @@ impl Metrics {
         self.flush_nanos_total.fetch_add(nanos, Ordering::Relaxed);
         self.last_flush_nanos.store(nanos, Ordering::Relaxed);
         self.max_flush_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_acked_unwritten(&self, copies: u64) {
+        self.acked_unwritten.fetch_add(copies, Ordering::Relaxed);
     }
 
     pub(crate) fn record_backpressure(&self) {
@@ -45,6 +50,7 @@ impl Metrics {
             last_commit_time: Duration::from_nanos(get(&self.last_flush_nanos)),
             max_commit_time: Duration::from_nanos(get(&self.max_flush_nanos)),
             backpressure_waits: get(&self.backpressure_waits),
+            acked_unwritten: get(&self.acked_unwritten),
         }
     }
 }
@@ -73,4 +79,7 @@ pub struct StoreMetrics {
     pub max_commit_time: Duration,
     /// Times a publish waited because `max_pending_bytes` of records were queued.
     pub backpressure_waits: u64,
+    /// Message copies removed (acked) in the same batch that published them: neither the
+    /// copy nor its removal was written.
+    pub acked_unwritten: u64,
 }

@@ -94,7 +94,7 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
     })?;
     let recorded = version::read(&path)?;
     if let Some(v) = recorded {
-        if v.format != FORMAT_VERSION && v.format != UPGRADABLE_FORMAT {
+        if v.format != FORMAT_VERSION && !UPGRADABLE_FORMATS.contains(&v.format) {
             return Err(StoreError::UnsupportedVersion {
                 path,
                 found: v.format,
@@ -113,9 +113,9 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
         move |e| StoreError::io(path, action, e)
     };
 
-    // True for a new store, and for a format 1 store (upgraded in place: format 2 only adds
-    // record parts, which a format 1 store has none of).
-    let write_format = match meta
+    // `Some(false)` for a new store, `Some(true)` for a format 1 or 2 store (upgraded in
+    // place: see FORMAT_VERSION), `None` for a current one.
+    let upgrade = match meta
         .get(keys::META_FORMAT)
         .map_err(io("reading the format"))?
     {
@@ -126,19 +126,19 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
                  or this is not a lockgate store",
             ));
         }
-        None => true,
+        None => Some(false),
         Some(raw) => {
             let found = <[u8; 4]>::try_from(raw.as_ref())
                 .map(u32::from_be_bytes)
                 .map_err(|_| StoreError::corrupt(&path, "the format record is malformed"))?;
-            if found != FORMAT_VERSION && found != UPGRADABLE_FORMAT {
+            if found != FORMAT_VERSION && !UPGRADABLE_FORMATS.contains(&found) {
                 return Err(StoreError::UnsupportedVersion {
                     path,
                     found,
                     supported: FORMAT_VERSION,
                 });
             }
-            found == UPGRADABLE_FORMAT
+            (found != FORMAT_VERSION).then_some(true)
         }
     };
     let commit_seq = data
@@ -161,11 +161,36 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
         }
     }
 
+    let last_record = data
+        .range(keys::message(MessageId(0))..=keys::message(MessageId(u64::MAX)))
+        .next_back()
+        .transpose()
+        .map_err(io("reading message ids"))?
+        .and_then(|(k, _)| keys::u64_at(&k, 1))
+        .map_or(1, |id| id + 1);
+    let recorded_next = data
+        .get(keys::NEXT_MESSAGE_ID)
+        .map_err(io("reading message ids"))?
+        .and_then(|v| keys::u64_at(&v, 0))
+        .unwrap_or(1);
+    // Ids of acked messages are never handed out again.
+    let next_message = last_record.max(recorded_next);
+
     // Every check passed: from here on the store is ours to change.
-    if write_format {
-        meta.insert(keys::META_FORMAT, &FORMAT_VERSION.to_be_bytes())
-            .map_err(io("writing the format"))?;
+    if let Some(legacy) = upgrade {
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::META_FORMAT, &FORMAT_VERSION.to_be_bytes());
+        if legacy {
+            // Every message an older format wrote has an id below this one.
+            batch.insert(keys::META_LEGACY_BELOW, &next_message.to_be_bytes());
+        }
+        meta.apply_batch(batch).map_err(io("writing the format"))?;
     }
+    let legacy_below = meta
+        .get(keys::META_LEGACY_BELOW)
+        .map_err(io("reading the format"))?
+        .and_then(|v| keys::u64_at(&v, 0))
+        .unwrap_or(0);
     let clean_shutdown = meta
         .get(keys::META_CLEAN)
         .map_err(io("reading the shutdown mark"))?
@@ -202,25 +227,12 @@ pub(crate) fn open(path: &Path, config: &StoreConfig) -> Result<Opened> {
         spilled_discarded,
         ..Recovery::default()
     };
+    writer.legacy_below = legacy_below;
+    writer.set_next_message(next_message);
     let (registry, next_queue) = recover_definitions(&path, &data, &mut recovery)?;
     recover_counters(&path, &data, &mut writer)?;
     recovery.orphans_removed = recover_queues(&path, &data, &mut writer, &mut recovery)?;
     db.flush().map_err(io("flushing"))?;
-    let last_record = data
-        .range(keys::message(MessageId(0))..=keys::message(MessageId(u64::MAX)))
-        .next_back()
-        .transpose()
-        .map_err(io("reading message ids"))?
-        .and_then(|(k, _)| keys::u64_at(&k, 1))
-        .map_or(1, |id| id + 1);
-    let recorded_next = data
-        .get(keys::NEXT_MESSAGE_ID)
-        .map_err(io("reading message ids"))?
-        .and_then(|v| keys::u64_at(&v, 0))
-        .unwrap_or(1);
-    // Ids of acked messages are never handed out again.
-    let next_message = last_record.max(recorded_next);
-    writer.next_message = next_message;
     let recovered_marks = writer.delivered.clone();
     Ok(Opened {
         path,
@@ -254,8 +266,8 @@ fn open_engine(path: &Path, config: &StoreConfig) -> Result<sled::Db> {
     }
 }
 
-/// The older format this build still opens (and upgrades to [`FORMAT_VERSION`]).
-const UPGRADABLE_FORMAT: u32 = 1;
+/// The older formats this build still opens (and upgrades to [`FORMAT_VERSION`]).
+const UPGRADABLE_FORMATS: [u32; 2] = [1, 2];
 
 /// Upper bound on the engine's page cache, whatever the configuration asks: its memory comes
 /// on top of the broker's memory budget (docs/durability.md, "the fixed overhead").
@@ -461,9 +473,8 @@ fn recover_queues(
     orphans.dedup();
     let mut removed = 0;
     for queue in orphans {
-        let mut batch = sled::Batch::default();
-        removed += writer.delete_queue_entries(queue, &mut batch)?;
-        data.apply_batch(batch).map_err(io)?;
+        removed += writer.delete_queue_entries(queue)?;
+        writer.apply_recovered()?;
     }
     Ok(removed)
 }

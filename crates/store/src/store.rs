@@ -15,7 +15,7 @@ use crate::ids::{DefinitionKind, MessageId, QueueId, StoredRef, QUEUE_KIND};
 use crate::keys;
 use crate::metrics::StoreMetrics;
 use crate::recovery::{self, Recovery, Registry};
-use crate::writer::{next_id, Commit, Op, Shared};
+use crate::writer::{next_id, Commit, Op, Shared, Targets};
 
 /// Bytes of spill writes and removals after which the spill calls flush the engine. sled
 /// 0.34 reclaims a segment only once its contents were flushed: between its own periodic
@@ -25,10 +25,12 @@ use crate::writer::{next_id, Commit, Op, Shared};
 const SPILL_FLUSH_BYTES: u64 = 4 << 20;
 
 /// The on-disk format this build writes. Bump it with any change to the key layout or record
-/// encoding; [`Store::open`] refuses any other version, except format 1 (message records in
-/// one value), which it reads and upgrades in place (format 2 adds the `P` parts of records
-/// longer than 4 KiB; a format 1 store simply has none).
-pub const FORMAT_VERSION: u32 = 2;
+/// encoding; [`Store::open`] refuses any other version, except formats 1 and 2, which it
+/// reads and upgrades in place: format 2 added the `P` parts of records longer than 4 KiB
+/// (a format 1 store simply has none), format 3 stores a message held by one queue in its
+/// index entry instead of under `M` (the `M` records of older stores are read and removed
+/// as they were written).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Tunables of the store.
 #[derive(Clone, Debug)]
@@ -308,12 +310,12 @@ impl Store {
         targets: &[(QueueId, u64)],
     ) -> (MessageId, Commit) {
         let id = MessageId(next_id(&self.inner.next_message));
-        let commit = self.inner.shared.submit([Op::Publish {
+        let commit = self.inner.shared.submit_publish(Op::Publish {
             id,
             header,
             body,
-            targets: targets.to_vec(),
-        }]);
+            targets: Targets::new(targets),
+        });
         (id, commit)
     }
 
@@ -343,7 +345,7 @@ impl Store {
     /// queue is kept (a watermark, written with the next batch); after a restart, messages
     /// at or below it come back redelivered. Nobody needs to wait on it.
     pub fn mark_delivered(&self, queue: QueueId, seq: u64) {
-        drop(self.inner.shared.submit([Op::Delivered { queue, seq }]));
+        self.inner.shared.mark_delivered(queue, seq);
     }
 
     /// A commit covering everything submitted so far (nothing new is written).
@@ -376,30 +378,79 @@ impl Store {
 
     // ----- reads -------------------------------------------------------------------------
 
-    /// Reads a persistent message record. Blocks (usually served from the page cache).
+    /// Reads the stored copy `stored` of a persistent message (`None` once it was removed).
+    /// Blocks (usually served from the page cache).
     ///
     /// # Errors
-    /// [`StoreError::Io`] on a read failure, [`StoreError::Corrupt`] on a malformed record.
-    pub fn read_message(&self, id: MessageId) -> Result<Option<MessageRecord>> {
+    /// [`StoreError::Io`] on a read failure, [`StoreError::Corrupt`] on a malformed record
+    /// or an index entry whose record is missing.
+    pub fn read_message(&self, stored: StoredRef) -> Result<Option<MessageRecord>> {
         let path = &self.inner.path;
-        let io = |e| StoreError::io(path, "reading a message", e);
-        let Some(first) = self.inner.data.get(keys::message(id)).map_err(io)? else {
-            return Ok(None);
-        };
-        let mut rest = self
+        let key = keys::index(stored.queue, stored.seq);
+        let Some(value) = self
             .inner
             .data
-            .range(keys::part(id, 1)..=keys::part(id, u32::MAX))
-            .peekable();
-        if rest.peek().is_none() {
-            return decode(path, first, || format!("message {}", id.0)).map(Some);
-        }
+            .get(key)
+            .map_err(|e| StoreError::io(path, "reading a message", e))?
+        else {
+            return Ok(None);
+        };
+        self.entry_record(stored.queue, stored.seq, &value)
+            .map(|(_, record)| Some(record))
+    }
+
+    /// The message of index entry `value` (at `queue`, `seq`) and its record.
+    fn entry_record(
+        &self,
+        queue: QueueId,
+        seq: u64,
+        value: &[u8],
+    ) -> Result<(MessageId, MessageRecord)> {
+        let path = &self.inner.path;
+        let entry = keys::decode_index(value).ok_or_else(|| {
+            StoreError::corrupt(
+                path,
+                format!("queue {} seq {seq}: short index entry", queue.0),
+            )
+        })?;
+        let id = entry.message;
+        let record = match entry.inline {
+            Some(first) => self.assemble(id, first, value.len())?,
+            None => {
+                let first = self
+                    .inner
+                    .data
+                    .get(keys::message(id))
+                    .map_err(|e| StoreError::io(path, "reading a message", e))?
+                    .ok_or_else(|| {
+                        StoreError::corrupt(
+                            path,
+                            format!(
+                                "queue {} seq {seq} points to missing message {}",
+                                queue.0, id.0
+                            ),
+                        )
+                    })?;
+                self.assemble(id, &first, first.len())?
+            }
+        };
+        Ok((id, record))
+    }
+
+    /// A record from its first part and the continuation parts of message `id`. Only a
+    /// record whose first value (`value_len` bytes) is a whole part has continuation parts.
+    fn assemble(&self, id: MessageId, first: &[u8], value_len: usize) -> Result<MessageRecord> {
+        let path = &self.inner.path;
         let mut raw = first.to_vec();
-        for part in rest {
-            raw.extend_from_slice(&part.map_err(io)?.1);
+        if value_len >= keys::RECORD_PART {
+            let parts = keys::part(id, 1)..=keys::part(id, u32::MAX);
+            for part in self.inner.data.range(parts) {
+                let (_, part) = part.map_err(|e| StoreError::io(path, "reading a message", e))?;
+                raw.extend_from_slice(&part);
+            }
         }
         keys::decode_record(Bytes::from(raw))
-            .map(|(header, body)| Some(MessageRecord { header, body }))
+            .map(|(header, body)| MessageRecord { header, body })
             .ok_or_else(|| StoreError::corrupt(path, format!("message {} is malformed", id.0)))
     }
 
@@ -505,16 +556,7 @@ impl Store {
                     break;
                 };
                 let seq = seq_of(&key, 9)?;
-                let id = MessageId(seq_of(&value, 0)?);
-                let record = self.read_message(id)?.ok_or_else(|| {
-                    StoreError::corrupt(
-                        path,
-                        format!(
-                            "queue {} seq {seq} points to missing message {}",
-                            queue.0, id.0
-                        ),
-                    )
-                })?;
+                let (id, record) = self.entry_record(queue, seq, &value)?;
                 out.push(PagedMessage {
                     seq,
                     message: Some(id),
@@ -721,10 +763,4 @@ impl Iterator for QueueIndex {
                 ),
         )
     }
-}
-
-fn decode(path: &Path, raw: sled::IVec, what: impl FnOnce() -> String) -> Result<MessageRecord> {
-    keys::decode_record(Bytes::copy_from_slice(&raw))
-        .map(|(header, body)| MessageRecord { header, body })
-        .ok_or_else(|| StoreError::corrupt(path, format!("{} is malformed", what())))
 }

@@ -1,7 +1,9 @@
 //! Crash test: a child process (this test binary re-executed) publishes persistent messages
 //! and acks some, printing each confirmed publish and each confirmed ack; the parent kills
 //! it with SIGKILL at a random moment, reopens the store and checks that every confirmed
-//! message is there, in order, with its body, and that no confirmed ack came back.
+//! message is there, in order, with its body, and that no confirmed ack came back. A third
+//! queue gets messages acked right after their publish (the writer usually drops such pairs
+//! unwritten): none whose ack was confirmed may come back either.
 
 mod common;
 
@@ -19,7 +21,7 @@ const CHILD_ENV: &str = "LOCKGATE_STORE_CRASH_CHILD";
 const CYCLES: usize = 5;
 const WINDOW: u64 = 16;
 
-fn queue_ids(store: &Store, recovery: &Recovery) -> (QueueId, QueueId) {
+fn queue_ids(store: &Store, recovery: &Recovery) -> (QueueId, QueueId, QueueId) {
     let find = |key: &[u8]| {
         recovery
             .queues
@@ -32,7 +34,7 @@ fn queue_ids(store: &Store, recovery: &Recovery) -> (QueueId, QueueId) {
                 id
             })
     };
-    (find(b"work"), find(b"audit"))
+    (find(b"work"), find(b"audit"), find(b"fleeting"))
 }
 
 /// The child: runs until killed. Not a test of its own (returns at once without the env).
@@ -42,13 +44,14 @@ fn crash_child() {
         return;
     };
     let (store, recovery) = open(Path::new(&dir));
-    let (work, audit) = queue_ids(&store, &recovery);
+    let (work, audit, fleeting) = queue_ids(&store, &recovery);
     let mut next = recovery
         .queues
         .iter()
         .map(|q| q.next_seq)
         .max()
         .unwrap_or(0);
+    let mut next_fleeting = next;
     let mut unacked: VecDeque<StoredRef> = store
         .queue_index(work)
         .map(|e| {
@@ -70,6 +73,18 @@ fn crash_child() {
             })
             .collect();
         next += WINDOW;
+        // Acked as soon as published, as by a consumer faster than the flush.
+        let fleeting_refs: Vec<_> = (next_fleeting..next_fleeting + WINDOW)
+            .map(|seq| StoredRef {
+                queue: fleeting,
+                seq,
+                message: store
+                    .publish(header(seq), body(seq, 700), &[(fleeting, seq)])
+                    .0,
+            })
+            .collect();
+        next_fleeting += WINDOW;
+        let gone = store.remove_many(fleeting_refs.iter().copied());
         for (seq, message, c) in commits {
             c.wait_blocking().expect("commit");
             unacked.push_back(StoredRef {
@@ -78,6 +93,10 @@ fn crash_child() {
                 message,
             });
             writeln!(out.lock(), "confirmed {seq}").expect("stdout");
+        }
+        gone.wait_blocking().expect("commit");
+        for r in &fleeting_refs {
+            writeln!(out.lock(), "gone {}", r.seq).expect("stdout");
         }
         let acks: Vec<_> = (0..WINDOW / 2)
             .filter_map(|_| unacked.pop_front())
@@ -114,6 +133,7 @@ fn confirmed_messages_survive_sigkill_in_order() {
     let exe = std::env::current_exe().expect("test binary");
     let mut confirmed = BTreeSet::new();
     let mut acked = BTreeSet::new();
+    let mut gone = BTreeSet::new();
     for cycle in 0..CYCLES {
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
@@ -155,6 +175,8 @@ fn confirmed_messages_survive_sigkill_in_order() {
                 confirmed.insert(seq.parse::<u64>().expect("seq"));
             } else if let Some(seq) = line.strip_prefix("acked ") {
                 acked.insert(seq.parse::<u64>().expect("seq"));
+            } else if let Some(seq) = line.strip_prefix("gone ") {
+                gone.insert(seq.parse::<u64>().expect("seq"));
             }
         }
         assert!(confirmed.len() > before.0 && acked.len() > before.1);
@@ -164,15 +186,20 @@ fn confirmed_messages_survive_sigkill_in_order() {
             !recovery.clean_shutdown,
             "cycle {cycle}: killed, not closed"
         );
-        let (work, audit) = queue_ids(&store, &recovery);
+        let (work, audit, fleeting) = queue_ids(&store, &recovery);
         let work_seqs = check_queue(&store, work);
         let audit_seqs = check_queue(&store, audit);
+        let fleeting_seqs = check_queue(&store, fleeting);
         let counts: Vec<_> = recovery.queues.iter().map(|q| (q.id, q.messages)).collect();
         assert!(
             counts.contains(&(work, work_seqs.len() as u64))
-                && counts.contains(&(audit, audit_seqs.len() as u64)),
+                && counts.contains(&(audit, audit_seqs.len() as u64))
+                && counts.contains(&(fleeting, fleeting_seqs.len() as u64)),
             "cycle {cycle}: stored counts {counts:?} disagree with the indexes"
         );
+        assert!(!gone.is_empty(), "cycle {cycle}: nothing acked at once");
+        let back: Vec<_> = fleeting_seqs.intersection(&gone).collect();
+        assert!(back.is_empty(), "cycle {cycle}: acked {back:?} came back");
         for seq in &confirmed {
             assert!(
                 audit_seqs.contains(seq),
@@ -223,8 +250,13 @@ fn check_queue(store: &Store, queue: QueueId) -> BTreeSet<u64> {
         let entry = entry.expect("index entry");
         assert!(last < Some(entry.seq), "out of order at {}", entry.seq);
         last = Some(entry.seq);
+        let stored = StoredRef {
+            queue,
+            seq: entry.seq,
+            message: entry.message,
+        };
         let record = store
-            .read_message(entry.message)
+            .read_message(stored)
             .expect("read")
             .expect("record of an indexed message");
         assert_eq!(record.header, header(entry.seq));

@@ -123,3 +123,73 @@ fn publishes_wait_while_the_writer_is_behind() {
     barrier.wait_blocking().expect("barrier");
     assert_eq!(seqs(&store, queue), (0..20).collect::<Vec<_>>());
 }
+
+/// A copy published and acked within one group (the writer was busy meanwhile) is never
+/// written, nor is its removal; a shared message acked in one of its queues within the group
+/// is stored for the others only. Nothing of it comes back after a restart.
+#[test]
+fn copies_acked_before_their_group_was_written_are_never_written() {
+    use std::time::{Duration, Instant};
+
+    use lockgate_store::StoredRef;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path());
+    let (a, c) = store.put_queue(b"a", b"");
+    c.wait_blocking().expect("commit");
+    let (b, c) = store.put_queue(b"b", b"");
+    c.wait_blocking().expect("commit");
+    failpoints::arm(failpoints::STALL, dir.path());
+    drop(store.sync());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !failpoints::stalled(dir.path()) {
+        assert!(Instant::now() < deadline, "the writer did not stall");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // 0..100 to `a` only, acked; 100..110 to `a` and `b`, acked in `a`; 110 to `a`, kept.
+    let mut acked = Vec::new();
+    let mut shared = Vec::new();
+    for seq in 0..110 {
+        let targets: &[_] = if seq < 100 {
+            &[(a, seq)]
+        } else {
+            &[(a, seq), (b, seq)]
+        };
+        let (message, _) = store.publish(header(seq), body(seq, 5000), targets);
+        acked.push(StoredRef {
+            queue: a,
+            seq,
+            message,
+        });
+        if seq >= 100 {
+            shared.push(StoredRef {
+                queue: b,
+                seq,
+                message,
+            });
+        }
+    }
+    let (kept, _) = store.publish(header(110), body(110, 10), &[(a, 110)]);
+    let removed = store.remove_many(acked.iter().copied());
+    failpoints::disarm(failpoints::STALL, dir.path());
+    removed.wait_blocking().expect("commit");
+    assert_eq!(store.metrics().acked_unwritten, 110);
+    assert_eq!(seqs(&store, a), vec![110]);
+    assert_eq!(seqs(&store, b), (100..110).collect::<Vec<_>>());
+    for r in &shared {
+        let record = store.read_message(*r).expect("read").expect("kept for b");
+        assert_eq!(record.body, body(r.seq, 5000));
+    }
+    store.close().expect("close");
+    drop(store);
+    // Only the parts of the records `b` holds (each stored with its one index entry).
+    let left: Vec<_> = common::stored_record_ids(dir.path()).into_iter().collect();
+    let expected: Vec<_> = shared.iter().map(|r| r.message).collect();
+    assert_eq!(left, expected);
+    let (store, recovery) = open(dir.path());
+    let counts: Vec<_> = recovery.queues.iter().map(|q| q.messages).collect();
+    assert_eq!(counts, vec![1, 10]);
+    let page = store.page_in(a, 0, 10).expect("page in");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].message, Some(kept));
+}

@@ -6,7 +6,9 @@ mod common;
 use std::path::Path;
 
 use common::{open, publish_all};
-use lockgate_store::{Store, StoreConfig, StoreError, FORMAT_VERSION, VERSION_FILE};
+use lockgate_store::{
+    MessageId, Store, StoreConfig, StoreError, StoredRef, FORMAT_VERSION, VERSION_FILE,
+};
 
 /// A closed store holding one queue with 2,000 messages of 1 KiB.
 fn populated(dir: &Path) {
@@ -47,7 +49,7 @@ fn newer_format_in_the_database_is_refused() {
     // Rewrite the format record as a future build would, and the version file to match
     // an old layout without it (so the database's own record is what gets checked).
     {
-        let db = sled::open(dir.path()).expect("raw open");
+        let db = common::raw_open(dir.path());
         let meta = db.open_tree("meta").expect("meta");
         meta.insert("format", &99u32.to_be_bytes()).expect("insert");
         db.flush().expect("flush");
@@ -72,47 +74,147 @@ fn newer_format_in_the_version_file_is_refused() {
     populated(dir.path());
     std::fs::write(
         dir.path().join(VERSION_FILE),
-        "lockgate-store format 3\ncommitted 1\n",
+        format!(
+            "lockgate-store format {}\ncommitted 1\n",
+            FORMAT_VERSION + 1
+        ),
     )
     .expect("write");
     let err = open_err(dir.path());
     assert!(
-        matches!(err, StoreError::UnsupportedVersion { found: 3, .. }),
+        matches!(err, StoreError::UnsupportedVersion { found, .. } if found == FORMAT_VERSION + 1),
         "{err}"
     );
-    assert!(err.to_string().contains("format version 3"), "{err}");
+    let shown = format!("format version {}", FORMAT_VERSION + 1);
+    assert!(err.to_string().contains(&shown), "{err}");
 }
 
-/// Format 1 (every record in one value) is format 2 without record parts: it opens, reads
-/// and is upgraded in place; a large message written after the upgrade is split and whole.
-#[test]
-fn a_format_1_store_is_upgraded_in_place() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    populated(dir.path());
-    {
-        let db = sled::open(dir.path()).expect("raw open");
-        let meta = db.open_tree("meta").expect("meta");
-        meta.insert("format", &1u32.to_be_bytes()).expect("insert");
-        db.flush().expect("flush");
+/// Writes, with sled directly, a closed store as format `format` (1 or 2) laid it out: every
+/// message under `M` (format 2: records over 4 KiB in parts), index entries holding its id.
+/// Queue `q` (id 1) holds seqs 0 (100 B), 1 (10,000 B) and 2 (shared with queue `r`, id 2,
+/// at seq 0). Returns the bodies by seq of `q`.
+fn legacy_store(dir: &Path, format: u32) -> Vec<bytes::Bytes> {
+    let bodies = vec![
+        common::body(0, 100),
+        common::body(1, 10_000),
+        common::body(2, 300),
+    ];
+    let db = sled::open(dir).expect("raw open");
+    let meta = db.open_tree("meta").expect("meta");
+    meta.insert("format", &format.to_be_bytes())
+        .expect("insert");
+    meta.insert("clean", &[1u8]).expect("insert");
+    let data = db.open_tree("data").expect("data");
+    let key = |prefix: u8, n: u64| [&[prefix][..], &n.to_be_bytes()].concat();
+    let index = |queue: u64, seq: u64| [key(b'Q', queue), seq.to_be_bytes().to_vec()].concat();
+    for (name, id) in [(&b"q"[..], 1u64), (b"r", 2)] {
+        let def = [&b"Dq"[..], name].concat();
+        data.insert(def, &id.to_be_bytes()).expect("insert");
     }
-    let version = dir.path().join(VERSION_FILE);
-    let text = std::fs::read_to_string(&version).expect("read");
-    std::fs::write(&version, text.replace("format 2", "format 1")).expect("write");
-    let (store, recovery) = open(dir.path());
-    let queue = recovery.queues[0].id;
-    let first = store.page_in(queue, 0, 1).expect("page in");
-    assert_eq!(first[0].record.body, common::body(0, 1024));
-    let big = common::body(7, 50_000);
-    let (_, c) = store.publish(common::header(7), big.clone(), &[(queue, 5000)]);
-    c.wait_blocking().expect("commit");
-    store.close().expect("close");
-    drop(store);
-    assert!(std::fs::read_to_string(&version)
-        .expect("read")
-        .contains(&format!("format {FORMAT_VERSION}")));
-    let (store, _) = open(dir.path());
-    let last = store.page_in(queue, 5000, 1).expect("page in");
-    assert_eq!(last[0].record.body, big);
+    data.insert("I", &3u64.to_be_bytes()).expect("insert");
+    data.insert("S", &5u64.to_be_bytes()).expect("insert");
+    data.insert("N", &4u64.to_be_bytes()).expect("insert");
+    for (seq, body) in (0u64..).zip(&bodies) {
+        let id = seq + 1;
+        let head = common::header(seq);
+        let record = [&(head.len() as u32).to_be_bytes()[..], &head, body].concat();
+        if format == 1 {
+            data.insert(key(b'M', id), record).expect("insert");
+        } else {
+            let mut parts = record.chunks(4096);
+            data.insert(key(b'M', id), parts.next().expect("first"))
+                .expect("insert");
+            for (n, part) in (1u32..).zip(parts) {
+                let part_key = [key(b'P', id), n.to_be_bytes().to_vec()].concat();
+                data.insert(part_key, part).expect("insert");
+            }
+        }
+        data.insert(index(1, seq), &id.to_be_bytes())
+            .expect("insert");
+    }
+    data.insert(index(2, 0), &3u64.to_be_bytes())
+        .expect("insert");
+    data.insert(key(b'R', 3), &2u32.to_be_bytes())
+        .expect("insert");
+    data.insert(key(b'C', 1), &3u64.to_be_bytes())
+        .expect("insert");
+    data.insert(key(b'C', 2), &1u64.to_be_bytes())
+        .expect("insert");
+    db.flush().expect("flush");
+    std::fs::write(
+        dir.join(VERSION_FILE),
+        format!("lockgate-store format {format}\ncommitted 5\n"),
+    )
+    .expect("write");
+    bodies
+}
+
+/// Format 1 and 2 stores open, read and upgrade in place: their `M` records are read and
+/// removed as they were written (also after a restart), new messages go to the new layout,
+/// and an acked message leaves nothing behind.
+#[test]
+fn format_1_and_2_stores_are_upgraded_in_place() {
+    for format in [1, 2] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bodies = legacy_store(dir.path(), format);
+        let version = dir.path().join(VERSION_FILE);
+        let (store, recovery) = open(dir.path());
+        let counts: Vec<_> = recovery.queues.iter().map(|q| q.messages).collect();
+        assert_eq!(counts, vec![3, 1], "format {format}");
+        let (q, r) = (recovery.queues[0].id, recovery.queues[1].id);
+        let page = store.page_in(q, 0, 10).expect("page in");
+        let got: Vec<_> = page.iter().map(|m| m.record.body.clone()).collect();
+        assert_eq!(got, bodies, "format {format}");
+        let mut refs: Vec<StoredRef> = page
+            .iter()
+            .map(|m| StoredRef {
+                queue: q,
+                seq: m.seq,
+                message: m.message.expect("persistent"),
+            })
+            .collect();
+        let big = common::body(9, 50_000);
+        let (message, c) = store.publish(common::header(9), big.clone(), &[(q, 3)]);
+        c.wait_blocking().expect("commit");
+        assert!(message.0 >= 4, "ids of old messages are not reused");
+        refs.push(StoredRef {
+            queue: q,
+            seq: 3,
+            message,
+        });
+        // One old message acked before the restart, the others after it.
+        store.remove(refs[1]).wait_blocking().expect("commit");
+        store.close().expect("close");
+        drop(store);
+        assert!(std::fs::read_to_string(&version)
+            .expect("read")
+            .contains(&format!("format {FORMAT_VERSION}")));
+        let left: Vec<_> = common::stored_record_ids(dir.path()).into_iter().collect();
+        assert_eq!(
+            left,
+            vec![MessageId(1), MessageId(3), message],
+            "format {format}"
+        );
+
+        let (store, recovery) = open(dir.path());
+        assert_eq!(recovery.queues[0].messages, 3, "format {format}");
+        let page = store.page_in(q, 0, 10).expect("page in");
+        let got: Vec<_> = page.iter().map(|m| m.record.body.len()).collect();
+        assert_eq!(got, vec![100, 300, 50_000], "format {format}");
+        let shared = StoredRef {
+            queue: r,
+            seq: 0,
+            message: MessageId(3),
+        };
+        let rest = [refs[0], refs[2], refs[3], shared];
+        store.remove_many(rest).wait_blocking().expect("commit");
+        store.close().expect("close");
+        drop(store);
+        assert!(common::stored_record_ids(dir.path()).is_empty());
+        let (_store, recovery) = open(dir.path());
+        let counts: Vec<_> = recovery.queues.iter().map(|q| q.messages).collect();
+        assert_eq!(counts, vec![0, 0], "format {format}");
+    }
 }
 
 #[test]
@@ -208,7 +310,7 @@ fn index_entries_of_a_vanished_queue_are_swept_at_startup() {
     // What a crash in the middle of a queue deletion leaves: entries, a count and a message
     // record for a queue whose definition is gone.
     {
-        let db = sled::open(dir.path()).expect("raw open");
+        let db = common::raw_open(dir.path());
         let data = db.open_tree("data").expect("data");
         let queue = 999u64.to_be_bytes();
         let message = 1_000_000u64.to_be_bytes();
@@ -224,13 +326,8 @@ fn index_entries_of_a_vanished_queue_are_swept_at_startup() {
     let (store, recovery) = open(dir.path());
     assert_eq!(recovery.orphans_removed, 1);
     assert_eq!(recovery.queues.len(), 1);
-    assert_eq!(
-        store
-            .read_message(lockgate_store::MessageId(1_000_000))
-            .expect("read"),
-        None
-    );
     drop(store);
+    assert!(common::stored_record_ids(dir.path()).is_empty());
     let (_store, recovery) = open(dir.path());
     assert_eq!(recovery.orphans_removed, 0);
 }

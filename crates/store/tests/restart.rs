@@ -138,7 +138,7 @@ fn acked_messages_are_not_resurrected() {
         let expected: Vec<u64> = (0..20).filter(|s| s % 3 == 1).collect();
         assert_eq!(seqs(&store, queue), expected);
         for r in &acked {
-            assert_eq!(store.read_message(r.message).expect("read"), None);
+            assert_eq!(store.read_message(*r).expect("read"), None);
         }
         // Publishing after the restart continues after the recovered seqs and never reuses
         // an id that is still referenced.
@@ -176,9 +176,12 @@ fn shared_body_is_stored_once_and_freed_with_its_last_queue() {
         .remove(stored(queues[0]))
         .wait_blocking()
         .expect("commit");
-    assert!(store.read_message(message).expect("read").is_some());
+    assert_eq!(store.read_message(stored(queues[0])).expect("read"), None);
+    let record = store.read_message(stored(queues[1])).expect("read");
+    assert_eq!(record.expect("still held").body, body(1, 4096));
     store.close().expect("close");
     drop(store);
+    assert!(common::stored_record_ids(dir.path()).contains(&message));
 
     // The count survives a restart.
     let (store, recovery) = open(dir.path());
@@ -190,12 +193,58 @@ fn shared_body_is_stored_once_and_freed_with_its_last_queue() {
         .remove(stored(queues[1]))
         .wait_blocking()
         .expect("commit");
-    assert!(store.read_message(message).expect("read").is_some());
+    assert!(store
+        .read_message(stored(queues[2]))
+        .expect("read")
+        .is_some());
     store
         .remove(stored(queues[2]))
         .wait_blocking()
         .expect("commit");
-    assert_eq!(store.read_message(message).expect("read"), None);
+    assert_eq!(store.read_message(stored(queues[2])).expect("read"), None);
+    store.close().expect("close");
+    drop(store);
+    assert!(common::stored_record_ids(dir.path()).is_empty());
+}
+
+/// A message held by one queue is stored with its index entry: no `M` record, and its
+/// removal leaves nothing behind, also for a record split into parts.
+#[test]
+fn a_message_held_by_one_queue_lives_in_its_index_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path());
+    let (queue, c) = store.put_queue(b"q", b"");
+    c.wait_blocking().expect("commit");
+    let mut refs = Vec::new();
+    for (seq, size) in [(0u64, 10usize), (1, 4000), (2, 20_000)] {
+        let (message, c) = store.publish(header(seq), body(seq, size), &[(queue, seq)]);
+        c.wait_blocking().expect("commit");
+        refs.push(StoredRef {
+            queue,
+            seq,
+            message,
+        });
+    }
+    store.close().expect("close");
+    drop(store);
+    let parted: Vec<_> = common::stored_record_ids(dir.path()).into_iter().collect();
+    assert_eq!(
+        parted,
+        vec![refs[2].message],
+        "only the parts of the long record"
+    );
+    let (store, _) = open(dir.path());
+    for (r, size) in refs.iter().zip([10, 4000, 20_000]) {
+        let record = store.read_message(*r).expect("read").expect("stored");
+        assert_eq!(record.body, body(r.seq, size));
+    }
+    store
+        .remove_many(refs.iter().copied())
+        .wait_blocking()
+        .expect("commit");
+    store.close().expect("close");
+    drop(store);
+    assert!(common::stored_record_ids(dir.path()).is_empty());
 }
 
 #[test]
@@ -207,17 +256,21 @@ fn deleting_a_queue_keeps_messages_shared_with_others() {
     let (shared, _) = store.publish(header(0), body(0, 10), &[(a, 0), (b, 0)]);
     let (only_a, _) = store.publish(header(1), body(1, 10), &[(a, 1)]);
     store.delete_queue(a).wait_blocking().expect("commit");
+    let at = |queue, seq, message| StoredRef {
+        queue,
+        seq,
+        message,
+    };
     // A late ack for the deleted queue must not release the shared message a second time.
     store
-        .remove(StoredRef {
-            queue: a,
-            seq: 0,
-            message: shared,
-        })
+        .remove(at(a, 0, shared))
         .wait_blocking()
         .expect("commit");
-    assert!(store.read_message(shared).expect("read").is_some());
-    assert_eq!(store.read_message(only_a).expect("read"), None);
+    assert!(store
+        .read_message(at(b, 0, shared))
+        .expect("read")
+        .is_some());
+    assert_eq!(store.read_message(at(a, 1, only_a)).expect("read"), None);
     drop(store);
     let (store, recovery) = open(dir.path());
     assert_eq!(recovery.queues.len(), 1);
@@ -226,14 +279,13 @@ fn deleting_a_queue_keeps_messages_shared_with_others() {
     assert_eq!(recovery.orphans_removed, 0);
     assert_eq!(seqs(&store, b), vec![0]);
     store
-        .remove(StoredRef {
-            queue: b,
-            seq: 0,
-            message: shared,
-        })
+        .remove(at(b, 0, shared))
         .wait_blocking()
         .expect("commit");
-    assert_eq!(store.read_message(shared).expect("read"), None);
+    assert_eq!(store.read_message(at(b, 0, shared)).expect("read"), None);
+    store.close().expect("close");
+    drop(store);
+    assert!(common::stored_record_ids(dir.path()).is_empty());
 }
 
 #[test]

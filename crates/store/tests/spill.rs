@@ -4,7 +4,7 @@
 mod common;
 
 use common::{body, header, open};
-use lockgate_store::{MessageRecord, SpillRecord};
+use lockgate_store::{MessageRecord, SpillRecord, StoredRef};
 
 fn records(seqs: impl Iterator<Item = u64>) -> Vec<SpillRecord> {
     seqs.map(|seq| SpillRecord {
@@ -164,14 +164,22 @@ fn remove_from_drops_the_disk_tail_of_a_queue() {
     assert_eq!(left, vec![0, 1, 2, 3, 4]);
     // Shared with `other`: the records stay for it.
     assert_eq!(common::seqs(&store, other).len(), 10);
-    assert!(store.read_message(ids[7]).expect("read").is_some());
+    let at = |queue, seq: u64| StoredRef {
+        queue,
+        seq,
+        message: ids[seq as usize],
+    };
+    assert!(store.read_message(at(other, 7)).expect("read").is_some());
     store.remove_from(other, 0).wait_blocking().expect("commit");
     drop(store);
     let (store, recovery) = open(dir.path());
     let counts: Vec<_> = recovery.queues.iter().map(|q| q.messages).collect();
     assert_eq!(counts, vec![5, 0]);
-    assert!(store.read_message(ids[7]).expect("read").is_none());
-    assert!(store.read_message(ids[2]).expect("read").is_some());
+    assert!(store.read_message(at(other, 7)).expect("read").is_none());
+    assert!(store.read_message(at(queue, 2)).expect("read").is_some());
+    drop(store);
+    let left: Vec<_> = common::stored_record_ids(dir.path()).into_iter().collect();
+    assert_eq!(left, ids[..5], "records of the purged messages are gone");
 }
 
 /// A record longer than one spill part (4 KiB) is split across several sled values: each

@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lockgate_store::{QueueId, Recovery, Store, StoreConfig, StoredRef};
+use lockgate_store::{MessageId, QueueId, Recovery, Store, StoreConfig, StoredRef};
 
 pub fn open(dir: &Path) -> (Store, Recovery) {
     Store::open(dir, &StoreConfig::default()).expect("open store")
@@ -46,6 +47,40 @@ pub fn seqs(store: &Store, queue: QueueId) -> Vec<u64> {
         .queue_index(queue)
         .map(|e| e.expect("index entry").seq)
         .collect()
+}
+
+/// Ids of the messages that still have a record under `M` or a part under `P`, read from the
+/// database directly (the store must be closed and dropped).
+pub fn stored_record_ids(dir: &Path) -> std::collections::BTreeSet<MessageId> {
+    let db = raw_open(dir);
+    let data = db.open_tree("data").expect("data");
+    [b'M', b'P']
+        .iter()
+        .flat_map(|prefix| data.scan_prefix([*prefix]).keys())
+        .map(|k| {
+            let k = k.expect("key");
+            MessageId(u64::from_be_bytes(k[1..9].try_into().expect("id")))
+        })
+        .collect()
+}
+
+/// Opens the database with sled directly, once the dropped store's engine has let go of it.
+///
+/// Dropping a store does not wait for sled's background threads, which keep the database's
+/// file lock for a moment: a conflict is retried until a deadline, as `Store::open` does.
+pub fn raw_open(dir: &Path) -> sled::Db {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened.expect("raw open"),
+        }
+    }
 }
 
 /// Size of every file under `dir`.
