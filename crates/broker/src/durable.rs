@@ -20,6 +20,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use lockgate_wire::{ContentHeader, FieldTable};
 
 use crate::exchange::{ExchangeFlags, ExchangeKind};
+use crate::message::Message;
 
 /// A stored record that does not decode: the store is damaged or from another build.
 #[derive(Debug, thiserror::Error)]
@@ -214,14 +215,19 @@ pub(crate) fn decode_binding(key: &[u8]) -> Result<StoredBinding, Malformed> {
 }
 
 /// The header bytes stored with a persistent message's body.
-pub(crate) fn message_header(exchange: &str, routing_key: &str, header: &ContentHeader) -> Bytes {
+pub(crate) fn message_header(message: &Message) -> Bytes {
+    let (exchange, routing_key, header) = (
+        message.exchange(),
+        message.routing_key(),
+        message.header_ref(),
+    );
     let mut h =
         BytesMut::with_capacity(2 + exchange.len() + routing_key.len() + 10 + header.raw.len());
     put_str(&mut h, exchange);
     put_str(&mut h, routing_key);
     h.put_u16(header.class_id);
     h.put_u64(header.body_size);
-    h.put_slice(&header.raw);
+    h.put_slice(header.raw);
     h.freeze()
 }
 
@@ -315,7 +321,8 @@ mod tests {
             ..BasicProperties::default()
         };
         let header = ContentHeader::new(60, 5, props).unwrap();
-        let bytes = message_header("amq.direct", "rk", &header);
+        let message = Message::new("amq.direct".into(), "rk".into(), &header, "hello".into());
+        let bytes = message_header(&message);
         let (x, rk, h) = decode_message_header(&bytes).unwrap();
         assert_eq!((x.as_str(), rk.as_str()), ("amq.direct", "rk"));
         assert_eq!(h, header);

@@ -1,9 +1,9 @@
 //! Memory accounting and the high-watermark alarm.
 //!
 //! A routed message is charged once, when it is wrapped in its `Arc`, and released when the
-//! last reference goes: ready in a queue, unacked on a channel, or waiting in a connection
-//! writer after a no-ack delivery. A message routed to N queues is one allocation and is
-//! counted once. Counting until the writer drops the delivery is what bounds a slow no-ack
+//! message drops with its last reference: ready in a queue, unacked on a channel, or waiting
+//! in a connection writer after a no-ack delivery. A message routed to N queues is one
+//! allocation and is counted once. Counting until the writer drops the delivery is what bounds a slow no-ack
 //! consumer: its backlog keeps the alarm raised, and the server stops reading publishers.
 //!
 //! The counter is one atomic; the `watch` channel is touched only when the counter crosses the
@@ -45,8 +45,9 @@ impl MemoryMonitor {
         self.blocked.subscribe()
     }
 
-    /// Charges `bytes`; the returned guard releases them when dropped.
-    pub fn charge(self: &Arc<Self>, bytes: u64) -> MemoryCharge {
+    /// Charges `bytes` (a message accepted by the broker); [`MemoryMonitor::release`]
+    /// gives them back when it goes.
+    pub fn add(&self, bytes: u64) {
         let before = self.used.fetch_add(bytes, Ordering::Relaxed);
         if self.high_watermark != 0
             && before < self.high_watermark
@@ -54,13 +55,10 @@ impl MemoryMonitor {
         {
             self.refresh();
         }
-        MemoryCharge {
-            monitor: Arc::clone(self),
-            bytes,
-        }
     }
 
-    fn release(&self, bytes: u64) {
+    /// Releases `bytes` charged by [`MemoryMonitor::add`].
+    pub fn release(&self, bytes: u64) {
         let before = self.used.fetch_sub(bytes, Ordering::Relaxed);
         if self.high_watermark != 0
             && before >= self.high_watermark
@@ -80,19 +78,6 @@ impl MemoryMonitor {
     }
 }
 
-/// Bytes charged to the monitor for one message; released on drop.
-#[derive(Debug)]
-pub(crate) struct MemoryCharge {
-    monitor: Arc<MemoryMonitor>,
-    bytes: u64,
-}
-
-impl Drop for MemoryCharge {
-    fn drop(&mut self) {
-        self.monitor.release(self.bytes);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,21 +86,21 @@ mod tests {
     fn alarm_toggles_at_the_watermark() {
         let monitor = MemoryMonitor::new(100);
         let rx = monitor.subscribe();
-        let a = monitor.charge(60);
+        monitor.add(60);
         assert!(!*rx.borrow());
-        let b = monitor.charge(40);
+        monitor.add(40);
         assert!(*rx.borrow());
         assert_eq!(monitor.used(), 100);
-        drop(a);
+        monitor.release(60);
         assert!(!*rx.borrow());
-        drop(b);
+        monitor.release(40);
         assert_eq!(monitor.used(), 0);
     }
 
     #[test]
     fn zero_watermark_never_blocks() {
         let monitor = MemoryMonitor::new(0);
-        let _charge = monitor.charge(u64::from(u32::MAX));
+        monitor.add(u64::from(u32::MAX));
         assert!(!monitor.blocked());
     }
 }

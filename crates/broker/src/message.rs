@@ -1,89 +1,220 @@
 //! The message as the broker holds it.
+//!
+//! A queued message is one `Arc<Message>`: a few scalars and the exchange name, routing key,
+//! encoded properties and, when it is small, the body, back to back (in the `Arc` itself when
+//! they fit, else in one buffer beside it). The server decodes the properties once; the
+//! message keeps only what the broker reads for every message (delivery mode, priority,
+//! expiration) and decodes the rest (headers for dead-lettering, groups, deduplication, headers and
+//! consistent-hash routing; the management API) on demand from the encoded bytes, which a
+//! delivery re-sends as they are.
 
-use std::sync::Arc;
+use std::borrow::Borrow;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use lockgate_wire::{BasicProperties, ContentHeader, FieldTable, FieldValue};
+use bytes::{Bytes, BytesMut};
+use lockgate_wire::{
+    BasicProperties, ContentHeader, FieldTable, FieldValue, HeaderRef, WireError, BASIC_CLASS_ID,
+};
 
-use crate::memory::{MemoryCharge, MemoryMonitor};
+use crate::memory::MemoryMonitor;
+
+/// Bodies up to this many octets are copied into the message's own buffer. A slice of the
+/// connection's read buffer would keep that whole buffer alive as long as the message is
+/// queued (a backlog of small messages would pin every read buffer it arrived in) and cost
+/// a shared reference count per message; copying a few hundred octets costs less. Larger
+/// bodies are shared, never copied.
+const INLINE_BODY_MAX: usize = 256;
+
+/// `Message::expiration` when the message has none.
+const NO_EXPIRATION: u64 = u64::MAX;
+
+/// The origin of `Message::received`: arrival times are kept as nanoseconds after it, which
+/// takes half the room of an `Instant`.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 /// A published message. Routed to N queues it is one `Arc<Message>`: queues, unacked lists
-/// and deliveries share it, the body is never copied.
+/// and deliveries share it, and a large body is never copied.
 ///
-/// The header is kept as received (`header.raw` is what the server writes back), with the
-/// properties decoded once for the fields the broker reads. Queue code only asks for
-/// [`Message::size`], never for the body, so a later store can keep the body on disk.
-#[derive(Debug)]
+/// Queue code only asks for [`Message::size`], never for the body, so a store can keep the
+/// body on disk.
 pub struct Message {
-    /// The exchange it was published to.
-    pub exchange: String,
-    /// The routing key it was published with.
-    pub routing_key: String,
-    /// The content header: class id, body size, properties and their encoded bytes.
-    pub header: ContentHeader,
-    /// The body.
-    pub body: Bytes,
-    /// Set when the broker accepts the message; releases its bytes when the message drops.
-    charge: Option<MemoryCharge>,
-    /// When it was assembled, for the management API's oldest-message age and TTL.
-    pub(crate) received_at: Instant,
-    /// The `expiration` property in milliseconds, parsed once (`None` when absent or not a
-    /// non-negative integer, which RabbitMQ would have refused).
-    pub(crate) expiration: Option<u64>,
+    /// Exchange name, routing key, encoded properties, then the body unless it is shared.
+    data: Storage,
+    /// A body over [`INLINE_BODY_MAX`] octets, shared with the buffer it arrived in (boxed:
+    /// most messages do without these 32 bytes).
+    shared_body: Option<Box<Bytes>>,
+    /// The memory accounting [`Message::size`] is charged to once the broker accepts the
+    /// message; released when the message drops.
+    charge: Option<Arc<MemoryMonitor>>,
+    /// When it was assembled (nanoseconds after [`epoch`]), for TTL and the management API's
+    /// oldest-message age.
+    received: u64,
+    /// The `expiration` property in milliseconds, parsed once ([`NO_EXPIRATION`] when absent
+    /// or not a non-negative integer, which RabbitMQ would have refused).
+    expiration: u64,
     /// How many times this copy was returned to its queue (nack or reject with requeue,
     /// consumer timeout, channel closed): the `x-delivery-count` it carries. A returned
     /// message is its queue's own copy, so the count is per queue.
-    pub(crate) returns: u32,
+    returns: u32,
+    /// Where the routing key, the properties and an inline body start in `data`. Offsets fit
+    /// in 32 bits: names are shortstrs, and encoded properties arrive in one frame.
+    routing_key_at: u32,
+    properties_at: u32,
+    body_at: u32,
+    /// The `priority` property (0 when absent).
+    priority: u8,
+    /// Delivery mode 2.
+    persistent: bool,
+}
+
+/// Octets a message keeps in its own `Arc` allocation. Most small messages (a queue name, a
+/// few properties, a short body) fit, which saves an allocation and a free per message; the
+/// size makes `Message` 120 octets, so that its `Arc` fills a 144-octet malloc chunk, what a
+/// 96-octet `Arc` plus a small separate buffer took.
+const INLINE_DATA: usize = 62;
+
+/// The bytes of a message: in place when they fit, else on the heap.
+#[derive(Clone)]
+enum Storage {
+    Inline { len: u8, bytes: [u8; INLINE_DATA] },
+    Heap(Box<[u8]>),
+}
+
+impl Storage {
+    /// The concatenation of `parts`.
+    fn new<const N: usize>(parts: [&[u8]; N]) -> Self {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total <= INLINE_DATA {
+            let mut bytes = [0u8; INLINE_DATA];
+            let mut at = 0;
+            for part in parts {
+                bytes[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            Self::Inline {
+                len: total as u8,
+                bytes,
+            }
+        } else {
+            Self::Heap(parts.concat().into_boxed_slice())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+}
+
+/// The fields of the properties the broker reads for every message.
+struct Parsed {
+    expiration: u64,
+    priority: u8,
+    persistent: bool,
+}
+
+impl Parsed {
+    fn of(properties: &BasicProperties) -> Self {
+        Self {
+            expiration: properties
+                .expiration
+                .as_deref()
+                .and_then(|e| e.parse::<u64>().ok())
+                .unwrap_or(NO_EXPIRATION),
+            priority: properties.priority.unwrap_or(0),
+            persistent: properties.is_persistent(),
+        }
+    }
 }
 
 impl Message {
     /// A message as the server assembled it from `basic.publish`, header and body frames.
-    pub fn new(exchange: String, routing_key: String, header: ContentHeader, body: Bytes) -> Self {
-        let expiration = header
-            .properties
-            .expiration
-            .as_deref()
-            .and_then(|e| e.parse::<u64>().ok());
+    /// `header.raw` must be the encoding of `header.properties` (as [`ContentHeader`]
+    /// guarantees); the header is only read (pass a `Box<ContentHeader>` as it is).
+    pub fn new(
+        exchange: String,
+        routing_key: String,
+        header: impl Borrow<ContentHeader>,
+        body: Bytes,
+    ) -> Self {
+        let header = header.borrow();
+        let parsed = Parsed::of(&header.properties);
+        Self::assemble(
+            &exchange,
+            &routing_key,
+            &header.raw,
+            &body,
+            Some(&body),
+            &parsed,
+            Instant::now(),
+        )
+    }
+
+    /// Lays the parts out in one buffer. `shared` is the body as `Bytes` when there is one
+    /// to share (else a large body is copied once).
+    fn assemble(
+        exchange: &str,
+        routing_key: &str,
+        raw: &[u8],
+        body: &[u8],
+        shared: Option<&Bytes>,
+        parsed: &Parsed,
+        received_at: Instant,
+    ) -> Self {
+        let inline = body.len() <= INLINE_BODY_MAX;
+        let stored_body: &[u8] = if inline { body } else { &[] };
+        let (exchange, routing_key) = (exchange.as_bytes(), routing_key.as_bytes());
+        let routing_key_at = exchange.len() as u32;
+        let properties_at = routing_key_at + routing_key.len() as u32;
+        let body_at = properties_at + raw.len() as u32;
+        let data = Storage::new([exchange, routing_key, raw, stored_body]);
+        let shared_body = (!inline)
+            .then(|| Box::new(shared.map_or_else(|| Bytes::copy_from_slice(body), Bytes::clone)));
         Self {
-            exchange,
-            routing_key,
-            header,
-            body,
+            data,
+            shared_body,
             charge: None,
-            received_at: Instant::now(),
-            expiration,
+            received: nanos_since_epoch(received_at),
+            expiration: parsed.expiration,
             returns: 0,
+            routing_key_at,
+            properties_at,
+            body_at,
+            priority: parsed.priority,
+            persistent: parsed.persistent,
         }
     }
 
-    /// A copy with other properties (the header is re-encoded; the body is shared), charged
-    /// to the same memory accounting, keeping its arrival time. `None` when the properties
-    /// do not encode (a header table over 4 GiB), which cannot happen for a header that
-    /// arrived on the wire plus a few broker fields.
-    pub(crate) fn with_properties(
+    /// A copy published anew to `exchange` with `routing_key` and other properties (the
+    /// properties are encoded; a large body is shared): it arrives now, was never
+    /// returned, and is charged to `memory`. `None` when the properties do not encode (a
+    /// header table over 4 GiB), which cannot happen for a header that arrived on the wire
+    /// plus a few broker fields.
+    pub(crate) fn republished(
         &self,
-        properties: BasicProperties,
+        exchange: &str,
+        routing_key: &str,
+        properties: &BasicProperties,
         memory: &Arc<MemoryMonitor>,
     ) -> Option<Self> {
-        let header =
-            ContentHeader::new(self.header.class_id, self.header.body_size, properties).ok()?;
-        let mut message = Self::new(
-            self.exchange.clone(),
-            self.routing_key.clone(),
-            header,
-            self.body.clone(),
-        );
-        message.received_at = self.received_at;
-        message.returns = self.returns;
-        message.set_charge(memory.charge(message.size()));
-        Some(message)
+        let mut copy = self
+            .rebuilt(exchange, routing_key, properties, Instant::now())
+            .ok()?;
+        copy.charge_to(memory);
+        Some(copy)
     }
 
     /// The copy a queue puts back after its `returns`-th return: `x-delivery-count` set in
-    /// its headers (only redeliveries pay for re-encoding the header).
+    /// its headers (only redeliveries pay for re-encoding the header), keeping its arrival
+    /// time, charged to `memory`.
     pub(crate) fn returned(&self, returns: u32, memory: &Arc<MemoryMonitor>) -> Option<Self> {
-        let mut properties = self.header.properties.clone();
+        let mut properties = self.properties();
         properties
             .headers
             .get_or_insert_with(FieldTable::default)
@@ -91,45 +222,357 @@ impl Message {
                 "x-delivery-count".to_owned(),
                 FieldValue::I64(i64::from(returns)),
             );
-        let mut message = self.with_properties(properties, memory)?;
+        let mut message = self
+            .rebuilt(
+                self.exchange(),
+                self.routing_key(),
+                &properties,
+                self.received_at(),
+            )
+            .ok()?;
         message.returns = returns;
+        message.charge_to(memory);
         Some(message)
     }
 
+    /// Replaces the properties (re-encoded), keeping everything else; the memory charge
+    /// follows the new size.
+    ///
+    /// # Errors
+    /// The properties do not encode; the message is unchanged.
+    pub(crate) fn set_properties(&mut self, properties: &BasicProperties) -> Result<(), WireError> {
+        let mut copy = self.rebuilt(
+            self.exchange(),
+            self.routing_key(),
+            properties,
+            self.received_at(),
+        )?;
+        copy.returns = self.returns;
+        if let Some(memory) = self.charge.take() {
+            memory.release(self.size());
+            copy.charge_to(&memory);
+        }
+        *self = copy;
+        Ok(())
+    }
+
+    /// A new uncharged message with these names and properties and this message's body.
+    fn rebuilt(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &BasicProperties,
+        received_at: Instant,
+    ) -> Result<Self, WireError> {
+        let mut raw = BytesMut::new();
+        properties.encode(&mut raw)?;
+        Ok(Self::assemble(
+            exchange,
+            routing_key,
+            &raw,
+            self.body(),
+            self.shared_body.as_deref(),
+            &Parsed::of(properties),
+            received_at,
+        ))
+    }
+
+    /// The exchange it was published to.
+    pub fn exchange(&self) -> &str {
+        self.text(0, self.routing_key_at)
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        self.text(self.routing_key_at, self.properties_at)
+    }
+
+    /// [`Message::exchange`] as bytes, without the UTF-8 check [`Message::exchange`] pays
+    /// (what a writer copies into `basic.deliver`).
+    pub fn exchange_bytes(&self) -> &[u8] {
+        &self.data.as_slice()[..self.routing_key_at as usize]
+    }
+
+    /// [`Message::routing_key`] as bytes, without the UTF-8 check (a queue lookup by name,
+    /// `basic.deliver`).
+    pub fn routing_key_bytes(&self) -> &[u8] {
+        &self.data.as_slice()[self.routing_key_at as usize..self.properties_at as usize]
+    }
+
+    /// The names were copied in from `&str`s, so they are UTF-8; the empty string answers
+    /// should that ever not hold.
+    fn text(&self, from: u32, to: u32) -> &str {
+        std::str::from_utf8(&self.data.as_slice()[from as usize..to as usize]).unwrap_or_default()
+    }
+
+    /// The encoded property flags and property list, as received (or as the broker last
+    /// re-encoded them).
+    pub fn header_raw(&self) -> &[u8] {
+        &self.data.as_slice()[self.properties_at as usize..self.body_at as usize]
+    }
+
+    /// The content header to write in front of the body: class, body size and
+    /// [`Message::header_raw`].
+    pub fn header_ref(&self) -> HeaderRef<'_> {
+        HeaderRef {
+            class_id: BASIC_CLASS_ID,
+            body_size: self.body().len() as u64,
+            raw: self.header_raw(),
+        }
+    }
+
+    /// The properties, decoded from [`Message::header_raw`] on each call (the broker's hot
+    /// path reads only what [`Message::is_persistent`], [`Message::priority`] and the TTL
+    /// need, which are kept apart). The bytes decoded once before they got here, so this
+    /// cannot fail; should it, the answer is no properties.
+    pub fn properties(&self) -> BasicProperties {
+        BasicProperties::decode(self.header_raw()).unwrap_or_default()
+    }
+
+    /// The application headers (the `headers` property), decoded on demand.
+    pub fn headers(&self) -> Option<FieldTable> {
+        self.properties().headers
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        match &self.shared_body {
+            Some(body) => body,
+            None => &self.data.as_slice()[self.body_at as usize..],
+        }
+    }
+
+    /// The body as `Bytes`: shared when it is large, a copy of a small one.
+    pub fn body_bytes(&self) -> Bytes {
+        match &self.shared_body {
+            Some(body) => Bytes::clone(body),
+            None => Bytes::copy_from_slice(self.body()),
+        }
+    }
+
+    /// The `priority` property, 0 when absent.
+    pub fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    /// When the message arrived (its TTL counts from then).
+    pub fn received_at(&self) -> Instant {
+        epoch() + Duration::from_nanos(self.received)
+    }
+
+    /// Moves the arrival time (a message read back from disk keeps the TTL clock it had).
+    pub(crate) fn set_received_at(&mut self, at: Instant) {
+        self.received = nanos_since_epoch(at);
+    }
+
+    /// How many times this copy was returned to its queue.
+    pub(crate) fn returns(&self) -> u32 {
+        self.returns
+    }
+
     /// When this message expires in a queue whose `x-message-ttl` is `queue_ttl`: the
-    /// earlier of the two TTLs, counted from its arrival.
+    /// earlier of the two TTLs, counted from its arrival (`None` when neither applies or
+    /// the deadline is beyond what the clock represents).
     pub(crate) fn expires_at(&self, queue_ttl: Option<u64>) -> Option<Instant> {
-        let ttl = match (queue_ttl, self.expiration) {
+        let own = (self.expiration != NO_EXPIRATION).then_some(self.expiration);
+        let ttl = match (queue_ttl, own) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
         };
-        Some(self.received_at + Duration::from_millis(ttl))
+        self.received_at().checked_add(Duration::from_millis(ttl))
     }
 
-    /// Bytes counted against the memory watermark: body plus encoded header.
+    /// Bytes counted against the memory watermark: body plus encoded properties.
     pub fn size(&self) -> u64 {
-        self.body.len() as u64 + self.header.raw.len() as u64
+        self.body().len() as u64 + u64::from(self.body_at - self.properties_at)
     }
 
     /// True when the publisher asked for persistence (delivery-mode 2).
     pub fn is_persistent(&self) -> bool {
-        self.header.properties.delivery_mode == Some(2)
+        self.persistent
     }
 
-    pub(crate) fn set_charge(&mut self, charge: MemoryCharge) {
-        self.charge = Some(charge);
+    /// Charges [`Message::size`] to `memory`, released when the message drops. A message is
+    /// charged once, when the broker accepts it.
+    pub(crate) fn charge_to(&mut self, memory: &Arc<MemoryMonitor>) {
+        memory.add(self.size());
+        if let Some(previous) = self.charge.replace(Arc::clone(memory)) {
+            previous.release(self.size());
+        }
     }
 }
 
-/// A copy sharing the body and header bytes; it is not charged to the memory accounting
+fn nanos_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        if let Some(memory) = self.charge.take() {
+            memory.release(self.size());
+        }
+    }
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("exchange", &self.exchange())
+            .field("routing_key", &self.routing_key())
+            .field("size", &self.size())
+            .field("persistent", &self.persistent)
+            .field("returns", &self.returns)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A copy sharing a large body, arriving now; it is not charged to the memory accounting
 /// until it is published.
 impl Clone for Message {
     fn clone(&self) -> Self {
-        Self::new(
-            self.exchange.clone(),
-            self.routing_key.clone(),
-            self.header.clone(),
-            self.body.clone(),
-        )
+        Self {
+            data: self.data.clone(),
+            shared_body: self.shared_body.clone(),
+            charge: None,
+            received: nanos_since_epoch(Instant::now()),
+            expiration: self.expiration,
+            returns: 0,
+            routing_key_at: self.routing_key_at,
+            properties_at: self.properties_at,
+            body_at: self.body_at,
+            priority: self.priority,
+            persistent: self.persistent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(properties: BasicProperties, body: &[u8]) -> ContentHeader {
+        ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, properties).unwrap()
+    }
+
+    #[test]
+    fn a_queued_message_is_small() {
+        assert_eq!(std::mem::size_of::<Message>(), 120);
+    }
+
+    #[test]
+    fn parts_read_back_for_small_and_large_bodies() {
+        let properties = BasicProperties {
+            delivery_mode: Some(2),
+            priority: Some(3),
+            expiration: Some("60000".into()),
+            message_id: Some("m1".into()),
+            ..BasicProperties::default()
+        };
+        for len in [
+            0,
+            16,
+            INLINE_DATA,
+            INLINE_BODY_MAX,
+            INLINE_BODY_MAX + 1,
+            4096,
+        ] {
+            let body = Bytes::from(vec![7u8; len]);
+            let h = header(properties.clone(), &body);
+            let m = Message::new("amq.direct".into(), "rk".into(), h.clone(), body.clone());
+            assert_eq!(m.exchange(), "amq.direct");
+            assert_eq!(m.routing_key(), "rk");
+            assert_eq!(m.exchange_bytes(), b"amq.direct");
+            assert_eq!(m.routing_key_bytes(), b"rk");
+            assert_eq!(m.header_raw(), &h.raw[..]);
+            assert_eq!(m.properties(), properties);
+            assert_eq!(m.body(), &body[..]);
+            assert_eq!(m.body_bytes(), body);
+            assert_eq!(m.size(), len as u64 + h.raw.len() as u64);
+            assert!(m.is_persistent());
+            assert_eq!(m.priority(), 3);
+            let ttl = m.expires_at(None).unwrap() - m.received_at();
+            assert_eq!(ttl, Duration::from_secs(60));
+            let r = m.header_ref();
+            assert_eq!((r.class_id, r.body_size), (BASIC_CLASS_ID, len as u64));
+        }
+    }
+
+    #[test]
+    fn a_large_body_is_shared_not_copied() {
+        let body = Bytes::from(vec![1u8; 1024]);
+        let m = Message::new(
+            String::new(),
+            "q".into(),
+            header(BasicProperties::default(), &body),
+            body.clone(),
+        );
+        assert_eq!(m.body().as_ptr(), body.as_ptr());
+        assert_eq!(m.body_bytes().as_ptr(), body.as_ptr());
+    }
+
+    #[test]
+    fn charge_follows_the_message_through_a_property_change() {
+        let memory = MemoryMonitor::new(0);
+        let mut m = Message::new(
+            String::new(),
+            "q".into(),
+            header(BasicProperties::default(), b"abc"),
+            Bytes::from_static(b"abc"),
+        );
+        m.charge_to(&memory);
+        assert_eq!(memory.used(), m.size());
+        let mut headers = FieldTable::default();
+        headers.insert("x-delay", FieldValue::I64(-5));
+        let properties = BasicProperties {
+            headers: Some(headers.clone()),
+            ..BasicProperties::default()
+        };
+        m.set_properties(&properties).unwrap();
+        assert_eq!(m.headers(), Some(headers));
+        assert_eq!(memory.used(), m.size());
+        let returned = m.returned(2, &memory).unwrap();
+        assert_eq!(returned.returns(), 2);
+        assert_eq!(returned.received_at(), m.received_at());
+        assert_eq!(memory.used(), m.size() + returned.size());
+        drop(m);
+        drop(returned);
+        assert_eq!(memory.used(), 0);
+    }
+
+    #[test]
+    fn every_length_around_the_inline_limit_reads_back() {
+        let properties = BasicProperties {
+            priority: Some(4),
+            expiration: Some("10".into()),
+            ..BasicProperties::default()
+        };
+        for exchange in [String::new(), "x".repeat(255)] {
+            for routing_key in [String::new(), "r".into(), "r".repeat(255)] {
+                for len in 0..=INLINE_BODY_MAX + 44 {
+                    let body: Bytes = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+                    let h = header(properties.clone(), &body);
+                    let m = Message::new(
+                        exchange.clone(),
+                        routing_key.clone(),
+                        h.clone(),
+                        body.clone(),
+                    );
+                    assert_eq!(m.exchange(), exchange);
+                    assert_eq!(m.routing_key(), routing_key);
+                    assert_eq!(m.header_raw(), &h.raw[..]);
+                    assert_eq!(m.body(), &body[..]);
+                    assert_eq!(m.properties(), properties);
+                    assert_eq!(m.clone().body(), &body[..]);
+                    let memory = MemoryMonitor::new(0);
+                    let returned = m.returned(3, &memory).unwrap();
+                    assert_eq!(returned.body(), &body[..]);
+                    assert_eq!(returned.exchange(), exchange);
+                    assert_eq!(returned.routing_key(), routing_key);
+                    assert_eq!(memory.used(), returned.size());
+                    drop(returned);
+                    assert_eq!(memory.used(), 0, "body {len}, key {}", routing_key.len());
+                }
+            }
+        }
     }
 }

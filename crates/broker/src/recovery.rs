@@ -251,8 +251,8 @@ fn load_messages(
                     }
                 })?;
             let mut message = Message::new(exchange, routing_key, header, paged.record.body);
+            message.charge_to(vhost.memory());
             let size = message.size();
-            message.set_charge(vhost.memory().charge(size));
             redelivered += u64::from(paged.redelivered);
             items.push(Ready {
                 seq: paged.seq,

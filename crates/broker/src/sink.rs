@@ -28,7 +28,7 @@ impl fmt::Debug for Delivery {
             .field("consumer_tag", &self.consumer_tag)
             .field("delivery_tag", &self.delivery_tag)
             .field("redelivered", &self.redelivered)
-            .field("routing_key", &self.message.routing_key)
+            .field("routing_key", &self.message.routing_key())
             .finish_non_exhaustive()
     }
 }

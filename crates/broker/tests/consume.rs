@@ -105,7 +105,7 @@ fn qos_global_limits_the_whole_channel() {
     let first_q1 = sink
         .take()
         .into_iter()
-        .find(|d| d.message.routing_key == "q1")
+        .find(|d| d.message.routing_key() == "q1")
         .unwrap();
     ch.ack(first_q1.delivery_tag, false).unwrap();
     assert_eq!(sink.count(), 1);

@@ -314,7 +314,7 @@ fn a_message_routed_to_several_durable_queues_survives_in_each() {
     let (mut ch, _sink) = channel(&v, 1);
     let got = ch.get("a", true).unwrap().unwrap();
     assert_eq!(
-        (body(&got.message), got.message.exchange.as_str()),
+        (body(&got.message), got.message.exchange()),
         ("1".to_owned(), "amq.fanout")
     );
 }

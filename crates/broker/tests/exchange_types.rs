@@ -171,7 +171,7 @@ fn a_delayed_message_is_enqueued_when_due_and_not_before() {
     // As the plugin: the delivered message's x-delay is negated.
     let (mut ch, _) = channel(&v, 3);
     let got = ch.get("q", true).unwrap().unwrap();
-    let headers = got.message.header.properties.headers.as_ref().unwrap();
+    let headers = got.message.headers().unwrap();
     assert_eq!(headers.get("x-delay"), Some(&FieldValue::I64(-150)));
 }
 

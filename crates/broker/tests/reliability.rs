@@ -87,14 +87,8 @@ fn a_hundred_thousand_outstanding_deliveries_time_out_in_one_pass() {
         .map(|d| body(&d.message).parse().unwrap())
         .collect();
     assert_eq!(bodies, (0..N).step_by(2).collect::<Vec<_>>());
-    let count = again[0]
-        .message
-        .header
-        .properties
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("x-delivery-count"));
-    assert_eq!(count, Some(&FieldValue::I64(1)));
+    let headers = again[0].message.headers().unwrap();
+    assert_eq!(headers.get("x-delivery-count"), Some(&FieldValue::I64(1)));
 }
 
 #[test]
@@ -266,7 +260,7 @@ fn a_dead_lettered_persistent_message_moves_queues_across_a_restart() {
     let (mut ch, _sink) = channel(&v, 1);
     let got = ch.get("dlq", true).unwrap().unwrap();
     assert_eq!(body(&got.message), "keep me");
-    let death = got.message.header.properties.headers.as_ref().unwrap();
+    let death = got.message.headers().unwrap();
     assert!(death.get("x-death").is_some());
 }
 

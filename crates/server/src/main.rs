@@ -15,6 +15,7 @@
 //!   back to the client;
 //! - [`writer`]: the task that owns the socket's write half and batches frames into one write;
 //! - [`disk`]: the disk alarm (free space under `disk.free_limit` blocks publishers);
+//! - [`heap`]: gives the heap glibc keeps after a burst back to the OS (`malloc_trim`);
 //! - [`permissions`] (configure/write/read patterns per user and vhost) and [`limits`]
 //!   (connections and queues per vhost and user), checked at connection.open and before
 //!   every channel method;
@@ -34,6 +35,7 @@ mod config;
 mod connection;
 mod disk;
 mod error;
+mod heap;
 mod limits;
 mod logging;
 mod management;
@@ -156,6 +158,8 @@ async fn run(
         shutdown,
         disk_alarm,
     ));
+    // Freed heap goes back to the OS after bursts (connections closed, backlogs drained).
+    heap::spawn(Arc::clone(&ctx));
     // Users, permissions and policies created through the API, then the config file over
     // them; before any client is accepted.
     ctx.permissions.set_stored(stored_access);

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use lockgate_broker::{Delivery, Message};
@@ -16,6 +17,12 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Flush before the buffer grows past this, even if more is queued.
 const MAX_BATCH: usize = 1 << 20;
+/// A buffer that grew past this (a burst of deliveries) is released once the writer has had
+/// nothing to write for [`RELEASE_AFTER`]: otherwise every connection that once had a burst
+/// would keep its largest batch resident for as long as it lives.
+const KEEP_IDLE: usize = 64 * 1024;
+/// See [`KEEP_IDLE`].
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Something the connection sends to its client.
 #[derive(Debug)]
@@ -70,11 +77,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
     frame_max: u32,
 ) -> io::Result<W> {
     let mut codec = FrameCodec::new(frame_max);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Grown on first use: an idle connection keeps only what its handshake replies took.
+    let mut buf = BytesMut::new();
     // Set when a store commit failed: connection.close 541 was sent, and nothing queued after
     // it goes out (those replies promised durability). The client answers close-ok and hangs up.
     let mut store_failed = false;
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = next_batch(&mut rx, &mut buf).await {
         let mut next = Some(first);
         let mut stop = false;
         while let Some(msg) = next {
@@ -112,6 +120,22 @@ pub async fn run<W: AsyncWrite + Unpin>(
     Ok(socket)
 }
 
+/// Waits for the first message of the next batch. A buffer past [`KEEP_IDLE`] is dropped
+/// (its capacity freed) if nothing comes for [`RELEASE_AFTER`]; the timer is armed only then,
+/// so a writer with a small buffer waits as plainly as before.
+async fn next_batch(rx: &mut UnboundedReceiver<Outbound>, buf: &mut BytesMut) -> Option<Outbound> {
+    if buf.capacity() <= KEEP_IDLE {
+        return rx.recv().await;
+    }
+    match tokio::time::timeout(RELEASE_AFTER, rx.recv()).await {
+        Ok(msg) => msg,
+        Err(_) => {
+            *buf = BytesMut::new();
+            rx.recv().await
+        }
+    }
+}
+
 /// connection.close 541, RabbitMQ's code for a broker-side failure.
 fn store_failure_close() -> Outbound {
     Outbound::method(
@@ -144,9 +168,14 @@ fn encode(codec: &FrameCodec, msg: Outbound, buf: &mut BytesMut) -> io::Result<(
             method,
             message,
         } => {
-            tracing::trace!(channel, ?method, size = message.body.len(), "send content");
+            tracing::trace!(
+                channel,
+                ?method,
+                size = message.body().len(),
+                "send content"
+            );
             codec
-                .encode_content(buf, channel, &method, &message.header, &message.body)
+                .encode_content(buf, channel, &method, message.header_ref(), message.body())
                 .map_err(io::Error::other)
         }
         Outbound::Deliver { channel, delivery } => {
@@ -155,14 +184,47 @@ fn encode(codec: &FrameCodec, msg: Outbound, buf: &mut BytesMut) -> io::Result<(
                 consumer_tag: delivery.consumer_tag.as_str(),
                 delivery_tag: delivery.delivery_tag.0,
                 redelivered: delivery.redelivered,
-                exchange: &message.exchange,
-                routing_key: &message.routing_key,
+                exchange: message.exchange(),
+                routing_key: message.routing_key(),
             };
             tracing::trace!(channel, ?deliver, "send delivery");
             codec
-                .encode_delivery(buf, channel, &deliver, &message.header, &message.body)
+                .encode_delivery(buf, channel, &deliver, message.header_ref(), message.body())
                 .map_err(io::Error::other)
         }
         Outbound::FrameMax(_) | Outbound::AfterCommit(_) | Outbound::Shutdown => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_buffer_is_released_after_an_idle_second() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut buf = BytesMut::with_capacity(4 * KEEP_IDLE);
+        tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_AFTER * 2).await;
+            let _ = tx.send(Outbound::Shutdown);
+        });
+        let msg = next_batch(&mut rx, &mut buf).await;
+        assert!(matches!(msg, Some(Outbound::Shutdown)));
+        assert_eq!(buf.capacity(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_writer_keeps_its_buffer() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut buf = BytesMut::with_capacity(4 * KEEP_IDLE);
+        tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_AFTER / 2).await;
+            let _ = tx.send(Outbound::Shutdown);
+        });
+        let msg = next_batch(&mut rx, &mut buf).await;
+        assert!(matches!(msg, Some(Outbound::Shutdown)));
+        assert!(buf.capacity() >= 4 * KEEP_IDLE);
     }
 }

@@ -9,7 +9,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::primitive::{put_shortstr, Reader};
+use crate::primitive::put_shortstr;
 use crate::{
     BasicProperties, ContentHeader, Method, WireError, BASIC_CLASS_ID, FRAME_BODY, FRAME_END,
     FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
@@ -31,10 +31,9 @@ const MAX_RESERVE: usize = 1 << 20;
 
 /// One AMQP frame.
 ///
-/// `Header` is the largest variant (the decoded properties). It is not boxed: a frame lives only
-/// from the decoder to the channel that consumes it, and boxing would cost an allocation per
-/// message.
-#[allow(clippy::large_enum_variant)]
+/// `Header` boxes its decoded properties (about 350 octets): every frame moves by value from the
+/// decoder through the connection to its channel, several times, and one allocation per message
+/// costs less than copying that size with every frame of every message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
     /// A method frame (type 1).
@@ -49,7 +48,7 @@ pub enum Frame {
         /// The channel.
         channel: u16,
         /// The header.
-        header: ContentHeader,
+        header: Box<ContentHeader>,
     },
     /// A content body frame (type 3). On decode, a slice of the read buffer (never copied).
     Body {
@@ -136,12 +135,12 @@ impl FrameCodec {
     ///
     /// # Errors
     /// As [`encode_content`].
-    pub fn encode_content(
+    pub fn encode_content<'h>(
         &self,
         dst: &mut BytesMut,
         channel: u16,
         method: &Method,
-        header: &ContentHeader,
+        header: impl Into<HeaderRef<'h>>,
         body: &[u8],
     ) -> Result<(), WireError> {
         encode_content(dst, channel, method, header, body, self.frame_max)
@@ -152,15 +151,48 @@ impl FrameCodec {
     ///
     /// # Errors
     /// As [`encode_content`].
-    pub fn encode_delivery(
+    pub fn encode_delivery<'h>(
         &self,
         dst: &mut BytesMut,
         channel: u16,
         deliver: &DeliverRef<'_>,
-        header: &ContentHeader,
+        header: impl Into<HeaderRef<'h>>,
         body: &[u8],
     ) -> Result<(), WireError> {
         encode_delivery(dst, channel, deliver, header, body, self.frame_max)
+    }
+
+    /// The `basic.deliver` method frame at the head of `src`, decoded without allocating: its
+    /// channel, its arguments (strings borrowed from `src`) and the frame's total length, by
+    /// which the caller then advances `src`. `None` when `src` starts with any other frame, an
+    /// incomplete or invalid one, or non-UTF-8 strings: [`Decoder::decode`] handles (and
+    /// reports) all of those as before.
+    #[must_use]
+    pub fn peek_deliver<'a>(&self, src: &'a [u8]) -> Option<(u16, DeliverRef<'a>, usize)> {
+        let &[FRAME_METHOD, c0, c1, s0, s1, s2, s3, ..] = src else {
+            return None;
+        };
+        let total = usize::try_from(u32::from_be_bytes([s0, s1, s2, s3]))
+            .ok()?
+            .checked_add(FRAME_OVERHEAD)?;
+        if total as u64 > limit(self.frame_max) + FRAME_SIZE_FUDGE as u64
+            || src.get(total.checked_sub(1)?) != Some(&FRAME_END)
+        {
+            return None;
+        }
+        let payload = src.get(7..total - 1)?;
+        let (&[c_hi, c_lo, m_hi, m_lo], args) = payload.split_first_chunk::<4>()?;
+        let class = u16::from_be_bytes([c_hi, c_lo]);
+        let method = u16::from_be_bytes([m_hi, m_lo]);
+        if (class, method)
+            != (
+                crate::basic::Deliver::CLASS_ID,
+                crate::basic::Deliver::METHOD_ID,
+            )
+        {
+            return None;
+        }
+        DeliverRef::decode(args).map(|d| (u16::from_be_bytes([c0, c1]), d, total))
     }
 }
 
@@ -237,11 +269,11 @@ fn write_body(
 /// [`WireError::BodySizeMismatch`] if `header.body_size` is not `body.len()`,
 /// [`WireError::EncodeTooLarge`] if the method or header frame alone exceeds frame_max (or
 /// frame_max leaves no room for body octets), or the method's own encode errors.
-pub fn encode_content(
+pub fn encode_content<'h>(
     dst: &mut BytesMut,
     channel: u16,
     method: &Method,
-    header: &ContentHeader,
+    header: impl Into<HeaderRef<'h>>,
     body: &[u8],
     frame_max: u32,
 ) -> Result<(), WireError> {
@@ -249,10 +281,49 @@ pub fn encode_content(
         dst,
         channel,
         |dst| method.encode(dst),
-        header,
+        header.into(),
         body,
         frame_max,
     )
+}
+
+/// A content header borrowed: what encoding a header frame needs (class, body size and the
+/// encoded properties), without the decoded [`BasicProperties`]. A broker that keeps only a
+/// message's property octets encodes deliveries from this.
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderRef<'a> {
+    /// The class id (60, basic).
+    pub class_id: u16,
+    /// Total size of the body frames that follow.
+    pub body_size: u64,
+    /// The encoded property flags and property list.
+    pub raw: &'a [u8],
+}
+
+impl HeaderRef<'_> {
+    /// Size of the header frame's payload: 12 fixed octets plus `raw`.
+    #[must_use]
+    pub fn payload_len(&self) -> usize {
+        12 + self.raw.len()
+    }
+
+    /// Appends the header frame's payload (class, weight 0, body size, `raw`) to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.put_u16(self.class_id);
+        dst.put_u16(0);
+        dst.put_u64(self.body_size);
+        dst.put_slice(self.raw);
+    }
+}
+
+impl<'a> From<&'a ContentHeader> for HeaderRef<'a> {
+    fn from(header: &'a ContentHeader) -> Self {
+        HeaderRef {
+            class_id: header.class_id,
+            body_size: header.body_size,
+            raw: &header.raw,
+        }
+    }
 }
 
 /// `basic.deliver`'s arguments, borrowed. A server writes one per delivery from strings it
@@ -272,7 +343,7 @@ pub struct DeliverRef<'a> {
     pub routing_key: &'a str,
 }
 
-impl DeliverRef<'_> {
+impl<'a> DeliverRef<'a> {
     /// The same octets as `Method::BasicDeliver(..).encode` (a test keeps them equal).
     fn encode(&self, dst: &mut BytesMut) -> Result<(), WireError> {
         dst.put_u16(crate::basic::Deliver::CLASS_ID);
@@ -283,17 +354,42 @@ impl DeliverRef<'_> {
         put_shortstr(dst, self.exchange, "basic.deliver.exchange")?;
         put_shortstr(dst, self.routing_key, "basic.deliver.routing-key")
     }
+
+    /// Decodes `basic.deliver`'s arguments (after the class and method ids), borrowing the
+    /// strings. `None` if they are malformed or a shortstr is not UTF-8 (the owned decoder
+    /// reports the former and replaces invalid sequences in the latter, as RabbitMQ does not
+    /// check them).
+    fn decode(args: &'a [u8]) -> Option<Self> {
+        let mut r = crate::primitive::Reader::new(args);
+        let s = |r: &mut crate::primitive::Reader<'a>, what| {
+            let len = usize::from(r.u8(what).ok()?);
+            std::str::from_utf8(r.take(len, what).ok()?).ok()
+        };
+        let consumer_tag = s(&mut r, "basic.deliver.consumer-tag")?;
+        let delivery_tag = r.u64("basic.deliver.delivery-tag").ok()?;
+        let redelivered = r.u8("basic.deliver.redelivered").ok()? & 1 != 0;
+        let exchange = s(&mut r, "basic.deliver.exchange")?;
+        let routing_key = s(&mut r, "basic.deliver.routing-key")?;
+        r.finish().ok()?;
+        Some(DeliverRef {
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+        })
+    }
 }
 
 /// [`encode_content`] for `basic.deliver`, from borrowed arguments.
 ///
 /// # Errors
 /// As [`encode_content`].
-pub fn encode_delivery(
+pub fn encode_delivery<'h>(
     dst: &mut BytesMut,
     channel: u16,
     deliver: &DeliverRef<'_>,
-    header: &ContentHeader,
+    header: impl Into<HeaderRef<'h>>,
     body: &[u8],
     frame_max: u32,
 ) -> Result<(), WireError> {
@@ -301,7 +397,7 @@ pub fn encode_delivery(
         dst,
         channel,
         |dst| deliver.encode(dst),
-        header,
+        header.into(),
         body,
         frame_max,
     )
@@ -423,7 +519,7 @@ fn content(
     dst: &mut BytesMut,
     channel: u16,
     method: impl FnOnce(&mut BytesMut) -> Result<(), WireError>,
-    header: &ContentHeader,
+    header: HeaderRef<'_>,
     body: &[u8],
     frame_max: u32,
 ) -> Result<(), WireError> {
@@ -445,7 +541,7 @@ fn write_content(
     dst: &mut BytesMut,
     channel: u16,
     method: impl FnOnce(&mut BytesMut) -> Result<(), WireError>,
-    header: &ContentHeader,
+    header: HeaderRef<'_>,
     body: &[u8],
     frame_max: u32,
 ) -> Result<(), WireError> {
@@ -479,12 +575,11 @@ impl Decoder for FrameCodec {
     type Error = WireError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        let mut r = Reader::new(src);
-        let (Ok(frame_type), Ok(channel), Ok(size)) =
-            (r.u8("frame type"), r.u16("channel"), r.u32("frame size"))
-        else {
+        let &[frame_type, c0, c1, s0, s1, s2, s3, ..] = &src[..] else {
             return Ok(None);
         };
+        let channel = u16::from_be_bytes([c0, c1]);
+        let size = u32::from_be_bytes([s0, s1, s2, s3]);
         let total = u64::from(size) + FRAME_OVERHEAD as u64;
         if total > limit(self.frame_max) + FRAME_SIZE_FUDGE as u64 {
             return Err(WireError::FrameTooLarge {
@@ -541,7 +636,7 @@ impl Decoder for FrameCodec {
                 src.advance(1);
                 Frame::Header {
                     channel,
-                    header: ContentHeader::decode(payload)?,
+                    header: Box::new(ContentHeader::decode(payload)?),
                 }
             }
             FRAME_BODY => {
@@ -579,6 +674,58 @@ impl Encoder<&Frame> for FrameCodec {
 mod tests {
     use super::*;
     use crate::{basic, FieldTable, FieldValue};
+
+    #[test]
+    fn peek_deliver_borrows_what_decode_owns() {
+        let deliver = DeliverRef {
+            consumer_tag: "ctag",
+            delivery_tag: 7,
+            redelivered: true,
+            exchange: "x",
+            routing_key: "rk",
+        };
+        let header = ContentHeader::new(BASIC_CLASS_ID, 2, BasicProperties::default()).unwrap();
+        let mut buf = BytesMut::new();
+        encode_delivery(&mut buf, 3, &deliver, &header, b"hi", 4096).unwrap();
+        let codec = FrameCodec::new(4096);
+        let (channel, d, len) = codec.peek_deliver(&buf).expect("a deliver frame");
+        assert_eq!(
+            (
+                channel,
+                d.consumer_tag,
+                d.delivery_tag,
+                d.redelivered,
+                d.exchange,
+                d.routing_key
+            ),
+            (3, "ctag", 7, true, "x", "rk")
+        );
+        let Some(Frame::Method {
+            channel: 3,
+            method: Method::BasicDeliver(owned),
+        }) = FrameCodec::new(4096).decode(&mut buf.clone()).unwrap()
+        else {
+            panic!("not a deliver frame");
+        };
+        assert_eq!(
+            (
+                owned.consumer_tag.as_str(),
+                owned.delivery_tag,
+                owned.redelivered
+            ),
+            ("ctag", 7, true)
+        );
+        assert_eq!(
+            (owned.exchange.as_str(), owned.routing_key.as_str()),
+            ("x", "rk")
+        );
+        assert!(codec.peek_deliver(&buf[..len - 1]).is_none(), "incomplete");
+        assert!(codec.peek_deliver(&buf[len..]).is_none(), "a header frame");
+        let mut foreign = buf[..len].to_vec();
+        let tag_at = 7 + 4 + 1;
+        foreign[tag_at] = 0xff;
+        assert!(codec.peek_deliver(&foreign).is_none(), "not UTF-8");
+    }
 
     fn owned_encoding(
         publish: &PublishRef<'_>,
@@ -649,6 +796,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn borrowed_header_parts_encode_as_the_content_header() {
+        let properties = BasicProperties {
+            content_type: Some("text/plain".into()),
+            delivery_mode: Some(2),
+            ..BasicProperties::default()
+        };
+        let header = ContentHeader::new(BASIC_CLASS_ID, 5, properties).unwrap();
+        let raw = header.raw.clone();
+        let parts = HeaderRef {
+            class_id: BASIC_CLASS_ID,
+            body_size: 5,
+            raw: &raw,
+        };
+        let method = Method::BasicPublish(basic::Publish::default());
+        let mut owned = BytesMut::new();
+        encode_content(&mut owned, 1, &method, &header, b"hello", 4096).unwrap();
+        let mut borrowed = BytesMut::new();
+        encode_content(&mut borrowed, 1, &method, parts, b"hello", 4096).unwrap();
+        assert_eq!(owned, borrowed);
+        let mut frame = BytesMut::new();
+        FrameCodec::new(4096)
+            .encode_frame(
+                &Frame::Header {
+                    channel: 1,
+                    header: Box::new(header),
+                },
+                &mut frame,
+            )
+            .unwrap();
+        let mut parts_frame = BytesMut::new();
+        parts.encode(&mut parts_frame);
+        assert_eq!(&frame[7..frame.len() - 1], &parts_frame[..]);
+        assert_eq!(parts.payload_len(), parts_frame.len());
     }
 
     #[test]

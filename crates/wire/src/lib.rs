@@ -99,7 +99,7 @@ pub use constants::*;
 pub use error::WireError;
 pub use frame::{
     encode_body, encode_content, encode_delivery, encode_publish_head, DeliverRef, Frame,
-    FrameCodec, PublishRef, FRAME_OVERHEAD, FRAME_SIZE_FUDGE,
+    FrameCodec, HeaderRef, PublishRef, FRAME_OVERHEAD, FRAME_SIZE_FUDGE,
 };
 pub use methods::{
     access, basic, channel, confirm, connection, exchange, method_name, queue, tx, Method,

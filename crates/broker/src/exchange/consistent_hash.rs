@@ -76,12 +76,12 @@ impl HashOn {
 
     /// The bucket in `0..buckets` that `message` hashes to, exactly as the plugin picks it.
     fn bucket(&self, message: &Message, buckets: u64) -> u64 {
-        let properties = &message.header.properties;
+        let properties = &message.properties();
         let timestamp;
         let typed;
         let debug;
         let term = match self {
-            Self::RoutingKey => Term::Binary(message.routing_key.as_bytes()),
+            Self::RoutingKey => Term::Binary(message.routing_key().as_bytes()),
             Self::Header(name) => match properties.headers.as_ref().and_then(|h| h.get(name)) {
                 Some(value) => match typed_value(value) {
                     Some((kind, value)) => {

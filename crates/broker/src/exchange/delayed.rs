@@ -92,7 +92,7 @@ pub(crate) fn delayed_type(arguments: &FieldTable) -> Result<ExchangeKind, Broke
 /// The delay a message asks for: `x-delay` as integer milliseconds, `None` when absent,
 /// not an integer, or not above zero (route at once).
 pub(crate) fn requested_delay(message: &Message) -> Option<u64> {
-    let headers = message.header.properties.headers.as_ref()?;
+    let headers = message.headers()?;
     let ms: i64 = match headers.get("x-delay")? {
         FieldValue::I8(n) => (*n).into(),
         FieldValue::U8(n) => (*n).into(),
@@ -113,13 +113,13 @@ pub(crate) fn requested_delay(message: &Message) -> Option<u64> {
 /// message was delayed (`x-delay < 0`). The header is left as it was should the properties
 /// not re-encode.
 fn mark_delayed(message: &mut Message, delay_ms: u64) {
-    let mut properties = message.header.properties.clone();
+    let mut properties = message.properties();
     let Some(headers) = properties.headers.as_mut() else {
         return;
     };
     let negated = i64::try_from(delay_ms).map_or(i64::MIN, |ms| -ms);
     headers.insert("x-delay".to_owned(), FieldValue::I64(negated));
-    if message.header.set_properties(properties).is_err() {
+    if message.set_properties(&properties).is_err() {
         debug!("x-delay not negated: the properties do not re-encode");
     }
 }
@@ -134,7 +134,7 @@ fn unix_ms() -> u64 {
 
 /// The stored header of a held message: its due time, then the usual message header.
 fn stored_header(due_unix_ms: u64, message: &Message) -> Bytes {
-    let header = durable::message_header(&message.exchange, &message.routing_key, &message.header);
+    let header = durable::message_header(message);
     let mut out = BytesMut::with_capacity(8 + header.len());
     out.put_u64(due_unix_ms);
     out.put_slice(&header);
@@ -213,7 +213,7 @@ impl DelayedMessages {
     ) -> Option<Commit> {
         let due = Instant::now() + Duration::from_millis(delay_ms);
         mark_delayed(&mut message, delay_ms);
-        message.set_charge(memory.charge(message.size()));
+        message.charge_to(memory);
         let persist = store.filter(|_| exchange.durable() && message.is_persistent());
         let (wake, commit) = {
             let mut held = self.held.lock();
@@ -235,7 +235,7 @@ impl DelayedMessages {
                 let seq = queue.next_seq;
                 queue.next_seq += 1;
                 let header = stored_header(unix_ms().saturating_add(delay_ms), &message);
-                let (id, written) = store.publish(header, message.body.clone(), &[(queue.id, seq)]);
+                let (id, written) = store.publish(header, message.body_bytes(), &[(queue.id, seq)]);
                 commit = Some(written);
                 StoredRef {
                     queue: queue.id,
@@ -310,8 +310,8 @@ impl Timed for DelayedMessages {
 fn enqueue(message: Message, queues: &[Arc<Queue>], store: Option<&Store>) {
     if queues.is_empty() {
         debug!(
-            exchange = %message.exchange,
-            routing_key = %message.routing_key,
+            exchange = %message.exchange(),
+            routing_key = %message.routing_key(),
             "delayed message routed nowhere when due: dropped"
         );
         return;
@@ -403,7 +403,7 @@ pub(crate) fn recover(
             due_unix.copy_from_slice(&header[..8]);
             let wait = u64::from_be_bytes(due_unix).saturating_sub(now_unix);
             let mut message = Message::new(exchange_name, routing_key, content, paged.record.body);
-            message.set_charge(vhost.memory().charge(message.size()));
+            message.charge_to(vhost.memory());
             held.push(
                 now + Duration::from_millis(wait),
                 HeldMessage {

@@ -157,7 +157,8 @@ impl BindingEntry {
 
 #[derive(Debug, Default)]
 pub(crate) struct DirectRouter {
-    by_key: HashMap<String, Vec<BindingEntry>>,
+    /// Looked up on every publish: foldhash, randomly seeded per map (see `VHost`).
+    by_key: HashMap<String, Vec<BindingEntry>, foldhash::fast::RandomState>,
     len: usize,
 }
 
@@ -304,10 +305,10 @@ impl Router {
     /// Calls `f` for every destination the message matches (possibly more than once).
     pub fn route(&self, message: &Message, f: &mut impl FnMut(&Destination)) {
         match self {
-            Self::Direct(r) => r.route(&message.routing_key, f),
+            Self::Direct(r) => r.route(message.routing_key(), f),
             Self::Fanout(r) => r.route(f),
-            Self::Topic(r) => r.route(&message.routing_key, f),
-            Self::Headers(r) => r.route(message.header.properties.headers.as_ref(), f),
+            Self::Topic(r) => r.route(message.routing_key(), f),
+            Self::Headers(r) => r.route(message.headers().as_ref(), f),
             Self::ConsistentHash(r) => r.route(message, f),
         }
     }

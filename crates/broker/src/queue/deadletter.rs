@@ -78,7 +78,7 @@ pub(crate) fn dead_lettered(
     routing_key: Option<&str>,
     memory: &Arc<crate::memory::MemoryMonitor>,
 ) -> Option<Message> {
-    let mut properties = message.header.properties.clone();
+    let mut properties = message.properties();
     let mut headers = properties.headers.take().unwrap_or_default();
     let original_expiration = properties.expiration.take();
     let mut deaths: Vec<FieldValue> = match headers.remove("x-death") {
@@ -111,9 +111,9 @@ pub(crate) fn dead_lettered(
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             entry.insert("time", FieldValue::Timestamp(now));
-            entry.insert("exchange", long_string(&message.exchange));
+            entry.insert("exchange", long_string(message.exchange()));
             // Its routing key and its sender-selected CC keys, as RabbitMQ records them.
-            let mut keys = vec![long_string(&message.routing_key)];
+            let mut keys = vec![long_string(message.routing_key())];
             if let Some(FieldValue::Array(cc)) = headers.get("CC") {
                 keys.extend(cc.iter().filter(|k| k.as_str().is_some()).cloned());
             }
@@ -133,31 +133,19 @@ pub(crate) fn dead_lettered(
     if !headers.contains_key("x-first-death-reason") {
         headers.insert("x-first-death-reason", long_string(reason.as_str()));
         headers.insert("x-first-death-queue", long_string(queue));
-        headers.insert("x-first-death-exchange", long_string(&message.exchange));
+        headers.insert("x-first-death-exchange", long_string(message.exchange()));
     }
     properties.headers = Some(headers);
-    let mut copy = message.with_properties(properties, memory)?;
     // The copy starts a new life: its TTL counts from now and it has not been returned.
-    copy.received_at = std::time::Instant::now();
-    copy.returns = 0;
-    copy.expiration = None;
-    dlx.clone_into(&mut copy.exchange);
-    if let Some(key) = routing_key {
-        key.clone_into(&mut copy.routing_key);
-    }
-    Some(copy)
+    let routing_key = routing_key.unwrap_or(message.routing_key());
+    message.republished(dlx, routing_key, &properties, memory)
 }
 
 /// RabbitMQ's `is_cycle/2`: true when `message` (already carrying its new death) would go
 /// back to `queue`, in which it died before, with no rejection since.
 pub(crate) fn is_cycle(message: &Message, queue: &str) -> bool {
-    let Some(FieldValue::Array(deaths)) = message
-        .header
-        .properties
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("x-death"))
-    else {
+    let headers = message.headers();
+    let Some(FieldValue::Array(deaths)) = headers.as_ref().and_then(|h| h.get("x-death")) else {
         return false;
     };
     let field = |d: &FieldValue, key: &str| {
@@ -220,8 +208,8 @@ mod tests {
     }
 
     fn deaths(m: &Message) -> Vec<FieldTable> {
-        let headers = m.header.properties.headers.as_ref().unwrap();
-        headers
+        m.headers()
+            .unwrap()
             .get("x-death")
             .unwrap()
             .as_array()
@@ -239,8 +227,8 @@ mod tests {
             ..BasicProperties::default()
         });
         let d = dead_lettered(&m, Reason::Expired, "q1", "dlx", Some("dl"), &memory).unwrap();
-        assert_eq!(d.routing_key, "dl");
-        assert_eq!(d.header.properties.expiration, None);
+        assert_eq!(d.routing_key(), "dl");
+        assert_eq!(d.properties().expiration, None);
         let entries = deaths(&d);
         assert_eq!(entries.len(), 1);
         let e = &entries[0];
@@ -254,7 +242,7 @@ mod tests {
             e.get("routing-keys"),
             Some(&FieldValue::Array(vec![long_string("rk")]))
         );
-        let h = d.header.properties.headers.as_ref().unwrap();
+        let h = d.headers().unwrap();
         assert_eq!(
             h.get("x-first-death-reason").unwrap().as_str(),
             Some("expired")
@@ -274,7 +262,7 @@ mod tests {
         let entries = deaths(&other);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].get("queue").unwrap().as_str(), Some("q2"));
-        let h = other.header.properties.headers.as_ref().unwrap();
+        let h = other.headers().unwrap();
         assert_eq!(h.get("x-first-death-queue").unwrap().as_str(), Some("q1"));
     }
 
@@ -295,10 +283,10 @@ mod tests {
                 long_string("audit")
             ]))
         );
-        let h = kept.header.properties.headers.as_ref().unwrap();
+        let h = kept.headers().unwrap();
         assert!(h.contains_key("CC"));
         let moved = dead_lettered(&m, Reason::Rejected, "q", "dlx", Some("dl"), &memory).unwrap();
-        let h = moved.header.properties.headers.as_ref().unwrap();
+        let h = moved.headers().unwrap();
         assert!(!h.contains_key("CC"));
     }
 

@@ -54,7 +54,8 @@ impl Seen {
             }
             return false;
         };
-        let Some(id) = message.header.properties.message_id.as_deref() else {
+        let properties = message.properties();
+        let Some(id) = properties.message_id.as_deref() else {
             return false;
         };
         self.forget(window, now);

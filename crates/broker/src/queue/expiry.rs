@@ -82,7 +82,7 @@ fn next_wake(st: &QueueState) -> Option<Instant> {
 /// The messages that can have a live TTL deadline: in memory, behind the disk tail and held
 /// aside by a retry delay.
 pub(super) fn ready_count(st: &QueueState) -> usize {
-    st.ready.len() + st.pending.len() + st.delayed.len()
+    st.ready.len() + st.tails.pending_len() + st.delayed.len()
 }
 
 /// Removes the message `seq` from the ready messages (head, behind the disk tail or held
@@ -93,9 +93,8 @@ fn take_expired(st: &mut QueueState, seq: u64, now: Instant) -> Option<Ready> {
     if st.ready.find(seq).is_some_and(expired) {
         return st.ready.remove(seq);
     }
-    let at = st.pending.partition_point(|r| r.seq < seq);
-    if st.pending.get(at).is_some_and(expired) {
-        return st.pending.remove(at);
+    if let Some(item) = st.tails.remove_pending(seq, expired) {
+        return Some(item);
     }
     // Held aside by its retry delay: it expires there too (its retry deadline is then skipped).
     if st.delayed.get(&seq).is_some_and(expired) {
@@ -135,7 +134,7 @@ impl Queue {
         let items = st
             .ready
             .iter()
-            .chain(&st.pending)
+            .chain(st.tails.pending())
             .chain(st.delayed.values());
         for item in items {
             if let Some(at) = item.message.expires_at(ttl) {
@@ -175,32 +174,29 @@ impl Queue {
 
     /// Before spilling `items`: keeps the arrival time of those that can expire, since
     /// messages read back from disk are rebuilt with a fresh one.
-    pub(super) fn remember_arrivals(st: &mut QueueState, items: &[Ready]) {
+    pub(super) fn remember_arrivals(st: &mut QueueState, lane: usize, items: &[Ready]) {
         let ttl = st.args.message_ttl;
-        st.spilled_arrivals.extend(
+        st.tails.arrivals_mut(lane).extend(
             items
                 .iter()
                 .filter(|r| r.message.expires_at(ttl).is_some())
-                .map(|r| (r.seq, r.message.received_at)),
+                .map(|r| (r.seq, r.message.received_at())),
         );
     }
 
     /// After a page-in: restores the arrival times of the messages read back and schedules
     /// their TTL (an already expired one goes on the next wake, before any delivery).
-    pub(super) fn restore_arrivals(&self, st: &mut QueueState, paged: &mut [Ready]) {
+    pub(super) fn restore_arrivals(&self, st: &mut QueueState, lane: usize, paged: &mut [Ready]) {
+        let mut arrivals = std::mem::take(st.tails.arrivals_mut(lane));
         for item in paged.iter_mut() {
-            while st
-                .spilled_arrivals
-                .front()
-                .is_some_and(|&(seq, _)| seq < item.seq)
-            {
-                st.spilled_arrivals.pop_front();
+            while arrivals.front().is_some_and(|&(seq, _)| seq < item.seq) {
+                arrivals.pop_front();
             }
-            if let Some(&(seq, at)) = st.spilled_arrivals.front() {
+            if let Some(&(seq, at)) = arrivals.front() {
                 if seq == item.seq {
-                    st.spilled_arrivals.pop_front();
+                    arrivals.pop_front();
                     if let Some(message) = Arc::get_mut(&mut item.message) {
-                        message.received_at = at;
+                        message.set_received_at(at);
                     }
                 }
             }
@@ -209,6 +205,7 @@ impl Queue {
                 self.arm(st, at);
             }
         }
+        *st.tails.arrivals_mut(lane) = arrivals;
     }
 }
 

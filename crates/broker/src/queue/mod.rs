@@ -19,7 +19,7 @@ mod groups;
 mod ready;
 pub(crate) mod spill;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use lockgate_store::{QueueId, Store, StoredRef};
 use lockgate_wire::FieldTable;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use crate::channel::ChannelShared;
@@ -108,8 +108,6 @@ struct QueueState {
     timer_at: Option<Instant>,
     /// When a consumer, `basic.get` or a redeclaration last used the queue (`x-expires`).
     last_used: Option<Instant>,
-    /// Arrival times of spilled messages that can expire (seq order), restored on page-in.
-    spilled_arrivals: VecDeque<(u64, Instant)>,
     /// In delivery order: FIFO by seq, by priority, or by group (`ready.rs`).
     ready: ReadyList,
     next_seq: u64,
@@ -128,11 +126,9 @@ struct QueueState {
     /// Highest seq whose delivery was reported to the store (redelivered watermark).
     marked: Option<u64>,
     counters: QueueCounters,
-    /// Messages on disk (spilled or recovered), after every message in `ready`.
-    disk: Option<spill::DiskTail>,
-    /// Messages that arrived while `disk` is set: in memory, after the disk tail, waiting to
-    /// be spilled or to move to `ready` once the disk tail is paged in.
-    pending: VecDeque<Ready>,
+    /// Messages on disk (spilled or recovered), after the in-memory ones of their lane, and
+    /// those that arrived behind them (`spill.rs`).
+    tails: spill::Tails,
     /// Bumped by purge and delete: a spill or page-in that ran meanwhile is discarded.
     epoch: u64,
     /// A spill write or page-in of this queue is in flight.
@@ -149,8 +145,6 @@ struct QueueState {
     /// Highest seq ever delivered: only later messages are spilled, so that every unacked
     /// (and requeued) message sorts before the disk tail.
     max_delivered: Option<u64>,
-    /// The spill id of a non-durable queue, taken at its first spill.
-    spill_id: Option<QueueId>,
     /// Wakes the broker's spill task when the head runs low.
     wake: Option<Arc<tokio::sync::Notify>>,
     /// A page-in was requested and not served yet.
@@ -195,6 +189,8 @@ pub struct Queue {
     /// True while the queue has room (overflow `block`): blocked publishers wait on it.
     room: watch::Sender<bool>,
     state: Mutex<QueueState>,
+    /// Notified when a spill or page-in of the queue finishes (`basic.get` waits on it).
+    spill_done: Condvar,
 }
 
 impl fmt::Debug for Queue {
@@ -234,6 +230,7 @@ impl Queue {
             timeout_ms: AtomicU64::new(0),
             timeout_close: AtomicBool::new(false),
             room: watch::Sender::new(true),
+            spill_done: Condvar::new(),
             state: Mutex::new(QueueState {
                 ready: ReadyList::new(&arguments),
                 args: Arc::new(arguments),
@@ -451,10 +448,8 @@ impl Queue {
             size,
         };
         let mut dead = Vec::new();
-        if st.disk.is_some() {
-            // Behind a disk tail: wait in memory for the spill task, in order.
-            st.pending.push_back(item);
-        } else {
+        // Behind a disk tail, it waits in memory for the spill task, in order.
+        if let Some(item) = st.hold_behind_tail(item) {
             st.ready.push_back(item);
             self.expire_overdue(&mut st, &mut dead);
             drain(&mut st, self.store.as_ref());
@@ -464,7 +459,7 @@ impl Queue {
 
     /// Accounts for a message entering the ready messages: body bytes and its TTL deadline.
     fn enqueued(&self, st: &mut QueueState, seq: u64, message: &Message) {
-        st.body_bytes += message.body.len() as u64;
+        st.body_bytes += message.body().len() as u64;
         if let Some(at) = message.expires_at(st.args.message_ttl) {
             // Deadlines of messages that left (delivered, acked, purged) are only skipped
             // when due: rebuild once they outnumber the live ones (amortised O(1)).
@@ -550,7 +545,9 @@ impl Queue {
     /// dead-lettered when the queue has a dead-letter exchange, dropped otherwise.
     fn discard(&self, st: &mut QueueState, item: Ready, reason: Reason, dead: &mut Vec<Dead>) {
         st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(item.size);
-        st.body_bytes = st.body_bytes.saturating_sub(item.message.body.len() as u64);
+        st.body_bytes = st
+            .body_bytes
+            .saturating_sub(item.message.body().len() as u64);
         let stored = match (&self.store, item.stored) {
             // Nothing to republish first: the stored copy's removal is submitted now, so
             // the store agrees with the queue as soon as the message is gone from it.
@@ -632,14 +629,9 @@ impl Queue {
         };
         st.counters.published += 1;
         st.counters.ready_bytes += item.size;
-        let behind_disk = st.disk.is_some();
-        if behind_disk {
-            ready::insert_sorted(&mut st.pending, item);
-        } else {
-            st.ready.push_back(item);
-        }
         let mut dead = Vec::new();
-        if !behind_disk {
+        if let Some(item) = st.hold_behind_tail(item) {
+            st.ready.push_back(item);
             self.expire_overdue(&mut st, &mut dead);
             drain(&mut st, self.store.as_ref());
         }
@@ -676,7 +668,7 @@ impl Queue {
         let mut dead = Vec::new();
         let now = Instant::now();
         for (seq, message, stored) in items {
-            let returns = message.returns.saturating_add(1);
+            let returns = message.returns().saturating_add(1);
             if cause == Return::Timeout {
                 st.counters.timeout_redelivered += 1;
             }
@@ -917,7 +909,7 @@ impl Queue {
                 }
                 break item;
             }
-            if st.deleted || st.disk.is_none() {
+            if st.deleted || !st.tails.on_disk() {
                 return None;
             }
             drop(st);
@@ -932,7 +924,9 @@ impl Queue {
         self.touch_locked(&mut st);
         st.max_delivered = st.max_delivered.max(Some(item.seq));
         st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(item.size);
-        st.body_bytes = st.body_bytes.saturating_sub(item.message.body.len() as u64);
+        st.body_bytes = st
+            .body_bytes
+            .saturating_sub(item.message.body().len() as u64);
         st.counters.delivered += 1;
         st.counters.redelivered += u64::from(item.redelivered);
         mark_delivered(&mut st.marked, item.stored, no_ack, self.store.as_ref());
@@ -958,9 +952,9 @@ impl Queue {
             unacked: st.unacked as u64,
             consumers: st.consumers.len() as u64,
             ready_bytes: st.counters.ready_bytes,
-            spilled: st.disk.as_ref().map_or(0, |d| d.count as u64),
-            spilled_bytes: st.disk.as_ref().map_or(0, |d| d.bytes),
-            oldest_ready_age: st.ready.front().map(|r| r.message.received_at.elapsed()),
+            spilled: st.tails.count() as u64,
+            spilled_bytes: st.tails.bytes(),
+            oldest_ready_age: st.ready.front().map(|r| r.message.received_at().elapsed()),
             published: st.counters.published,
             delivered: st.counters.delivered,
             redelivered: st.counters.redelivered,
@@ -988,37 +982,38 @@ impl Queue {
     /// seq afterwards reaches the store after the removal and keeps its copy. Publishes
     /// whose seq was reserved before are settled by [`Queue::push_reserved`].
     pub(crate) fn purge(&self) -> u32 {
-        let (dropped, pending, on_disk, delayed) = {
+        let (dropped, pending, on_disk, delayed, by_range) = {
             let mut st = self.state.lock();
             st.counters.ready_bytes = 0;
             st.body_bytes = 0;
-            st.spilled_arrivals.clear();
             let delayed = std::mem::take(&mut st.delayed);
             st.epoch += 1;
-            let on_disk = match st.disk.take() {
-                Some(disk) => {
-                    // Persistent and spilled, pending included.
-                    let removal = disk.store.remove_from(disk.id, disk.from_seq);
-                    if let (Some(ticket), true) = (removal.ticket(), st.reserving > 0) {
-                        st.purged_tails.push((disk.from_seq, ticket));
-                    }
-                    st.tail_removal = removal.ticket();
-                    disk.count
+            let durable = self.store.as_ref().map(|qs| qs.id);
+            let (disks, pending) = st.tails.take(durable);
+            // Stored copies from here on go with the removal by range.
+            let by_range = disks
+                .iter()
+                .filter(|d| Some(d.id) == durable)
+                .map(|d| d.from_seq)
+                .min();
+            let mut on_disk = 0;
+            for disk in disks {
+                on_disk += disk.count;
+                let (from, by_index) = (disk.from_seq, Some(disk.id) == durable);
+                let ticket = disk.purge(durable, by_range);
+                if let (Some(ticket), true, true) = (ticket, by_index, st.reserving > 0) {
+                    st.purged_tails.push((from, ticket));
                 }
-                None => 0,
-            };
+                st.tail_removal = st.tail_removal.max(ticket);
+            }
             self.refresh_room(&st);
-            (
-                st.ready.take(),
-                std::mem::take(&mut st.pending),
-                on_disk,
-                delayed,
-            )
+            (st.ready.take(), pending, on_disk, delayed, by_range)
         };
         let mut stored = dropped
             .iter()
             .chain(delayed.values())
             .filter_map(|r| r.stored)
+            .filter(|r| by_range.is_none_or(|from| r.seq < from))
             .peekable();
         if let (Some(qs), Some(_)) = (&self.store, stored.peek()) {
             drop(qs.store.remove_many(stored));
@@ -1054,13 +1049,12 @@ impl Queue {
             st.epoch += 1;
             let count = saturate(st.total_ready());
             let dropped = st.ready.take();
-            st.pending.clear();
             st.delayed.clear();
-            st.spilled_arrivals.clear();
             self.refresh_room(&st);
-            if let (Some(disk), None) = (st.disk.take(), &self.store) {
-                // A non-durable queue's spilled messages (a durable one's go with it below).
-                drop(disk.store.remove_from(disk.id, 0));
+            let durable = self.store.as_ref().map(|qs| qs.id);
+            // Spilled messages (a durable queue's own go with it below).
+            for disk in st.tails.take(durable).0 {
+                disk.discard(durable);
             }
             (count, std::mem::take(&mut st.consumers), dropped)
         };
@@ -1178,7 +1172,7 @@ impl Tally<'_> {
         let stored = item.stored;
         *self.max_delivered = (*self.max_delivered).max(Some(item.seq));
         let (size, redelivered) = (item.size, item.redelivered);
-        let body = item.message.body.len() as u64;
+        let body = item.message.body().len() as u64;
         consumer.channel.deliver(consumer, item)?;
         let counters = &mut *self.counters;
         counters.ready_bytes = counters.ready_bytes.saturating_sub(size);

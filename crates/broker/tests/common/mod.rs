@@ -89,7 +89,7 @@ pub fn message(exchange: &str, routing_key: &str, body: &str) -> Message {
 }
 
 pub fn body(message: &Message) -> String {
-    String::from_utf8(message.body.to_vec()).unwrap()
+    String::from_utf8(message.body().to_vec()).unwrap()
 }
 
 /// Declares a plain queue.

@@ -4,9 +4,6 @@ use bytes::{Bytes, BytesMut};
 use lockgate_wire::{basic, ContentHeader};
 
 /// Where a published message is in its method / header / body sequence.
-// One per channel, replaced in place: boxing the large variant would cost an allocation per
-// published message.
-#[allow(clippy::large_enum_variant)]
 pub(super) enum Content {
     Idle,
     /// basic.publish seen, header expected.
@@ -14,17 +11,16 @@ pub(super) enum Content {
     /// Header seen, `remaining` body bytes expected.
     Body {
         publish: basic::Publish,
-        header: ContentHeader,
+        header: Box<ContentHeader>,
         body: Body,
         remaining: u64,
     },
 }
 
-/// Bodies up to this size are copied out of the read buffer.
-const SMALL_BODY: usize = 256;
-
-/// A body arriving in one frame stays the `Bytes` split off the read buffer (a small one is
-/// copied out of it at the end); bodies split over several frames are copied into one buffer.
+/// A body arriving in one frame stays the `Bytes` split off the read buffer; bodies split over
+/// several frames are copied into one buffer. A small body is not copied here: the broker's
+/// `Message` copies it into its own storage (so that a backlog of small messages does not keep
+/// whole read chunks alive) and drops the slice.
 pub(super) enum Body {
     Empty,
     One(Bytes),
@@ -53,9 +49,6 @@ impl Body {
     pub(super) fn into_bytes(self) -> Bytes {
         match self {
             Self::Empty => Bytes::new(),
-            // A small body is copied out of the read chunk it was split from, so that a
-            // backlog of small messages does not keep whole chunks alive.
-            Self::One(b) if b.len() <= SMALL_BODY => Bytes::copy_from_slice(&b),
             Self::One(b) => b,
             Self::Many(b) => b.freeze(),
         }

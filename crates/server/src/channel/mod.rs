@@ -315,7 +315,7 @@ impl Channel {
     /// # Errors
     /// 505 when no basic.publish precedes it or the class is wrong; 406 when the announced
     /// size is above max_message_size.
-    pub fn on_header(&mut self, header: ContentHeader) -> Result<(), AmqpError> {
+    pub fn on_header(&mut self, header: Box<ContentHeader>) -> Result<(), AmqpError> {
         let publish = match std::mem::replace(&mut self.content, Content::Idle) {
             Content::Header(publish) => publish,
             Content::Idle => {
@@ -416,7 +416,7 @@ impl Channel {
     fn publish(
         &mut self,
         publish: basic::Publish,
-        header: ContentHeader,
+        header: Box<ContentHeader>,
         body: Bytes,
     ) -> Result<(), AmqpError> {
         let message = Message::new(publish.exchange, publish.routing_key, header, body);
@@ -470,7 +470,7 @@ impl Channel {
     /// Returns what the publish did: the store commit of a persistent message that reached a
     /// durable queue, a refusal by a length limit, a full queue that blocks the publisher.
     fn route(&mut self, mandatory: bool, message: Message) -> Result<Published, AmqpError> {
-        let mut published = match self.exchange(&message.exchange) {
+        let mut published = match self.exchange(message.exchange()) {
             Some(exchange) => self.vhost.publish_checked(&exchange, mandatory, message),
             // Missing: the by-name path produces RabbitMQ's NOT_FOUND text.
             None => self
@@ -487,15 +487,15 @@ impl Channel {
         let outcome = std::mem::replace(&mut published.outcome, PublishOutcome::Dropped);
         self.counters.routed(&outcome);
         if let PublishOutcome::Unroutable(message) = outcome {
-            trace!(exchange = %message.exchange, routing_key = %message.routing_key, "returned");
+            trace!(exchange = %message.exchange(), routing_key = %message.routing_key(), "returned");
             let message: Arc<Message> = Arc::from(message);
             let _ = self.out.send(Outbound::Content {
                 channel: self.number,
                 method: Box::new(Method::BasicReturn(basic::Return {
                     reply_code: reply_code::NO_ROUTE,
                     reply_text: "NO_ROUTE".to_owned(),
-                    exchange: message.exchange.clone(),
-                    routing_key: message.routing_key.clone(),
+                    exchange: message.exchange().to_owned(),
+                    routing_key: message.routing_key().to_owned(),
                 })),
                 message,
             });
@@ -731,8 +731,8 @@ impl Channel {
                     method: Box::new(Method::BasicGetOk(basic::GetOk {
                         delivery_tag: got.delivery_tag.0,
                         redelivered: got.redelivered,
-                        exchange: got.message.exchange.clone(),
-                        routing_key: got.message.routing_key.clone(),
+                        exchange: got.message.exchange().to_owned(),
+                        routing_key: got.message.routing_key().to_owned(),
                         message_count: got.message_count,
                     })),
                     message: got.message,

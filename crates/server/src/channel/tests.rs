@@ -59,7 +59,7 @@ fn get(channel: &mut Channel, rx: &mut UnboundedReceiver<Outbound>, queue: &str)
         }))
         .expect("get");
     match rx.try_recv().expect("get reply") {
-        Outbound::Content { message, .. } => message.body.clone(),
+        Outbound::Content { message, .. } => message.body_bytes(),
         other => panic!("expected get-ok, got {other:?}"),
     }
 }
@@ -70,7 +70,7 @@ fn publish_header(channel: &mut Channel, queue: &str, size: u64) -> Result<(), A
         ..Default::default()
     }))?;
     let header = ContentHeader::new(60, size, BasicProperties::default()).expect("header");
-    channel.on_header(header)
+    channel.on_header(Box::new(header))
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn an_empty_body_is_published_at_the_header() {
 fn content_frames_out_of_order_are_connection_errors() {
     let (mut channel, _rx) = channel(1024);
     let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
-    let e = channel.on_header(header).unwrap_err();
+    let e = channel.on_header(Box::new(header)).unwrap_err();
     assert_eq!(e.code, reply_code::UNEXPECTED_FRAME);
     let e = channel.on_body(Bytes::from_static(b"x")).unwrap_err();
     assert_eq!(e.code, reply_code::UNEXPECTED_FRAME);

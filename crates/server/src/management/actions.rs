@@ -451,7 +451,7 @@ pub async fn get_messages(
         };
         tags.push(got.delivery_tag);
         let message = &got.message;
-        let mut payload = message.body.clone();
+        let mut payload = message.body_bytes();
         let payload_bytes = payload.len();
         if let Some(limit) = body.truncate {
             payload.truncate(limit);
@@ -466,10 +466,10 @@ pub async fn get_messages(
         out.push(json!({
             "payload_bytes": payload_bytes,
             "redelivered": got.redelivered,
-            "exchange": message.exchange,
-            "routing_key": message.routing_key,
+            "exchange": message.exchange(),
+            "routing_key": message.routing_key(),
             "message_count": got.message_count,
-            "properties": properties_to_json(&message.header.properties),
+            "properties": properties_to_json(&message.properties()),
             "payload": text,
             "payload_encoding": encoding,
         }));
