@@ -144,7 +144,11 @@ async fn pass(b: &Broker, store: &Store, tails: &mut Tails, failing: &mut bool) 
         .retain(|key, _| known.iter().any(|(k, _, _)| k == key));
     for (key, vhost, queue) in &known {
         report.examined += 1;
-        if let Some(request) = queue.page_request(PAGE) {
+        // One page per lane at most (a priority queue has a tail per level).
+        for _ in 0..queue.lanes() {
+            let Some(request) = queue.page_request(PAGE) else {
+                break;
+            };
             let paged = page_in(vhost, &request).await;
             queue.finish_page(&request, paged);
         }
@@ -212,21 +216,23 @@ async fn pass(b: &Broker, store: &Store, tails: &mut Tails, failing: &mut bool) 
 }
 
 /// Writes a batch: transient bodies to the spill tree; persistent ones are in the store
-/// already and only need their publish flushed (the store reads them back by index).
+/// already and only need their publish flushed (the store reads them back by index), unless
+/// their lane is not read by the queue's index (a priority level): then they are written
+/// too.
 async fn write(store: &Store, batch: &SpillBatch) -> Result<(), lockgate_store::StoreError> {
     let mut records = Vec::with_capacity(WRITE_CHUNK);
     let mut bytes = 0;
     let mut persistent = false;
     for item in &batch.items {
-        if item.stored.is_some() {
+        if item.stored.is_some() && !batch.copy_persistent {
             persistent = true;
             continue;
         }
         let m = &item.message;
         records.push(SpillRecord {
             seq: item.seq,
-            header: durable::message_header(&m.exchange, &m.routing_key, &m.header),
-            body: m.body.clone(),
+            header: durable::message_header(m),
+            body: m.body_bytes(),
         });
         bytes += m.size();
         if records.len() == WRITE_CHUNK || bytes >= WRITE_CHUNK_BYTES {
@@ -294,8 +300,8 @@ fn rebuild(vhost: &VHost, request: &PageRequest, p: PagedMessage) -> Option<Read
         }
     };
     let mut message = Message::new(exchange, routing_key, header, p.record.body);
+    message.charge_to(vhost.memory());
     let size = message.size();
-    message.set_charge(vhost.memory().charge(size));
     Some(Ready {
         seq: p.seq,
         size,
@@ -313,7 +319,7 @@ fn rebuild(vhost: &VHost, request: &PageRequest, p: PagedMessage) -> Option<Read
 mod tests {
     use bytes::Bytes;
     use lockgate_store::StoreConfig;
-    use lockgate_wire::{BasicProperties, ContentHeader, FieldTable};
+    use lockgate_wire::{BasicProperties, ContentHeader, FieldTable, FieldValue};
 
     use super::*;
     use crate::broker::BrokerConfig;
@@ -398,7 +404,7 @@ mod tests {
         );
         for i in 0..2000 {
             let ok = channel.get("long", true).expect("get").expect("a message");
-            assert_eq!(&ok.message.body[..8], format!("{i:08}").as_bytes());
+            assert_eq!(&ok.message.body()[..8], format!("{i:08}").as_bytes());
         }
         assert!(channel.get("long", true).expect("get").is_none());
         let after = pass(&broker, &store, &mut tails, &mut failing).await;
@@ -412,5 +418,312 @@ mod tests {
         );
         let idle = pass(&broker, &store, &mut tails, &mut failing).await;
         assert_eq!(idle, PassReport::default());
+    }
+
+    /// A broker with a store and a 1 MiB budget, and queue `q` declared with `arguments`.
+    fn setup(
+        arguments: &[(&str, FieldValue)],
+        durable: bool,
+    ) -> (tempfile::TempDir, Store, Arc<Broker>, Arc<VHost>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let config = BrokerConfig {
+            memory_high_watermark: BUDGET,
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::with_store(config, store.clone());
+        let vhost = broker.vhost("/").expect("vhost");
+        let table: FieldTable = arguments
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let flags = QueueFlags {
+            durable,
+            ..QueueFlags::default()
+        };
+        vhost
+            .declare_queue(ConnectionId(1), "q", flags, table)
+            .expect("declare");
+        (dir, store, broker, vhost)
+    }
+
+    fn publish_with(vhost: &VHost, i: usize, properties: BasicProperties) {
+        let body = format!("{i:08}:{}", "x".repeat(1000));
+        let header = ContentHeader::new(60, body.len() as u64, properties).expect("header");
+        let message = Message::new(String::new(), "q".to_owned(), header, Bytes::from(body));
+        vhost.publish(false, message).expect("publish");
+    }
+
+    fn index_of(message: &Message) -> usize {
+        std::str::from_utf8(&message.body()[..8])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .expect("an indexed body")
+    }
+
+    /// Spills and pages in priority levels while messages of every priority arrive and are
+    /// taken by `basic.get`: every get returns what a priority queue without spill returns
+    /// (highest priority first, FIFO within a priority). `persistent`: a durable queue, whose
+    /// levels write persistent messages to the spill tree and get their stored copies back.
+    async fn priority_spill_keeps_the_order(persistent: bool) {
+        let (_dir, store, broker, vhost) =
+            setup(&[("x-max-priority", FieldValue::U8(3))], persistent);
+        let queue = vhost.queue("q").expect("queue");
+        let mut model = std::collections::BTreeSet::new();
+        let mut next = 0;
+        let mut publish = |n: usize, model: &mut std::collections::BTreeSet<_>| {
+            for _ in 0..n {
+                let priority = [None, Some(1), Some(3), Some(2), Some(9)][next % 5];
+                let properties = BasicProperties {
+                    priority,
+                    delivery_mode: persistent.then_some(2),
+                    ..BasicProperties::default()
+                };
+                publish_with(&vhost, next, properties);
+                model.insert((Reverse(priority.unwrap_or(0).min(3)), next));
+                next += 1;
+            }
+        };
+        let mut channel = Channel::new(
+            Arc::clone(&vhost),
+            ConnectionId(1),
+            ChannelId(1),
+            Arc::new(NoConsumers),
+        );
+        let mut tails = Tails::default();
+        let mut failing = false;
+        publish(3000, &mut model);
+        store.sync().wait().await.expect("flushed");
+        pass(&broker, &store, &mut tails, &mut failing).await;
+        assert!(broker.memory_used() <= BUDGET / 2);
+        let spilled = queue.snapshot().spilled;
+        assert!(spilled > 2000, "{spilled} spilled");
+        for round in 0..40 {
+            if round % 4 == 0 {
+                publish(300, &mut model);
+                store.sync().wait().await.expect("flushed");
+            }
+            pass(&broker, &store, &mut tails, &mut failing).await;
+            for _ in 0..150 {
+                let ok = channel.get("q", true).expect("get").expect("a message");
+                let expected = model.pop_first().expect("the model has it").1;
+                assert_eq!(index_of(&ok.message), expected);
+            }
+        }
+        while let Some(ok) = channel.get("q", true).expect("get") {
+            let expected = model.pop_first().expect("the model has it").1;
+            assert_eq!(index_of(&ok.message), expected);
+        }
+        assert!(model.is_empty(), "{} messages never came", model.len());
+        assert!(!queue.has_disk_tail());
+        if let Some(qs) = queue.store() {
+            store.sync().wait().await.expect("flushed");
+            assert_eq!(
+                store.queue_index(qs.id).count(),
+                0,
+                "every stored copy was removed by its no-ack get"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_priority_queue_spills_per_level_and_keeps_its_order() {
+        priority_spill_keeps_the_order(false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_priority_queue_spills_persistent_messages_and_keeps_its_order() {
+        priority_spill_keeps_the_order(true).await;
+    }
+
+    /// Collects its deliveries, in order, with their consumer.
+    #[derive(Default)]
+    struct Collect(parking_lot::Mutex<Vec<(ConsumerTag, Arc<Message>)>>);
+
+    impl DeliverySink for Collect {
+        fn deliver(&self, delivery: Delivery) -> Result<(), SinkClosed> {
+            self.0
+                .lock()
+                .push((delivery.consumer_tag, delivery.message));
+            Ok(())
+        }
+
+        fn consumer_cancelled(&self, _: &ConsumerTag) {}
+    }
+
+    /// A grouped queue spills the newest messages of all groups and pages them back into
+    /// their groups: with two consumers, each key is delivered in publish order and moves at
+    /// most once (when the second consumer joins and takes its share of the idle groups),
+    /// and every message arrives once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grouped_queue_spills_and_keeps_per_key_order() {
+        let (_dir, store, broker, vhost) = setup(
+            &[("x-group-header", FieldValue::LongString("k".into()))],
+            false,
+        );
+        let queue = vhost.queue("q").expect("queue");
+        let publish = |from: usize, to: usize| {
+            for i in from..to {
+                let headers: FieldTable = [(
+                    "k".to_owned(),
+                    FieldValue::LongString(Bytes::from(format!("k{}", i % 5))),
+                )]
+                .into_iter()
+                .collect();
+                let properties = BasicProperties {
+                    headers: Some(headers),
+                    ..BasicProperties::default()
+                };
+                publish_with(&vhost, i, properties);
+            }
+        };
+        let mut tails = Tails::default();
+        let mut failing = false;
+        publish(0, 3000);
+        pass(&broker, &store, &mut tails, &mut failing).await;
+        assert!(queue.has_disk_tail());
+        assert!(broker.memory_used() <= BUDGET / 2);
+        let sink = Arc::new(Collect::default());
+        let mut channels: Vec<Channel> = (1..=2)
+            .map(|id| {
+                let sink: Arc<dyn DeliverySink> = Arc::clone(&sink) as Arc<dyn DeliverySink>;
+                Channel::new(Arc::clone(&vhost), ConnectionId(1), ChannelId(id), sink)
+            })
+            .collect();
+        for (n, channel) in channels.iter_mut().enumerate() {
+            channel
+                .consume(
+                    "q",
+                    &format!("c{n}"),
+                    true,
+                    false,
+                    &FieldTable::default(),
+                    |_| {},
+                )
+                .expect("consume");
+        }
+        publish(3000, 4000);
+        while queue.has_disk_tail() {
+            pass(&broker, &store, &mut tails, &mut failing).await;
+        }
+        let mut seen = vec![false; 4000];
+        let mut last = std::collections::HashMap::new();
+        let mut moves = std::collections::HashMap::new();
+        for (tag, message) in sink.0.lock().iter() {
+            let i = index_of(message);
+            assert!(!std::mem::replace(&mut seen[i], true), "{i} twice");
+            let key = i % 5;
+            if let Some((before, owner)) = last.insert(key, (i, tag.clone())) {
+                assert!(before < i, "key {key}: {i} after {before}");
+                *moves.entry(key).or_insert(0) += usize::from(owner != *tag);
+            }
+        }
+        assert!(seen.iter().all(|&s| s), "every message arrived");
+        assert!(moves.values().all(|&m| m <= 1), "keys moved: {moves:?}");
+        let consumers: std::collections::HashSet<_> = last.values().map(|(_, t)| t).collect();
+        assert_eq!(consumers.len(), 2, "the keys are spread");
+    }
+    /// A spilled durable priority queue, restarted: recovery loads the first 1,024 messages
+    /// and leaves the rest, of every priority, as one disk tail. New messages of every
+    /// priority wait behind it, no level spills while it exists, it pages in only when the
+    /// whole ready list runs low, and every message comes back once, FIFO within its
+    /// priority, the new ones last of their priority.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recovered_priority_queue_keeps_fifo_within_each_level() {
+        let (dir, store, broker, vhost) = setup(&[("x-max-priority", FieldValue::U8(3))], true);
+        let persistent = |priority: Option<u8>| BasicProperties {
+            priority,
+            delivery_mode: Some(2),
+            ..BasicProperties::default()
+        };
+        let level = |i: usize| [0u8, 1, 3, 2, 3][i % 5];
+        for i in 0..3000 {
+            publish_with(
+                &vhost,
+                i,
+                persistent([None, Some(1), Some(3), Some(2), Some(9)][i % 5]),
+            );
+        }
+        store.sync().wait().await.expect("flushed");
+        let mut tails = Tails::default();
+        let mut failing = false;
+        pass(&broker, &store, &mut tails, &mut failing).await;
+        assert!(vhost.queue("q").expect("q").snapshot().spilled > 2000);
+        drop(vhost);
+        drop(broker);
+        store.close().expect("close");
+        drop(store);
+
+        let (store, recovery) = Store::open(dir.path(), &StoreConfig::default()).expect("reopen");
+        let config = BrokerConfig {
+            memory_high_watermark: BUDGET,
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::with_store(config, store.clone());
+        broker.recover(&recovery).expect("recover");
+        let vhost = broker.vhost("/").expect("vhost");
+        let queue = vhost.queue("q").expect("q");
+        assert_eq!(queue.snapshot().spilled, 3000 - 1024);
+        // Published after the restart, one per priority: each waits behind the tail.
+        let new: Vec<usize> = (3000..3004).collect();
+        for (&i, priority) in new.iter().zip(0u8..) {
+            publish_with(&vhost, i, persistent(Some(priority)));
+        }
+        store.sync().wait().await.expect("flushed");
+        let mut tails = Tails::default();
+        for _ in 0..3 {
+            pass(&broker, &store, &mut tails, &mut failing).await;
+        }
+        let snapshot = queue.snapshot();
+        assert_eq!(
+            (snapshot.ready, snapshot.spilled),
+            (3004, 3000 - 1024),
+            "with 1,024 messages in memory the tail neither grows nor pages in"
+        );
+
+        let mut channel = Channel::new(
+            Arc::clone(&vhost),
+            ConnectionId(1),
+            ChannelId(1),
+            Arc::new(NoConsumers),
+        );
+        let mut got = Vec::new();
+        loop {
+            pass(&broker, &store, &mut tails, &mut failing).await;
+            let before = got.len();
+            for _ in 0..100 {
+                if let Some(ok) = channel.get("q", true).expect("get") {
+                    got.push(index_of(&ok.message));
+                }
+            }
+            if got.len() == before {
+                break;
+            }
+        }
+        let mut sorted = got.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..3004).collect::<Vec<_>>(), "every message once");
+        for priority in 0..=3u8 {
+            let of_level: Vec<usize> = got
+                .iter()
+                .copied()
+                .filter(|&i| match i.checked_sub(3000) {
+                    Some(n) => n == usize::from(priority),
+                    None => level(i) == priority,
+                })
+                .collect();
+            assert!(
+                of_level.windows(2).all(|w| w[0] < w[1]),
+                "priority {priority} out of publish order: {of_level:?}"
+            );
+            assert_eq!(of_level.last(), Some(&(3000 + usize::from(priority))));
+        }
+        store.sync().wait().await.expect("flushed");
+        let qs = queue.store().expect("durable").id;
+        assert_eq!(
+            store.queue_index(qs).count(),
+            0,
+            "every stored copy removed"
+        );
     }
 }

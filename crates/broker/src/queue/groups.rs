@@ -27,7 +27,8 @@
 //! - The key is the header's value: strings and byte arrays by their bytes, other types by
 //!   type and value (the integer 5 and the string "5" are different groups).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -117,7 +118,7 @@ impl Groups {
     }
 
     fn key_of(&self, item: &Ready) -> Option<GroupKey> {
-        let headers = item.message.header.properties.headers.as_ref()?;
+        let headers = item.message.headers()?;
         Some(GroupKey(match headers.get(&self.header)? {
             FieldValue::LongString(b) | FieldValue::ByteArray(b) => b.clone(),
             FieldValue::Void => return None,
@@ -441,6 +442,62 @@ impl Groups {
 
     pub fn shrink(&mut self) {
         shrink(&mut self.loose);
+    }
+
+    /// Where a disk tail may start (see `ReadyList::spill_cut`): the messages are walked in
+    /// seq order, whatever their group, by merging the loose list and the groups' lists.
+    pub fn spill_cut(
+        &self,
+        delivered: Option<u64>,
+        head_count: usize,
+        head_bytes: u64,
+    ) -> Option<u64> {
+        let lists: Vec<&VecDeque<Ready>> = std::iter::once(&self.loose)
+            .chain(self.heads.iter().map(|&(_, s)| &self.slot(s).ready))
+            .collect();
+        let mut next: BinaryHeap<Reverse<(u64, usize, usize)>> = lists
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.front().map(|r| Reverse((r.seq, i, 0))))
+            .collect();
+        let (mut count, mut bytes) = (0, 0);
+        while let Some(Reverse((seq, i, at))) = next.pop() {
+            if (count >= head_count || bytes >= head_bytes) && delivered.is_none_or(|m| seq > m) {
+                return Some(seq);
+            }
+            count += 1;
+            bytes += lists[i][at].size;
+            if let Some(r) = lists[i].get(at + 1) {
+                next.push(Reverse((r.seq, i, at + 1)));
+            }
+        }
+        None
+    }
+
+    /// Takes every message with seq ≥ `from_seq` out, in seq order (to spill them). Groups
+    /// keep their consumers; paged back in, the messages go to the end of their groups.
+    pub fn split_from(&mut self, from_seq: u64) -> VecDeque<Ready> {
+        let at = self.loose.partition_point(|r| r.seq < from_seq);
+        let mut out: Vec<Ready> = self.loose.split_off(at).into();
+        let live: Vec<usize> = self.heads.iter().map(|&(_, s)| s).collect();
+        for s in live {
+            let slot = self.slot_mut(s);
+            let old_head = slot.ready.front().map(|r| r.seq);
+            let at = slot.ready.partition_point(|r| r.seq < from_seq);
+            let tail = slot.ready.split_off(at);
+            if tail.is_empty() {
+                continue;
+            }
+            for r in &tail {
+                self.at.remove(&r.seq);
+            }
+            out.extend(tail);
+            self.head_changed(s, old_head);
+            self.settle_slot(s);
+        }
+        self.len -= out.len();
+        out.sort_unstable_by_key(|r| r.seq);
+        out.into()
     }
 
     /// A consumer subscribed: it takes the groups without an owner, then idle groups (nothing

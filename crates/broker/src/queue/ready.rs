@@ -13,11 +13,14 @@
 //!   assigned to (see `groups.rs`). `x-max-priority` is ignored on such a queue: per-key order
 //!   is its contract.
 //!
-//! Spill (the disk tail, `spill.rs`) only ever splits a FIFO list: [`ReadyList::partition_point`]
-//! and [`ReadyList::split_off`] answer "nothing to spill" for the other shapes, so priority
-//! and grouped queues stay in memory (the memory alarm is their backpressure). A page-in
-//! (recovery of a long durable queue) appends in seq order through [`ReadyList::push_back`],
-//! which files each message under its priority or group.
+//! Spill (the disk tails, `spill.rs`) works on *lanes*, parts of the list that are each
+//! delivered in seq order: a FIFO or grouped list is one lane (a grouped list's messages in
+//! seq order, whatever their group), a priority list has one lane per priority. A lane's
+//! disk tail holds its messages from a cut seq on ([`ReadyList::spill_cut`],
+//! [`ReadyList::split_lane`]); messages paged back come in through [`ReadyList::extend`],
+//! which files each under its priority or group. A priority level whose in-memory head is
+//! empty while it still has messages on disk ([`ReadyList::set_spilled`]) stops delivery of
+//! the lower levels until it is paged in, so spilling never changes the delivery order.
 
 use std::collections::VecDeque;
 use std::ops::Index;
@@ -44,8 +47,14 @@ enum Inner {
 struct Levels {
     levels: Vec<VecDeque<Ready>>,
     len: usize,
-    /// Every level above this one is empty: delivery starts looking here, not at 255.
+    /// Every level above this one is empty and has nothing on disk: delivery starts looking
+    /// here, not at 255.
     top: usize,
+    /// Per level: part of it is on disk, after its in-memory messages.
+    spilled: Vec<bool>,
+    /// Per level: the highest seq taken from it (delivered, got or dropped); its disk tail
+    /// starts after it, so that a requeued message always sorts before the tail.
+    popped: Vec<Option<u64>>,
 }
 
 impl Default for ReadyList {
@@ -64,11 +73,7 @@ impl ReadyList {
             (Some(header), _) if !arguments.single_active_consumer => {
                 Inner::Grouped(Box::new(Groups::new(header.clone())))
             }
-            (_, Some(max)) if max > 0 => Inner::Priority(Levels {
-                levels: (0..=max).map(|_| VecDeque::new()).collect(),
-                len: 0,
-                top: 0,
-            }),
+            (_, Some(max)) if max > 0 => Inner::Priority(Levels::new(usize::from(max) + 1)),
             _ => Inner::Fifo(VecDeque::new()),
         };
         Self { inner }
@@ -87,8 +92,12 @@ impl ReadyList {
         if same {
             return;
         }
+        let spilled: Vec<usize> = (0..self.lanes()).filter(|&l| self.is_spilled(l)).collect();
         let old = self.take();
         *self = ReadyList::new(arguments);
+        for lane in spilled {
+            self.set_spilled(lane, true);
+        }
         if let Inner::Grouped(g) = &mut self.inner {
             for consumer in consumers {
                 g.add_consumer(consumer);
@@ -97,14 +106,14 @@ impl ReadyList {
         self.extend(old.iter_owned());
     }
 
-    /// An empty list of the same shape, keeping a grouped list's group assignments.
+    /// An empty list of the same shape (a priority list remembers what was taken from each
+    /// level: deliveries in flight may come back).
     fn empty_like(&self) -> Inner {
         match &self.inner {
             Inner::Fifo(_) | Inner::Grouped(_) => Inner::Fifo(VecDeque::new()),
             Inner::Priority(p) => Inner::Priority(Levels {
-                levels: (0..p.levels.len()).map(|_| VecDeque::new()).collect(),
-                len: 0,
-                top: 0,
+                popped: p.popped.clone(),
+                ..Levels::new(p.levels.len())
             }),
         }
     }
@@ -171,7 +180,7 @@ impl ReadyList {
     pub fn front(&self) -> Option<&Ready> {
         match &self.inner {
             Inner::Fifo(l) => l.front(),
-            Inner::Priority(p) => p.levels[..=p.top].iter().rev().find_map(VecDeque::front),
+            Inner::Priority(p) => p.levels[p.next_level()?].front(),
             Inner::Grouped(g) => g.front(),
         }
     }
@@ -192,12 +201,14 @@ impl ReadyList {
         match &mut self.inner {
             Inner::Fifo(l) => l.pop_front(),
             Inner::Priority(p) => {
-                while p.top > 0 && p.levels[p.top].is_empty() {
+                while p.top > 0 && p.levels[p.top].is_empty() && !p.spilled[p.top] {
                     p.top -= 1;
                 }
-                let item = p.levels[p.top].pop_front();
-                p.len -= usize::from(item.is_some());
-                item
+                let level = p.next_level()?;
+                let item = p.levels[level].pop_front()?;
+                p.len -= 1;
+                p.popped[level] = p.popped[level].max(Some(item.seq));
+                Some(item)
             }
             Inner::Grouped(g) => g.pop_front(),
         }
@@ -262,12 +273,6 @@ impl ReadyList {
         }
     }
 
-    /// True when the disk tail may take part of this list: FIFO lists only (priority and
-    /// grouped queues stay in memory).
-    pub fn can_spill(&self) -> bool {
-        matches!(self.inner, Inner::Fifo(_))
-    }
-
     /// The messages, by value, in [`ReadyList::iter`] order.
     fn iter_owned(self) -> Vec<Ready> {
         match self.inner {
@@ -292,22 +297,97 @@ impl ReadyList {
         }
     }
 
-    /// Index of the first message (FIFO order) for which `pred` is false, `pred` being true
-    /// then false along the list, as `VecDeque::partition_point`. The disk tail starts there
-    /// at the earliest; for priority and grouped lists it is the length: they never spill.
-    pub fn partition_point(&self, pred: impl FnMut(&Ready) -> bool) -> usize {
+    /// The lanes of the list (see the module doc): one per priority, else one.
+    pub fn lanes(&self) -> usize {
         match &self.inner {
-            Inner::Fifo(l) => l.partition_point(pred),
+            Inner::Priority(p) => p.levels.len(),
+            _ => 1,
+        }
+    }
+
+    /// The lane a message belongs to.
+    #[inline]
+    pub fn lane_of(&self, item: &Ready) -> usize {
+        match &self.inner {
+            Inner::Priority(p) => p.level_of(item),
+            _ => 0,
+        }
+    }
+
+    /// Messages of a lane in memory.
+    pub fn lane_len(&self, lane: usize) -> usize {
+        match &self.inner {
+            Inner::Priority(p) => p.levels.get(lane).map_or(0, VecDeque::len),
             _ => self.len(),
         }
     }
 
-    /// Splits off the messages from index `at` on (FIFO lists, for spilling); empty for the
-    /// other shapes, which never spill.
-    pub fn split_off(&mut self, at: usize) -> VecDeque<Ready> {
+    /// Bytes of a lane's messages in memory.
+    pub fn lane_bytes(&self, lane: usize) -> u64 {
+        match &self.inner {
+            Inner::Priority(p) => p
+                .levels
+                .get(lane)
+                .into_iter()
+                .flatten()
+                .map(|r| r.size)
+                .sum(),
+            _ => self.iter().map(|r| r.size).sum(),
+        }
+    }
+
+    /// Marks a priority level as having (or no longer having) messages on disk after its
+    /// in-memory ones: while its head is empty, lower levels wait. No-op for the other
+    /// shapes, whose disk tail comes after everything in memory anyway.
+    pub fn set_spilled(&mut self, lane: usize, spilled: bool) {
+        if let Inner::Priority(p) = &mut self.inner {
+            if let Some(s) = p.spilled.get_mut(lane) {
+                *s = spilled;
+                if spilled {
+                    p.top = p.top.max(lane);
+                }
+            }
+        }
+    }
+
+    fn is_spilled(&self, lane: usize) -> bool {
+        match &self.inner {
+            Inner::Priority(p) => p.spilled.get(lane).copied().unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    /// Where a disk tail of `lane` may start: the seq of the first message beyond a head of
+    /// `head_count` messages and `head_bytes` bytes (in the lane's seq order) that was never
+    /// taken before, i.e. after `delivered` (the queue's highest delivered seq; a priority
+    /// level uses its own). `None` when nothing lies beyond.
+    pub fn spill_cut(
+        &self,
+        lane: usize,
+        delivered: Option<u64>,
+        head_count: usize,
+        head_bytes: u64,
+    ) -> Option<u64> {
+        match &self.inner {
+            Inner::Fifo(l) => cut(l, delivered, head_count, head_bytes),
+            Inner::Priority(p) => cut(p.levels.get(lane)?, p.popped[lane], head_count, head_bytes),
+            Inner::Grouped(g) => g.spill_cut(delivered, head_count, head_bytes),
+        }
+    }
+
+    /// Takes the messages of `lane` with seq ≥ `from_seq` out, in seq order (to spill them).
+    pub fn split_lane(&mut self, lane: usize, from_seq: u64) -> VecDeque<Ready> {
         match &mut self.inner {
-            Inner::Fifo(l) if at <= l.len() => l.split_off(at),
-            _ => VecDeque::new(),
+            Inner::Fifo(l) => l.split_off(l.partition_point(|r| r.seq < from_seq)),
+            Inner::Priority(p) => {
+                let Some(l) = p.levels.get_mut(lane) else {
+                    return VecDeque::new();
+                };
+                let tail = l.split_off(l.partition_point(|r| r.seq < from_seq));
+                p.len -= tail.len();
+                tail
+            }
+            Inner::Grouped(g) => g.split_from(from_seq),
         }
     }
 
@@ -353,13 +433,60 @@ impl Index<usize> for ReadyList {
 }
 
 impl Levels {
+    fn new(n: usize) -> Self {
+        Levels {
+            levels: (0..n).map(|_| VecDeque::new()).collect(),
+            len: 0,
+            top: 0,
+            spilled: vec![false; n],
+            popped: vec![None; n],
+        }
+    }
+
+    /// A message's priority, capped at the queue's maximum.
+    #[inline]
+    fn level_of(&self, item: &Ready) -> usize {
+        usize::from(item.message.priority()).min(self.levels.len() - 1)
+    }
+
+    /// The level delivery takes from next: the highest one holding messages, unless a
+    /// higher one has an empty head and messages on disk (`None`: they go first, once paged
+    /// in).
+    #[inline]
+    fn next_level(&self) -> Option<usize> {
+        for level in (0..=self.top).rev() {
+            if !self.levels[level].is_empty() {
+                return Some(level);
+            }
+            if self.spilled[level] {
+                return None;
+            }
+        }
+        None
+    }
+
     fn insert(&mut self, item: Ready) {
-        let top = self.levels.len() - 1;
-        let level = usize::from(item.message.header.properties.priority.unwrap_or(0)).min(top);
+        let level = self.level_of(&item);
         insert_sorted(&mut self.levels[level], item);
         self.len += 1;
         self.top = self.top.max(level);
     }
+}
+
+/// [`ReadyList::spill_cut`] in one seq-sorted list.
+fn cut(
+    list: &VecDeque<Ready>,
+    delivered: Option<u64>,
+    head_count: usize,
+    head_bytes: u64,
+) -> Option<u64> {
+    let min_start = list.partition_point(|r| delivered.is_some_and(|m| r.seq <= m));
+    let (mut keep, mut bytes) = (0, 0);
+    while keep < list.len() && keep < head_count && bytes < head_bytes {
+        bytes += list[keep].size;
+        keep += 1;
+    }
+    list.get(keep.max(min_start)).map(|r| r.seq)
 }
 
 /// The `i`-th message of `lists` taken one after the other.
@@ -481,8 +608,7 @@ mod tests {
         list.insert(item(3, Some(2), None));
         assert_eq!(list.pop_front().map(|r| r.seq), Some(2));
         assert_eq!(list.front().map(|r| r.seq), Some(1));
-        assert!(!list.can_spill());
-        assert_eq!(list.partition_point(|_| true), list.len());
+        assert_eq!(list.lanes(), 4);
         let taken = list.take();
         assert_eq!((taken.len(), list.len()), (4, 0));
         list.push_back(item(9, Some(1), None));
@@ -508,6 +634,56 @@ mod tests {
             "priorities are ignored on a grouped queue"
         );
         assert!(list.is_empty());
+    }
+
+    #[test]
+    fn a_priority_level_with_messages_on_disk_holds_back_the_lower_levels() {
+        let mut list = ReadyList::new(&args(Some(2), None));
+        for (seq, p) in [
+            (0, Some(2)),
+            (1, Some(0)),
+            (2, Some(2)),
+            (3, Some(2)),
+            (4, None),
+        ] {
+            list.push_back(item(seq, p, None));
+        }
+        assert_eq!(list.spill_cut(2, None, 1, u64::MAX), Some(2));
+        let tail = list.split_lane(2, 2);
+        assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
+        list.set_spilled(2, true);
+        assert_eq!(list.pop_front().map(|r| r.seq), Some(0));
+        assert!(list.front().is_none(), "level 2 is on disk: level 0 waits");
+        assert!(list.pop_front().is_none());
+        assert_eq!(list.len(), 2);
+        list.extend(tail);
+        list.set_spilled(2, false);
+        let order: Vec<u64> = std::iter::from_fn(|| list.pop_front().map(|r| r.seq)).collect();
+        assert_eq!(order, [2, 3, 1, 4]);
+        // A level's tail starts after what was taken from it: a requeue sorts before it.
+        list.insert(item(3, Some(2), None));
+        list.push_back(item(5, Some(2), None));
+        list.push_back(item(6, Some(2), None));
+        assert_eq!(list.spill_cut(2, None, 0, 0), Some(5));
+    }
+
+    #[test]
+    fn a_grouped_list_spills_its_newest_messages_of_every_group() {
+        let mut list = ReadyList::new(&args(None, Some("k")));
+        for (seq, key) in [(0, "a"), (1, "b"), (2, "a"), (3, "b"), (4, "a")] {
+            list.push_back(item(seq, None, Some(key)));
+        }
+        list.push_back(item(5, None, None));
+        assert_eq!(list.spill_cut(0, None, 2, u64::MAX), Some(2));
+        assert_eq!(list.spill_cut(0, Some(3), 2, u64::MAX), Some(4));
+        let tail = list.split_lane(0, 2);
+        assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3, 4, 5]);
+        assert_eq!(seqs(&list), [0, 1]);
+        assert!(list.find(3).is_none());
+        list.extend(tail);
+        assert_eq!(list.len(), 6);
+        let order: Vec<u64> = std::iter::from_fn(|| list.pop_front().map(|r| r.seq)).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4, 5]);
     }
 
     #[test]
