@@ -10,12 +10,14 @@
 //! - `payload.rs`: the body format (sequence, stream, checksum, timestamp).
 //! - `verify.rs`: per-stream sequence tracking and the verdict.
 //! - `latency.rs`: HDR histogram percentiles.
+//! - `pacing.rs`: microsecond-precise pacing of fixed-rate publishers.
 //! - `procfs.rs`: broker and bench RSS/CPU from /proc, fd limit.
 //! - `report.rs`: records, JSON lines, the table, the progress line.
 //! - `scenario/`: the run context and one module per family of scenarios,
 //!   over the publisher/consumer engine in `scenario/flow.rs`.
 
 mod latency;
+mod pacing;
 mod payload;
 mod procfs;
 mod report;

@@ -18,8 +18,6 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
-
 /// Smallest body that carries a sequence number, stream id and checksum.
 pub const MIN_SIZE: usize = 16;
 /// Smallest body that also carries a timestamp.
@@ -70,21 +68,24 @@ impl Codec {
         }
     }
 
-    /// Encodes message `seq` of `stream`, stamped with `sent_ns` when the
-    /// body is large enough to carry it.
-    pub fn encode(&self, stream: u32, seq: u64, sent_ns: u64) -> Bytes {
-        let mut buf = BytesMut::with_capacity(self.size);
-        buf.put_u64_le(seq);
-        buf.put_u32_le(stream);
-        buf.put_u32_le(0);
+    /// A body buffer for [`Codec::encode`]: the filler pattern is written
+    /// once, each message then rewrites only its header fields.
+    pub fn body(&self) -> Vec<u8> {
+        self.filler.to_vec()
+    }
+
+    /// Encodes message `seq` of `stream` into `body` (from [`Codec::body`]),
+    /// stamped with `sent_ns` when the body is large enough to carry it.
+    pub fn encode(&self, stream: u32, seq: u64, sent_ns: u64, body: &mut [u8]) {
+        debug_assert_eq!(body.len(), self.size);
+        body[0..8].copy_from_slice(&seq.to_le_bytes());
+        body[8..12].copy_from_slice(&stream.to_le_bytes());
+        body[12..16].fill(0);
         if self.size >= MIN_TIMED_SIZE {
-            buf.put_u64_le(sent_ns);
+            body[16..24].copy_from_slice(&sent_ns.to_le_bytes());
         }
-        let filled = buf.len();
-        buf.put_slice(&self.filler[filled..]);
-        let sum = checksum(self.seed, &buf);
-        buf[12..16].copy_from_slice(&sum.to_le_bytes());
-        buf.freeze()
+        let sum = checksum(self.seed, body);
+        body[12..16].copy_from_slice(&sum.to_le_bytes());
     }
 
     /// Checks and decodes a received body (of any size: the consumer does
@@ -154,11 +155,17 @@ fn checksum(seed: u32, body: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    fn encoded(codec: &Codec, stream: u32, seq: u64, sent_ns: u64) -> Vec<u8> {
+        let mut body = codec.body();
+        codec.encode(stream, seq, sent_ns, &mut body);
+        body
+    }
+
     #[test]
     fn round_trip_small_and_timed_bodies() {
         for size in [16, 24, 64, 1024, 1031] {
             let codec = Codec::new(7, size);
-            let body = codec.encode(3, 0x1_0000_0002, 99);
+            let body = encoded(&codec, 3, 0x1_0000_0002, 99);
             assert_eq!(body.len(), size);
             let decoded = codec.decode(&body).expect("valid body");
             assert_eq!(decoded.seq, 0x1_0000_0002);
@@ -170,9 +177,9 @@ mod tests {
     #[test]
     fn any_flipped_byte_is_corrupt() {
         let codec = Codec::new(1, 64);
-        let body = codec.encode(0, 5, 1);
+        let body = encoded(&codec, 0, 5, 1);
         for i in 0..body.len() {
-            let mut damaged = body.to_vec();
+            let mut damaged = body.clone();
             damaged[i] ^= 0x10;
             assert_eq!(codec.decode(&damaged), Err(Corrupt::Checksum), "byte {i}");
         }
@@ -182,7 +189,7 @@ mod tests {
     fn short_or_foreign_bodies_are_corrupt() {
         let codec = Codec::new(1, 16);
         assert_eq!(codec.decode(b"hello"), Err(Corrupt::TooShort));
-        let other_run = Codec::new(2, 16).encode(0, 0, 0);
+        let other_run = encoded(&Codec::new(2, 16), 0, 0, 0);
         assert_eq!(codec.decode(&other_run), Err(Corrupt::Checksum));
     }
 }

@@ -1,15 +1,16 @@
 //! [`Channel`]: declarations, publishing, consuming.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use lockgate_wire::{basic, channel, exchange, queue, BasicProperties, FieldTable, Method};
 use tokio::sync::mpsc;
 
 use crate::channel_inner::{unexpected, ChannelInner};
 use crate::confirm::Confirmation;
 use crate::error::{Error, Result};
-use crate::message::{Acker, Consumer, Delivery, GetMessage, Returns};
+use crate::inbox::inbox;
+use crate::message::{Acker, Consumer, Delivery, GetMessage, Properties, Returns};
 use crate::options::{
     ConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeKind, GetOptions,
     PublishOptions, QosOptions, QueueDeclareOptions, QueueDeleteOptions, QueueInfo,
@@ -374,8 +375,11 @@ impl Channel {
 
     /// Publishes a message (`basic.publish` + header + body frames).
     ///
-    /// Returns once the message is queued for the socket (waiting only if the
-    /// writer's queue is full). The returned [`Confirmation`] resolves when the
+    /// The frames are encoded straight into the connection's output buffer, so
+    /// `properties` and `body` may be borrowed (`&properties`, `&buf[..]`):
+    /// a publisher that reuses them allocates nothing per message. Returns
+    /// once the message is queued for the socket (waiting only while that
+    /// buffer is full). The returned [`Confirmation`] resolves when the
     /// broker confirms the message if the channel is in confirm mode, at once
     /// otherwise; awaiting it is optional, so many publishes can be in flight:
     ///
@@ -413,11 +417,17 @@ impl Channel {
         exchange: &str,
         routing_key: &str,
         options: PublishOptions,
-        properties: BasicProperties,
-        body: impl Into<Bytes>,
+        properties: impl Borrow<BasicProperties>,
+        body: impl AsRef<[u8]>,
     ) -> Result<Confirmation> {
         self.inner
-            .publish(exchange, routing_key, options, properties, body.into())
+            .publish(
+                exchange,
+                routing_key,
+                options,
+                properties.borrow(),
+                body.as_ref(),
+            )
             .await
     }
 
@@ -440,7 +450,7 @@ impl Channel {
         options: ConsumeOptions,
         arguments: FieldTable,
     ) -> Result<Consumer> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbox();
         let tag = self
             .inner
             .consume(
@@ -499,12 +509,12 @@ impl Channel {
                 Ok(Some(GetMessage {
                     message_count: ok.message_count,
                     delivery: Delivery {
-                        consumer_tag: String::new(),
+                        consumer_tag: Arc::from(""),
                         delivery_tag: ok.delivery_tag,
                         redelivered: ok.redelivered,
-                        exchange: ok.exchange,
-                        routing_key: ok.routing_key,
-                        properties: content.header.properties,
+                        exchange: ok.exchange.into(),
+                        routing_key: ok.routing_key.into(),
+                        properties: Properties::new(content.header),
                         body: content.body,
                         acker: Acker {
                             channel: self.inner.clone(),

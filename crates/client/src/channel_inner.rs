@@ -7,24 +7,24 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::task::Waker;
+
 use bytes::{Bytes, BytesMut};
 use lockgate_wire::{
     basic, confirm, encode_body, encode_publish_head, BasicProperties, ContentHeader, FieldTable,
-    Frame, FrameCodec, Method, PublishRef,
+    Method, PublishRef,
 };
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::confirm::Confirmation;
 use crate::connection::{channel_open, ConnInner};
 use crate::error::{Error, Result};
-use crate::io::{Link, Outgoing};
+use crate::inbox::DeliverySender;
+use crate::io::Link;
 use crate::message::{Delivery, ReturnedMessage};
 use crate::options::{ConsumeOptions, PublishOptions};
-
-/// Where a consumer's deliveries go; an `Err` ends its stream with that error.
-pub(crate) type DeliverySender = mpsc::UnboundedSender<Result<Delivery>>;
+use crate::outbox::Append;
 
 /// The reply to a synchronous method, with its content for `basic.get-ok`.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ pub(crate) struct Reply {
 /// A content header and its body.
 #[derive(Debug)]
 pub(crate) struct Content {
-    pub(crate) header: ContentHeader,
+    pub(crate) header: Box<ContentHeader>,
     pub(crate) body: Bytes,
 }
 
@@ -97,24 +97,26 @@ impl fmt::Debug for ChannelInner {
 /// Longest AMQP short string.
 const SHORTSTR_MAX: usize = 255;
 
-/// Checks that a method encodes, so that a bad argument fails the call
-/// instead of the writer (which would have to drop the connection).
-fn validate(method: &Method) -> Result<()> {
-    let mut scratch = BytesMut::new();
-    FrameCodec::new(0)
-        .encode_frame(
-            &Frame::Method {
-                channel: 0,
-                method: method.clone(),
-            },
-            &mut scratch,
-        )
-        .map_err(|e| Error::InvalidArgument(e.to_string()))
+/// Appends one publish's frames: method, header and body.
+fn encode_publish(
+    buf: &mut BytesMut,
+    channel: u16,
+    publish: &PublishRef<'_>,
+    properties: &BasicProperties,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<()> {
+    encode_publish_head(
+        buf,
+        channel,
+        publish,
+        properties,
+        body.len() as u64,
+        frame_max,
+    )
+    .and_then(|()| encode_body(buf, channel, body, frame_max))
+    .map_err(|e| Error::InvalidArgument(e.to_string()))
 }
-
-/// Bodies up to this size are framed by the publisher, in the same buffer as
-/// the method and header frames.
-const COPIED_BODY_MAX: usize = 256;
 
 /// The confirmation for the message being queued now: numbered when the
 /// channel is in confirm mode.
@@ -172,33 +174,25 @@ impl ChannelInner {
         consumer: Option<DeliverySender>,
         via: Option<&Link>,
     ) -> Result<Reply> {
-        validate(&method)?;
         let _serial = self.rpc_lock.lock().await;
-        let link = match via {
-            Some(link) => link.clone(),
-            None => self.link()?,
-        };
-        let permit = link
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| self.current_error())?;
         let (tx, rx) = oneshot::channel();
         {
             let mut st = self.lock();
             if let Some(e) = &st.closed {
                 return Err(e.clone());
             }
-            if via.is_none() && st.link.as_ref().map(|l| l.epoch) != Some(link.epoch) {
-                return Err(Error::Disconnected);
+            let link = match via {
+                Some(link) => link,
+                None => st.link.as_ref().ok_or(Error::Disconnected)?,
+            };
+            // Queued before the reply can be read: the reader needs this
+            // lock to hand the reply over.
+            if link.send_method(self.id, method)? == Append::Closed {
+                return Err(st.closed.clone().unwrap_or(Error::Disconnected));
             }
             st.rpc.push_back(PendingCall {
                 reply: tx,
                 consumer,
-            });
-            permit.send(Outgoing::Method {
-                channel: self.id,
-                method,
             });
         }
         rx.await.unwrap_or_else(|_| Err(self.current_error()))
@@ -207,8 +201,12 @@ impl ChannelInner {
     /// Sends an asynchronous method (ack, nack, reject). With `epoch`, a
     /// method meant for an earlier session is dropped: its delivery tag means
     /// nothing to the new one (the broker has requeued that delivery).
-    pub(crate) async fn send(&self, method: Method, epoch: Option<u64>) -> Result<()> {
-        let link = self.link()?;
+    pub(crate) fn send(&self, method: Method, epoch: Option<u64>) -> Result<()> {
+        let st = self.lock();
+        if let Some(e) = &st.closed {
+            return Err(e.clone());
+        }
+        let link = st.link.as_ref().ok_or(Error::Disconnected)?;
         if epoch.is_some_and(|e| e != link.epoch) {
             debug!(
                 channel = self.id,
@@ -216,13 +214,10 @@ impl ChannelInner {
             );
             return Ok(());
         }
-        link.writer
-            .send(Outgoing::Method {
-                channel: self.id,
-                method,
-            })
-            .await
-            .map_err(|_| self.current_error())
+        match link.send_method(self.id, method)? {
+            Append::Done | Append::Full => Ok(()),
+            Append::Closed => Err(st.closed.clone().unwrap_or(Error::Disconnected)),
+        }
     }
 
     /// `channel.open` (and, during recovery, on the new session's link).
@@ -305,8 +300,8 @@ impl ChannelInner {
         exchange: &str,
         routing_key: &str,
         options: PublishOptions,
-        properties: BasicProperties,
-        body: Bytes,
+        properties: &BasicProperties,
+        body: &[u8],
     ) -> Result<Confirmation> {
         if exchange.len() > SHORTSTR_MAX || routing_key.len() > SHORTSTR_MAX {
             return Err(Error::InvalidArgument(
@@ -319,82 +314,33 @@ impl ChannelInner {
             mandatory: options.mandatory,
             immediate: false,
         };
-        // Fast path: the writer queue has room, so the message is encoded,
-        // numbered and queued under one lock, without waiting.
-        let link = {
-            let mut guard = self.lock();
-            let st = &mut *guard;
-            if let Some(e) = &st.closed {
-                return Err(e.clone());
-            }
-            let link = st.link.as_ref().ok_or(Error::Disconnected)?;
-            match link.writer.try_reserve() {
-                Ok(permit) => {
-                    let item = self.encode_publish(&publish, &properties, body, link.frame_max)?;
-                    permit.send(item);
-                    return Ok(next_confirmation(&mut st.confirms));
+        let mut epoch = None;
+        loop {
+            // The message is encoded, queued and numbered under the channel's
+            // lock, so the broker sees messages in sequence-number order.
+            let outbox = {
+                let mut guard = self.lock();
+                let st = &mut *guard;
+                if let Some(e) = &st.closed {
+                    return Err(e.clone());
                 }
-                Err(TrySendError::Full(())) => {}
-                Err(TrySendError::Closed(())) => return Err(Error::Disconnected),
-            }
-            link.clone()
-        };
-        let item = self.encode_publish(&publish, &properties, body, link.frame_max)?;
-        let permit = link
-            .writer
-            .reserve()
-            .await
-            .map_err(|_| self.current_error())?;
-        // Sequence numbers are assigned and the message queued under one lock,
-        // so the broker sees messages in sequence-number order.
-        let mut st = self.lock();
-        if let Some(e) = &st.closed {
-            return Err(e.clone());
+                let link = st.link.as_ref().ok_or(Error::Disconnected)?;
+                if *epoch.get_or_insert(link.epoch) != link.epoch {
+                    // Recovered while waiting for room: the caller decides
+                    // whether to publish again on the new session.
+                    return Err(Error::Disconnected);
+                }
+                let encode = |buf: &mut BytesMut| {
+                    encode_publish(buf, self.id, &publish, properties, body, link.frame_max)
+                };
+                match link.outbox.append(true, encode)? {
+                    Append::Done => return Ok(next_confirmation(&mut st.confirms)),
+                    Append::Closed => return Err(st.closed.clone().unwrap_or(Error::Disconnected)),
+                    Append::Full => link.outbox.clone(),
+                }
+            };
+            outbox.room().await;
         }
-        if st.link.as_ref().map(|l| l.epoch) != Some(link.epoch) {
-            return Err(Error::Disconnected);
-        }
-        permit.send(item);
-        Ok(next_confirmation(&mut st.confirms))
-    }
-
-    /// The writer item for one publish: method and header frames, and the
-    /// body's frames too when the body is small (copying it is cheaper than
-    /// handing the writer a second buffer to frame and free).
-    fn encode_publish(
-        &self,
-        publish: &PublishRef<'_>,
-        properties: &BasicProperties,
-        body: Bytes,
-        frame_max: u32,
-    ) -> Result<Outgoing> {
-        let small = body.len() <= COPIED_BODY_MAX;
-        let mut frames = BytesMut::with_capacity(
-            64 + publish.exchange.len()
-                + publish.routing_key.len()
-                + if small { body.len() + 8 } else { 0 },
-        );
-        encode_publish_head(
-            &mut frames,
-            self.id,
-            publish,
-            properties,
-            body.len() as u64,
-            frame_max,
-        )
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let body = if small {
-            encode_body(&mut frames, self.id, &body, frame_max)
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            None
-        } else {
-            Some(body)
-        };
-        Ok(Outgoing::Publish {
-            channel: self.id,
-            frames,
-            body,
-        })
     }
 
     pub(crate) fn set_returns(&self, sender: mpsc::UnboundedSender<ReturnedMessage>) {
@@ -467,18 +413,29 @@ impl ChannelInner {
         }
     }
 
-    pub(crate) fn on_delivery(&self, delivery: Delivery) {
+    /// Queues a delivery for its consumer; returns the consumer's waker when
+    /// it needs waking (the reader wakes it once the read is dispatched).
+    pub(crate) fn on_delivery(&self, delivery: Delivery) -> Option<Waker> {
         let st = self.lock();
-        match st.consumers.get(&delivery.consumer_tag) {
-            Some(tx) => {
-                if tx.send(Ok(delivery)).is_err() {
-                    debug!(channel = self.id, "delivery for a dropped consumer");
-                }
+        // One consumer per channel is the common case: skip hashing the tag.
+        let tx = match st.consumers.len() {
+            1 => st
+                .consumers
+                .iter()
+                .next()
+                .filter(|(tag, _)| tag.as_str() == &*delivery.consumer_tag)
+                .map(|(_, tx)| tx),
+            _ => st.consumers.get(&*delivery.consumer_tag),
+        };
+        match tx {
+            Some(tx) => tx.send(Ok(delivery)),
+            None => {
+                debug!(
+                    channel = self.id,
+                    "delivery for an unknown consumer dropped"
+                );
+                None
             }
-            None => debug!(
-                channel = self.id,
-                "delivery for an unknown consumer dropped"
-            ),
         }
     }
 
@@ -517,7 +474,7 @@ impl ChannelInner {
         }
         if !matches!(error, Error::ClientClosed) {
             for tx in consumers.into_values() {
-                let _ = tx.send(Err(error.clone()));
+                tx.send_now(Err(error.clone()));
             }
         }
     }

@@ -13,7 +13,7 @@ use lockgate_wire::{
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
@@ -21,7 +21,8 @@ use tracing::{debug, info, info_span, Instrument};
 use crate::channel::Channel;
 use crate::channel_inner::ChannelInner;
 use crate::error::{CloseReason, Error, Result};
-use crate::io::{self, Link, Outgoing, Session, WRITER_QUEUE};
+use crate::io::{self, Link, Session};
+use crate::outbox::{Append, Outbox};
 use crate::recovery::{self, Topology};
 use crate::uri::ConnectionOptions;
 
@@ -205,15 +206,8 @@ impl Connection {
                 class_id: 0,
                 method_id: 0,
             });
-            let sent = session
-                .link
-                .writer
-                .send(Outgoing::Method {
-                    channel: 0,
-                    method: close,
-                })
-                .await;
-            if sent.is_err()
+            let sent = session.link.send_method(0, close);
+            if !matches!(sent, Ok(Append::Done))
                 || tokio::time::timeout(CLOSE_TIMEOUT, closed.wait_for(|c| *c))
                     .await
                     .is_err()
@@ -315,10 +309,10 @@ impl ConnInner {
             tune,
             server_properties,
         } = established;
-        let (writer, queue) = mpsc::channel(WRITER_QUEUE);
+        let outbox = Arc::new(Outbox::default());
         let session = Session {
             link: Link {
-                writer,
+                outbox: outbox.clone(),
                 epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
                 frame_max: tune.frame_max,
             },
@@ -340,8 +334,7 @@ impl ConnInner {
             session = session.link.epoch
         );
         tokio::spawn(
-            io::run_writer(write, queue, tune.frame_max, heartbeat, session.clone())
-                .instrument(span.clone()),
+            io::run_writer(write, outbox, heartbeat, session.clone()).instrument(span.clone()),
         );
         tokio::spawn(
             io::run_reader(self.clone(), frames, heartbeat, session.clone()).instrument(span),
@@ -515,7 +508,7 @@ async fn next_method(frames: &mut FramedRead<OwnedReadHalf, FrameCodec>) -> Resu
 
 async fn send(write: &mut OwnedWriteHalf, codec: &FrameCodec, method: Method) -> Result<()> {
     let mut buf = bytes::BytesMut::new();
-    io::encode(codec, Outgoing::Method { channel: 0, method }, &mut buf)?;
+    codec.encode_frame(&Frame::Method { channel: 0, method }, &mut buf)?;
     write.write_all(&buf).await?;
     Ok(())
 }

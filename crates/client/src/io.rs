@@ -1,32 +1,33 @@
 //! The socket side of a connection: one writer task and one reader task per
 //! TCP connection ("session").
 //!
-//! The writer owns the write half. Channels hand it [`Outgoing`] items over a
-//! bounded mpsc (the bound is the publishers' backpressure); it encodes every
-//! item that is already queued into one buffer and writes it with one syscall,
-//! and sends heartbeats when it has been idle. Publishes arrive already
-//! encoded (the publisher's task pays for its own frames, and the item stays
-//! small).
+//! The writer owns the write half. Channels append their encoded frames to
+//! the session's [`Outbox`] (publishers pay for their own frames, and a
+//! message costs no queue item or allocation); the writer takes everything
+//! appended so far, writes it with one syscall, and sends heartbeats when it
+//! has been idle.
 //!
 //! The reader owns the read half and the frame decoder. It reads 64 KiB at a
 //! time and dispatches every complete frame in the buffer before it waits
-//! again: replies resolve the channel's pending call,
-//! deliveries go to the consumer's mpsc, confirms resolve publishers'
-//! [`Confirmation`](crate::Confirmation)s. It never awaits a user, so one slow
-//! consumer cannot stall the others. When the socket ends, for whatever reason,
-//! it tells the connection, which fails or suspends every pending call.
+//! again: replies resolve the channel's pending call, deliveries go to the
+//! consumers' inboxes (each consumer is woken once per read, not once per
+//! delivery), confirms resolve publishers'
+//! [`Confirmation`](crate::Confirmation)s. It never awaits a user, so one
+//! slow consumer cannot stall the others. When the socket ends, for whatever
+//! reason, it tells the connection, which fails or suspends every pending
+//! call.
 
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use lockgate_wire::{
-    basic, channel, connection, encode_body, ContentHeader, Frame, FrameCodec, Method,
+    basic, channel, connection, ContentHeader, DeliverRef, Frame, FrameCodec, Method,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
 use tokio::time::{interval, Interval, MissedTickBehavior};
 use tokio_util::codec::{Decoder, FramedParts, FramedRead};
 use tokio_util::sync::CancellationToken;
@@ -35,42 +36,41 @@ use tracing::{debug, info, trace, warn};
 use crate::channel_inner::{ChannelInner, Content, Reply};
 use crate::connection::ConnInner;
 use crate::error::{CloseReason, Error, Result};
-use crate::message::{Acker, Delivery, ReturnedMessage};
+use crate::message::{Acker, Delivery, Properties, ReturnedMessage};
+use crate::outbox::{Append, Outbox};
 
-/// The writer writes once its buffer holds this much, even if more is queued.
-const WRITE_BATCH: usize = 256 * 1024;
-/// Capacity of the channel-to-writer queue, in items (one item per message).
-pub(crate) const WRITER_QUEUE: usize = 4096;
-
-/// One item for the writer task.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// A method without content.
-    Method { channel: u16, method: Method },
-    /// A `basic.publish`: its method and header frames, already encoded by
-    /// the publisher (with a small body's frames too), and the body when it
-    /// was left for the writer to frame. Encoding in the publisher keeps this
-    /// item small and lets it borrow the exchange, routing key and
-    /// properties instead of copying them into a method and a header.
-    /// `frames` stays a `BytesMut`: freezing a buffer with spare capacity
-    /// would allocate a shared header just to hand it over.
-    Publish {
-        channel: u16,
-        frames: BytesMut,
-        body: Option<Bytes>,
-    },
-}
+/// The writer keeps at most this much buffer capacity between batches (one
+/// large message must not pin its size for the life of the connection).
+const WRITE_BUF_KEEP: usize = 1024 * 1024;
 
 /// The writer's side of a session, as held by channels.
 #[derive(Clone, Debug)]
 pub(crate) struct Link {
-    pub(crate) writer: mpsc::Sender<Outgoing>,
+    pub(crate) outbox: Arc<Outbox>,
     /// Which session this is; deliveries remember it so that acks for a
     /// previous session's delivery tags are dropped after recovery.
     pub(crate) epoch: u64,
     /// The session's negotiated frame_max (0 = none): publishers encode
     /// their frames against it.
     pub(crate) frame_max: u32,
+}
+
+impl Link {
+    /// Queues one method frame (never held back by publishes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when the method does not encode (a
+    /// shortstr over 255 bytes); nothing is queued then.
+    pub(crate) fn send_method(&self, channel: u16, method: Method) -> Result<Append> {
+        let frame = Frame::Method { channel, method };
+        let codec = FrameCodec::new(self.frame_max);
+        self.outbox.append(false, |buf| {
+            codec
+                .encode_frame(&frame, buf)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))
+        })
+    }
 }
 
 /// A live TCP connection: the link to its writer, and what stops both tasks.
@@ -100,35 +100,14 @@ fn heartbeat_interval(period: Duration) -> Option<Interval> {
     })
 }
 
-/// Encodes one item into `buf`; bodies are split at the codec's frame_max.
-pub(crate) fn encode(codec: &FrameCodec, item: Outgoing, buf: &mut BytesMut) -> Result<()> {
-    match item {
-        Outgoing::Method { channel, method } => {
-            codec.encode_frame(&Frame::Method { channel, method }, buf)?;
-        }
-        Outgoing::Publish {
-            channel,
-            frames,
-            body,
-        } => {
-            buf.extend_from_slice(&frames);
-            if let Some(body) = body {
-                encode_body(buf, channel, &body, codec.frame_max())?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The writer task: batches whatever is queued, writes it, flushes once.
+/// The writer task: takes whatever the channels appended, writes it, and
+/// sends heartbeats when idle.
 pub(crate) async fn run_writer(
     mut socket: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Outgoing>,
-    frame_max: u32,
+    outbox: Arc<Outbox>,
     heartbeat: Duration,
     session: Session,
 ) {
-    let codec = FrameCodec::new(frame_max);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // Send a heartbeat when nothing was written for half the interval.
     let mut ticker = heartbeat_interval(heartbeat / 2);
@@ -137,45 +116,52 @@ pub(crate) async fn run_writer(
     tokio::pin!(stop);
     let result: Result<()> = async {
         loop {
+            if session.stop.is_cancelled() {
+                // Write what is already queued (a close-ok, typically), then stop.
+                // Closed first: should the peer not read it, publishers waiting
+                // for room must not wait on this write.
+                outbox.take(&mut buf);
+                outbox.close();
+                if !buf.is_empty() {
+                    socket.write_all(&buf).await?;
+                }
+                return Ok(());
+            }
+            outbox.take(&mut buf);
+            if buf.is_empty() {
+                tokio::select! {
+                    biased;
+                    () = &mut stop => continue,
+                    () = outbox.ready() => continue,
+                    () = tick(&mut ticker) => {
+                        if !wrote {
+                            trace!("sending heartbeat");
+                            FrameCodec::new(0).encode_frame(&Frame::Heartbeat, &mut buf)?;
+                        }
+                        wrote = false;
+                        if buf.is_empty() {
+                            continue;
+                        }
+                    }
+                }
+            }
+            // Raced against the session's end: a peer that stopped reading
+            // (declared dead by the reader, or the application closed) would
+            // hold this write, and the publishers waiting for room, for as long
+            // as TCP keeps retrying.
             tokio::select! {
-                biased;
-                () = &mut stop => {
-                    // Write what is already queued (a close-ok, typically), then stop.
-                    while let Ok(item) = queue.try_recv() {
-                        encode(&codec, item, &mut buf)?;
-                    }
-                    if !buf.is_empty() {
-                        socket.write_all(&buf).await?;
-                    }
-                    return Ok(());
-                }
-                item = queue.recv() => match item {
-                    Some(item) => encode(&codec, item, &mut buf)?,
-                    None => return Ok(()),
-                },
-                () = tick(&mut ticker) => {
-                    if !wrote {
-                        trace!("sending heartbeat");
-                        codec.encode_frame(&Frame::Heartbeat, &mut buf)?;
-                    }
-                    wrote = false;
-                    if buf.is_empty() {
-                        continue;
-                    }
-                }
+                written = socket.write_all(&buf) => written?,
+                () = &mut stop => return Ok(()),
             }
-            while buf.len() < WRITE_BATCH {
-                match queue.try_recv() {
-                    Ok(item) => encode(&codec, item, &mut buf)?,
-                    Err(_) => break,
-                }
-            }
-            socket.write_all(&buf).await?;
             buf.clear();
+            if buf.capacity() > WRITE_BUF_KEEP {
+                buf = BytesMut::with_capacity(64 * 1024);
+            }
             wrote = true;
         }
     }
     .await;
+    outbox.close();
     if let Err(e) = result {
         debug!(error = %e, "writer stopped");
         if let Ok(mut failure) = session.failure.lock() {
@@ -187,9 +173,72 @@ pub(crate) async fn run_writer(
 
 /// A content-bearing method whose header and body are still arriving.
 struct Assembly {
-    method: Method,
-    header: Option<ContentHeader>,
+    method: Announced,
+    header: Option<Box<ContentHeader>>,
     body: Body,
+}
+
+/// The method that announced a content.
+enum Announced {
+    /// A delivery, its names shared with the channel's previous ones.
+    Deliver(Deliver),
+    /// `basic.return`, `basic.get-ok` (or anything else, dropped).
+    Other(Method),
+}
+
+/// `basic.deliver`'s arguments, as a [`Delivery`] holds them.
+struct Deliver {
+    consumer_tag: Arc<str>,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: Arc<str>,
+    routing_key: Arc<str>,
+}
+
+/// The names of a channel's last delivery. A consumer's deliveries share
+/// its tag, and usually their exchange and routing key: each is allocated
+/// once and shared by every delivery that repeats it.
+struct Names {
+    consumer_tag: Arc<str>,
+    exchange: Arc<str>,
+    routing_key: Arc<str>,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        let empty: Arc<str> = Arc::from("");
+        Self {
+            consumer_tag: empty.clone(),
+            exchange: empty.clone(),
+            routing_key: empty,
+        }
+    }
+}
+
+impl Names {
+    fn deliver(&mut self, d: &DeliverRef<'_>) -> Deliver {
+        Deliver {
+            consumer_tag: share(&mut self.consumer_tag, d.consumer_tag),
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: share(&mut self.exchange, d.exchange),
+            routing_key: share(&mut self.routing_key, d.routing_key),
+        }
+    }
+}
+
+/// `name`, shared with `last` when it is the same.
+fn share(last: &mut Arc<str>, name: &str) -> Arc<str> {
+    if **last != *name {
+        *last = Arc::from(name);
+    }
+    last.clone()
+}
+
+/// A channel the reader has seen.
+struct Slot {
+    channel: Arc<ChannelInner>,
+    names: Names,
 }
 
 /// Body frames received so far: one frame is kept as is (no copy).
@@ -240,10 +289,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Reserve a fresh chunk when less than this is free.
 const READ_MIN_FREE: usize = 4 * 1024;
 
-/// A frame whose handling has to wait for the writer queue: the reply is
-/// queued before anything after it in the stream is handled, so that (for
-/// example) channel.close-ok reaches the writer before the channel's number
-/// can be reused.
+/// A frame that needs a reply and more: the reply is queued before anything
+/// after it in the stream is handled, so that (for example)
+/// channel.close-ok reaches the writer before the channel's number can be
+/// reused.
 enum Deferred {
     ConnectionClose(CloseReason),
     Cancel {
@@ -265,12 +314,14 @@ enum Deferred {
 /// State of the reader task.
 struct Reader {
     conn: Arc<ConnInner>,
-    writer: mpsc::Sender<Outgoing>,
+    link: Link,
     epoch: u64,
+    /// Consumers to wake once the current read is dispatched.
+    wakers: Vec<Waker>,
     /// Channels seen by this reader, indexed by number, so that the
     /// connection's map is locked only on a miss. It grows only to numbers
     /// the connection has opened (at most channel_max).
-    channels: Vec<Option<Arc<ChannelInner>>>,
+    channels: Vec<Option<Slot>>,
     /// Content being assembled, per channel: rarely more than one or two
     /// channels at once, so a short list beats a map.
     assemblies: Vec<(u16, Assembly)>,
@@ -295,8 +346,9 @@ pub(crate) async fn run_reader(
     } = frames.into_parts();
     let mut reader = Reader {
         conn,
-        writer: session.link.writer.clone(),
+        link: session.link.clone(),
         epoch: session.link.epoch,
+        wakers: Vec::new(),
         channels: Vec::new(),
         assemblies: Vec::new(),
     };
@@ -307,7 +359,7 @@ pub(crate) async fn run_reader(
     tokio::pin!(stop);
     let error = loop {
         // The handshake may have left frames in the buffer: dispatch first.
-        if let Err(e) = reader.dispatch(&mut codec, &mut buf).await {
+        if let Err(e) = reader.dispatch(&mut codec, &mut buf) {
             break e;
         }
         if buf.capacity() - buf.len() < READ_MIN_FREE {
@@ -345,17 +397,46 @@ pub(crate) async fn run_reader(
 }
 
 impl Reader {
-    fn channel(&mut self, id: u16) -> Option<Arc<ChannelInner>> {
+    fn slot(&mut self, id: u16) -> Option<&mut Slot> {
         let at = usize::from(id);
-        if let Some(Some(ch)) = self.channels.get(at) {
-            return Some(ch.clone());
+        if !matches!(self.channels.get(at), Some(Some(_))) {
+            let channel = self.conn.channel(id)?;
+            if self.channels.len() <= at {
+                self.channels.resize_with(at + 1, || None);
+            }
+            self.channels[at] = Some(Slot {
+                channel,
+                names: Names::default(),
+            });
         }
-        let ch = self.conn.channel(id)?;
-        if self.channels.len() <= at {
-            self.channels.resize(at + 1, None);
+        self.channels.get_mut(at).and_then(Option::as_mut)
+    }
+
+    fn channel(&mut self, id: u16) -> Option<Arc<ChannelInner>> {
+        self.slot(id).map(|slot| slot.channel.clone())
+    }
+
+    /// Starts assembling a content announced by `method` on channel `id`.
+    fn announce(&mut self, id: u16, method: Announced) {
+        let assembly = Assembly {
+            method,
+            header: None,
+            body: Body::Empty,
+        };
+        match self.assembly(id) {
+            Some(old) => *old = assembly,
+            None => self.assemblies.push((id, assembly)),
         }
-        self.channels[at] = Some(ch.clone());
-        Some(ch)
+    }
+
+    /// A `basic.deliver` decoded in place (see [`FrameCodec::peek_deliver`]).
+    fn on_deliver(&mut self, id: u16, deliver: &DeliverRef<'_>) {
+        let Some(slot) = self.slot(id) else {
+            debug!(channel = id, "delivery for an unknown channel dropped");
+            return;
+        };
+        let deliver = slot.names.deliver(deliver);
+        self.announce(id, Announced::Deliver(deliver));
     }
 
     fn assembly(&mut self, id: u16) -> Option<&mut Assembly> {
@@ -370,21 +451,39 @@ impl Reader {
         Some(self.assemblies.swap_remove(at).1)
     }
 
-    async fn send(&self, channel: u16, method: Method) -> Result<()> {
-        self.writer
-            .send(Outgoing::Method { channel, method })
-            .await
-            .map_err(|_| Error::ClientClosed)
+    fn send(&self, channel: u16, method: Method) -> Result<()> {
+        match self.link.send_method(channel, method)? {
+            Append::Done | Append::Full => Ok(()),
+            Append::Closed => Err(Error::ClientClosed),
+        }
     }
 
-    /// Handles every complete frame in `buf`.
-    async fn dispatch(&mut self, codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<()> {
-        while let Some(frame) = codec.decode(buf)? {
+    /// Handles every complete frame in `buf`, then wakes the consumers that
+    /// received deliveries.
+    fn dispatch(&mut self, codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<()> {
+        let result = self.dispatch_frames(codec, buf);
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+        result
+    }
+
+    fn dispatch_frames(&mut self, codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<()> {
+        loop {
+            // Deliveries, the bulk of what a consumer reads, are decoded in
+            // place: no method value, and their names are shared.
+            if let Some((id, deliver, len)) = codec.peek_deliver(buf) {
+                self.on_deliver(id, &deliver);
+                buf.advance(len);
+                continue;
+            }
+            let Some(frame) = codec.decode(buf)? else {
+                return Ok(());
+            };
             if let Some(deferred) = self.on_frame(frame)? {
-                self.on_deferred(deferred).await?;
+                self.on_deferred(deferred)?;
             }
         }
-        Ok(())
     }
 
     fn on_frame(&mut self, frame: Frame) -> Result<Option<Deferred>> {
@@ -432,13 +531,11 @@ impl Reader {
     }
 
     /// Sends the reply a deferred frame needs, then does what follows it.
-    async fn on_deferred(&mut self, deferred: Deferred) -> Result<()> {
+    fn on_deferred(&mut self, deferred: Deferred) -> Result<()> {
         match deferred {
             Deferred::ConnectionClose(reason) => {
                 // Best effort: the writer drains this before it stops.
-                let _ = self
-                    .send(0, Method::ConnectionCloseOk(connection::CloseOk {}))
-                    .await;
+                let _ = self.send(0, Method::ConnectionCloseOk(connection::CloseOk {}));
                 Err(Error::ConnectionClosed(reason))
             }
             Deferred::Cancel {
@@ -454,8 +551,7 @@ impl Reader {
                         Method::BasicCancelOk(basic::CancelOk {
                             consumer_tag: cancel.consumer_tag,
                         }),
-                    )
-                    .await?;
+                    )?;
                 }
                 Ok(())
             }
@@ -464,8 +560,7 @@ impl Reader {
                 id,
                 reason,
             } => {
-                self.send(id, Method::ChannelCloseOk(channel::CloseOk {}))
-                    .await?;
+                self.send(id, Method::ChannelCloseOk(channel::CloseOk {}))?;
                 self.forget(id);
                 self.conn
                     .channel_closed(&channel, Error::ChannelClosed(reason));
@@ -473,7 +568,6 @@ impl Reader {
             }
             Deferred::Flow { id, active } => {
                 self.send(id, Method::ChannelFlowOk(channel::FlowOk { active }))
-                    .await
             }
         }
     }
@@ -502,7 +596,7 @@ impl Reader {
     }
 
     fn on_channel_method(&mut self, id: u16, method: Method) -> Result<Option<Deferred>> {
-        let Some(ch) = self.channel(id) else {
+        let Some(slot) = self.slot(id) else {
             debug!(
                 channel = id,
                 method = method.name(),
@@ -511,17 +605,22 @@ impl Reader {
             return Ok(None);
         };
         if method.has_content() {
-            let assembly = Assembly {
-                method,
-                header: None,
-                body: Body::Empty,
+            let announced = match method {
+                // Not UTF-8 (replaced by the decoder), or otherwise not
+                // decodable in place.
+                Method::BasicDeliver(d) => Announced::Deliver(slot.names.deliver(&DeliverRef {
+                    consumer_tag: &d.consumer_tag,
+                    delivery_tag: d.delivery_tag,
+                    redelivered: d.redelivered,
+                    exchange: &d.exchange,
+                    routing_key: &d.routing_key,
+                })),
+                other => Announced::Other(other),
             };
-            match self.assembly(id) {
-                Some(old) => *old = assembly,
-                None => self.assemblies.push((id, assembly)),
-            }
+            self.announce(id, announced);
             return Ok(None);
         }
+        let ch = slot.channel.clone();
         match method {
             Method::BasicAck(ack) => ch.on_confirm(ack.delivery_tag, ack.multiple, true),
             Method::BasicNack(nack) => ch.on_confirm(nack.delivery_tag, nack.multiple, false),
@@ -593,23 +692,25 @@ impl Reader {
         };
         let body = assembly.body.into_bytes();
         match assembly.method {
-            Method::BasicDeliver(d) => {
+            Announced::Deliver(d) => {
                 let delivery = Delivery {
                     consumer_tag: d.consumer_tag,
                     delivery_tag: d.delivery_tag,
                     redelivered: d.redelivered,
                     exchange: d.exchange,
                     routing_key: d.routing_key,
-                    properties: header.properties,
+                    properties: Properties::new(header),
                     body,
                     acker: Acker {
                         channel: ch.clone(),
                         epoch: self.epoch,
                     },
                 };
-                ch.on_delivery(delivery);
+                if let Some(waker) = ch.on_delivery(delivery) {
+                    self.wakers.push(waker);
+                }
             }
-            Method::BasicReturn(r) => ch.on_return(ReturnedMessage {
+            Announced::Other(Method::BasicReturn(r)) => ch.on_return(ReturnedMessage {
                 reply_code: r.reply_code,
                 reply_text: r.reply_text,
                 exchange: r.exchange,
@@ -617,11 +718,11 @@ impl Reader {
                 properties: header.properties,
                 body,
             }),
-            method @ Method::BasicGetOk(_) => ch.on_reply(Reply {
+            Announced::Other(method @ Method::BasicGetOk(_)) => ch.on_reply(Reply {
                 method,
                 content: Some(Content { header, body }),
             }),
-            other => warn!(
+            Announced::Other(other) => warn!(
                 method = other.name(),
                 "unexpected content-bearing method dropped"
             ),

@@ -40,9 +40,12 @@
 //! - [`Connection`] (`connection.rs`): URI → socket → handshake (PLAIN,
 //!   tune, heartbeats), opening channels, clean close. Options and the URI
 //!   form are in `uri.rs` ([`ConnectionOptions`]).
-//! - `io.rs`: one reader and one writer task per socket. The writer batches
-//!   every queued frame into one write; the reader routes each frame to its
-//!   channel without awaiting the application.
+//! - `io.rs`: one reader and one writer task per socket. Channels encode
+//!   their frames into the session's output buffer (`outbox.rs`), which the
+//!   writer takes whole and writes with one syscall; the reader routes each
+//!   frame to its channel without awaiting the application, and deliveries
+//!   to their consumer's inbox (`inbox.rs`), waking each consumer once per
+//!   read.
 //! - [`Channel`] (`channel.rs`): declarations with typed options
 //!   (`options.rs`), publishing ([`Confirmation`] in `confirm.rs`), consuming
 //!   ([`Consumer`], [`Delivery`] in `message.rs`), `basic.get`, returns. The
@@ -67,9 +70,11 @@ mod channel_inner;
 mod confirm;
 mod connection;
 mod error;
+mod inbox;
 mod io;
 mod message;
 mod options;
+mod outbox;
 mod recovery;
 mod uri;
 
@@ -77,7 +82,7 @@ pub use channel::Channel;
 pub use confirm::Confirmation;
 pub use connection::Connection;
 pub use error::{CloseReason, Error, Result};
-pub use message::{Consumer, Delivery, GetMessage, ReturnedMessage, Returns};
+pub use message::{Consumer, Delivery, GetMessage, Properties, ReturnedMessage, Returns};
 pub use options::{
     ConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeKind, GetOptions,
     PublishOptions, QosOptions, QueueDeclareOptions, QueueDeleteOptions, QueueInfo,

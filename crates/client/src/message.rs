@@ -3,18 +3,20 @@
 //! arrive on.
 
 use std::fmt;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
-use lockgate_wire::{basic, BasicProperties, Method};
+use lockgate_wire::{basic, BasicProperties, ContentHeader, Method};
 use tokio::sync::mpsc;
 
 use crate::channel::Channel;
 use crate::channel_inner::ChannelInner;
 use crate::error::Result;
+use crate::inbox::DeliveryReceiver;
 
 /// What a delivery needs to acknowledge itself.
 #[derive(Clone)]
@@ -31,22 +33,84 @@ pub(crate) struct Acker {
 /// [`reject`](Delivery::reject) (or a `multiple` variant on a later delivery).
 /// After automatic recovery, settling a delivery from before the reconnection
 /// is a no-op: the broker has already requeued it.
+///
+/// The names are shared (`Arc<str>`): a consumer's deliveries share its tag,
+/// and those that repeat the previous one's exchange and routing key share
+/// them too, so a delivery allocates none of them.
 pub struct Delivery {
     /// Tag of the consumer it was delivered to (empty for `basic.get`).
-    pub consumer_tag: String,
+    pub consumer_tag: Arc<str>,
     /// Channel-scoped delivery tag, used to acknowledge it.
     pub delivery_tag: u64,
     /// Whether it was delivered before and not acknowledged.
     pub redelivered: bool,
     /// Exchange it was published to (empty for the default exchange).
-    pub exchange: String,
+    pub exchange: Arc<str>,
     /// Routing key it was published with.
-    pub routing_key: String,
-    /// Its properties (content type, headers, reply-to, correlation id, ...).
-    pub properties: BasicProperties,
+    pub routing_key: Arc<str>,
+    /// Its properties (content type, headers, reply-to, correlation id, ...):
+    /// read them as a [`BasicProperties`] (`delivery.properties.reply_to`).
+    pub properties: Properties,
     /// Its body.
     pub body: Bytes,
     pub(crate) acker: Acker,
+}
+
+/// A received message's properties, as a [`BasicProperties`] (it
+/// dereferences to one), together with their encoded form.
+///
+/// They stay in the box the frame decoder put them in: a delivery moves
+/// from the reader to the consumer's stream and into the application by
+/// value, and a few hundred octets of inline properties would be copied at
+/// every step.
+///
+/// Two `Properties` are equal when their decoded properties are: the
+/// header's body size and the encoding are not part of them.
+#[derive(Clone)]
+pub struct Properties {
+    header: Box<ContentHeader>,
+}
+
+impl Properties {
+    pub(crate) fn new(header: Box<ContentHeader>) -> Self {
+        Self { header }
+    }
+
+    /// The properties as the broker encoded them (property flags and list).
+    pub fn raw(&self) -> &[u8] {
+        &self.header.raw
+    }
+
+    /// The decoded properties, by value.
+    pub fn into_inner(self) -> BasicProperties {
+        self.header.properties
+    }
+}
+
+impl Deref for Properties {
+    type Target = BasicProperties;
+
+    fn deref(&self) -> &BasicProperties {
+        &self.header.properties
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        self.header.properties == other.header.properties
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.header.properties, f)
+    }
+}
+
+impl From<Properties> for BasicProperties {
+    fn from(properties: Properties) -> Self {
+        properties.into_inner()
+    }
 }
 
 impl fmt::Debug for Delivery {
@@ -65,10 +129,7 @@ impl fmt::Debug for Delivery {
 
 impl Delivery {
     async fn settle(&self, method: Method) -> Result<()> {
-        self.acker
-            .channel
-            .send(method, Some(self.acker.epoch))
-            .await
+        self.acker.channel.send(method, Some(self.acker.epoch))
     }
 
     /// Acknowledges this delivery (`basic.ack`).
@@ -195,7 +256,7 @@ pub struct ReturnedMessage {
 pub struct Consumer {
     tag: String,
     channel: Channel,
-    deliveries: mpsc::UnboundedReceiver<Result<Delivery>>,
+    deliveries: DeliveryReceiver,
 }
 
 impl fmt::Debug for Consumer {
@@ -208,11 +269,7 @@ impl fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    pub(crate) fn new(
-        tag: String,
-        channel: Channel,
-        deliveries: mpsc::UnboundedReceiver<Result<Delivery>>,
-    ) -> Self {
+    pub(crate) fn new(tag: String, channel: Channel, deliveries: DeliveryReceiver) -> Self {
         Self {
             tag,
             channel,
@@ -267,5 +324,32 @@ impl Stream for Returns {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.messages.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn properties(body_size: u64, content_type: &str) -> Properties {
+        let decoded = BasicProperties {
+            content_type: Some(content_type.into()),
+            ..BasicProperties::default()
+        };
+        Properties::new(Box::new(
+            ContentHeader::new(60, body_size, decoded).expect("encodes"),
+        ))
+    }
+
+    #[test]
+    fn properties_compare_and_print_without_the_body_size() {
+        assert_eq!(
+            properties(3, "text/plain"),
+            properties(70_000, "text/plain")
+        );
+        assert_ne!(properties(3, "text/plain"), properties(3, "text/html"));
+        let printed = format!("{:?}", properties(70_000, "text/plain"));
+        assert!(!printed.contains("70000"), "{printed}");
+        assert!(printed.contains("text/plain"), "{printed}");
     }
 }

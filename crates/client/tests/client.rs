@@ -270,7 +270,7 @@ async fn exchange_to_exchange_binding_routes() {
         })
         .await;
         assert_eq!(&get.delivery.body[..], b"via two exchanges");
-        assert_eq!(get.delivery.exchange, source);
+        assert_eq!(&*get.delivery.exchange, source);
         ch.exchange_unbind(&dest, &source, "", no_args())
             .await
             .unwrap();
@@ -342,9 +342,9 @@ async fn publish_consume_ack_keeps_properties_and_body() {
         assert_eq!(delivery.properties.reply_to.as_deref(), Some("replies"));
         assert_eq!(delivery.properties.delivery_mode, Some(2));
         assert_eq!(delivery.properties.headers.as_ref(), Some(&headers));
-        assert_eq!(delivery.routing_key, queue);
-        assert_eq!(delivery.exchange, "");
-        assert_eq!(delivery.consumer_tag, consumer.tag());
+        assert_eq!(&*delivery.routing_key, queue);
+        assert_eq!(&*delivery.exchange, "");
+        assert_eq!(&*delivery.consumer_tag, consumer.tag());
         assert!(!delivery.redelivered);
         delivery.ack().await.unwrap();
         consumer.cancel().await.unwrap();
@@ -1016,6 +1016,89 @@ async fn concurrent_publishers_on_shared_and_separate_channels_all_confirm() {
             .queue_delete(&queue, QueueDeleteOptions::default())
             .await
             .unwrap();
+        conn.close().await.unwrap();
+    })
+    .await;
+}
+
+/// The body size of message `n` in `multi_frame_publishes_on_many_channels_keep_order_and_bytes`:
+/// around the frame and inline limits, at least the 8 octets of (channel, n).
+fn interleaved_body_size(n: u32) -> usize {
+    [0usize, 62, 256, 257, 4088, 4089, 10_000][(n % 7) as usize].max(8)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_frame_publishes_on_many_channels_keep_order_and_bytes() {
+    const PER_CHANNEL: u32 = 3000;
+    const CHANNELS: u32 = 4;
+    let broker = common::TestBroker::start();
+    within(async {
+        // Bodies above 4 KiB take several frames; publishes of four channels and the
+        // consumer's acks share the connection, so their frames interleave on the socket.
+        let uri = format!("{}?frame_max=4096", broker.uri());
+        let conn = Connection::connect(&uri).await.unwrap();
+        let setup = conn.open_channel().await.unwrap();
+        let queue = unique("q");
+        declare_queue(&setup, &queue).await;
+        let consuming = conn.open_channel().await.unwrap();
+        let mut consumer = consuming
+            .basic_consume(&queue, "", ConsumeOptions::default(), no_args())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for c in 0..CHANNELS {
+            let ch = conn.open_channel().await.unwrap();
+            ch.confirm_select().await.unwrap();
+            let queue = queue.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut pending = Vec::new();
+                for n in 0..PER_CHANNEL {
+                    let mut body = vec![(c * 31 + n) as u8; interleaved_body_size(n)];
+                    body[..4].copy_from_slice(&c.to_be_bytes());
+                    body[4..8].copy_from_slice(&n.to_be_bytes());
+                    let mut headers = FieldTable::default();
+                    headers.insert("n", FieldValue::I64(i64::from(n)));
+                    let properties = BasicProperties {
+                        headers: Some(headers),
+                        priority: Some(1),
+                        ..BasicProperties::default()
+                    };
+                    let confirm = ch
+                        .basic_publish(
+                            "",
+                            &queue,
+                            PublishOptions::default(),
+                            &properties,
+                            &body[..],
+                        )
+                        .await
+                        .unwrap();
+                    pending.push(confirm);
+                }
+                for confirmed in futures::future::join_all(pending).await {
+                    confirmed.unwrap();
+                }
+            }));
+        }
+        let mut next = vec![0u32; CHANNELS as usize];
+        for _ in 0..PER_CHANNEL * CHANNELS {
+            let d = consumer.next().await.unwrap().unwrap();
+            let c = u32::from_be_bytes(d.body[..4].try_into().unwrap());
+            let n = u32::from_be_bytes(d.body[4..8].try_into().unwrap());
+            assert_eq!(n, next[c as usize], "order on channel {c}");
+            next[c as usize] += 1;
+            assert_eq!(d.body.len(), interleaved_body_size(n));
+            assert!(d.body[8..].iter().all(|&b| b == (c * 31 + n) as u8));
+            assert_eq!(
+                d.properties.headers.as_ref().unwrap().get("n"),
+                Some(&FieldValue::I64(i64::from(n)))
+            );
+            assert_eq!(&*d.routing_key, queue.as_str());
+            d.ack().await.unwrap();
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
         conn.close().await.unwrap();
     })
     .await;

@@ -7,12 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use lockgate_client::{
-    BasicProperties, Connection, Error, FieldTable, PublishOptions, QueueDeclareOptions,
+    BasicProperties, Connection, ConsumeOptions, Error, FieldTable, PublishOptions,
+    QueueDeclareOptions,
 };
 use lockgate_wire::{
-    basic, channel, confirm, connection, Frame, FrameCodec, Method, PROTOCOL_HEADER,
+    basic, channel, confirm, connection, encode_delivery, ContentHeader, DeliverRef, Frame,
+    FrameCodec, Method, BASIC_CLASS_ID, PROTOCOL_HEADER,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
@@ -277,6 +279,121 @@ async fn an_abandoned_call_does_not_steal_the_next_reply() {
         )
         .await;
         client.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_delivery_with_non_utf8_names_is_replaced_and_later_names_are_exact() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let mut consumer = ch
+                .basic_consume(
+                    "q",
+                    "ctag",
+                    ConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                let d = consumer.next().await.unwrap().unwrap();
+                got.push((
+                    d.delivery_tag,
+                    d.consumer_tag.to_string(),
+                    d.routing_key.to_string(),
+                    d.body.clone(),
+                ));
+            }
+            conn.close().await.unwrap();
+            got
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::BasicConsume(_)));
+        fake.send(
+            ch,
+            Method::BasicConsumeOk(basic::ConsumeOk {
+                consumer_tag: "ctag".into(),
+            }),
+        )
+        .await;
+        let header = ContentHeader::new(BASIC_CLASS_ID, 1, BasicProperties::default()).unwrap();
+        let mut raw = bytes::BytesMut::new();
+        for (delivery_tag, routing_key, body) in [(1, "k?", b"a"), (2, "k1", b"b"), (3, "k2", b"c")]
+        {
+            let deliver = DeliverRef {
+                consumer_tag: "ctag",
+                delivery_tag,
+                redelivered: false,
+                exchange: "",
+                routing_key,
+            };
+            let at = raw.len();
+            encode_delivery(&mut raw, ch, &deliver, &header, body, 131_072).unwrap();
+            if delivery_tag == 1 {
+                // The method's last octet, the routing key's last, made invalid UTF-8.
+                let size = u32::from_be_bytes(raw[at + 3..at + 7].try_into().unwrap());
+                raw[at + 7 + usize::try_from(size).unwrap() - 1] = 0xff;
+            }
+        }
+        fake.frames.get_mut().write_all(&raw).await.unwrap();
+        let (_, close) = fake.recv().await;
+        assert!(matches!(close, Method::ConnectionClose(_)));
+        fake.send(0, Method::ConnectionCloseOk(connection::CloseOk {}))
+            .await;
+        let got = client.await.unwrap();
+        let expected = [(1, "k\u{fffd}", b"a"), (2, "k1", b"b"), (3, "k2", b"c")];
+        assert_eq!(got.len(), expected.len());
+        for ((tag, ctag, key, body), (want_tag, want_key, want_body)) in got.iter().zip(expected) {
+            assert_eq!(
+                (*tag, ctag.as_str(), key.as_str(), &body[..]),
+                (want_tag, "ctag", want_key, &want_body[..])
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_publisher_waiting_for_room_fails_once_a_silent_broker_is_declared_dead() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let body = vec![0u8; 64 * 1024];
+            // The broker neither reads nor writes: the socket buffers fill, then the
+            // client's buffer, then a publish waits for room until missed heartbeats end
+            // the session.
+            let error = loop {
+                let publish = ch
+                    .basic_publish(
+                        "",
+                        "q",
+                        PublishOptions::default(),
+                        BasicProperties::default(),
+                        &body[..],
+                    )
+                    .await;
+                if let Err(e) = publish {
+                    break e;
+                }
+            };
+            (error, conn.close_error())
+        });
+        let mut fake = Fake::accept(&listener, 1).await;
+        fake.open_channel().await;
+        let (error, close_error) = client.await.unwrap();
+        assert!(
+            matches!(close_error, Some(Error::HeartbeatTimeout)),
+            "{error:?}, {close_error:?}"
+        );
+        drop(fake);
     })
     .await;
 }

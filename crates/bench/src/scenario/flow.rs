@@ -5,31 +5,40 @@
 //! Backpressure: the publisher stays at most `max_ahead` messages (times the
 //! copies each one makes) ahead of what the consumers have received. That
 //! keeps a transient run measuring the broker's steady throughput rather
-//! than how fast it can fill memory; the client's bounded writer queue and
+//! than how fast it can fill memory; the client's bounded output buffer and
 //! the broker's own flow control (RabbitMQ's `connection.blocked`, lockgate's
 //! memory watermark) still apply on top. Consumers ack with `multiple` every
-//! `ack_every` deliveries and wake the publisher at each ack; the publisher
-//! also re-checks every millisecond, so a queue that receives fewer than
-//! `ack_every` messages cannot stall it.
+//! `ack_every` deliveries. Each consumer adds what it received to the shared
+//! count whenever it has caught up with its stream (once per batch the
+//! client hands it, not once per message). A publisher at its limit waits
+//! until a quarter of its window has drained, and only the consumer whose
+//! count gets there wakes it: one wake-up per quarter window rather than
+//! one per ack, no polling, and no stall on a queue that receives fewer than
+//! `ack_every` messages.
+//!
+//! Paced runs (a fixed `rate`) publish from a thread of their own, paced to
+//! the microsecond (see `crate::pacing`), with the publisher connection on
+//! that thread's own runtime; unpaced runs publish from a tokio task. Both
+//! send through the same [`Publisher`].
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use lockgate_client::{
-    BasicProperties, Channel, Connection, ConsumeOptions, Consumer, Delivery, Error, FieldTable,
-    PublishOptions, QosOptions,
+    BasicProperties, Channel, Confirmation, Connection, ConsumeOptions, Consumer, Delivery, Error,
+    FieldTable, PublishOptions, QosOptions,
 };
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use crate::latency::Recorder;
+use crate::pacing::Pacer;
 use crate::payload::Codec;
 use crate::report::{get, Counters, Progress};
 use crate::verify::{QueueCheck, Verification};
@@ -96,7 +105,11 @@ pub struct Shared {
     /// Message counters.
     pub counters: Arc<Counters>,
     phase: AtomicU8,
-    acked: Notify,
+    /// The delivered count the waiting publisher needs (`u64::MAX`: it is
+    /// not waiting).
+    wake_at: AtomicU64,
+    /// Where the consumer that reaches `wake_at` wakes the publisher.
+    progress: Notify,
     stop_consumers: CancellationToken,
 }
 
@@ -106,7 +119,8 @@ impl Shared {
         Arc::new(Self {
             counters: Arc::default(),
             phase: AtomicU8::new(WARMUP),
-            acked: Notify::new(),
+            wake_at: AtomicU64::new(u64::MAX),
+            progress: Notify::new(),
             stop_consumers: CancellationToken::new(),
         })
     }
@@ -120,10 +134,42 @@ impl Shared {
         self.phase.store(STEADY, Ordering::Relaxed);
     }
 
+    /// Adds `n` deliveries to the shared count; wakes the publisher if it
+    /// waits for that many.
+    fn count_delivered(&self, n: u64) {
+        // SeqCst here and in `Publisher::hold_back` (store `wake_at`, then
+        // load `delivered`): one of the two sides sees the other's write, so
+        // the publisher is never left waiting for a count already reached.
+        let total = self.counters.delivered.fetch_add(n, Ordering::SeqCst) + n;
+        if total >= self.wake_at.load(Ordering::SeqCst) {
+            self.progress.notify_one();
+        }
+    }
+
     /// Tells the publisher to stop.
     pub fn stop_publishing(&self) {
         self.phase.store(STOP, Ordering::Relaxed);
-        self.acked.notify_waiters();
+        self.progress.notify_waiters();
+    }
+
+    /// Waits until `target` messages were delivered or the publisher is told
+    /// to stop.
+    async fn delivered_or_stopped(&self, target: u64) {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            // Registered before the checks: `stop_publishing`'s
+            // `notify_waiters` wakes only registered waiters, so a stop after
+            // the phase check is not missed; a consumer that reaches `target`
+            // after the check wakes it too.
+            notified.as_mut().enable();
+            self.wake_at.store(target, Ordering::SeqCst);
+            if self.counters.delivered.load(Ordering::SeqCst) >= target || self.phase() == STOP {
+                break;
+            }
+            notified.await;
+        }
+        self.wake_at.store(u64::MAX, Ordering::SeqCst);
     }
 }
 
@@ -139,6 +185,8 @@ pub struct PublisherOutcome {
     pub published: Vec<u64>,
     /// Messages the broker nacked.
     pub nacked: u64,
+    /// Paced runs: how late each message left, against its schedule.
+    pub send_lag: Option<Recorder>,
 }
 
 /// The consumer side of a flow: connections and tasks.
@@ -199,15 +247,30 @@ async fn consume(
     let mut latency = Recorder::default();
     let mut unacked: Option<Delivery> = None;
     let mut pending = 0u64;
+    // Received but not yet added to the shared count, which is updated once
+    // per batch: a shared counter written per message would bounce its cache
+    // line between this core and the publisher's.
+    let mut uncounted = 0u64;
     // Created once: a fresh `cancelled()` future per delivery would register
     // with (and leave) the token's waiter list every time.
     let stop = shared.stop_consumers.cancelled();
     tokio::pin!(stop);
     loop {
-        let next = tokio::select! {
-            biased;
-            () = &mut stop => break,
-            next = consumer.next() => next,
+        if shared.stop_consumers.is_cancelled() {
+            break;
+        }
+        let next = match consumer.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                // Caught up with what the client has received.
+                shared.count_delivered(uncounted);
+                uncounted = 0;
+                tokio::select! {
+                    biased;
+                    () = &mut stop => break,
+                    next = consumer.next() => next,
+                }
+            }
         };
         let Some(delivery) = next else { break };
         let delivery = delivery.context("consumer stream")?;
@@ -217,17 +280,17 @@ async fn consume(
                 latency.record_us(ctx.now_ns().saturating_sub(sent) / 1000);
             }
         }
-        shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        uncounted += 1;
         pending += 1;
         if pending >= ack_every {
             delivery.ack_multiple().await.context("ack")?;
             pending = 0;
             unacked = None;
-            shared.acked.notify_one();
         } else {
             unacked = Some(delivery);
         }
     }
+    shared.count_delivered(uncounted);
     if let Some(d) = unacked {
         // Best effort: the connection may already be closing.
         let _ = d.ack_multiple().await;
@@ -278,7 +341,8 @@ impl Consumers {
 }
 
 /// Opens the publisher connection and starts publishing; stops after
-/// `limit` messages or when [`Shared::stop_publishing`] is called.
+/// `limit` messages or when [`Shared::stop_publishing`] is called. Paced
+/// flows publish from a thread of their own (see `publish_paced`).
 ///
 /// # Errors
 ///
@@ -289,103 +353,250 @@ pub async fn start_publisher(
     shared: &Arc<Shared>,
     limit: Option<u64>,
 ) -> anyhow::Result<(Connection, JoinHandle<anyhow::Result<PublisherOutcome>>)> {
+    let Some(rate) = flow.rate else {
+        let (conn, ch) = open_publisher(ctx, flow).await?;
+        let publisher = Publisher::new(ctx.clone(), ch, flow.clone(), Arc::clone(shared), limit);
+        return Ok((conn, tokio::spawn(publish(publisher))));
+    };
+    let (opened, connection) = oneshot::channel();
+    let (ctx, flow, shared) = (ctx.clone(), flow.clone(), Arc::clone(shared));
+    let task = tokio::task::spawn_blocking(move || {
+        // The thread's own runtime also runs the publisher connection's
+        // tasks: a publish then reaches the socket on this thread, without
+        // waking a worker of the main runtime for every message.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the paced publisher's runtime")?;
+        runtime.block_on(async move {
+            let (conn, ch) = match open_publisher(&ctx, &flow).await {
+                Ok(open) => open,
+                Err(e) => {
+                    let _ = opened.send(Err(e));
+                    anyhow::bail!("the publisher connection failed");
+                }
+            };
+            let _ = opened.send(Ok(conn.clone()));
+            let publisher = Publisher::new(ctx, ch, flow, shared, limit);
+            let outcome = publish_paced(publisher, rate).await;
+            // Closed here, while this runtime still runs its tasks.
+            let _ = conn.close().await;
+            outcome
+        })
+    });
+    let conn = connection
+        .await
+        .context("the paced publisher's thread ended")??;
+    Ok((conn, task))
+}
+
+async fn open_publisher(ctx: &Ctx, flow: &Flow) -> anyhow::Result<(Connection, Channel)> {
     let conn = ctx.connect("publisher").await?;
     let ch = conn.open_channel().await?;
     if flow.confirm_window.is_some() {
         ch.confirm_select().await?;
     }
-    let task = tokio::spawn(publish(
-        ctx.clone(),
-        ch,
-        flow.clone(),
-        Arc::clone(shared),
-        limit,
-    ));
-    Ok((conn, task))
+    Ok((conn, ch))
 }
 
-async fn publish(
+/// The publishing side of a flow: what goes into each message and where,
+/// backpressure, confirms, and the counts for verification.
+struct Publisher {
     ctx: Ctx,
     ch: Channel,
     flow: Flow,
     shared: Arc<Shared>,
     limit: Option<u64>,
-) -> anyhow::Result<PublisherOutcome> {
-    let codec = Codec::new(ctx.seed(), flow.size);
-    let properties = BasicProperties {
-        delivery_mode: Some(if flow.persistent { 2 } else { 1 }),
-        ..BasicProperties::default()
-    };
-    let copies = flow.copies();
-    let max_ahead = flow.max_ahead.saturating_mul(copies);
-    let counters = Arc::clone(&shared.counters);
-    let mut outcome = PublisherOutcome {
-        published: vec![0; flow.targets.len()],
-        nacked: 0,
-    };
-    let mut in_flight = FuturesUnordered::new();
-    let window = flow.confirm_window.unwrap_or(0);
-    let started = Instant::now();
-    let mut n = 0u64;
-    while shared.phase() != STOP && limit.is_none_or(|l| n < l) {
-        let due = flow
-            .rate
-            .map(|rate| started + Duration::from_secs_f64(n as f64 / rate as f64));
-        if let Some(due) = due {
-            tokio::time::sleep_until(due.into()).await;
+    codec: Codec,
+    /// One body buffer, rewritten for every message.
+    body: Vec<u8>,
+    properties: BasicProperties,
+    copies: u64,
+    max_ahead: u64,
+    window: usize,
+    in_flight: FuturesUnordered<Confirmation>,
+    outcome: PublisherOutcome,
+    /// Messages published so far.
+    n: u64,
+}
+
+impl Publisher {
+    fn new(ctx: Ctx, ch: Channel, flow: Flow, shared: Arc<Shared>, limit: Option<u64>) -> Self {
+        let codec = Codec::new(ctx.seed(), flow.size);
+        let copies = flow.copies();
+        Self {
+            body: codec.body(),
+            codec,
+            properties: BasicProperties {
+                delivery_mode: Some(if flow.persistent { 2 } else { 1 }),
+                ..BasicProperties::default()
+            },
+            copies,
+            max_ahead: flow.max_ahead.saturating_mul(copies).max(1),
+            window: flow.confirm_window.unwrap_or(0),
+            in_flight: FuturesUnordered::new(),
+            outcome: PublisherOutcome {
+                published: vec![0; flow.targets.len()],
+                nacked: 0,
+                send_lag: None,
+            },
+            n: 0,
+            ctx,
+            ch,
+            flow,
+            shared,
+            limit,
         }
-        while (get(&counters.published) * copies).saturating_sub(get(&counters.delivered))
-            >= max_ahead
-            && shared.phase() != STOP
-        {
-            let _ = tokio::time::timeout(Duration::from_millis(1), shared.acked.notified()).await;
+    }
+
+    /// Whether to publish another message.
+    fn more(&self) -> bool {
+        self.shared.phase() != STOP && self.limit.is_none_or(|l| self.n < l)
+    }
+
+    /// Waits while the publisher is `max_ahead` ahead of the consumers
+    /// (then until a quarter of that window has drained); returns whether it
+    /// had to.
+    async fn hold_back(&self) -> bool {
+        let shared = &*self.shared;
+        let sent = self.n * self.copies;
+        if sent.saturating_sub(get(&shared.counters.delivered)) < self.max_ahead {
+            return false;
         }
-        let sent_ns = ctx.ns_at(send_stamp(due, Instant::now()));
-        let stream = (n % flow.targets.len() as u64) as usize;
-        let target = &flow.targets[stream];
-        let seq = outcome.published[stream];
-        let body: Bytes = codec.encode(stream as u32, seq, sent_ns);
-        let confirmation = ch
+        let resume_lead = self.max_ahead - (self.max_ahead / 4).max(1);
+        shared.delivered_or_stopped(sent - resume_lead).await;
+        true
+    }
+
+    /// Publishes the next message, stamped `sent_ns`.
+    async fn send(&mut self, sent_ns: u64) -> anyhow::Result<()> {
+        let stream = (self.n % self.flow.targets.len() as u64) as usize;
+        let target = &self.flow.targets[stream];
+        let seq = self.outcome.published[stream];
+        self.codec
+            .encode(stream as u32, seq, sent_ns, &mut self.body);
+        let confirmation = self
+            .ch
             .basic_publish(
                 &target.exchange,
                 &target.routing_key,
                 PublishOptions::default(),
-                properties.clone(),
-                body,
+                &self.properties,
+                &self.body[..],
             )
             .await
             .context("basic.publish")?;
-        outcome.published[stream] += 1;
-        counters.published.fetch_add(1, Ordering::Relaxed);
-        n += 1;
-        if window > 0 {
-            in_flight.push(confirmation);
-            while in_flight.len() >= window {
-                settle(in_flight.next().await, &counters, &mut outcome)?;
+        self.outcome.published[stream] += 1;
+        self.n += 1;
+        // Only this publisher writes it: a store, not a read-modify-write.
+        self.shared
+            .counters
+            .published
+            .store(self.n, Ordering::Relaxed);
+        if self.window > 0 {
+            self.in_flight.push(confirmation);
+            while self.in_flight.len() >= self.window {
+                settle(
+                    self.in_flight.next().await,
+                    &self.shared.counters,
+                    &mut self.outcome,
+                )?;
             }
         }
+        Ok(())
     }
-    while let Some(result) = in_flight.next().await {
-        settle(Some(result), &counters, &mut outcome)?;
+
+    /// Waits for the outstanding confirms.
+    async fn finish(mut self) -> anyhow::Result<PublisherOutcome> {
+        while let Some(result) = self.in_flight.next().await {
+            settle(Some(result), &self.shared.counters, &mut self.outcome)?;
+        }
+        Ok(self.outcome)
     }
+}
+
+/// Publishes as fast as backpressure allows, stamping the actual send time.
+async fn publish(mut p: Publisher) -> anyhow::Result<PublisherOutcome> {
+    while p.more() {
+        p.hold_back().await;
+        if !p.more() {
+            break;
+        }
+        let sent_ns = p.ctx.now_ns();
+        p.send(sent_ns).await?;
+    }
+    p.finish().await
+}
+
+/// Publishes at `rate` msg/s on the calling thread, which it blocks while it
+/// sleeps and spins between messages: run it on a thread (and runtime) of
+/// its own.
+async fn publish_paced(mut p: Publisher, rate: u64) -> anyhow::Result<PublisherOutcome> {
+    let mut pacer = Pacer::start(rate);
+    let mut stamps = Stamps::default();
+    while p.more() {
+        let due = pacer.due(p.n);
+        if pacer.wait_until(due) {
+            stamps.on_schedule();
+        }
+        if p.hold_back().await {
+            stamps.held();
+        }
+        if !p.more() {
+            break;
+        }
+        let now = Instant::now();
+        pacer.record_lag(due, now);
+        let sent_ns = p.ctx.ns_at(stamps.stamp(due, now));
+        p.send(sent_ns).await?;
+        if now.elapsed() > SCHEDULE_SLACK {
+            // The publish waited for room in the client's output buffer.
+            stamps.held();
+        }
+        // Let the writer task put it on the socket now, before sleeping.
+        tokio::task::yield_now().await;
+    }
+    let mut outcome = p.finish().await?;
+    outcome.send_lag = Some(pacer.into_lag());
     Ok(outcome)
 }
 
-/// How far behind schedule the paced publisher may be before the intended
-/// send time is used instead of the actual one. The tokio timer wakes up to
-/// a millisecond late and a paced publisher sends in small bursts: that
-/// lateness is the bench's, not the broker's.
-const SCHEDULE_SLACK: Duration = Duration::from_millis(2);
+/// A publish that takes longer than this waited for room in the client's
+/// output buffer (queueing a message takes microseconds).
+const SCHEDULE_SLACK: Duration = Duration::from_millis(1);
 
-/// The time stamped into a body sent `now` that was `due` (paced runs).
-/// Within [`SCHEDULE_SLACK`] of schedule it is the actual send time; further
-/// behind (the broker or the window held the publisher back) it is the
-/// intended time, so that the stall counts as latency for every message it
-/// delayed (no coordinated omission).
-fn send_stamp(due: Option<Instant>, now: Instant) -> Instant {
-    match due {
-        Some(due) if now.saturating_duration_since(due) > SCHEDULE_SLACK => due,
-        _ => now,
+/// Chooses the time stamped into paced messages (no coordinated omission).
+///
+/// A message carries its actual send time unless the broker has held the
+/// publisher back (the `max_ahead` window, or a full client buffer) and it
+/// has not caught up with its schedule since: then it carries its
+/// *intended* send time, so that the stall counts as latency for every
+/// message it delayed. The pacer's own wake-up error (a late OS wake-up, the
+/// thread descheduled) is never counted: such a message is stamped when it
+/// actually leaves, and the lateness is reported as the send lag.
+#[derive(Debug, Default)]
+struct Stamps {
+    behind: bool,
+}
+
+impl Stamps {
+    /// The pacer had to wait for the next message: back on schedule.
+    fn on_schedule(&mut self) {
+        self.behind = false;
+    }
+
+    /// The broker held the publisher back.
+    fn held(&mut self) {
+        self.behind = true;
+    }
+
+    /// The stamp of a message due at `due`, sent `now`.
+    fn stamp(&self, due: Instant, now: Instant) -> Instant {
+        if self.behind {
+            due
+        } else {
+            now
+        }
     }
 }
 
@@ -442,6 +653,9 @@ pub struct Measured {
     pub verification: Verification,
     /// Latency during the steady window.
     pub latency: Recorder,
+    /// Paced runs: how late messages left against their schedule (the
+    /// bench's own timing error).
+    pub send_lag: Option<Recorder>,
     /// Broker resource use during the steady window.
     pub broker: Option<crate::procfs::Usage>,
     /// Bench resource use during the steady window.
@@ -509,6 +723,7 @@ pub async fn run_timed(ctx: &Ctx, what: &str, flow: &Flow) -> anyhow::Result<Mea
             let none = PublisherOutcome {
                 published: Vec::new(),
                 nacked: 0,
+                send_lag: None,
             };
             let _ = consumers.finish(&shared, &none).await;
             return Err(e);
@@ -532,6 +747,7 @@ pub async fn run_timed(ctx: &Ctx, what: &str, flow: &Flow) -> anyhow::Result<Mea
         delivered_per_s: (after.2 - before.2) as f64 / secs,
         verification,
         latency,
+        send_lag: published.send_lag,
         broker,
         bench,
     })
@@ -542,13 +758,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stamps_actual_time_within_slack_and_intended_time_beyond() {
+    fn a_held_publisher_wakes_when_told_to_stop_without_deliveries() {
+        let shared = Shared::new();
+        let mut held = std::pin::pin!(shared.delivered_or_stopped(10));
+        assert_eq!(held.as_mut().now_or_never(), None);
+        shared.stop_publishing();
+        assert_eq!(held.now_or_never(), Some(()), "stop missed");
+    }
+
+    #[test]
+    fn a_held_publisher_wakes_once_the_consumers_reach_its_target() {
+        let shared = Shared::new();
+        let mut held = std::pin::pin!(shared.delivered_or_stopped(10));
+        assert_eq!(held.as_mut().now_or_never(), None);
+        shared.count_delivered(9);
+        assert_eq!(held.as_mut().now_or_never(), None);
+        shared.count_delivered(1);
+        assert_eq!(held.now_or_never(), Some(()), "progress missed");
+        assert_eq!(shared.wake_at.load(Ordering::SeqCst), u64::MAX);
+    }
+
+    #[test]
+    fn a_publisher_stopped_before_it_waits_does_not_wait() {
+        let shared = Shared::new();
+        shared.stop_publishing();
+        assert_eq!(shared.delivered_or_stopped(10).now_or_never(), Some(()));
+    }
+
+    #[test]
+    fn stamps_actual_time_on_schedule_and_intended_time_while_held_back() {
         let due = Instant::now();
-        let slightly_late = due + Duration::from_millis(1);
+        let late_wake = due + Duration::from_micros(80);
         let stalled = due + Duration::from_millis(50);
-        assert_eq!(send_stamp(Some(due), slightly_late), slightly_late);
-        assert_eq!(send_stamp(Some(due), stalled), due);
-        assert_eq!(send_stamp(None, stalled), stalled);
+        let mut stamps = Stamps::default();
+        // The pacer woke late or the thread was descheduled: not counted.
+        assert_eq!(stamps.stamp(due, late_wake), late_wake);
+        assert_eq!(stamps.stamp(due, stalled), stalled);
+        // Held back by the broker: counted until the publisher is on
+        // schedule again.
+        stamps.held();
+        assert_eq!(stamps.stamp(due, stalled), due);
+        assert_eq!(stamps.stamp(due, late_wake), due);
+        stamps.on_schedule();
+        assert_eq!(stamps.stamp(due, late_wake), late_wake);
     }
 
     #[test]
