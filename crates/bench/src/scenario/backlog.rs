@@ -102,6 +102,16 @@ async fn run_declared(
     if let Some(b) = drain_broker {
         metrics.push(Metric::lower("broker_rss_drained_mib", b.rss_mib, "MiB"));
     }
+    // A broker may keep growing after the last confirm while it absorbs the backlog (RabbitMQ
+    // does, by gigabytes at 1M messages): the peak over filling and draining is the memory the
+    // backlog really needed.
+    if let (Some(fill), Some(drain)) = (fill_broker, drain_broker) {
+        metrics.push(Metric::lower(
+            "broker_rss_peak_mib",
+            fill.rss_max_mib.max(drain.rss_max_mib),
+            "MiB",
+        ));
+    }
     Ok(vec![Record {
         scenario: "backlog",
         case: format!("{count}x{}", size_name(size)),
