@@ -25,9 +25,11 @@
 //!
 //! A durable queue recovered with more messages than recovery loads keeps the rest on disk
 //! as lane 0's tail, whatever their priorities (the queue's index interleaves them). Until
-//! it is paged in whole, it is the tail of every lane: each new message waits behind it, no
-//! lane spills, and it pages in (in seq order, each message filed under its priority) when
-//! the whole ready list runs low. So a message still on disk after a restart is delivered
+//! it is paged in whole, it is the tail of every lane: each new message waits behind it and
+//! it pages in (in seq order, each message filed under its priority) when the whole ready
+//! list runs low. A FIFO or grouped queue spills what waits behind it onto it, as onto any
+//! tail of its own; a priority queue's levels do not spill meanwhile (their tails would be
+//! overtaken by its pages), so what waits behind it stays in memory. So a message still on disk after a restart is delivered
 //! after every message in memory, whatever its priority, and FIFO within a priority holds.
 //!
 //! The store I/O runs on the spill task, never under the queue lock: these functions only
@@ -106,6 +108,14 @@ impl Tails {
     #[inline]
     pub fn on_disk(&self) -> bool {
         self.spilled > 0
+    }
+
+    /// True while a recovered tail of a priority queue (`lanes` > 1) exists: it holds
+    /// messages of every level, so no level may spill a tail of its own and the messages
+    /// held behind it stay in memory until it is paged in. A FIFO or grouped queue's
+    /// recovered tail is its only lane's, and what arrives behind it spills onto it.
+    fn holds_spill(&self, lanes: usize) -> bool {
+        self.recovered && lanes > 1
     }
 
     /// Messages on disk.
@@ -373,7 +383,7 @@ impl Queue {
     /// Messages kept in memory beyond the heads, which a spill could move to disk.
     pub(crate) fn spillable(&self) -> usize {
         let st = self.state.lock();
-        if st.tails.recovered {
+        if st.tails.holds_spill(st.ready.lanes()) {
             return 0;
         }
         (0..st.ready.lanes())
@@ -425,7 +435,12 @@ impl Queue {
     ) -> Option<SpillBatch> {
         let mut guard = self.state.lock();
         let st = &mut *guard;
-        if st.deleted || st.busy || st.reserving > 0 || st.tails.recovered || max == 0 {
+        if st.deleted
+            || st.busy
+            || st.reserving > 0
+            || st.tails.holds_spill(st.ready.lanes())
+            || max == 0
+        {
             return None;
         }
         if let Some(ticket) = st.tail_removal {
