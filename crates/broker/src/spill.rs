@@ -551,6 +551,36 @@ mod tests {
         fn consumer_cancelled(&self, _: &ConsumerTag) {}
     }
 
+    /// Gets queue `q` empty with `basic.get`, 100 at a time with a spill pass between, and
+    /// returns the indexes of the messages in the order they came.
+    async fn get_all(
+        broker: &Broker,
+        store: &Store,
+        vhost: &Arc<VHost>,
+        tails: &mut Tails,
+        failing: &mut bool,
+    ) -> Vec<usize> {
+        let mut channel = Channel::new(
+            Arc::clone(vhost),
+            ConnectionId(1),
+            ChannelId(1),
+            Arc::new(NoConsumers),
+        );
+        let mut got = Vec::new();
+        loop {
+            pass(broker, store, tails, failing).await;
+            let before = got.len();
+            for _ in 0..100 {
+                if let Some(ok) = channel.get("q", true).expect("get") {
+                    got.push(index_of(&ok.message));
+                }
+            }
+            if got.len() == before {
+                return got;
+            }
+        }
+    }
+
     /// A grouped queue spills the newest messages of all groups and pages them back into
     /// their groups: with two consumers, each key is delivered in publish order and moves at
     /// most once (when the second consumer joins and takes its share of the idle groups),
@@ -681,25 +711,7 @@ mod tests {
             "with 1,024 messages in memory the tail neither grows nor pages in"
         );
 
-        let mut channel = Channel::new(
-            Arc::clone(&vhost),
-            ConnectionId(1),
-            ChannelId(1),
-            Arc::new(NoConsumers),
-        );
-        let mut got = Vec::new();
-        loop {
-            pass(&broker, &store, &mut tails, &mut failing).await;
-            let before = got.len();
-            for _ in 0..100 {
-                if let Some(ok) = channel.get("q", true).expect("get") {
-                    got.push(index_of(&ok.message));
-                }
-            }
-            if got.len() == before {
-                break;
-            }
-        }
+        let got = get_all(&broker, &store, &vhost, &mut tails, &mut failing).await;
         let mut sorted = got.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (0..3004).collect::<Vec<_>>(), "every message once");
@@ -771,25 +783,7 @@ mod tests {
             snapshot.spilled
         );
 
-        let mut channel = Channel::new(
-            Arc::clone(&vhost),
-            ConnectionId(1),
-            ChannelId(1),
-            Arc::new(NoConsumers),
-        );
-        let mut got = Vec::new();
-        loop {
-            pass(&broker, &store, &mut tails, &mut failing).await;
-            let before = got.len();
-            for _ in 0..100 {
-                if let Some(ok) = channel.get("q", true).expect("get") {
-                    got.push(index_of(&ok.message));
-                }
-            }
-            if got.len() == before {
-                break;
-            }
-        }
+        let got = get_all(&broker, &store, &vhost, &mut tails, &mut failing).await;
         assert_eq!(
             got,
             (0..5000).collect::<Vec<_>>(),
