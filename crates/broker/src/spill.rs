@@ -317,6 +317,8 @@ fn rebuild(vhost: &VHost, request: &PageRequest, p: PagedMessage) -> Option<Read
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use bytes::Bytes;
     use lockgate_store::StoreConfig;
     use lockgate_wire::{BasicProperties, ContentHeader, FieldTable, FieldValue};
@@ -551,6 +553,22 @@ mod tests {
         fn consumer_cancelled(&self, _: &ConsumerTag) {}
     }
 
+    /// Closes the store and starts a broker on it again, recovered, with the test budget.
+    fn restart(dir: &Path, store: Store, broker: Arc<Broker>) -> (Store, Arc<Broker>, Arc<VHost>) {
+        drop(broker);
+        store.close().expect("close");
+        drop(store);
+        let (store, recovery) = Store::open(dir, &StoreConfig::default()).expect("reopen");
+        let config = BrokerConfig {
+            memory_high_watermark: BUDGET,
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::with_store(config, store.clone());
+        broker.recover(&recovery).expect("recover");
+        let vhost = broker.vhost("/").expect("vhost");
+        (store, broker, vhost)
+    }
+
     /// Gets queue `q` empty with `basic.get`, 100 at a time with a spill pass between, and
     /// returns the indexes of the messages in the order they came.
     async fn get_all(
@@ -680,18 +698,7 @@ mod tests {
         pass(&broker, &store, &mut tails, &mut failing).await;
         assert!(vhost.queue("q").expect("q").snapshot().spilled > 2000);
         drop(vhost);
-        drop(broker);
-        store.close().expect("close");
-        drop(store);
-
-        let (store, recovery) = Store::open(dir.path(), &StoreConfig::default()).expect("reopen");
-        let config = BrokerConfig {
-            memory_high_watermark: BUDGET,
-            ..BrokerConfig::default()
-        };
-        let broker = Broker::with_store(config, store.clone());
-        broker.recover(&recovery).expect("recover");
-        let vhost = broker.vhost("/").expect("vhost");
+        let (store, broker, vhost) = restart(dir.path(), store, broker);
         let queue = vhost.queue("q").expect("q");
         assert_eq!(queue.snapshot().spilled, 3000 - 1024);
         // Published after the restart, one per priority: each waits behind the tail.
@@ -751,18 +758,7 @@ mod tests {
         }
         store.sync().wait().await.expect("flushed");
         drop(vhost);
-        drop(broker);
-        store.close().expect("close");
-        drop(store);
-
-        let (store, recovery) = Store::open(dir.path(), &StoreConfig::default()).expect("reopen");
-        let config = BrokerConfig {
-            memory_high_watermark: BUDGET,
-            ..BrokerConfig::default()
-        };
-        let broker = Broker::with_store(config, store.clone());
-        broker.recover(&recovery).expect("recover");
-        let vhost = broker.vhost("/").expect("vhost");
+        let (store, broker, vhost) = restart(dir.path(), store, broker);
         let queue = vhost.queue("q").expect("q");
         assert_eq!(queue.snapshot().spilled, 3000 - 1024);
         // Transient messages published after the restart wait behind the recovered tail:
