@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use lockgate_wire::{
-    BasicProperties, ContentHeader, FieldTable, FieldValue, HeaderRef, WireError, BASIC_CLASS_ID,
+    BasicProperties, ContentHeader, FieldTable, FieldValue, HeaderRef, PropertiesView, WireError,
+    BASIC_CLASS_ID,
 };
 
 use crate::memory::MemoryMonitor;
@@ -120,6 +121,17 @@ struct Parsed {
 }
 
 impl Parsed {
+    fn of_view(view: &PropertiesView<'_>) -> Self {
+        Self {
+            expiration: view
+                .expiration()
+                .and_then(|e| e.parse::<u64>().ok())
+                .unwrap_or(NO_EXPIRATION),
+            priority: view.priority().unwrap_or(0),
+            persistent: view.is_persistent(),
+        }
+    }
+
     fn of(properties: &BasicProperties) -> Self {
         Self {
             expiration: properties
@@ -135,19 +147,29 @@ impl Parsed {
 
 impl Message {
     /// A message as the server assembled it from `basic.publish`, header and body frames.
-    /// `header.raw` must be the encoding of `header.properties` (as [`ContentHeader`]
-    /// guarantees); the header is only read (pass a `Box<ContentHeader>` as it is).
+    /// The header is only read (pass it as it is, owned or borrowed): its properties are
+    /// kept encoded, and the few the broker needs read from them without decoding the rest.
     pub fn new(
         exchange: String,
         routing_key: String,
         header: impl Borrow<ContentHeader>,
         body: Bytes,
     ) -> Self {
-        let header = header.borrow();
-        let parsed = Parsed::of(&header.properties);
+        Self::from_parts(&exchange, &routing_key, header.borrow(), body)
+    }
+
+    /// [`Message::new`] from borrowed names (copied into the message): what the server calls
+    /// with the parts of the publish it assembled, where they are.
+    pub fn from_parts(
+        exchange: &str,
+        routing_key: &str,
+        header: &ContentHeader,
+        body: Bytes,
+    ) -> Self {
+        let parsed = Parsed::of_view(&header.view());
         Self::assemble(
-            &exchange,
-            &routing_key,
+            exchange,
+            routing_key,
             &header.raw,
             &body,
             Some(&body),
@@ -302,6 +324,10 @@ impl Message {
     /// The names were copied in from `&str`s, so they are UTF-8; the empty string answers
     /// should that ever not hold.
     fn text(&self, from: u32, to: u32) -> &str {
+        if from == to {
+            // The default exchange: no UTF-8 check to call.
+            return "";
+        }
         std::str::from_utf8(&self.data.as_slice()[from as usize..to as usize]).unwrap_or_default()
     }
 

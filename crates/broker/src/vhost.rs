@@ -1140,6 +1140,16 @@ impl VHost {
         Ok(published)
     }
 
+    /// Publishes `message` to `queue`, the queue its routing key names, resolved by the
+    /// caller (a channel remembers where its last publish to the default exchange went):
+    /// what [`VHost::publish_checked`] does for the default exchange, which is never
+    /// deleted, internal or delayed, without hashing the routing key again.
+    pub fn publish_to_queue(&self, queue: &Arc<Queue>, message: Message) -> Published {
+        let mut published = Published::routed(PublishOutcome::Routed(1), None);
+        published.commit = self.enqueue(message, std::slice::from_ref(queue), &mut published);
+        published
+    }
+
     /// Charges a routed message to the memory accounting and enqueues it on `queues`
     /// (stored first when persistent and a queue is durable); records what the queues'
     /// limits did in `published`. Returns the store commit, if any.

@@ -501,7 +501,7 @@ impl Reader {
                     )));
                 }
                 let done = header.body_size == 0;
-                assembly.header = Some(header);
+                assembly.header = Some(Box::new(header));
                 if done {
                     self.complete(channel);
                 }
@@ -715,7 +715,7 @@ impl Reader {
                 reply_text: r.reply_text,
                 exchange: r.exchange,
                 routing_key: r.routing_key,
-                properties: header.properties,
+                properties: header.into_properties(),
                 body,
             }),
             Announced::Other(method @ Method::BasicGetOk(_)) => ch.on_reply(Reply {

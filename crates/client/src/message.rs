@@ -83,7 +83,7 @@ impl Properties {
 
     /// The decoded properties, by value.
     pub fn into_inner(self) -> BasicProperties {
-        self.header.properties
+        self.header.into_properties()
     }
 }
 
@@ -91,19 +91,19 @@ impl Deref for Properties {
     type Target = BasicProperties;
 
     fn deref(&self) -> &BasicProperties {
-        &self.header.properties
+        self.header.properties()
     }
 }
 
 impl PartialEq for Properties {
     fn eq(&self, other: &Self) -> bool {
-        self.header.properties == other.header.properties
+        self.header.properties() == other.header.properties()
     }
 }
 
 impl fmt::Debug for Properties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.header.properties, f)
+        fmt::Debug::fmt(self.header.properties(), f)
     }
 }
 

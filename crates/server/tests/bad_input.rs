@@ -98,7 +98,7 @@ async fn header_without_publish_is_unexpected_frame() {
     bad.open_channel(1).await;
     bad.send(Frame::Header {
         channel: 1,
-        header: Box::new(ContentHeader::new(60, 3, BasicProperties::default()).expect("header")),
+        header: ContentHeader::new(60, 3, BasicProperties::default()).expect("header"),
     })
     .await;
     assert_eq!(bad.expect_connection_close().await.reply_code, 505);
@@ -112,7 +112,7 @@ async fn body_longer_than_announced_is_a_frame_error() {
     bad.send_method(1, basic::Publish::default()).await;
     bad.send(Frame::Header {
         channel: 1,
-        header: Box::new(ContentHeader::new(60, 2, BasicProperties::default()).expect("header")),
+        header: ContentHeader::new(60, 2, BasicProperties::default()).expect("header"),
     })
     .await;
     bad.send(Frame::Body {

@@ -361,7 +361,7 @@ async fn user_id_must_be_the_authenticated_user() {
     client
         .send(Frame::Header {
             channel: 1,
-            header: Box::new(lockgate_wire::ContentHeader::new(60, 1, properties).expect("header")),
+            header: lockgate_wire::ContentHeader::new(60, 1, properties).expect("header"),
         })
         .await;
     client

@@ -5,8 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lockgate_wire::{
-    basic, encode_content, BasicProperties, ContentHeader, Frame, FrameCodec, Method,
-    BASIC_CLASS_ID,
+    basic, encode_content, encode_delivery, BasicProperties, ContentHeader, DeliverRef, Frame,
+    FrameCodec, Method, BASIC_CLASS_ID,
 };
 use tokio_util::codec::Decoder;
 
@@ -78,6 +78,25 @@ fn encode(c: &mut Criterion) {
                 buf.clear();
                 for method in &delivers {
                     encode_content(&mut buf, 1, method, &header, &body, FRAME_MAX)
+                        .expect("encodes");
+                }
+                buf.len()
+            });
+        });
+        // What the server writes: the arguments borrowed from the message and the consumer.
+        group.bench_function(format!("deliver-ref/{size}B"), |b| {
+            let mut buf = BytesMut::with_capacity(BATCH * (size + 160));
+            b.iter(|| {
+                buf.clear();
+                for tag in 0..BATCH as u64 {
+                    let deliver = DeliverRef {
+                        consumer_tag: "amq.ctag-0123456789abcdef",
+                        delivery_tag: tag,
+                        redelivered: false,
+                        exchange: "amq.direct",
+                        routing_key: "orders.placed",
+                    };
+                    encode_delivery(&mut buf, 1, &deliver, &header, &body, FRAME_MAX)
                         .expect("encodes");
                 }
                 buf.len()

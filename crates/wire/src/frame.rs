@@ -9,7 +9,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::primitive::put_shortstr;
+use crate::primitive::{put_shortstr, put_shortstr_octets};
 use crate::{
     BasicProperties, ContentHeader, Method, WireError, BASIC_CLASS_ID, FRAME_BODY, FRAME_END,
     FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
@@ -31,9 +31,8 @@ const MAX_RESERVE: usize = 1 << 20;
 
 /// One AMQP frame.
 ///
-/// `Header` boxes its decoded properties (about 350 octets): every frame moves by value from the
-/// decoder through the connection to its channel, several times, and one allocation per message
-/// costs less than copying that size with every frame of every message.
+/// A `Header` holds its properties encoded (they decode on first use), so it is no larger than
+/// a method frame and moves without an allocation of its own.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
     /// A method frame (type 1).
@@ -48,7 +47,7 @@ pub enum Frame {
         /// The channel.
         channel: u16,
         /// The header.
-        header: Box<ContentHeader>,
+        header: ContentHeader,
     },
     /// A content body frame (type 3). On decode, a slice of the read buffer (never copied).
     Body {
@@ -160,6 +159,22 @@ impl FrameCodec {
         body: &[u8],
     ) -> Result<(), WireError> {
         encode_delivery(dst, channel, deliver, header, body, self.frame_max)
+    }
+
+    /// [`FrameCodec::encode_delivery`] with the names as octets; see
+    /// [`encode_delivery_octets`].
+    ///
+    /// # Errors
+    /// As [`encode_content`].
+    pub fn encode_delivery_octets<'h>(
+        &self,
+        dst: &mut BytesMut,
+        channel: u16,
+        deliver: &DeliverOctets<'_>,
+        header: impl Into<HeaderRef<'h>>,
+        body: &[u8],
+    ) -> Result<(), WireError> {
+        encode_delivery_octets(dst, channel, deliver, header, body, self.frame_max)
     }
 
     /// The `basic.deliver` method frame at the head of `src`, decoded without allocating: its
@@ -343,18 +358,48 @@ pub struct DeliverRef<'a> {
     pub routing_key: &'a str,
 }
 
-impl<'a> DeliverRef<'a> {
+/// [`DeliverRef`] with the names as octets, for a server that keeps them as octets: they came
+/// in as strings, and encoding them needs no second UTF-8 check.
+#[derive(Clone, Copy, Debug)]
+pub struct DeliverOctets<'a> {
+    /// The consumer the message is delivered to.
+    pub consumer_tag: &'a [u8],
+    /// The channel-scoped delivery tag.
+    pub delivery_tag: u64,
+    /// Whether the message was delivered before.
+    pub redelivered: bool,
+    /// The exchange the message was published to.
+    pub exchange: &'a [u8],
+    /// The routing key it was published with.
+    pub routing_key: &'a [u8],
+}
+
+impl<'a> From<&DeliverRef<'a>> for DeliverOctets<'a> {
+    fn from(deliver: &DeliverRef<'a>) -> Self {
+        DeliverOctets {
+            consumer_tag: deliver.consumer_tag.as_bytes(),
+            delivery_tag: deliver.delivery_tag,
+            redelivered: deliver.redelivered,
+            exchange: deliver.exchange.as_bytes(),
+            routing_key: deliver.routing_key.as_bytes(),
+        }
+    }
+}
+
+impl DeliverOctets<'_> {
     /// The same octets as `Method::BasicDeliver(..).encode` (a test keeps them equal).
     fn encode(&self, dst: &mut BytesMut) -> Result<(), WireError> {
         dst.put_u16(crate::basic::Deliver::CLASS_ID);
         dst.put_u16(crate::basic::Deliver::METHOD_ID);
-        put_shortstr(dst, self.consumer_tag, "basic.deliver.consumer-tag")?;
+        put_shortstr_octets(dst, self.consumer_tag, "basic.deliver.consumer-tag")?;
         dst.put_u64(self.delivery_tag);
         dst.put_u8(u8::from(self.redelivered));
-        put_shortstr(dst, self.exchange, "basic.deliver.exchange")?;
-        put_shortstr(dst, self.routing_key, "basic.deliver.routing-key")
+        put_shortstr_octets(dst, self.exchange, "basic.deliver.exchange")?;
+        put_shortstr_octets(dst, self.routing_key, "basic.deliver.routing-key")
     }
+}
 
+impl<'a> DeliverRef<'a> {
     /// Decodes `basic.deliver`'s arguments (after the class and method ids), borrowing the
     /// strings. `None` if they are malformed or a shortstr is not UTF-8 (the owned decoder
     /// reports the former and replaces invalid sequences in the latter, as RabbitMQ does not
@@ -393,14 +438,120 @@ pub fn encode_delivery<'h>(
     body: &[u8],
     frame_max: u32,
 ) -> Result<(), WireError> {
+    let deliver = DeliverOctets::from(deliver);
+    encode_delivery_octets(dst, channel, &deliver, header, body, frame_max)
+}
+
+/// [`encode_delivery`] with the names as octets (a server's, known to be UTF-8: they are
+/// not checked again, and the output is the same).
+///
+/// # Errors
+/// As [`encode_content`].
+pub fn encode_delivery_octets<'h>(
+    dst: &mut BytesMut,
+    channel: u16,
+    deliver: &DeliverOctets<'_>,
+    header: impl Into<HeaderRef<'h>>,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), WireError> {
+    let header = header.into();
+    if write_small_delivery(dst, channel, deliver, header, body, frame_max) {
+        return Ok(());
+    }
     content(
         dst,
         channel,
         |dst| deliver.encode(dst),
-        header.into(),
+        header,
         body,
         frame_max,
     )
+}
+
+/// The common delivery in few appends: names within 255 octets, the body as announced and in
+/// at most one frame, every frame within frame_max. The frame sizes are known up front, so
+/// nothing is patched or checked after the fact. Returns false, having written nothing, for
+/// anything else (which the general path writes or reports).
+fn write_small_delivery(
+    dst: &mut BytesMut,
+    channel: u16,
+    deliver: &DeliverOctets<'_>,
+    header: HeaderRef<'_>,
+    body: &[u8],
+    frame_max: u32,
+) -> bool {
+    let (tag, exchange, routing_key) =
+        (deliver.consumer_tag, deliver.exchange, deliver.routing_key);
+    let (Ok(tag_len), Ok(exchange_len), Ok(routing_key_len)) = (
+        u8::try_from(tag.len()),
+        u8::try_from(exchange.len()),
+        u8::try_from(routing_key.len()),
+    ) else {
+        return false;
+    };
+    // class + method, 3 shortstrs, delivery tag, redelivered.
+    let method_len = 4 + 3 + tag.len() + exchange.len() + routing_key.len() + 8 + 1;
+    let header_len = header.payload_len();
+    let fits = |len: usize| (len + FRAME_OVERHEAD) as u64 <= limit(frame_max);
+    if header.body_size != body.len() as u64
+        || !fits(method_len)
+        || !fits(header_len)
+        || !fits(body.len())
+    {
+        return false;
+    }
+    // Each fits a frame, so each fits a u32.
+    let (Ok(method_size), Ok(header_size), Ok(body_frame_size)) = (
+        u32::try_from(method_len),
+        u32::try_from(header_len),
+        u32::try_from(body.len()),
+    ) else {
+        return false;
+    };
+    let body_frame = if body.is_empty() {
+        0
+    } else {
+        body.len() + FRAME_OVERHEAD
+    };
+    dst.reserve(method_len + header_len + 2 * FRAME_OVERHEAD + body_frame);
+    let [c0, c1] = channel.to_be_bytes();
+    let mut method = [0u8; 12];
+    method[0] = FRAME_METHOD;
+    method[1..3].copy_from_slice(&[c0, c1]);
+    method[3..7].copy_from_slice(&method_size.to_be_bytes());
+    method[7..9].copy_from_slice(&crate::basic::Deliver::CLASS_ID.to_be_bytes());
+    method[9..11].copy_from_slice(&crate::basic::Deliver::METHOD_ID.to_be_bytes());
+    method[11] = tag_len;
+    dst.put_slice(&method);
+    dst.put_slice(tag);
+    let mut fixed = [0u8; 10];
+    fixed[..8].copy_from_slice(&deliver.delivery_tag.to_be_bytes());
+    fixed[8] = u8::from(deliver.redelivered);
+    fixed[9] = exchange_len;
+    dst.put_slice(&fixed);
+    dst.put_slice(exchange);
+    dst.put_u8(routing_key_len);
+    dst.put_slice(routing_key);
+    let mut head = [0u8; 20];
+    head[0] = FRAME_END;
+    head[1] = FRAME_HEADER;
+    head[2..4].copy_from_slice(&[c0, c1]);
+    head[4..8].copy_from_slice(&header_size.to_be_bytes());
+    head[8..10].copy_from_slice(&header.class_id.to_be_bytes());
+    // head[10..12]: weight 0.
+    head[12..20].copy_from_slice(&header.body_size.to_be_bytes());
+    dst.put_slice(&head);
+    dst.put_slice(header.raw);
+    if body.is_empty() {
+        dst.put_u8(FRAME_END);
+    } else {
+        let [b0, b1, b2, b3] = body_frame_size.to_be_bytes();
+        dst.put_slice(&[FRAME_END, FRAME_BODY, c0, c1, b0, b1, b2, b3]);
+        dst.put_slice(body);
+        dst.put_u8(FRAME_END);
+    }
+    true
 }
 
 /// `basic.publish`'s arguments, borrowed: the client's counterpart of [`DeliverRef`]. A
@@ -631,12 +782,15 @@ impl Decoder for FrameCodec {
                 if payload_len < 12 {
                     return Err(WireError::ShortHeaderFrame { size });
                 }
-                src.advance(7);
-                let payload = src.split_to(payload_len).freeze();
+                let fixed = ContentHeader::decode_fixed(src.get(7..19).unwrap_or_default());
+                // Only the properties are split off (no slice of a slice to drop).
+                src.advance(19);
+                let raw = src.split_to(payload_len - 12).freeze();
                 src.advance(1);
+                let (class_id, body_size) = fixed?;
                 Frame::Header {
                     channel,
-                    header: Box::new(ContentHeader::decode(payload)?),
+                    header: ContentHeader::from_raw(class_id, body_size, raw)?,
                 }
             }
             FRAME_BODY => {
@@ -674,6 +828,57 @@ impl Encoder<&Frame> for FrameCodec {
 mod tests {
     use super::*;
     use crate::{basic, FieldTable, FieldValue};
+
+    #[test]
+    fn a_small_delivery_encodes_as_the_general_path() {
+        let rich = BasicProperties {
+            content_type: Some("text/plain".into()),
+            headers: Some([("k".to_owned(), FieldValue::I32(7))].into_iter().collect()),
+            delivery_mode: Some(2),
+            ..BasicProperties::default()
+        };
+        let long = "n".repeat(255);
+        let names = ["", "q", long.as_str()];
+        for properties in [BasicProperties::default(), rich] {
+            for body_len in [0, 1, 62, 256, 4088, 4089, 10_000] {
+                let body = vec![9u8; body_len];
+                let header =
+                    ContentHeader::new(BASIC_CLASS_ID, body_len as u64, properties.clone())
+                        .unwrap();
+                for (tag, exchange, routing_key) in [
+                    (names[0], names[0], names[1]),
+                    (names[1], names[2], names[2]),
+                ] {
+                    for frame_max in [0, 4096, 131_072] {
+                        let deliver = DeliverRef {
+                            consumer_tag: tag,
+                            delivery_tag: u64::MAX - body_len as u64,
+                            redelivered: body_len % 2 == 0,
+                            exchange,
+                            routing_key,
+                        };
+                        let mut general = BytesMut::from(&b"x"[..]);
+                        let octets = DeliverOctets::from(&deliver);
+                        let result = content(
+                            &mut general,
+                            7,
+                            |dst| octets.encode(dst),
+                            HeaderRef::from(&header),
+                            &body,
+                            frame_max,
+                        );
+                        let mut fast = BytesMut::from(&b"x"[..]);
+                        assert_eq!(
+                            encode_delivery(&mut fast, 7, &deliver, &header, &body, frame_max)
+                                .is_ok(),
+                            result.is_ok()
+                        );
+                        assert_eq!(fast, general, "body {body_len}, frame_max {frame_max}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn peek_deliver_borrows_what_decode_owns() {
@@ -820,13 +1025,7 @@ mod tests {
         assert_eq!(owned, borrowed);
         let mut frame = BytesMut::new();
         FrameCodec::new(4096)
-            .encode_frame(
-                &Frame::Header {
-                    channel: 1,
-                    header: Box::new(header),
-                },
-                &mut frame,
-            )
+            .encode_frame(&Frame::Header { channel: 1, header }, &mut frame)
             .unwrap();
         let mut parts_frame = BytesMut::new();
         parts.encode(&mut parts_frame);

@@ -109,6 +109,10 @@ impl<'a> Reader<'a> {
     /// publisher's exact bytes.
     pub(crate) fn shortstr_lossy(&mut self, what: &'static str) -> Result<String, WireError> {
         let len = usize::from(self.u8(what)?);
+        if len == 0 {
+            // The default exchange, an empty routing key: nothing to check or copy.
+            return Ok(String::new());
+        }
         let raw = self.take(len, what)?;
         // `from_utf8` is the fast path (vectorised for ASCII); the lossy scan runs only on bad input.
         Ok(match std::str::from_utf8(raw) {
@@ -157,10 +161,22 @@ pub(crate) fn put_shortstr(
     s: &str,
     what: &'static str,
 ) -> Result<(), WireError> {
+    put_shortstr_octets(dst, s.as_bytes(), what)
+}
+
+/// Appends a shortstr given as octets (a string kept as octets).
+///
+/// # Errors
+/// [`WireError::ShortStrTooLong`] if `s` is over 255 octets (never truncated).
+pub(crate) fn put_shortstr_octets(
+    dst: &mut BytesMut,
+    s: &[u8],
+    what: &'static str,
+) -> Result<(), WireError> {
     let len =
         u8::try_from(s.len()).map_err(|_| WireError::ShortStrTooLong { what, len: s.len() })?;
     dst.put_u8(len);
-    dst.put_slice(s.as_bytes());
+    dst.put_slice(s);
     Ok(())
 }
 

@@ -7,6 +7,9 @@
 //! empty: a set bit naming a property that does not exist (bit 1 of the first word, or any
 //! property bit of a continuation word) is [`WireError::BadPropertyFlags`].
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::primitive::{put_shortstr, put_table, Reader};
@@ -139,20 +142,7 @@ impl BasicProperties {
     /// shortstr, a malformed headers table, trailing octets.
     pub fn decode(src: &[u8]) -> Result<BasicProperties, WireError> {
         let mut r = Reader::new(src);
-        let flags = r.u16("property flags")?;
-        if flags & RESERVED != 0 {
-            return Err(WireError::BadPropertyFlags { flags, word: 0 });
-        }
-        let mut more = flags & CONTINUATION != 0;
-        let mut word = 0;
-        while more {
-            word += 1;
-            let next = r.u16("property flags")?;
-            if next & !CONTINUATION != 0 {
-                return Err(WireError::BadPropertyFlags { flags: next, word });
-            }
-            more = next & CONTINUATION != 0;
-        }
+        let flags = read_flags(&mut r)?;
         let has = |bit: u16| flags & bit != 0;
         let s = |r: &mut Reader<'_>, bit: u16, what| -> Result<Option<String>, WireError> {
             if has(bit) {
@@ -198,21 +188,46 @@ impl BasicProperties {
     }
 }
 
-/// A content header: the class, the body size, the decoded properties and `raw`, the encoded
-/// property flags + property list exactly as received (or as encoded once by
-/// [`ContentHeader::new`]). Encoding a header writes `raw`, so a delivery re-sends the publisher's
-/// bytes without re-encoding the properties.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Reads the property flag words; returns the first (basic's properties all live in it).
+fn read_flags(r: &mut Reader<'_>) -> Result<u16, WireError> {
+    let flags = r.u16("property flags")?;
+    if flags & RESERVED != 0 {
+        return Err(WireError::BadPropertyFlags { flags, word: 0 });
+    }
+    let mut more = flags & CONTINUATION != 0;
+    let mut word = 0;
+    while more {
+        word += 1;
+        let next = r.u16("property flags")?;
+        if next & !CONTINUATION != 0 {
+            return Err(WireError::BadPropertyFlags { flags: next, word });
+        }
+        more = next & CONTINUATION != 0;
+    }
+    Ok(flags)
+}
+
+/// A content header: the class, the body size and `raw`, the encoded property flags + property
+/// list exactly as received (or as encoded once by [`ContentHeader::new`]). Encoding a header
+/// writes `raw`, so a delivery re-sends the publisher's bytes without re-encoding the
+/// properties.
+///
+/// The properties are checked when the header is decoded (the same errors as
+/// [`BasicProperties::decode`]) but decoded into a [`BasicProperties`] only when first asked
+/// for ([`ContentHeader::properties`]): a broker reads a few of them for each message, which
+/// [`ContentHeader::view`] finds in `raw` without building the 14 fields.
+#[derive(Clone, Default)]
 pub struct ContentHeader {
     /// The class id (60, basic).
     pub class_id: u16,
     /// Total size of the body frames that follow.
     pub body_size: u64,
-    /// The decoded properties.
-    pub properties: BasicProperties,
-    /// The encoded property flags and property list. Must match `properties`: change both with
-    /// [`ContentHeader::set_properties`].
+    /// The encoded property flags and property list. Must stay the encoding the header was
+    /// built or decoded with: change it with [`ContentHeader::set_properties`].
     pub raw: Bytes,
+    /// `raw` decoded, on first use (boxed: most headers are never decoded, and the header
+    /// moves by value).
+    decoded: OnceLock<Box<BasicProperties>>,
 }
 
 impl ContentHeader {
@@ -230,23 +245,55 @@ impl ContentHeader {
         Ok(ContentHeader {
             class_id,
             body_size,
-            properties,
             raw: raw.freeze(),
+            decoded: OnceLock::from(Box::new(properties)),
         })
     }
 
-    /// Rebuilds a header from stored parts (`raw` as kept by a store), decoding the properties.
+    /// Rebuilds a header from stored parts (`raw` as kept by a store), checking the
+    /// properties.
     ///
     /// # Errors
     /// Properties that do not decode (see [`BasicProperties::decode`]).
     pub fn from_raw(class_id: u16, body_size: u64, raw: Bytes) -> Result<Self, WireError> {
-        let properties = BasicProperties::decode(&raw)?;
+        // A headers table is decoded right away (checking one costs about what decoding
+        // it does); without one, the walk below checks exactly what decoding would.
+        let decoded = if PropertiesView::check(&raw).is_some_and(|view| !view.has(HEADERS)) {
+            OnceLock::new()
+        } else {
+            OnceLock::from(Box::new(BasicProperties::decode(&raw)?))
+        };
         Ok(ContentHeader {
             class_id,
             body_size,
-            properties,
             raw,
+            decoded,
         })
+    }
+
+    /// The properties, decoded from `raw` on the first call.
+    #[must_use]
+    pub fn properties(&self) -> &BasicProperties {
+        // `raw` was checked when the header was made; only a `raw` replaced by hand since
+        // (or the empty one of `ContentHeader::default`) can fail, and reads as no properties.
+        self.decoded
+            .get_or_init(|| Box::new(BasicProperties::decode(&self.raw).unwrap_or_default()))
+    }
+
+    /// The properties by value (decoded unless they already were).
+    #[must_use]
+    pub fn into_properties(self) -> BasicProperties {
+        match self.decoded.into_inner() {
+            Some(decoded) => *decoded,
+            None => BasicProperties::decode(&self.raw).unwrap_or_default(),
+        }
+    }
+
+    /// The few properties a broker reads per message, found in `raw` without decoding it.
+    #[inline]
+    #[must_use]
+    pub fn view(&self) -> PropertiesView<'_> {
+        PropertiesView::new(&self.raw)
     }
 
     /// Replaces the properties and re-encodes `raw` (dead-lettering, delivery counts).
@@ -256,8 +303,8 @@ impl ContentHeader {
     pub fn set_properties(&mut self, properties: BasicProperties) -> Result<(), WireError> {
         let mut raw = BytesMut::new();
         properties.encode(&mut raw)?;
-        self.properties = properties;
         self.raw = raw.freeze();
+        self.decoded = OnceLock::from(Box::new(properties));
         Ok(())
     }
 
@@ -281,7 +328,16 @@ impl ContentHeader {
     /// A payload shorter than 12 octets, a class other than basic, a non-zero weight, or
     /// properties that do not decode.
     pub fn decode(payload: Bytes) -> Result<Self, WireError> {
-        let mut r = Reader::new(&payload);
+        let (class_id, body_size) = ContentHeader::decode_fixed(&payload)?;
+        ContentHeader::from_raw(class_id, body_size, payload.slice(12..))
+    }
+
+    /// Decodes the 12 fixed octets of a header frame's payload: (class id, body size).
+    ///
+    /// # Errors
+    /// As [`ContentHeader::decode`], the properties aside.
+    pub(crate) fn decode_fixed(payload: &[u8]) -> Result<(u16, u64), WireError> {
+        let mut r = Reader::new(payload);
         let class_id = r.u16("class-id")?;
         let weight = r.u16("weight")?;
         let body_size = r.u64("body-size")?;
@@ -291,6 +347,189 @@ impl ContentHeader {
         if weight != 0 {
             return Err(WireError::BadContentWeight { weight });
         }
-        ContentHeader::from_raw(class_id, body_size, payload.slice(12..))
+        Ok((class_id, body_size))
     }
 }
+
+/// Equal when class, body size and encoding are: the properties are what `raw` decodes to.
+impl PartialEq for ContentHeader {
+    fn eq(&self, other: &Self) -> bool {
+        (self.class_id, self.body_size, &self.raw) == (other.class_id, other.body_size, &other.raw)
+    }
+}
+
+impl std::fmt::Debug for ContentHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContentHeader")
+            .field("class_id", &self.class_id)
+            .field("body_size", &self.body_size)
+            .field("properties", self.properties())
+            .field("raw", &self.raw)
+            .finish()
+    }
+}
+
+/// Encoded properties read in place: what a broker needs of every message (delivery mode,
+/// priority, expiration, user id) without decoding the rest. Strings read as the decoder
+/// would give them (invalid UTF-8 replaced). On octets that are not a valid encoding (never
+/// the case for a decoded or built [`ContentHeader`]) properties read as absent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PropertiesView<'a> {
+    flags: u16,
+    /// The property list, after the flag words.
+    list: &'a [u8],
+}
+
+/// The flag bits that name properties.
+const PROPERTY_BITS: u16 = !(RESERVED | CONTINUATION);
+
+impl<'a> PropertiesView<'a> {
+    /// The view of `raw`, without checking the property list.
+    fn new(raw: &'a [u8]) -> Self {
+        if let Some((&[hi, lo], list)) = raw.split_first_chunk::<2>() {
+            let flags = u16::from_be_bytes([hi, lo]);
+            if flags & (RESERVED | CONTINUATION) == 0 {
+                // One flag word, the usual case.
+                return PropertiesView { flags, list };
+            }
+        }
+        let mut r = Reader::new(raw);
+        match read_flags(&mut r) {
+            Ok(flags) => PropertiesView {
+                flags,
+                list: raw.get(r.offset()..).unwrap_or_default(),
+            },
+            Err(_) => PropertiesView::default(),
+        }
+    }
+
+    /// The view of `raw` if it decodes: the checks of [`BasicProperties::decode`] except
+    /// inside a headers table, of which only the length is read. `None` where decoding
+    /// would fail (and, for a malformed table, where it might).
+    fn check(raw: &'a [u8]) -> Option<Self> {
+        let mut r = Reader::new(raw);
+        let flags = read_flags(&mut r).ok()?;
+        let view = PropertiesView {
+            flags,
+            list: raw.get(r.offset()..)?,
+        };
+        (view.skip(flags & PROPERTY_BITS)? == view.list.len()).then_some(view)
+    }
+
+    #[inline]
+    fn has(&self, bit: u16) -> bool {
+        self.flags & bit != 0
+    }
+
+    /// The offset in the list after the values of the properties in `bits` (which must be
+    /// among those present); `None` if the list ends first.
+    #[inline]
+    fn skip(&self, mut bits: u16) -> Option<usize> {
+        let list = self.list;
+        let mut at = 0usize;
+        while bits != 0 {
+            let index = bits.leading_zeros() as usize;
+            bits &= !(0x8000 >> index);
+            at = match KINDS[index] {
+                Kind::ShortStr => at + 1 + usize::from(*list.get(at)?),
+                Kind::Octet => at + 1,
+                Kind::Timestamp => at + 8,
+                Kind::Table => {
+                    let len = list.get(at..at + 4)?;
+                    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                    at + 4 + usize::try_from(len).ok()?
+                }
+            };
+        }
+        (at <= list.len()).then_some(at)
+    }
+
+    /// The octets of property `bit` (a shortstr's without its length octet), if present.
+    #[inline]
+    fn field(&self, bit: u16) -> Option<&'a [u8]> {
+        if !self.has(bit) {
+            return None;
+        }
+        // The properties before `bit` are the higher bits.
+        let before = self.flags & PROPERTY_BITS & !(bit | (bit - 1));
+        let at = self.skip(before)?;
+        let list = self.list;
+        match KINDS[bit.leading_zeros() as usize] {
+            Kind::ShortStr => {
+                let len = usize::from(*list.get(at)?);
+                list.get(at + 1..at + 1 + len)
+            }
+            Kind::Octet => list.get(at..at + 1),
+            Kind::Timestamp => list.get(at..at + 8),
+            Kind::Table => list.get(at + 4..self.skip(before | bit)?),
+        }
+    }
+
+    #[inline]
+    fn text(&self, bit: u16) -> Option<Cow<'a, str>> {
+        self.field(bit).map(String::from_utf8_lossy)
+    }
+
+    /// `delivery-mode`.
+    #[inline]
+    #[must_use]
+    pub fn delivery_mode(&self) -> Option<u8> {
+        self.field(DELIVERY_MODE).and_then(|v| v.first().copied())
+    }
+
+    /// Whether `delivery-mode` is 2 (persistent).
+    #[inline]
+    #[must_use]
+    pub fn is_persistent(&self) -> bool {
+        self.delivery_mode() == Some(2)
+    }
+
+    /// `priority`.
+    #[inline]
+    #[must_use]
+    pub fn priority(&self) -> Option<u8> {
+        self.field(PRIORITY).and_then(|v| v.first().copied())
+    }
+
+    /// `expiration`.
+    #[inline]
+    #[must_use]
+    pub fn expiration(&self) -> Option<Cow<'a, str>> {
+        self.text(EXPIRATION)
+    }
+
+    /// `user-id`.
+    #[inline]
+    #[must_use]
+    pub fn user_id(&self) -> Option<Cow<'a, str>> {
+        self.text(USER_ID)
+    }
+}
+
+/// How a property is encoded.
+#[derive(Clone, Copy)]
+enum Kind {
+    ShortStr,
+    Table,
+    Octet,
+    Timestamp,
+}
+
+/// The encoding of each property, by flag bit from the highest (content-type, bit 15) down
+/// to cluster-id (bit 2).
+const KINDS: [Kind; 14] = [
+    Kind::ShortStr,  // content-type
+    Kind::ShortStr,  // content-encoding
+    Kind::Table,     // headers
+    Kind::Octet,     // delivery-mode
+    Kind::Octet,     // priority
+    Kind::ShortStr,  // correlation-id
+    Kind::ShortStr,  // reply-to
+    Kind::ShortStr,  // expiration
+    Kind::ShortStr,  // message-id
+    Kind::Timestamp, // timestamp
+    Kind::ShortStr,  // type
+    Kind::ShortStr,  // user-id
+    Kind::ShortStr,  // app-id
+    Kind::ShortStr,  // cluster-id
+];

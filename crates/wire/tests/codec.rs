@@ -635,13 +635,7 @@ fn content_message_is_split_so_no_frame_exceeds_frame_max() {
             method: deliver
         }
     );
-    assert_eq!(
-        frames[1],
-        Frame::Header {
-            channel: 3,
-            header: Box::new(header)
-        }
-    );
+    assert_eq!(frames[1], Frame::Header { channel: 3, header });
     let mut joined = Vec::new();
     for f in &frames[2..] {
         let Frame::Body {

@@ -3,9 +3,11 @@
 
 mod common;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use common::{arb_frame, arb_method, arb_properties, arb_table};
-use lockgate_wire::{BasicProperties, FieldTable, FrameCodec, Method};
+use lockgate_wire::{
+    BasicProperties, ContentHeader, FieldTable, FrameCodec, Method, BASIC_CLASS_ID,
+};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -164,6 +166,35 @@ proptest! {
             mutate(&mut bytes, m);
         }
         let _ = BasicProperties::decode(&bytes);
+    }
+
+    #[test]
+    fn a_header_checks_its_properties_as_decoding_does(
+        props in arb_properties(),
+        mutations in proptest::collection::vec(arb_mutation(), 0..4),
+    ) {
+        let mut buf = BytesMut::new();
+        props.encode(&mut buf).unwrap();
+        let mut bytes = buf.to_vec();
+        for m in &mutations {
+            mutate(&mut bytes, m);
+        }
+        let raw = Bytes::from(bytes);
+        let decoded = BasicProperties::decode(&raw);
+        match ContentHeader::from_raw(BASIC_CLASS_ID, 0, raw.clone()) {
+            Ok(header) => {
+                let decoded = decoded.unwrap();
+                let view = header.view();
+                prop_assert_eq!(view.delivery_mode(), decoded.delivery_mode);
+                prop_assert_eq!(view.priority(), decoded.priority);
+                let (expiration, user_id) = (view.expiration(), view.user_id());
+                prop_assert_eq!(expiration.as_deref(), decoded.expiration.as_deref());
+                prop_assert_eq!(user_id.as_deref(), decoded.user_id.as_deref());
+                prop_assert_eq!(header.properties(), &decoded);
+                prop_assert_eq!(header.into_properties(), decoded);
+            }
+            Err(e) => prop_assert_eq!(e.to_string(), decoded.unwrap_err().to_string()),
+        }
     }
 
     #[test]

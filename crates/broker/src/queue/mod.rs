@@ -186,6 +186,9 @@ pub struct Queue {
     /// on every delivery without taking the queue lock.
     timeout_ms: AtomicU64,
     timeout_close: AtomicBool,
+    /// `QueueState::deleted`, readable without the lock: a channel checks its cached
+    /// destination with every publish.
+    deleted: AtomicBool,
     /// True while the queue has room (overflow `block`): blocked publishers wait on it.
     room: watch::Sender<bool>,
     state: Mutex<QueueState>,
@@ -229,6 +232,7 @@ impl Queue {
             default_timeout: None,
             timeout_ms: AtomicU64::new(0),
             timeout_close: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
             room: watch::Sender::new(true),
             spill_done: Condvar::new(),
             state: Mutex::new(QueueState {
@@ -397,7 +401,7 @@ impl Queue {
 
     /// True once deleted.
     pub fn is_deleted(&self) -> bool {
-        self.state.lock().deleted
+        self.deleted.load(Ordering::Acquire)
     }
 
     pub(crate) fn resource(&self) -> Resource<'_> {
@@ -509,7 +513,9 @@ impl Queue {
             }
         }
         drop(st);
-        self.dead_letter(dead);
+        if !dead.is_empty() {
+            self.dead_letter(dead);
+        }
         admit
     }
 
@@ -1043,6 +1049,7 @@ impl Queue {
                 )));
             }
             st.deleted = true;
+            self.deleted.store(true, Ordering::Release);
             st.exclusive_consumer = false;
             st.counters.ready_bytes = 0;
             st.body_bytes = 0;

@@ -11,7 +11,7 @@ pub(super) enum Content {
     /// Header seen, `remaining` body bytes expected.
     Body {
         publish: basic::Publish,
-        header: Box<ContentHeader>,
+        header: ContentHeader,
         body: Body,
         remaining: u64,
     },

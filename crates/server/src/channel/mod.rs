@@ -113,6 +113,9 @@ pub struct Channel {
     mode: Mode,
     /// The exchange last published to: consecutive publishes skip the name lookup.
     exchange_cache: Option<Arc<Exchange>>,
+    /// The routing key of the last publish to the default exchange and the queue it named:
+    /// consecutive publishes to the same queue skip hashing its name.
+    default_route: Option<(Box<[u8]>, Arc<Queue>)>,
     store: Option<Store>,
     access: Access,
     counters: Arc<GlobalCounters>,
@@ -154,6 +157,7 @@ impl Channel {
             content: Content::Idle,
             mode: Mode::Plain,
             exchange_cache: None,
+            default_route: None,
             store: init.store,
             access: init.access,
             counters: init.counters,
@@ -315,7 +319,7 @@ impl Channel {
     /// # Errors
     /// 505 when no basic.publish precedes it or the class is wrong; 406 when the announced
     /// size is above max_message_size.
-    pub fn on_header(&mut self, header: Box<ContentHeader>) -> Result<(), AmqpError> {
+    pub fn on_header(&mut self, header: ContentHeader) -> Result<(), AmqpError> {
         let publish = match std::mem::replace(&mut self.content, Content::Idle) {
             Content::Header(publish) => publish,
             Content::Idle => {
@@ -345,9 +349,9 @@ impl Channel {
             ))
             .on(60, 40));
         }
-        if let Some(user_id) = &header.properties.user_id {
+        if let Some(user_id) = header.view().user_id() {
             // As RabbitMQ (rabbit_channel:check_user_id_header): no impersonation.
-            if user_id.as_str() != &*self.user {
+            if *user_id != *self.user {
                 return Err(AmqpError::precondition_failed(format!(
                     "user_id property set to '{user_id}' but authenticated user was '{}'",
                     self.user
@@ -356,7 +360,13 @@ impl Channel {
             }
         }
         if header.body_size == 0 {
-            return self.publish(publish, header, Bytes::new());
+            let message = Message::from_parts(
+                &publish.exchange,
+                &publish.routing_key,
+                &header,
+                Bytes::new(),
+            );
+            return self.publish(publish.mandatory, message);
         }
         let remaining = header.body_size;
         self.content = Content::Body {
@@ -374,7 +384,10 @@ impl Channel {
     /// 505 when no header precedes it; 501 when it runs past the announced body size.
     pub fn on_body(&mut self, payload: Bytes) -> Result<(), AmqpError> {
         let Content::Body {
-            body, remaining, ..
+            publish,
+            header,
+            body,
+            remaining,
         } = &mut self.content
         else {
             return Err(match self.content {
@@ -396,39 +409,33 @@ impl Channel {
             .on(60, 40));
         }
         *remaining -= len;
-        let total = *remaining + len;
-        body.push(payload, total);
-        if *remaining > 0 {
-            return Ok(());
-        }
-        let Content::Body {
-            publish,
-            header,
-            body,
-            ..
-        } = std::mem::replace(&mut self.content, Content::Idle)
-        else {
-            return Ok(());
+        let body = match body {
+            // A body in one frame, the usual case, is that frame.
+            Body::Empty if *remaining == 0 => payload,
+            body => {
+                body.push(payload, *remaining + len);
+                if *remaining > 0 {
+                    return Ok(());
+                }
+                std::mem::replace(body, Body::Empty).into_bytes()
+            }
         };
-        self.publish(publish, header, body.into_bytes())
+        // The message is built from the parts where they are (no move of the method and
+        // header out of `content`), then `content` is emptied.
+        let message = Message::from_parts(&publish.exchange, &publish.routing_key, header, body);
+        let mandatory = publish.mandatory;
+        self.content = Content::Idle;
+        self.publish(mandatory, message)
     }
 
-    fn publish(
-        &mut self,
-        publish: basic::Publish,
-        header: Box<ContentHeader>,
-        body: Bytes,
-    ) -> Result<(), AmqpError> {
-        let message = Message::new(publish.exchange, publish.routing_key, header, body);
+    fn publish(&mut self, mandatory: bool, message: Message) -> Result<(), AmqpError> {
         self.counters
             .published(matches!(self.mode, Mode::Confirm { .. }));
         if let Mode::Tx(buffer) = &mut self.mode {
-            buffer.publishes.push((publish.mandatory, message));
+            buffer.publishes.push((mandatory, message));
             return Ok(());
         }
-        let published = self
-            .route(publish.mandatory, message)
-            .map_err(|e| e.on(60, 40))?;
+        let published = self.route(mandatory, message).map_err(|e| e.on(60, 40))?;
         if let Mode::Confirm {
             next,
             waiting,
@@ -450,28 +457,55 @@ impl Channel {
         Ok(())
     }
 
-    /// The exchange handle for `name`, from the channel's cache when it is still live.
-    fn exchange(&mut self, name: &str) -> Option<Arc<Exchange>> {
+    /// The handle of the exchange `message` was published to, from the channel's cache when
+    /// it is still live.
+    fn exchange(&mut self, message: &Message) -> Option<Arc<Exchange>> {
         if let Some(cached) = &self.exchange_cache {
-            // Lengths first: most publishes name the default exchange "", and a memcmp call
-            // per publish shows in profiles.
-            let cached_name = cached.name();
+            // Octets, lengths first: most publishes name the default exchange "", and a
+            // UTF-8 check or a memcmp call per publish shows in profiles.
+            let (cached_name, name) = (cached.name().as_bytes(), message.exchange_bytes());
             let same = cached_name.len() == name.len() && (name.is_empty() || cached_name == name);
             if same && !cached.is_deleted() {
                 return Some(Arc::clone(cached));
             }
         }
-        let exchange = self.vhost.exchange(name)?;
+        let exchange = self.vhost.exchange(message.exchange())?;
         self.exchange_cache = Some(Arc::clone(&exchange));
         Some(exchange)
+    }
+
+    /// For a publish to the default exchange, the queue its routing key names, from the
+    /// channel's cache while that queue lives (a queue deleted and declared again under the
+    /// same name is looked up anew). `None` for other exchanges and when no such queue
+    /// exists (the exchange's routing then handles it, mandatory returns included).
+    fn default_destination(
+        &mut self,
+        exchange: &Exchange,
+        message: &Message,
+    ) -> Option<Arc<Queue>> {
+        if !exchange.name().is_empty() {
+            return None;
+        }
+        let key = message.routing_key_bytes();
+        if let Some((cached_key, queue)) = &self.default_route {
+            if **cached_key == *key && !queue.is_deleted() {
+                return Some(Arc::clone(queue));
+            }
+        }
+        let queue = self.vhost.queue(message.routing_key())?;
+        self.default_route = Some((key.into(), Arc::clone(&queue)));
+        Some(queue)
     }
 
     /// Routes one message; an unroutable mandatory message comes back as basic.return.
     /// Returns what the publish did: the store commit of a persistent message that reached a
     /// durable queue, a refusal by a length limit, a full queue that blocks the publisher.
     fn route(&mut self, mandatory: bool, message: Message) -> Result<Published, AmqpError> {
-        let mut published = match self.exchange(message.exchange()) {
-            Some(exchange) => self.vhost.publish_checked(&exchange, mandatory, message),
+        let mut published = match self.exchange(&message) {
+            Some(exchange) => match self.default_destination(&exchange, &message) {
+                Some(queue) => Ok(self.vhost.publish_to_queue(&queue, message)),
+                None => self.vhost.publish_checked(&exchange, mandatory, message),
+            },
             // Missing: the by-name path produces RabbitMQ's NOT_FOUND text.
             None => self
                 .vhost

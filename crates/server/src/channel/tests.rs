@@ -70,7 +70,69 @@ fn publish_header(channel: &mut Channel, queue: &str, size: u64) -> Result<(), A
         ..Default::default()
     }))?;
     let header = ContentHeader::new(60, size, BasicProperties::default()).expect("header");
-    channel.on_header(Box::new(header))
+    channel.on_header(header)
+}
+
+fn publish(channel: &mut Channel, queue: &str, body: &'static [u8], mandatory: bool) {
+    channel
+        .on_method(Method::BasicPublish(basic::Publish {
+            routing_key: queue.into(),
+            mandatory,
+            ..Default::default()
+        }))
+        .expect("publish");
+    let header = ContentHeader::new(60, body.len() as u64, BasicProperties::default()).unwrap();
+    channel.on_header(header).expect("header");
+    channel.on_body(Bytes::from_static(body)).expect("body");
+}
+
+#[test]
+fn a_queue_deleted_and_declared_again_gets_the_next_publish() {
+    let (mut channel, mut rx) = channel(1024);
+    declare(&mut channel, &mut rx, "q");
+    publish(&mut channel, "q", b"one", false);
+    assert_eq!(get(&mut channel, &mut rx, "q"), Bytes::from_static(b"one"));
+    channel
+        .on_method(Method::QueueDelete(queue::Delete {
+            queue: "q".into(),
+            ..Default::default()
+        }))
+        .expect("delete");
+    assert!(matches!(next_method(&mut rx), Method::QueueDeleteOk(_)));
+    declare(&mut channel, &mut rx, "q");
+    publish(&mut channel, "q", b"two", false);
+    assert_eq!(get(&mut channel, &mut rx, "q"), Bytes::from_static(b"two"));
+}
+
+#[test]
+fn a_publish_to_an_exclusive_queue_gone_with_its_owner_is_returned() {
+    let (mut channel, mut rx) = channel(1024);
+    let vhost = Arc::clone(&channel.vhost);
+    vhost
+        .declare_queue(
+            ConnectionId(2),
+            "owned",
+            lockgate_broker::QueueFlags {
+                exclusive: true,
+                ..Default::default()
+            },
+            lockgate_wire::FieldTable::default(),
+        )
+        .expect("declare");
+    let owned = vhost.queue("owned").expect("declared");
+    publish(&mut channel, "owned", b"one", true);
+    assert_eq!(owned.message_count(), 1);
+    vhost.connection_closed(ConnectionId(2));
+    publish(&mut channel, "owned", b"two", true);
+    match rx.try_recv().expect("basic.return") {
+        Outbound::Content {
+            method, message, ..
+        } => {
+            assert!(matches!(*method, Method::BasicReturn(_)));
+            assert_eq!(message.body(), b"two");
+        }
+        other => panic!("expected basic.return, got {other:?}"),
+    }
 }
 
 #[test]
@@ -127,7 +189,7 @@ fn an_empty_body_is_published_at_the_header() {
 fn content_frames_out_of_order_are_connection_errors() {
     let (mut channel, _rx) = channel(1024);
     let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
-    let e = channel.on_header(Box::new(header)).unwrap_err();
+    let e = channel.on_header(header).unwrap_err();
     assert_eq!(e.code, reply_code::UNEXPECTED_FRAME);
     let e = channel.on_body(Bytes::from_static(b"x")).unwrap_err();
     assert_eq!(e.code, reply_code::UNEXPECTED_FRAME);

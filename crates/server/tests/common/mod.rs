@@ -361,10 +361,8 @@ impl Client {
         self.send_method(number, publish).await;
         self.send(Frame::Header {
             channel: number,
-            header: Box::new(
-                ContentHeader::new(60, body.len() as u64, BasicProperties::default())
-                    .expect("header"),
-            ),
+            header: ContentHeader::new(60, body.len() as u64, BasicProperties::default())
+                .expect("header"),
         })
         .await;
         self.send(Frame::Body {

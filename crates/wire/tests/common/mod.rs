@@ -124,10 +124,8 @@ pub fn arb_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u16>(), arb_method())
             .prop_map(|(channel, method)| Frame::Method { channel, method }),
-        (any::<u16>(), arb_header()).prop_map(|(channel, header)| Frame::Header {
-            channel,
-            header: Box::new(header)
-        }),
+        (any::<u16>(), arb_header())
+            .prop_map(|(channel, header)| Frame::Header { channel, header }),
         (any::<u16>(), arb_bytes()).prop_map(|(channel, payload)| Frame::Body { channel, payload }),
         Just(Frame::Heartbeat),
     ]
