@@ -11,12 +11,16 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use lockgate_broker::{Delivery, Message};
-use lockgate_wire::{DeliverRef, Frame, FrameCodec, Method};
+use lockgate_wire::{DeliverOctets, Frame, FrameCodec, Method};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Flush before the buffer grows past this, even if more is queued.
 const MAX_BATCH: usize = 1 << 20;
+/// The first write of a batch goes out once this much is encoded, without waiting for the
+/// rest: the writer had run dry, so the client may be idle too, and it starts on these
+/// deliveries (and acks them sooner) while the writer encodes the others.
+const FIRST_FLUSH: usize = 16 * 1024;
 /// A buffer that grew past this (a burst of deliveries) is released once the writer has had
 /// nothing to write for [`RELEASE_AFTER`]: otherwise every connection that once had a burst
 /// would keep its largest batch resident for as long as it lives.
@@ -85,6 +89,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
     while let Some(first) = next_batch(&mut rx, &mut buf).await {
         let mut next = Some(first);
         let mut stop = false;
+        let mut flush_at = FIRST_FLUSH;
         while let Some(msg) = next {
             match msg {
                 Outbound::Shutdown => {
@@ -105,8 +110,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 }
                 other => encode(&codec, other, &mut buf)?,
             }
-            if buf.len() >= MAX_BATCH {
+            if buf.len() >= flush_at {
                 write_out(&mut socket, &mut buf).await?;
+                flush_at = MAX_BATCH;
             }
             next = rx.try_recv().ok();
         }
@@ -180,16 +186,32 @@ fn encode(codec: &FrameCodec, msg: Outbound, buf: &mut BytesMut) -> io::Result<(
         }
         Outbound::Deliver { channel, delivery } => {
             let message = &delivery.message;
-            let deliver = DeliverRef {
-                consumer_tag: delivery.consumer_tag.as_str(),
+            // The names as octets: they were strings when they came in, and re-checking
+            // their UTF-8 for every delivery shows in profiles.
+            let deliver = DeliverOctets {
+                consumer_tag: delivery.consumer_tag.as_str().as_bytes(),
                 delivery_tag: delivery.delivery_tag.0,
                 redelivered: delivery.redelivered,
-                exchange: message.exchange(),
-                routing_key: message.routing_key(),
+                exchange: message.exchange_bytes(),
+                routing_key: message.routing_key_bytes(),
             };
-            tracing::trace!(channel, ?deliver, "send delivery");
+            tracing::trace!(
+                channel,
+                consumer_tag = delivery.consumer_tag.as_str(),
+                delivery_tag = delivery.delivery_tag.0,
+                redelivered = delivery.redelivered,
+                exchange = message.exchange(),
+                routing_key = message.routing_key(),
+                "send delivery"
+            );
             codec
-                .encode_delivery(buf, channel, &deliver, message.header_ref(), message.body())
+                .encode_delivery_octets(
+                    buf,
+                    channel,
+                    &deliver,
+                    message.header_ref(),
+                    message.body(),
+                )
                 .map_err(io::Error::other)
         }
         Outbound::FrameMax(_) | Outbound::AfterCommit(_) | Outbound::Shutdown => Ok(()),

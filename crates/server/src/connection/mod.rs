@@ -53,6 +53,10 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How much the read loop asks the socket for at once; every complete frame in it is then
 /// handled without going back to the runtime.
 const READ_CHUNK: usize = 64 * 1024;
+/// A connection whose socket never runs dry (a publisher's burst) goes back to the runtime
+/// after this long: the read loop's fast path skips the runtime, and on a busy worker other
+/// connections' reads and writes would otherwise wait for the whole burst.
+const YIELD_AFTER: Duration = Duration::from_micros(200);
 
 /// What every connection shares: config, broker, shutdown signal, counters.
 pub struct ServerContext {
@@ -427,6 +431,9 @@ impl Connection {
         self.memory_alarm = *memory.borrow_and_update();
         self.disk_alarm = *disk.borrow_and_update();
         self.memory_blocked = self.memory_alarm || self.disk_alarm;
+        // Start of the current run of fast-path reads: reset whenever the loop gets to the
+        // select below (see [`YIELD_AFTER`]).
+        let mut busy_since = Instant::now();
 
         loop {
             if let Some(deadline) = self.closing {
@@ -467,13 +474,25 @@ impl Connection {
                 if let Some(next) = self.framed.next().now_or_never() {
                     liveness.received();
                     match self.on_read(next) {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            // The peer keeps the socket full (a publisher's burst): after
+                            // [`YIELD_AFTER`] without a break, let this worker poll the
+                            // socket events and run the other connections' tasks (a
+                            // consumer's acks, its writer) instead of only this one for
+                            // milliseconds.
+                            if busy_since.elapsed() >= YIELD_AFTER {
+                                tokio::task::yield_now().await;
+                                busy_since = Instant::now();
+                            }
+                            continue;
+                        }
                         Err(end) => return end,
                     }
                 }
             }
             // Nothing more to read right now: confirm everything published so far in one go.
             self.flush_confirms();
+            busy_since = Instant::now();
 
             let closing_deadline = self.closing.unwrap_or_else(|| Instant::now() + period);
             let read_enabled = self.held.is_none() && self.room_wait.is_none();
