@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use crate::latency::Recorder;
+use crate::latency::{Recorder, Side, Trace};
 use crate::pacing::Pacer;
 use crate::payload::Codec;
 use crate::report::{get, Counters, Progress};
@@ -245,6 +245,8 @@ async fn consume(
     record_latency: bool,
 ) -> anyhow::Result<ConsumerOutcome> {
     let mut latency = Recorder::default();
+    // Off unless LOCKGATE_BENCH_LATENCY_DUMP is set (crate::latency::Trace).
+    let mut trace = Trace::from_env(Side::Recv);
     let mut unacked: Option<Delivery> = None;
     let mut pending = 0u64;
     // Received but not yet added to the shared count, which is updated once
@@ -277,7 +279,9 @@ async fn consume(
         let decoded = check.check(&delivery.body, delivery.redelivered);
         if record_latency && shared.phase() == STEADY {
             if let Some(sent) = decoded.and_then(|d| d.sent_ns) {
-                latency.record_us(ctx.now_ns().saturating_sub(sent) / 1000);
+                let now = ctx.now_ns();
+                latency.record_us(now.saturating_sub(sent) / 1000);
+                trace.push(sent, now);
             }
         }
         uncounted += 1;
@@ -291,6 +295,7 @@ async fn consume(
         }
     }
     shared.count_delivered(uncounted);
+    trace.finish(ctx.now_ns());
     if let Some(d) = unacked {
         // Best effort: the connection may already be closing.
         let _ = d.ack_multiple().await;
@@ -534,6 +539,7 @@ async fn publish(mut p: Publisher) -> anyhow::Result<PublisherOutcome> {
 async fn publish_paced(mut p: Publisher, rate: u64) -> anyhow::Result<PublisherOutcome> {
     let mut pacer = Pacer::start(rate);
     let mut stamps = Stamps::default();
+    let mut trace = Trace::from_env(Side::Send);
     while p.more() {
         let due = pacer.due(p.n);
         if pacer.wait_until(due) {
@@ -549,6 +555,7 @@ async fn publish_paced(mut p: Publisher, rate: u64) -> anyhow::Result<PublisherO
         pacer.record_lag(due, now);
         let sent_ns = p.ctx.ns_at(stamps.stamp(due, now));
         p.send(sent_ns).await?;
+        trace.push(p.ctx.ns_at(due), sent_ns);
         if now.elapsed() > SCHEDULE_SLACK {
             // The publish waited for room in the client's output buffer.
             stamps.held();
@@ -556,6 +563,7 @@ async fn publish_paced(mut p: Publisher, rate: u64) -> anyhow::Result<PublisherO
         // Let the writer task put it on the socket now, before sleeping.
         tokio::task::yield_now().await;
     }
+    trace.finish(p.ctx.now_ns());
     let mut outcome = p.finish().await?;
     outcome.send_lag = Some(pacer.into_lag());
     Ok(outcome)

@@ -5,6 +5,11 @@
 //! intended one while the broker holds the publisher back (see `Stamps` in
 //! `flow.rs`). `send_lag_p99_us` reports how late messages left their
 //! schedule: the bench's own error, to be small next to the latencies.
+//!
+//! To see where a tail comes from, set `LOCKGATE_BENCH_LATENCY_DUMP=<prefix>`:
+//! every message's times are written per case (`crate::latency::Trace`), on a
+//! clock that lines up with `perf sched record -k CLOCK_MONOTONIC` or ftrace's
+//! `mono` trace clock.
 
 use anyhow::Context as _;
 use lockgate_client::{FieldTable, QueueDeclareOptions};
