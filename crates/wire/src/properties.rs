@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::primitive::{put_shortstr, put_table, Reader};
-use crate::{FieldTable, WireError};
+use crate::{FieldTable, HeaderRef, WireError};
 
 /// The class id of `basic`, the only class with content in AMQP 0-9-1.
 pub const BASIC_CLASS_ID: u16 = 60;
@@ -311,15 +311,12 @@ impl ContentHeader {
     /// Size of the header frame's payload: 12 fixed octets plus `raw`.
     #[must_use]
     pub fn payload_len(&self) -> usize {
-        12 + self.raw.len()
+        HeaderRef::from(self).payload_len()
     }
 
     /// Appends the header frame's payload (class, weight 0, body size, `raw`) to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
-        dst.put_u16(self.class_id);
-        dst.put_u16(0);
-        dst.put_u64(self.body_size);
-        dst.put_slice(&self.raw);
+        HeaderRef::from(self).encode(dst);
     }
 
     /// Decodes a header frame's payload. `raw` becomes a slice of `payload` (no copy).
