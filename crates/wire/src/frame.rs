@@ -145,24 +145,8 @@ impl FrameCodec {
         encode_content(dst, channel, method, header, body, self.frame_max)
     }
 
-    /// Appends a `basic.deliver` content message with this codec's frame_max; see
-    /// [`encode_delivery`].
-    ///
-    /// # Errors
-    /// As [`encode_content`].
-    pub fn encode_delivery<'h>(
-        &self,
-        dst: &mut BytesMut,
-        channel: u16,
-        deliver: &DeliverRef<'_>,
-        header: impl Into<HeaderRef<'h>>,
-        body: &[u8],
-    ) -> Result<(), WireError> {
-        encode_delivery(dst, channel, deliver, header, body, self.frame_max)
-    }
-
-    /// [`FrameCodec::encode_delivery`] with the names as octets; see
-    /// [`encode_delivery_octets`].
+    /// Appends a `basic.deliver` content message, names as octets, with this codec's
+    /// frame_max; see [`encode_delivery_octets`].
     ///
     /// # Errors
     /// As [`encode_content`].

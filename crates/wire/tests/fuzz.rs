@@ -75,6 +75,17 @@ fn mutate(bytes: &mut Vec<u8>, m: &Mutation) {
     }
 }
 
+/// What `encode` writes, with `mutations` applied in order.
+fn mutated(encode: impl FnOnce(&mut BytesMut), mutations: &[Mutation]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    encode(&mut buf);
+    let mut bytes = buf.to_vec();
+    for m in mutations {
+        mutate(&mut bytes, m);
+    }
+    bytes
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
@@ -111,14 +122,14 @@ proptest! {
         chunk in 1usize..4096,
     ) {
         let mut codec = FrameCodec::new(0);
-        let mut wire = BytesMut::new();
-        for f in &frames {
-            codec.encode(f, &mut wire).unwrap();
-        }
-        let mut bytes = wire.to_vec();
-        for m in &mutations {
-            mutate(&mut bytes, m);
-        }
+        let bytes = mutated(
+            |wire| {
+                for f in &frames {
+                    codec.encode(f, wire).unwrap();
+                }
+            },
+            &mutations,
+        );
         drive(0, &bytes, chunk);
         drive(4096, &bytes, chunk);
     }
@@ -128,12 +139,7 @@ proptest! {
         method in arb_method(),
         mutations in proptest::collection::vec(arb_mutation(), 1..4),
     ) {
-        let mut buf = BytesMut::new();
-        method.encode(&mut buf).unwrap();
-        let mut bytes = buf.to_vec();
-        for m in &mutations {
-            mutate(&mut bytes, m);
-        }
+        let bytes = mutated(|buf| method.encode(buf).unwrap(), &mutations);
         if let Err(e) = Method::decode(&bytes) {
             prop_assert!(matches!(e.reply_code(), 501 | 540), "{}", e);
         }
@@ -152,19 +158,9 @@ proptest! {
         props in arb_properties(),
         mutations in proptest::collection::vec(arb_mutation(), 1..4),
     ) {
-        let mut buf = BytesMut::new();
-        table.encode(&mut buf).unwrap();
-        let mut bytes = buf.to_vec();
-        for m in &mutations {
-            mutate(&mut bytes, m);
-        }
+        let bytes = mutated(|buf| table.encode(buf).unwrap(), &mutations);
         let _ = FieldTable::decode(&bytes);
-        let mut buf = BytesMut::new();
-        props.encode(&mut buf).unwrap();
-        let mut bytes = buf.to_vec();
-        for m in &mutations {
-            mutate(&mut bytes, m);
-        }
+        let bytes = mutated(|buf| props.encode(buf).unwrap(), &mutations);
         let _ = BasicProperties::decode(&bytes);
     }
 
@@ -173,13 +169,7 @@ proptest! {
         props in arb_properties(),
         mutations in proptest::collection::vec(arb_mutation(), 0..4),
     ) {
-        let mut buf = BytesMut::new();
-        props.encode(&mut buf).unwrap();
-        let mut bytes = buf.to_vec();
-        for m in &mutations {
-            mutate(&mut bytes, m);
-        }
-        let raw = Bytes::from(bytes);
+        let raw = Bytes::from(mutated(|buf| props.encode(buf).unwrap(), &mutations));
         let decoded = BasicProperties::decode(&raw);
         match ContentHeader::from_raw(BASIC_CLASS_ID, 0, raw.clone()) {
             Ok(header) => {
