@@ -69,6 +69,9 @@ fn main() -> std::process::ExitCode {
     }
     let result = cli.load_config().and_then(|config| {
         logging::init(&config.log)?;
+        if !heap::configure() {
+            warn!("glibc refused the fastbin size: frees from other threads take its arena lock");
+        }
         let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
         runtime.block_on(run(config, cli.config.clone(), cli.overrides()))
     });
