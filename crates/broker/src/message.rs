@@ -158,7 +158,7 @@ impl Message {
         Self::from_parts(&exchange, &routing_key, header.borrow(), body)
     }
 
-    /// [`Message::new`] from borrowed names (copied into the message): what the server calls
+    /// [`Message::new`] from borrowed parts (copied into the message): what the server calls
     /// with the parts of the publish it assembled, where they are.
     pub fn from_parts(
         exchange: &str,
@@ -166,15 +166,30 @@ impl Message {
         header: &ContentHeader,
         body: Bytes,
     ) -> Self {
+        Self::from_parts_at(exchange, routing_key, header, body, Instant::now())
+    }
+
+    /// [`Message::from_parts`] for a message that arrived at `received_at`, where its TTL
+    /// starts: a connection that takes many publishes from one read can read the clock once
+    /// for all of them, when the read returned. The header may be a [`ContentHeader`]
+    /// (`&header`) or a [`HeaderRef`] to properties still in the read buffer.
+    pub fn from_parts_at<'h>(
+        exchange: &str,
+        routing_key: &str,
+        header: impl Into<HeaderRef<'h>>,
+        body: Bytes,
+        received_at: Instant,
+    ) -> Self {
+        let header = header.into();
         let parsed = Parsed::of_view(&header.view());
         Self::assemble(
             exchange,
             routing_key,
-            &header.raw,
+            header.raw,
             &body,
             Some(&body),
             &parsed,
-            Instant::now(),
+            received_at,
         )
     }
 
@@ -478,6 +493,32 @@ mod tests {
 
     fn header(properties: BasicProperties, body: &[u8]) -> ContentHeader {
         ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, properties).unwrap()
+    }
+
+    #[test]
+    fn a_message_from_parts_at_an_instant_has_its_ttl_from_there() {
+        let properties = BasicProperties {
+            expiration: Some("1500".into()),
+            ..BasicProperties::default()
+        };
+        let h = header(properties.clone(), b"body");
+        // The first message fixes the clock's origin, which arrival times are counted from.
+        drop(Message::from_parts("", "q", &h, Bytes::new()));
+        let at = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        let raw = HeaderRef {
+            class_id: BASIC_CLASS_ID,
+            body_size: 4,
+            raw: &h.raw,
+        };
+        let m = Message::from_parts_at("x", "q", raw, Bytes::from_static(b"body"), at);
+        assert_eq!(m.received_at(), at);
+        assert_eq!(m.expires_at(None), Some(at + Duration::from_millis(1500)));
+        assert_eq!(
+            (m.exchange(), m.routing_key(), m.body()),
+            ("x", "q", &b"body"[..])
+        );
+        assert_eq!(m.properties(), properties);
     }
 
     #[test]

@@ -89,6 +89,11 @@ impl Default for FrameCodec {
     }
 }
 
+/// The largest frame the decoder accepts (frame_max with RabbitMQ's tolerance).
+pub(crate) fn decode_limit(codec: &FrameCodec) -> u64 {
+    limit(codec.frame_max) + FRAME_SIZE_FUDGE as u64
+}
+
 fn limit(frame_max: u32) -> u64 {
     if frame_max == 0 {
         u64::from(u32::MAX) + FRAME_OVERHEAD as u64
@@ -174,9 +179,7 @@ impl FrameCodec {
         let total = usize::try_from(u32::from_be_bytes([s0, s1, s2, s3]))
             .ok()?
             .checked_add(FRAME_OVERHEAD)?;
-        if total as u64 > limit(self.frame_max) + FRAME_SIZE_FUDGE as u64
-            || src.get(total.checked_sub(1)?) != Some(&FRAME_END)
-        {
+        if total as u64 > decode_limit(self) || src.get(total.checked_sub(1)?) != Some(&FRAME_END) {
             return None;
         }
         let payload = src.get(7..total - 1)?;
@@ -498,7 +501,14 @@ fn write_small_delivery(
     } else {
         body.len() + FRAME_OVERHEAD
     };
-    dst.reserve(method_len + header_len + 2 * FRAME_OVERHEAD + body_frame);
+    // Sized once and filled in place: a few stores per part instead of a put (a capacity
+    // check and a length update, in a call) for each.
+    let start = dst.len();
+    dst.resize(
+        start + method_len + header_len + 2 * FRAME_OVERHEAD + body_frame,
+        0,
+    );
+    let mut out = Fill(&mut dst[start..]);
     let [c0, c1] = channel.to_be_bytes();
     let mut method = [0u8; 12];
     method[0] = FRAME_METHOD;
@@ -507,16 +517,16 @@ fn write_small_delivery(
     method[7..9].copy_from_slice(&crate::basic::Deliver::CLASS_ID.to_be_bytes());
     method[9..11].copy_from_slice(&crate::basic::Deliver::METHOD_ID.to_be_bytes());
     method[11] = tag_len;
-    dst.put_slice(&method);
-    dst.put_slice(tag);
+    out.put(&method);
+    out.put(tag);
     let mut fixed = [0u8; 10];
     fixed[..8].copy_from_slice(&deliver.delivery_tag.to_be_bytes());
     fixed[8] = u8::from(deliver.redelivered);
     fixed[9] = exchange_len;
-    dst.put_slice(&fixed);
-    dst.put_slice(exchange);
-    dst.put_u8(routing_key_len);
-    dst.put_slice(routing_key);
+    out.put(&fixed);
+    out.put(exchange);
+    out.put(&[routing_key_len]);
+    out.put(routing_key);
     let mut head = [0u8; 20];
     head[0] = FRAME_END;
     head[1] = FRAME_HEADER;
@@ -525,17 +535,29 @@ fn write_small_delivery(
     head[8..10].copy_from_slice(&header.class_id.to_be_bytes());
     // head[10..12]: weight 0.
     head[12..20].copy_from_slice(&header.body_size.to_be_bytes());
-    dst.put_slice(&head);
-    dst.put_slice(header.raw);
+    out.put(&head);
+    out.put(header.raw);
     if body.is_empty() {
-        dst.put_u8(FRAME_END);
+        out.put(&[FRAME_END]);
     } else {
         let [b0, b1, b2, b3] = body_frame_size.to_be_bytes();
-        dst.put_slice(&[FRAME_END, FRAME_BODY, c0, c1, b0, b1, b2, b3]);
-        dst.put_slice(body);
-        dst.put_u8(FRAME_END);
+        out.put(&[FRAME_END, FRAME_BODY, c0, c1, b0, b1, b2, b3]);
+        out.put(body);
+        out.put(&[FRAME_END]);
     }
+    debug_assert!(out.0.is_empty(), "the sizes above miscount the delivery");
     true
+}
+
+/// Writes parts one after another into a slice sized for exactly them.
+struct Fill<'a>(&'a mut [u8]);
+
+impl Fill<'_> {
+    fn put(&mut self, part: &[u8]) {
+        let (head, tail) = std::mem::take(&mut self.0).split_at_mut(part.len());
+        head.copy_from_slice(part);
+        self.0 = tail;
+    }
 }
 
 /// `basic.publish`'s arguments, borrowed: the client's counterpart of [`DeliverRef`]. A
@@ -716,7 +738,7 @@ impl Decoder for FrameCodec {
         let channel = u16::from_be_bytes([c0, c1]);
         let size = u32::from_be_bytes([s0, s1, s2, s3]);
         let total = u64::from(size) + FRAME_OVERHEAD as u64;
-        if total > limit(self.frame_max) + FRAME_SIZE_FUDGE as u64 {
+        if total > decode_limit(self) {
             return Err(WireError::FrameTooLarge {
                 size: total,
                 frame_max: self.frame_max,
@@ -809,18 +831,24 @@ impl Encoder<&Frame> for FrameCodec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{basic, FieldTable, FieldValue};
 
-    #[test]
-    fn a_small_delivery_encodes_as_the_general_path() {
-        let rich = BasicProperties {
+    /// Properties of several kinds, a headers table among them.
+    pub(crate) fn rich_properties() -> BasicProperties {
+        BasicProperties {
             content_type: Some("text/plain".into()),
             headers: Some([("k".to_owned(), FieldValue::I32(7))].into_iter().collect()),
             delivery_mode: Some(2),
+            user_id: Some("guest".into()),
             ..BasicProperties::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_small_delivery_encodes_as_the_general_path() {
+        let rich = rich_properties();
         let long = "n".repeat(255);
         let names = ["", "q", long.as_str()];
         for properties in [BasicProperties::default(), rich] {

@@ -3,6 +3,8 @@
 //! Integers are big-endian. A shortstr is a length octet plus up to 255 octets; a longstr, a
 //! field table and a field array are a u32 length plus that many octets.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::{FieldTable, WireError};
@@ -109,16 +111,8 @@ impl<'a> Reader<'a> {
     /// publisher's exact bytes.
     pub(crate) fn shortstr_lossy(&mut self, what: &'static str) -> Result<String, WireError> {
         let len = usize::from(self.u8(what)?);
-        if len == 0 {
-            // The default exchange, an empty routing key: nothing to check or copy.
-            return Ok(String::new());
-        }
         let raw = self.take(len, what)?;
-        // `from_utf8` is the fast path (vectorised for ASCII); the lossy scan runs only on bad input.
-        Ok(match std::str::from_utf8(raw) {
-            Ok(s) => s.to_owned(),
-            Err(_) => String::from_utf8_lossy(raw).into_owned(),
-        })
+        Ok(lossy(raw).into_owned())
     }
 
     /// The octets of a longstr (or of a table or array body), borrowed.
@@ -149,6 +143,20 @@ impl<'a> Reader<'a> {
                 extra,
             }),
         }
+    }
+}
+
+/// A shortstr where RabbitMQ does not check UTF-8 (see [`Reader::shortstr_lossy`]), borrowed
+/// unless it has to be repaired.
+pub(crate) fn lossy(raw: &[u8]) -> Cow<'_, str> {
+    if raw.is_empty() {
+        // The default exchange, an empty routing key: nothing to check.
+        return Cow::Borrowed("");
+    }
+    // `from_utf8` is the fast path (vectorised for ASCII); the lossy scan runs only on bad input.
+    match std::str::from_utf8(raw) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(raw),
     }
 }
 

@@ -256,19 +256,28 @@ impl ContentHeader {
     /// # Errors
     /// Properties that do not decode (see [`BasicProperties::decode`]).
     pub fn from_raw(class_id: u16, body_size: u64, raw: Bytes) -> Result<Self, WireError> {
-        // A headers table is decoded right away (checking one costs about what decoding
-        // it does); without one, the walk below checks exactly what decoding would.
-        let decoded = if PropertiesView::check(&raw).is_some_and(|view| !view.has(HEADERS)) {
-            OnceLock::new()
-        } else {
-            OnceLock::from(Box::new(BasicProperties::decode(&raw)?))
-        };
+        let decoded = Self::check_raw(&raw)?;
         Ok(ContentHeader {
             class_id,
             body_size,
             raw,
-            decoded,
+            decoded: decoded.map_or_else(OnceLock::new, OnceLock::from),
         })
+    }
+
+    /// Checks encoded properties as [`ContentHeader::from_raw`] does: `Ok(None)` when they
+    /// are sound, `Ok(Some(..))` when they had to be decoded to tell (a headers table).
+    ///
+    /// # Errors
+    /// As [`BasicProperties::decode`].
+    pub(crate) fn check_raw(raw: &[u8]) -> Result<Option<Box<BasicProperties>>, WireError> {
+        // A headers table is decoded right away (checking one costs about what decoding
+        // it does); without one, the walk below checks exactly what decoding would.
+        if PropertiesView::check(raw).is_some_and(|view| !view.has(HEADERS)) {
+            Ok(None)
+        } else {
+            BasicProperties::decode(raw).map(|properties| Some(Box::new(properties)))
+        }
     }
 
     /// The properties, decoded from `raw` on the first call.
@@ -348,6 +357,16 @@ impl ContentHeader {
     }
 }
 
+impl<'a> HeaderRef<'a> {
+    /// The few properties a broker reads per message, found in `raw` without decoding it (as
+    /// [`ContentHeader::view`]).
+    #[inline]
+    #[must_use]
+    pub fn view(&self) -> PropertiesView<'a> {
+        PropertiesView::new(self.raw)
+    }
+}
+
 /// Equal when class, body size and encoding are: the properties are what `raw` decodes to.
 impl PartialEq for ContentHeader {
     fn eq(&self, other: &Self) -> bool {
@@ -382,35 +401,38 @@ const PROPERTY_BITS: u16 = !(RESERVED | CONTINUATION);
 
 impl<'a> PropertiesView<'a> {
     /// The view of `raw`, without checking the property list.
+    #[inline]
     fn new(raw: &'a [u8]) -> Self {
-        if let Some((&[hi, lo], list)) = raw.split_first_chunk::<2>() {
-            let flags = u16::from_be_bytes([hi, lo]);
-            if flags & (RESERVED | CONTINUATION) == 0 {
-                // One flag word, the usual case.
-                return PropertiesView { flags, list };
-            }
-        }
+        Self::one_flag_word(raw)
+            .or_else(|| Self::more_flag_words(raw))
+            .unwrap_or_default()
+    }
+
+    /// The view of `raw` if it starts with a single flag word, the usual case.
+    #[inline]
+    fn one_flag_word(raw: &'a [u8]) -> Option<Self> {
+        let (&[hi, lo], list) = raw.split_first_chunk::<2>()?;
+        let flags = u16::from_be_bytes([hi, lo]);
+        (flags & (RESERVED | CONTINUATION) == 0).then_some(PropertiesView { flags, list })
+    }
+
+    /// The view of `raw` whatever its flag words, `None` if they do not decode.
+    #[cold]
+    fn more_flag_words(raw: &'a [u8]) -> Option<Self> {
         let mut r = Reader::new(raw);
-        match read_flags(&mut r) {
-            Ok(flags) => PropertiesView {
-                flags,
-                list: raw.get(r.offset()..).unwrap_or_default(),
-            },
-            Err(_) => PropertiesView::default(),
-        }
+        let flags = read_flags(&mut r).ok()?;
+        Some(PropertiesView {
+            flags,
+            list: raw.get(r.offset()..)?,
+        })
     }
 
     /// The view of `raw` if it decodes: the checks of [`BasicProperties::decode`] except
     /// inside a headers table, of which only the length is read. `None` where decoding
     /// would fail (and, for a malformed table, where it might).
     fn check(raw: &'a [u8]) -> Option<Self> {
-        let mut r = Reader::new(raw);
-        let flags = read_flags(&mut r).ok()?;
-        let view = PropertiesView {
-            flags,
-            list: raw.get(r.offset()..)?,
-        };
-        (view.skip(flags & PROPERTY_BITS)? == view.list.len()).then_some(view)
+        let view = Self::one_flag_word(raw).or_else(|| Self::more_flag_words(raw))?;
+        (view.skip(view.flags & PROPERTY_BITS)? == view.list.len()).then_some(view)
     }
 
     #[inline]
@@ -444,9 +466,15 @@ impl<'a> PropertiesView<'a> {
     /// The octets of property `bit` (a shortstr's without its length octet), if present.
     #[inline]
     fn field(&self, bit: u16) -> Option<&'a [u8]> {
+        // Most properties are absent: that answer costs no call.
         if !self.has(bit) {
             return None;
         }
+        self.present_field(bit)
+    }
+
+    /// [`PropertiesView::field`] for a property whose flag is set.
+    fn present_field(&self, bit: u16) -> Option<&'a [u8]> {
         // The properties before `bit` are the higher bits.
         let before = self.flags & PROPERTY_BITS & !(bit | (bit - 1));
         let at = self.skip(before)?;

@@ -6,7 +6,7 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::{arb_frame, arb_method, arb_properties, arb_table};
 use lockgate_wire::{
-    BasicProperties, ContentHeader, FieldTable, FrameCodec, Method, BASIC_CLASS_ID,
+    BasicProperties, ContentHeader, FieldTable, Frame, FrameCodec, Method, BASIC_CLASS_ID,
 };
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
@@ -185,6 +185,71 @@ proptest! {
             }
             Err(e) => prop_assert_eq!(e.to_string(), decoded.unwrap_err().to_string()),
         }
+    }
+
+    #[test]
+    fn a_publish_taken_in_one_step_is_what_decode_returns(
+        exchange in prop_oneof![Just(String::new()), "[a-z.]{1,12}"],
+        routing_key in "[a-z.]{0,40}",
+        bits in 0u8..4,
+        props in arb_properties(),
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+        mutations in proptest::collection::vec(arb_mutation(), 0..3),
+        frame_max in prop_oneof![Just(0u32), Just(4096u32), 8u32..400],
+    ) {
+        let publish = Method::BasicPublish(lockgate_wire::basic::Publish {
+            exchange,
+            routing_key,
+            mandatory: bits & 1 != 0,
+            immediate: bits & 2 != 0,
+        });
+        let bytes = mutated(
+            |wire| {
+                let Ok(header) = ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, props)
+                else {
+                    return;
+                };
+                let codec = FrameCodec::new(0);
+                let _ = codec.encode_content(wire, 5, &publish, &header, &body);
+                let _ = codec.encode_frame(&Frame::Heartbeat, wire);
+            },
+            &mutations,
+        );
+        let mut codec = FrameCodec::new(frame_max);
+        let mut fast = BytesMut::from(&bytes[..]);
+        let Some((channel, frames)) = codec.decode_publish(&mut fast, Some) else {
+            prop_assert_eq!(&fast[..], &bytes[..], "left as it was");
+            return Ok(());
+        };
+        let mut slow = BytesMut::from(&bytes[..]);
+        let Ok(Some(Frame::Method { channel: c, method: Method::BasicPublish(p) })) =
+            codec.decode(&mut slow)
+        else {
+            return Err(TestCaseError::fail("decode_publish took what is not a publish"));
+        };
+        prop_assert_eq!((c, channel, frames.channel), (channel, channel, channel));
+        let head = &frames.head;
+        prop_assert_eq!(head.exchange(), p.exchange);
+        prop_assert_eq!(head.routing_key(), p.routing_key);
+        prop_assert_eq!((head.mandatory(), head.immediate()), (p.mandatory, p.immediate));
+        let Ok(Some(Frame::Header { channel: c, header })) = codec.decode(&mut slow) else {
+            return Err(TestCaseError::fail("no header where decode_publish took one"));
+        };
+        prop_assert_eq!(c, channel);
+        let taken = head.header();
+        prop_assert_eq!(
+            (taken.class_id, taken.body_size, taken.raw),
+            (header.class_id, header.body_size, &header.raw[..])
+        );
+        if header.body_size > 0 {
+            let Ok(Some(Frame::Body { channel: c, payload })) = codec.decode(&mut slow) else {
+                return Err(TestCaseError::fail("no body where decode_publish took one"));
+            };
+            prop_assert_eq!(c, channel);
+            prop_assert_eq!(&frames.body, &payload);
+        }
+        prop_assert_eq!(frames.body.len() as u64, header.body_size);
+        prop_assert_eq!(&fast[..], &slow[..]);
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! are short and never held across an await). A handler's `Err` is a protocol error that the
 //! connection turns into channel.close (soft) or connection.close (hard).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use lockgate_broker::{
@@ -15,8 +17,8 @@ use lockgate_broker::{
 };
 use lockgate_store::{Commit, Store};
 use lockgate_wire::{
-    access, basic, channel as ch, confirm, exchange, queue, reply_code, tx, ContentHeader, Method,
-    BASIC_CLASS_ID,
+    access, basic, channel as ch, confirm, exchange, queue, reply_code, tx, ContentHeader,
+    HeaderRef, Method, PublishHead, BASIC_CLASS_ID,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, trace};
@@ -115,13 +117,27 @@ pub struct Channel {
     exchange_cache: Option<Arc<Exchange>>,
     /// The routing key of the last publish to the default exchange and the queue it named:
     /// consecutive publishes to the same queue skip hashing its name.
-    default_route: Option<(Box<[u8]>, Arc<Queue>)>,
+    default_route: Option<(Box<str>, Arc<Queue>)>,
     store: Option<Store>,
     access: Access,
     counters: Arc<GlobalCounters>,
     /// A full queue (overflow `block`) the last publish reached: the connection stops
     /// reading until it has room.
     blocked: Option<Arc<Queue>>,
+}
+
+/// Whether two names are the same, lengths first: most publishes name the default exchange
+/// "", and a memcmp call per publish shows in profiles.
+fn same_octets(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
+/// RabbitMQ dropped basic.publish's `immediate` in 3.0 and refuses it the same way.
+fn refuse_immediate(immediate: bool) -> Result<(), AmqpError> {
+    if immediate {
+        return Err(AmqpError::not_implemented("immediate=true"));
+    }
+    Ok(())
 }
 
 /// Maps a broker error to a protocol error (the broker's text is RabbitMQ's).
@@ -297,21 +313,61 @@ impl Channel {
     /// The protocol error the method causes, with the method's class and method ids.
     pub fn on_method(&mut self, method: Method) -> Result<(), AmqpError> {
         let (class_id, method_id) = (method.class_id(), method.method_id());
-        match self.content {
-            Content::Idle => {}
-            Content::Header(_) => {
-                return Err(AmqpError::unexpected_frame(format!(
-                    "expected content header for class {BASIC_CLASS_ID}, got non content header \
-                     frame instead"
-                )))
-            }
-            Content::Body { .. } => {
-                return Err(AmqpError::unexpected_frame(
-                    "expected content body, got non content body frame instead",
-                ))
-            }
-        }
+        self.expect_method()?;
         self.dispatch(method).map_err(|e| e.on(class_id, method_id))
+    }
+
+    /// A basic.publish whose header and whole body came with it (the connection's fast
+    /// path): the checks, errors and outcome of [`Channel::on_method`], [`Channel::on_header`]
+    /// and [`Channel::on_body`] for those frames, without keeping the method in between.
+    /// `received_at` is when the frames were read: the message's TTL starts there.
+    ///
+    /// # Errors
+    /// As those three for the publish, its header and its body.
+    pub fn on_publish_frames(
+        &mut self,
+        method: &PublishHead,
+        body: Bytes,
+        received_at: Instant,
+    ) -> Result<(), AmqpError> {
+        self.expect_method()?;
+        trace!(method = basic::Publish::NAME, "method");
+        // A publisher naming the exchange and the queue of its last publish again (the usual
+        // case) gets the names from the caches below: no UTF-8 check of its octets.
+        let exchange = match self.exchange_cache.as_deref() {
+            Some(cached) if same_octets(cached.name().as_bytes(), method.exchange_octets()) => {
+                Cow::Borrowed(cached.name())
+            }
+            _ => method.exchange(),
+        };
+        let routing_key = match &self.default_route {
+            Some((key, _)) if same_octets(key.as_bytes(), method.routing_key_octets()) => {
+                Cow::Borrowed(&**key)
+            }
+            _ => method.routing_key(),
+        };
+        self.access
+            .check_publish(&exchange)
+            .and_then(|()| refuse_immediate(method.immediate()))
+            .map_err(|e| e.on(basic::Publish::CLASS_ID, basic::Publish::METHOD_ID))?;
+        let header = method.header();
+        self.check_header(header)?;
+        let message = Message::from_parts_at(&exchange, &routing_key, header, body, received_at);
+        self.publish(method.mandatory(), message)
+    }
+
+    /// The error for a method frame where content was expected, if it was.
+    fn expect_method(&self) -> Result<(), AmqpError> {
+        match self.content {
+            Content::Idle => Ok(()),
+            Content::Header(_) => Err(AmqpError::unexpected_frame(format!(
+                "expected content header for class {BASIC_CLASS_ID}, got non content header \
+                 frame instead"
+            ))),
+            Content::Body { .. } => Err(AmqpError::unexpected_frame(
+                "expected content body, got non content body frame instead",
+            )),
+        }
     }
 
     /// A content header frame.
@@ -333,6 +389,28 @@ impl Channel {
                 ))
             }
         };
+        self.check_header(HeaderRef::from(&header))?;
+        if header.body_size == 0 {
+            let message = Message::from_parts(
+                &publish.exchange,
+                &publish.routing_key,
+                &header,
+                Bytes::new(),
+            );
+            return self.publish(publish.mandatory, message);
+        }
+        let remaining = header.body_size;
+        self.content = Content::Body {
+            publish,
+            header,
+            body: Body::Empty,
+            remaining,
+        };
+        Ok(())
+    }
+
+    /// What a content header is checked for once a basic.publish preceded it.
+    fn check_header(&self, header: HeaderRef<'_>) -> Result<(), AmqpError> {
         if header.class_id != BASIC_CLASS_ID {
             return Err(AmqpError::unexpected_frame(format!(
                 "expected content header for class {BASIC_CLASS_ID}, got one for class {} instead",
@@ -359,22 +437,6 @@ impl Channel {
                 .on(60, 40));
             }
         }
-        if header.body_size == 0 {
-            let message = Message::from_parts(
-                &publish.exchange,
-                &publish.routing_key,
-                &header,
-                Bytes::new(),
-            );
-            return self.publish(publish.mandatory, message);
-        }
-        let remaining = header.body_size;
-        self.content = Content::Body {
-            publish,
-            header,
-            body: Body::Empty,
-            remaining,
-        };
         Ok(())
     }
 
@@ -461,11 +523,9 @@ impl Channel {
     /// it is still live.
     fn exchange(&mut self, message: &Message) -> Option<Arc<Exchange>> {
         if let Some(cached) = &self.exchange_cache {
-            // Octets, lengths first: most publishes name the default exchange "", and a
-            // UTF-8 check or a memcmp call per publish shows in profiles.
-            let (cached_name, name) = (cached.name().as_bytes(), message.exchange_bytes());
-            let same = cached_name.len() == name.len() && (name.is_empty() || cached_name == name);
-            if same && !cached.is_deleted() {
+            // Octets: a UTF-8 check per publish shows in profiles.
+            let name = message.exchange_bytes();
+            if same_octets(cached.name().as_bytes(), name) && !cached.is_deleted() {
                 return Some(Arc::clone(cached));
             }
         }
@@ -486,13 +546,15 @@ impl Channel {
         if !exchange.name().is_empty() {
             return None;
         }
-        let key = message.routing_key_bytes();
         if let Some((cached_key, queue)) = &self.default_route {
-            if **cached_key == *key && !queue.is_deleted() {
+            if same_octets(cached_key.as_bytes(), message.routing_key_bytes())
+                && !queue.is_deleted()
+            {
                 return Some(Arc::clone(queue));
             }
         }
-        let queue = self.vhost.queue(message.routing_key())?;
+        let key = message.routing_key();
+        let queue = self.vhost.queue(key)?;
         self.default_route = Some((key.into(), Arc::clone(&queue)));
         Some(queue)
     }
@@ -659,10 +721,7 @@ impl Channel {
     }
 
     fn on_basic_publish(&mut self, publish: basic::Publish) -> Result<(), AmqpError> {
-        if publish.immediate {
-            // RabbitMQ dropped `immediate` in 3.0 and refuses it the same way.
-            return Err(AmqpError::not_implemented("immediate=true"));
-        }
+        refuse_immediate(publish.immediate)?;
         self.content = Content::Header(publish);
         Ok(())
     }
