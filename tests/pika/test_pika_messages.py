@@ -104,6 +104,28 @@ def test_wrong_user_id_is_406(conn):
         "'guest'")
 
 
+@pytest.mark.parametrize("expiration,why", [
+    ("abc", "no_integer"),
+    ("-1", "{value_negative,-1}"),
+    ("5s", '{leftover_string,"s"}'),
+    ("4294967296", "{value_too_large,4294967296}"),
+])
+def test_invalid_expiration_is_406_and_nothing_is_queued(conn, expiration, why):
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=False, auto_delete=False).method.queue
+    ch.basic_publish("", q, b"x", pika.BasicProperties(expiration=expiration))
+    with pytest.raises(pe.ChannelClosedByBroker) as info:
+        ch.queue_declare("", exclusive=True)
+    assert info.value.reply_code == 406
+    assert info.value.reply_text == (
+        f"PRECONDITION_FAILED - invalid expiration '{expiration}': {why}")
+    ch = conn.channel()
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    ch.basic_publish("", q, b"y", pika.BasicProperties(expiration="60000"))
+    assert ch.queue_declare(q, passive=True).method.message_count == 1
+    ch.queue_delete(q)
+
+
 @pytest.mark.parametrize("size", [0, 1, 131064, 131065, 1_000_003, 5 * 1024 * 1024])
 def test_bodies_around_and_above_frame_max_arrive_intact(conn, size):
     ch = conn.channel()

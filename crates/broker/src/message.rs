@@ -30,6 +30,41 @@ const INLINE_BODY_MAX: usize = 256;
 /// `Message::expiration` when the message has none.
 const NO_EXPIRATION: u64 = u64::MAX;
 
+/// The largest per-message TTL RabbitMQ accepts (rabbit_misc:check_expiry), in milliseconds.
+const MAX_EXPIRATION: u64 = 4_294_967_295;
+
+/// Reads an `expiration` property as RabbitMQ does (rabbit_basic:parse_expiration): an
+/// integer with an optional sign and nothing after it, from 0 to 2^32 - 1 milliseconds.
+///
+/// # Errors
+/// What RabbitMQ's channel puts in its 406 reply text after "invalid expiration '...': ":
+/// `no_integer`, `{leftover_string,"..."}`, `{value_negative,N}` or `{value_too_large,N}`.
+pub fn parse_expiration(expiration: &str) -> Result<u64, String> {
+    let unsigned = expiration.strip_prefix(['+', '-']).unwrap_or(expiration);
+    let digits = unsigned.len()
+        - unsigned
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .len();
+    if digits == 0 {
+        return Err("no_integer".to_owned());
+    }
+    let (number, rest) = unsigned.split_at(digits);
+    if !rest.is_empty() {
+        return Err(format!("{{leftover_string,{rest:?}}}"));
+    }
+    let sign = &expiration[..expiration.len() - unsigned.len()];
+    let zero = number.bytes().all(|b| b == b'0');
+    let shown = number.trim_start_matches('0');
+    let shown = if zero { "0" } else { shown };
+    if sign == "-" && !zero {
+        return Err(format!("{{value_negative,-{shown}}}"));
+    }
+    match number.parse::<u64>() {
+        Ok(ms) if ms <= MAX_EXPIRATION => Ok(ms),
+        _ => Err(format!("{{value_too_large,{shown}}}")),
+    }
+}
+
 /// The origin of `Message::received`: arrival times are kept as nanoseconds after it, which
 /// takes half the room of an `Instant`.
 fn epoch() -> Instant {
@@ -125,7 +160,7 @@ impl Parsed {
         Self {
             expiration: view
                 .expiration()
-                .and_then(|e| e.parse::<u64>().ok())
+                .and_then(|e| parse_expiration(&e).ok())
                 .unwrap_or(NO_EXPIRATION),
             priority: view.priority().unwrap_or(0),
             persistent: view.is_persistent(),
@@ -137,7 +172,7 @@ impl Parsed {
             expiration: properties
                 .expiration
                 .as_deref()
-                .and_then(|e| e.parse::<u64>().ok())
+                .and_then(|e| parse_expiration(e).ok())
                 .unwrap_or(NO_EXPIRATION),
             priority: properties.priority.unwrap_or(0),
             persistent: properties.is_persistent(),
@@ -519,6 +554,38 @@ mod tests {
             ("x", "q", &b"body"[..])
         );
         assert_eq!(m.properties(), properties);
+    }
+
+    #[test]
+    fn expirations_are_read_as_rabbitmq_reads_them() {
+        for (text, read) in [
+            ("0", Ok(0)),
+            ("1500", Ok(1500)),
+            ("+5", Ok(5)),
+            ("-0", Ok(0)),
+            ("007", Ok(7)),
+            ("4294967295", Ok(4_294_967_295)),
+            ("", Err("no_integer")),
+            ("abc", Err("no_integer")),
+            (" 5", Err("no_integer")),
+            ("-", Err("no_integer")),
+            ("5x", Err("{leftover_string,\"x\"}")),
+            ("5 ", Err("{leftover_string,\" \"}")),
+            ("1.5", Err("{leftover_string,\".5\"}")),
+            ("-1", Err("{value_negative,-1}")),
+            ("-007", Err("{value_negative,-7}")),
+            ("4294967296", Err("{value_too_large,4294967296}")),
+            (
+                "99999999999999999999999",
+                Err("{value_too_large,99999999999999999999999}"),
+            ),
+        ] {
+            assert_eq!(
+                parse_expiration(text),
+                read.map_err(str::to_owned),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -427,12 +427,22 @@ impl Channel {
             ))
             .on(60, 40));
         }
-        if let Some(user_id) = header.view().user_id() {
+        let view = header.view();
+        if let Some(user_id) = view.user_id() {
             // As RabbitMQ (rabbit_channel:check_user_id_header): no impersonation.
             if *user_id != *self.user {
                 return Err(AmqpError::precondition_failed(format!(
                     "user_id property set to '{user_id}' but authenticated user was '{}'",
                     self.user
+                ))
+                .on(60, 40));
+            }
+        }
+        if let Some(expiration) = view.expiration() {
+            // As RabbitMQ (rabbit_channel:check_expiration_header).
+            if let Err(why) = lockgate_broker::parse_expiration(&expiration) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid expiration '{expiration}': {why}"
                 ))
                 .on(60, 40));
             }

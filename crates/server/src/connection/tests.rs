@@ -366,6 +366,18 @@ async fn refused_publishes_have_one_outcome_however_they_are_read() {
             .write(&mut s);
             s
         }),
+        ("negative expiration", "channel.close 1 406", {
+            let mut s = Vec::new();
+            Publish {
+                properties: BasicProperties {
+                    expiration: Some("-1".into()),
+                    ..BasicProperties::default()
+                },
+                ..Publish::default()
+            }
+            .write(&mut s);
+            s
+        }),
         ("missing exchange", "channel.close 1 404", {
             let mut s = Vec::new();
             Publish {
