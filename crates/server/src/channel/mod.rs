@@ -326,7 +326,7 @@ impl Channel {
     /// As those three for the publish, its header and its body.
     pub fn on_publish_frames(
         &mut self,
-        method: &PublishHead,
+        head: &PublishHead,
         body: Bytes,
         received_at: Instant,
     ) -> Result<(), AmqpError> {
@@ -335,25 +335,25 @@ impl Channel {
         // A publisher naming the exchange and the queue of its last publish again (the usual
         // case) gets the names from the caches below: no UTF-8 check of its octets.
         let exchange = match self.exchange_cache.as_deref() {
-            Some(cached) if same_octets(cached.name().as_bytes(), method.exchange_octets()) => {
+            Some(cached) if same_octets(cached.name().as_bytes(), head.exchange_octets()) => {
                 Cow::Borrowed(cached.name())
             }
-            _ => method.exchange(),
+            _ => head.exchange(),
         };
         let routing_key = match &self.default_route {
-            Some((key, _)) if same_octets(key.as_bytes(), method.routing_key_octets()) => {
+            Some((key, _)) if same_octets(key.as_bytes(), head.routing_key_octets()) => {
                 Cow::Borrowed(&**key)
             }
-            _ => method.routing_key(),
+            _ => head.routing_key(),
         };
         self.access
             .check_publish(&exchange)
-            .and_then(|()| refuse_immediate(method.immediate()))
+            .and_then(|()| refuse_immediate(head.immediate()))
             .map_err(|e| e.on(basic::Publish::CLASS_ID, basic::Publish::METHOD_ID))?;
-        let header = method.header();
+        let header = head.header();
         self.check_header(header)?;
         let message = Message::from_parts_at(&exchange, &routing_key, header, body, received_at);
-        self.publish(method.mandatory(), message)
+        self.publish(head.mandatory(), message)
     }
 
     /// The error for a method frame where content was expected, if it was.

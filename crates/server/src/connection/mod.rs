@@ -687,10 +687,10 @@ impl Connection {
 
     /// The read loop's fast path: a basic.publish with its header and whole body at the head
     /// of `buffer`, for an open channel, handled in one step (see
-    /// [`FrameCodec::decode_publish`] and [`Channel::on_publish_frames`]) with the outcome the three
-    /// frames have one by one. Returns false, having taken nothing, for anything else: while
-    /// publishers are blocked by an alarm or the connection is closing, when the frames are
-    /// not all there or not such a publish, or when the channel is not open.
+    /// [`FrameCodec::decode_publish`] and [`Channel::on_publish_frames`]) with the outcome the
+    /// three frames have one by one. Returns false, having taken nothing, for anything else:
+    /// while publishers are blocked by an alarm or the connection is closing, when the frames
+    /// are not all there or not such a publish, or when the channel is not open.
     fn on_publish_frames(&mut self, buffer: &mut BytesMut, arrivals: &mut ArrivalClock) -> bool {
         if self.memory_blocked || self.closing.is_some() {
             return false;
@@ -707,15 +707,15 @@ impl Connection {
         };
         let PublishFrames {
             channel: number,
-            head: method,
+            head,
             body,
         } = frames;
         let received_at = arrivals.now();
         trace!(
             channel = number,
-            exchange = %method.exchange(),
-            routing_key = %method.routing_key(),
-            mandatory = method.mandatory(),
+            exchange = %head.exchange(),
+            routing_key = %head.routing_key(),
+            mandatory = head.mandatory(),
             size = body.len(),
             "recv publish"
         );
@@ -723,7 +723,7 @@ impl Connection {
         let (result, pending_confirms, blocked) = {
             // As for the publish's frames one by one (see `on_channel_frame`).
             let _entered = tracing::enabled!(tracing::Level::DEBUG).then(|| span.enter());
-            let result = channel.on_publish_frames(&method, body, received_at);
+            let result = channel.on_publish_frames(&head, body, received_at);
             (
                 result,
                 channel.has_pending_confirms(),
