@@ -68,6 +68,11 @@ impl Codec {
         }
     }
 
+    /// Whether bodies carry a send time (they are at least [`MIN_TIMED_SIZE`]).
+    pub fn stamps(&self) -> bool {
+        self.size >= MIN_TIMED_SIZE
+    }
+
     /// A body buffer for [`Codec::encode`]: the filler pattern is written
     /// once, each message then rewrites only its header fields.
     pub fn body(&self) -> Vec<u8> {
@@ -81,7 +86,7 @@ impl Codec {
         body[0..8].copy_from_slice(&seq.to_le_bytes());
         body[8..12].copy_from_slice(&stream.to_le_bytes());
         body[12..16].fill(0);
-        if self.size >= MIN_TIMED_SIZE {
+        if self.stamps() {
             body[16..24].copy_from_slice(&sent_ns.to_le_bytes());
         }
         let sum = checksum(self.seed, body);
@@ -171,6 +176,7 @@ mod tests {
             assert_eq!(decoded.seq, 0x1_0000_0002);
             assert_eq!(decoded.stream, 3);
             assert_eq!(decoded.sent_ns, (size >= 24).then_some(99));
+            assert_eq!(codec.stamps(), size >= 24);
         }
     }
 

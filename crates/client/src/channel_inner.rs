@@ -11,8 +11,7 @@ use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
 use lockgate_wire::{
-    basic, confirm, encode_body, encode_publish_head, BasicProperties, ContentHeader, FieldTable,
-    Method, PublishRef,
+    basic, confirm, encode_publish, BasicProperties, ContentHeader, FieldTable, Method, PublishRef,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
@@ -36,7 +35,7 @@ pub(crate) struct Reply {
 /// A content header and its body.
 #[derive(Debug)]
 pub(crate) struct Content {
-    pub(crate) header: Box<ContentHeader>,
+    pub(crate) header: ContentHeader,
     pub(crate) body: Bytes,
 }
 
@@ -96,27 +95,6 @@ impl fmt::Debug for ChannelInner {
 
 /// Longest AMQP short string.
 const SHORTSTR_MAX: usize = 255;
-
-/// Appends one publish's frames: method, header and body.
-fn encode_publish(
-    buf: &mut BytesMut,
-    channel: u16,
-    publish: &PublishRef<'_>,
-    properties: &BasicProperties,
-    body: &[u8],
-    frame_max: u32,
-) -> Result<()> {
-    encode_publish_head(
-        buf,
-        channel,
-        publish,
-        properties,
-        body.len() as u64,
-        frame_max,
-    )
-    .and_then(|()| encode_body(buf, channel, body, frame_max))
-    .map_err(|e| Error::InvalidArgument(e.to_string()))
-}
 
 /// The confirmation for the message being queued now: numbered when the
 /// channel is in confirm mode.
@@ -332,6 +310,7 @@ impl ChannelInner {
                 }
                 let encode = |buf: &mut BytesMut| {
                     encode_publish(buf, self.id, &publish, properties, body, link.frame_max)
+                        .map_err(|e| Error::InvalidArgument(e.to_string()))
                 };
                 match link.outbox.append(true, encode)? {
                     Append::Done => return Ok(next_confirmation(&mut st.confirms)),

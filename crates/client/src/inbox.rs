@@ -74,6 +74,7 @@ impl DeliverySender {
     /// it has not seen: the caller wakes it (typically once its whole batch
     /// is queued).
     #[must_use = "the consumer waits until its waker is woken"]
+    #[inline]
     pub(crate) fn send(&self, item: Item) -> Option<Waker> {
         let mut st = self.inbox.lock();
         if st.dropped {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use lockgate_wire::{
-    basic, channel, connection, ContentHeader, DeliverRef, Frame, FrameCodec, Method,
+    basic, channel, connection, ContentHeader, DeliverOctets, DeliverRef, Frame, FrameCodec, Method,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -174,7 +174,7 @@ pub(crate) async fn run_writer(
 /// A content-bearing method whose header and body are still arriving.
 struct Assembly {
     method: Announced,
-    header: Option<Box<ContentHeader>>,
+    header: Option<ContentHeader>,
     body: Body,
 }
 
@@ -225,6 +225,18 @@ impl Names {
             routing_key: share(&mut self.routing_key, d.routing_key),
         }
     }
+
+    /// [`Names::deliver`] for names as octets: `None` when one is not UTF-8 (the frame
+    /// decoder repairs those).
+    fn deliver_octets(&mut self, d: &DeliverOctets<'_>) -> Option<Deliver> {
+        Some(Deliver {
+            consumer_tag: share_octets(&mut self.consumer_tag, d.consumer_tag)?,
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: share_octets(&mut self.exchange, d.exchange)?,
+            routing_key: share_octets(&mut self.routing_key, d.routing_key)?,
+        })
+    }
 }
 
 /// `name`, shared with `last` when it is the same.
@@ -233,6 +245,54 @@ fn share(last: &mut Arc<str>, name: &str) -> Arc<str> {
         *last = Arc::from(name);
     }
     last.clone()
+}
+
+/// [`share`] for a name as octets. Octets equal to `last` are UTF-8 already, so only a new
+/// name is checked; `None` when it is not UTF-8.
+#[inline]
+fn share_octets(last: &mut Arc<str>, name: &[u8]) -> Option<Arc<str>> {
+    if last.as_bytes() != name {
+        *last = new_name(name)?;
+    }
+    Some(last.clone())
+}
+
+#[cold]
+fn new_name(name: &[u8]) -> Option<Arc<str>> {
+    std::str::from_utf8(name).ok().map(Arc::from)
+}
+
+/// Hands a complete delivery to its consumer; collects the consumer's waker.
+fn deliver(
+    ch: &Arc<ChannelInner>,
+    epoch: u64,
+    wakers: &mut Vec<Waker>,
+    d: Deliver,
+    header: ContentHeader,
+    body: Bytes,
+) {
+    let delivery = Delivery {
+        consumer_tag: d.consumer_tag,
+        delivery_tag: d.delivery_tag,
+        redelivered: d.redelivered,
+        exchange: d.exchange,
+        routing_key: d.routing_key,
+        properties: Properties::new(header),
+        body,
+        acker: Acker {
+            channel: ch.clone(),
+            epoch,
+        },
+    };
+    if let Some(waker) = ch.on_delivery(delivery) {
+        wakers.push(waker);
+    }
+}
+
+/// Takes the content being assembled on channel `id` out of `assemblies`.
+fn take_assembly(assemblies: &mut Vec<(u16, Assembly)>, id: u16) -> Option<Assembly> {
+    let at = assemblies.iter().position(|(ch, _)| *ch == id)?;
+    Some(assemblies.swap_remove(at).1)
 }
 
 /// A channel the reader has seen.
@@ -396,20 +456,30 @@ pub(crate) async fn run_reader(
     reader.conn.session_ended(reader.epoch, error);
 }
 
+/// The reader's slot for channel `id`, made on first use; `None` for a channel the
+/// connection does not know.
+fn slot<'a>(
+    channels: &'a mut Vec<Option<Slot>>,
+    conn: &ConnInner,
+    id: u16,
+) -> Option<&'a mut Slot> {
+    let at = usize::from(id);
+    if !matches!(channels.get(at), Some(Some(_))) {
+        let channel = conn.channel(id)?;
+        if channels.len() <= at {
+            channels.resize_with(at + 1, || None);
+        }
+        channels[at] = Some(Slot {
+            channel,
+            names: Names::default(),
+        });
+    }
+    channels.get_mut(at).and_then(Option::as_mut)
+}
+
 impl Reader {
     fn slot(&mut self, id: u16) -> Option<&mut Slot> {
-        let at = usize::from(id);
-        if !matches!(self.channels.get(at), Some(Some(_))) {
-            let channel = self.conn.channel(id)?;
-            if self.channels.len() <= at {
-                self.channels.resize_with(at + 1, || None);
-            }
-            self.channels[at] = Some(Slot {
-                channel,
-                names: Names::default(),
-            });
-        }
-        self.channels.get_mut(at).and_then(Option::as_mut)
+        slot(&mut self.channels, &self.conn, id)
     }
 
     fn channel(&mut self, id: u16) -> Option<Arc<ChannelInner>> {
@@ -439,16 +509,39 @@ impl Reader {
         self.announce(id, Announced::Deliver(deliver));
     }
 
+    /// Takes a delivery whose frames are all in `buf` (see [`FrameCodec::decode_delivery`])
+    /// and does what its three frames do one by one: the method replaces any content in
+    /// progress on the channel, the body completes it. False when there is none, or it is
+    /// left to the frame by frame path: an unknown channel, or a name that is not UTF-8.
+    fn take_delivery(&mut self, codec: &FrameCodec, buf: &mut BytesMut) -> bool {
+        let Reader {
+            conn,
+            channels,
+            assemblies,
+            wakers,
+            epoch,
+            ..
+        } = self;
+        // The channel is lent from its slot: no clone beyond the one the delivery keeps.
+        let taken = codec.decode_delivery(buf, |id, d| {
+            let Slot { channel, names } = slot(channels, conn, id)?;
+            Some((&*channel, names.deliver_octets(d)?))
+        });
+        let Some(((channel, d), frames)) = taken else {
+            return false;
+        };
+        if !assemblies.is_empty() {
+            take_assembly(assemblies, frames.channel);
+        }
+        deliver(channel, *epoch, wakers, d, frames.header, frames.body);
+        true
+    }
+
     fn assembly(&mut self, id: u16) -> Option<&mut Assembly> {
         self.assemblies
             .iter_mut()
             .find(|(ch, _)| *ch == id)
             .map(|(_, a)| a)
-    }
-
-    fn take_assembly(&mut self, id: u16) -> Option<Assembly> {
-        let at = self.assemblies.iter().position(|(ch, _)| *ch == id)?;
-        Some(self.assemblies.swap_remove(at).1)
     }
 
     fn send(&self, channel: u16, method: Method) -> Result<()> {
@@ -470,8 +563,12 @@ impl Reader {
 
     fn dispatch_frames(&mut self, codec: &mut FrameCodec, buf: &mut BytesMut) -> Result<()> {
         loop {
-            // Deliveries, the bulk of what a consumer reads, are decoded in
+            // Deliveries, the bulk of what a consumer reads, are taken whole
+            // when their frames are all there, and otherwise decoded in
             // place: no method value, and their names are shared.
+            if self.take_delivery(codec, buf) {
+                continue;
+            }
             if let Some((id, deliver, len)) = codec.peek_deliver(buf) {
                 self.on_deliver(id, &deliver);
                 buf.advance(len);
@@ -501,7 +598,7 @@ impl Reader {
                     )));
                 }
                 let done = header.body_size == 0;
-                assembly.header = Some(Box::new(header));
+                assembly.header = Some(header);
                 if done {
                     self.complete(channel);
                 }
@@ -679,12 +776,12 @@ impl Reader {
         if let Some(slot) = self.channels.get_mut(usize::from(id)) {
             *slot = None;
         }
-        self.take_assembly(id);
+        take_assembly(&mut self.assemblies, id);
     }
 
     /// Hands a complete content-bearing method to its channel.
     fn complete(&mut self, id: u16) {
-        let Some(assembly) = self.take_assembly(id) else {
+        let Some(assembly) = take_assembly(&mut self.assemblies, id) else {
             return;
         };
         let (Some(header), Some(ch)) = (assembly.header, self.channel(id)) else {
@@ -693,22 +790,7 @@ impl Reader {
         let body = assembly.body.into_bytes();
         match assembly.method {
             Announced::Deliver(d) => {
-                let delivery = Delivery {
-                    consumer_tag: d.consumer_tag,
-                    delivery_tag: d.delivery_tag,
-                    redelivered: d.redelivered,
-                    exchange: d.exchange,
-                    routing_key: d.routing_key,
-                    properties: Properties::new(header),
-                    body,
-                    acker: Acker {
-                        channel: ch.clone(),
-                        epoch: self.epoch,
-                    },
-                };
-                if let Some(waker) = ch.on_delivery(delivery) {
-                    self.wakers.push(waker);
-                }
+                deliver(&ch, self.epoch, &mut self.wakers, d, header, body);
             }
             Announced::Other(Method::BasicReturn(r)) => ch.on_return(ReturnedMessage {
                 reply_code: r.reply_code,

@@ -59,20 +59,21 @@ pub struct Delivery {
 /// A received message's properties, as a [`BasicProperties`] (it
 /// dereferences to one), together with their encoded form.
 ///
-/// They stay in the box the frame decoder put them in: a delivery moves
+/// They are kept as received and decoded on first use: a delivery moves
 /// from the reader to the consumer's stream and into the application by
-/// value, and a few hundred octets of inline properties would be copied at
-/// every step.
+/// value, so it holds the encoded properties (a slice of the read buffer)
+/// and, once decoded, a box, rather than a few hundred octets of inline
+/// properties that would be copied at every step.
 ///
 /// Two `Properties` are equal when their decoded properties are: the
 /// header's body size and the encoding are not part of them.
 #[derive(Clone)]
 pub struct Properties {
-    header: Box<ContentHeader>,
+    header: ContentHeader,
 }
 
 impl Properties {
-    pub(crate) fn new(header: Box<ContentHeader>) -> Self {
+    pub(crate) fn new(header: ContentHeader) -> Self {
         Self { header }
     }
 
@@ -336,9 +337,7 @@ mod tests {
             content_type: Some(content_type.into()),
             ..BasicProperties::default()
         };
-        Properties::new(Box::new(
-            ContentHeader::new(60, body_size, decoded).expect("encodes"),
-        ))
+        Properties::new(ContentHeader::new(60, body_size, decoded).expect("encodes"))
     }
 
     #[test]

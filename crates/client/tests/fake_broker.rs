@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use lockgate_client::{
-    BasicProperties, Connection, ConsumeOptions, Error, FieldTable, PublishOptions,
+    BasicProperties, Connection, ConsumeOptions, Delivery, Error, FieldTable, PublishOptions,
     QueueDeclareOptions,
 };
 use lockgate_wire::{
@@ -94,6 +94,30 @@ impl Fake {
         }
     }
 
+    /// The broker side of [`consume`] up to its first delivery: accepts the client, answers
+    /// its `channel.open` and `basic.consume`; returns the channel.
+    async fn consuming(listener: &TcpListener) -> (Fake, u16) {
+        let mut fake = Fake::accept(listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::BasicConsume(_)));
+        fake.send(
+            ch,
+            Method::BasicConsumeOk(basic::ConsumeOk {
+                consumer_tag: "ctag".into(),
+            }),
+        )
+        .await;
+        (fake, ch)
+    }
+
+    /// Answers the client's `connection.close`.
+    async fn closed(&mut self) {
+        let (_, close) = self.recv().await;
+        assert!(matches!(close, Method::ConnectionClose(_)));
+        self.send(0, Method::ConnectionCloseOk(connection::CloseOk {}))
+            .await;
+    }
+
     /// Answers the client's `channel.open`.
     async fn open_channel(&mut self) -> u16 {
         let (ch, method) = self.recv().await;
@@ -108,6 +132,34 @@ async fn listener() -> (TcpListener, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let uri = format!("amqp://127.0.0.1:{}", listener.local_addr().unwrap().port());
     (listener, uri)
+}
+
+/// A client that consumes queue "q" as "ctag" on a new channel, keeps what `keep` takes of
+/// its first `n` deliveries, then closes the connection (see [`Fake::consuming`]).
+fn consume<T: Send + 'static>(
+    uri: String,
+    n: usize,
+    keep: fn(Delivery) -> T,
+) -> tokio::task::JoinHandle<Vec<T>> {
+    tokio::spawn(async move {
+        let conn = Connection::connect(&uri).await.unwrap();
+        let ch = conn.open_channel().await.unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                "q",
+                "ctag",
+                ConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..n {
+            got.push(keep(consumer.next().await.unwrap().unwrap()));
+        }
+        conn.close().await.unwrap();
+        got
+    })
 }
 
 #[tokio::test]
@@ -196,10 +248,7 @@ async fn multiple_ack_resolves_a_range_and_nack_is_an_error() {
         )
         .await;
         fake.send(ch, ack(5, false)).await;
-        let (_, close) = fake.recv().await;
-        assert!(matches!(close, Method::ConnectionClose(_)));
-        fake.send(0, Method::ConnectionCloseOk(connection::CloseOk {}))
-            .await;
+        fake.closed().await;
         client.await.unwrap();
     })
     .await;
@@ -287,41 +336,15 @@ async fn an_abandoned_call_does_not_steal_the_next_reply() {
 async fn a_delivery_with_non_utf8_names_is_replaced_and_later_names_are_exact() {
     within(async {
         let (listener, uri) = listener().await;
-        let client = tokio::spawn(async move {
-            let conn = Connection::connect(&uri).await.unwrap();
-            let ch = conn.open_channel().await.unwrap();
-            let mut consumer = ch
-                .basic_consume(
-                    "q",
-                    "ctag",
-                    ConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
-            let mut got = Vec::new();
-            for _ in 0..3 {
-                let d = consumer.next().await.unwrap().unwrap();
-                got.push((
-                    d.delivery_tag,
-                    d.consumer_tag.to_string(),
-                    d.routing_key.to_string(),
-                    d.body.clone(),
-                ));
-            }
-            conn.close().await.unwrap();
-            got
+        let client = consume(uri, 3, |d| {
+            (
+                d.delivery_tag,
+                d.consumer_tag.to_string(),
+                d.routing_key.to_string(),
+                d.body.clone(),
+            )
         });
-        let mut fake = Fake::accept(&listener, 0).await;
-        let ch = fake.open_channel().await;
-        assert!(matches!(fake.recv().await.1, Method::BasicConsume(_)));
-        fake.send(
-            ch,
-            Method::BasicConsumeOk(basic::ConsumeOk {
-                consumer_tag: "ctag".into(),
-            }),
-        )
-        .await;
+        let (mut fake, ch) = Fake::consuming(&listener).await;
         let header = ContentHeader::new(BASIC_CLASS_ID, 1, BasicProperties::default()).unwrap();
         let mut raw = bytes::BytesMut::new();
         for (delivery_tag, routing_key, body) in [(1, "k?", b"a"), (2, "k1", b"b"), (3, "k2", b"c")]
@@ -342,10 +365,7 @@ async fn a_delivery_with_non_utf8_names_is_replaced_and_later_names_are_exact() 
             }
         }
         fake.frames.get_mut().write_all(&raw).await.unwrap();
-        let (_, close) = fake.recv().await;
-        assert!(matches!(close, Method::ConnectionClose(_)));
-        fake.send(0, Method::ConnectionCloseOk(connection::CloseOk {}))
-            .await;
+        fake.closed().await;
         let got = client.await.unwrap();
         let expected = [(1, "k\u{fffd}", b"a"), (2, "k1", b"b"), (3, "k2", b"c")];
         assert_eq!(got.len(), expected.len());
@@ -394,6 +414,91 @@ async fn a_publisher_waiting_for_room_fails_once_a_silent_broker_is_declared_dea
             "{error:?}, {close_error:?}"
         );
         drop(fake);
+    })
+    .await;
+}
+
+/// What a test checks of a delivery.
+type Received = (u64, bool, String, String, String, BasicProperties, Vec<u8>);
+
+#[tokio::test]
+async fn deliveries_read_whole_or_octet_by_octet_are_the_same() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = consume(uri, 10, |d| -> Received {
+            (
+                d.delivery_tag,
+                d.redelivered,
+                d.consumer_tag.to_string(),
+                d.exchange.to_string(),
+                d.routing_key.to_string(),
+                d.properties.clone().into_inner(),
+                d.body.to_vec(),
+            )
+        });
+        let (mut fake, ch) = Fake::consuming(&listener).await;
+        let rich = BasicProperties {
+            content_type: Some("text/plain".into()),
+            headers: Some(
+                [("k".to_owned(), lockgate_wire::FieldValue::I32(7))]
+                    .into_iter()
+                    .collect(),
+            ),
+            delivery_mode: Some(2),
+            ..BasicProperties::default()
+        };
+        let big = vec![3u8; 200_000];
+        let messages: [(&str, &str, &BasicProperties, &[u8]); 5] = [
+            ("", "q", &BasicProperties::default(), b"0123456789abcdef"),
+            ("", "q", &BasicProperties::default(), b"second"),
+            ("amq.direct", "q", &rich, b""),
+            ("amq.direct", "other", &rich, &big),
+            ("", "q", &BasicProperties::default(), b"last"),
+        ];
+        let mut expected: Vec<Received> = Vec::new();
+        let mut wire = Vec::new();
+        for (round, octet_by_octet) in [false, true].into_iter().enumerate() {
+            let mut raw = bytes::BytesMut::new();
+            for (i, (exchange, routing_key, properties, body)) in messages.iter().enumerate() {
+                let delivery_tag = (round * messages.len() + i + 1) as u64;
+                let deliver = DeliverRef {
+                    consumer_tag: "ctag",
+                    delivery_tag,
+                    redelivered: i % 2 == 1,
+                    exchange,
+                    routing_key,
+                };
+                let header =
+                    ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, (*properties).clone())
+                        .unwrap();
+                encode_delivery(&mut raw, ch, &deliver, &header, body, 131_072).unwrap();
+                expected.push((
+                    delivery_tag,
+                    i % 2 == 1,
+                    "ctag".into(),
+                    exchange.to_string(),
+                    routing_key.to_string(),
+                    (*properties).clone(),
+                    body.to_vec(),
+                ));
+            }
+            wire.push((raw, octet_by_octet));
+        }
+        let socket = fake.frames.get_mut();
+        for (raw, octet_by_octet) in wire {
+            if octet_by_octet {
+                // The small messages one octet per write, the large one in 1 KiB parts.
+                for part in raw.chunks(1).take(400).chain(raw[400..].chunks(1024)) {
+                    socket.write_all(part).await.unwrap();
+                    socket.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_micros(50)).await;
+                }
+            } else {
+                socket.write_all(&raw).await.unwrap();
+            }
+        }
+        fake.closed().await;
+        assert_eq!(client.await.unwrap(), expected);
     })
     .await;
 }

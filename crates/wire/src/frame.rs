@@ -6,6 +6,8 @@
 //! [`FRAME_SIZE_FUDGE`] octets over frame_max (clients that count frame_max as the payload limit);
 //! the encoder never exceeds frame_max.
 
+use std::ops::Range;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -173,29 +175,102 @@ impl FrameCodec {
     /// reports) all of those as before.
     #[must_use]
     pub fn peek_deliver<'a>(&self, src: &'a [u8]) -> Option<(u16, DeliverRef<'a>, usize)> {
-        let &[FRAME_METHOD, c0, c1, s0, s1, s2, s3, ..] = src else {
-            return None;
-        };
-        let total = usize::try_from(u32::from_be_bytes([s0, s1, s2, s3]))
-            .ok()?
-            .checked_add(FRAME_OVERHEAD)?;
-        if total as u64 > decode_limit(self) || src.get(total.checked_sub(1)?) != Some(&FRAME_END) {
-            return None;
-        }
-        let payload = src.get(7..total - 1)?;
-        let (&[c_hi, c_lo, m_hi, m_lo], args) = payload.split_first_chunk::<4>()?;
-        let class = u16::from_be_bytes([c_hi, c_lo]);
-        let method = u16::from_be_bytes([m_hi, m_lo]);
-        if (class, method)
-            != (
-                crate::basic::Deliver::CLASS_ID,
-                crate::basic::Deliver::METHOD_ID,
-            )
-        {
-            return None;
-        }
-        DeliverRef::decode(args).map(|d| (u16::from_be_bytes([c0, c1]), d, total))
+        let (channel, deliver, len) = deliver_at(src, decode_limit(self))?;
+        DeliverRef::from_octets(&deliver).map(|d| (channel, d, len))
     }
+}
+
+/// The channel and payload of the complete frame of type `frame_type` at `at`, if the
+/// decoder would accept its envelope (size within `max`, the frame-end octet).
+pub(crate) fn frame_at(
+    src: &[u8],
+    at: usize,
+    frame_type: u8,
+    max: u64,
+) -> Option<(u16, Range<usize>)> {
+    let &[kind, c0, c1, s0, s1, s2, s3] = src.get(at..at.checked_add(7)?)? else {
+        return None;
+    };
+    let size = u32::from_be_bytes([s0, s1, s2, s3]);
+    if kind != frame_type || u64::from(size) + FRAME_OVERHEAD as u64 > max {
+        return None;
+    }
+    let start = at + 7;
+    let end = start.checked_add(usize::try_from(size).ok()?)?;
+    (src.get(end) == Some(&FRAME_END)).then_some((u16::from_be_bytes([c0, c1]), start..end))
+}
+
+/// The `basic.deliver` method frame at the head of `src`, if the decoder would accept it
+/// (envelope within `max`, arguments that decode): its channel, its arguments with the names
+/// as octets (not checked for UTF-8) and the frame's length.
+#[inline]
+pub(crate) fn deliver_at(src: &[u8], max: u64) -> Option<(u16, DeliverOctets<'_>, usize)> {
+    let (channel, method) = frame_at(src, 0, FRAME_METHOD, max)?;
+    let (&[c0, c1, m0, m1], args) = src.get(method.clone())?.split_first_chunk::<4>()?;
+    if (u16::from_be_bytes([c0, c1]), u16::from_be_bytes([m0, m1]))
+        != (
+            crate::basic::Deliver::CLASS_ID,
+            crate::basic::Deliver::METHOD_ID,
+        )
+    {
+        return None;
+    }
+    Some((channel, DeliverOctets::decode(args)?, method.end + 1))
+}
+
+/// Where a content message's header and body are in a read buffer: see [`content_at`].
+pub(crate) struct ContentAt {
+    /// Where the message's last frame ends (one past its frame-end octet).
+    pub(crate) end: usize,
+    /// The header's body size.
+    pub(crate) body_size: u64,
+    /// The header's encoded properties.
+    pub(crate) properties: Range<usize>,
+    /// The properties, when checking them took decoding them (a headers table).
+    pub(crate) decoded: Option<Box<BasicProperties>>,
+    /// The body (empty, at the header's end, without a body frame).
+    pub(crate) body: Range<usize>,
+}
+
+/// The content that follows a method frame on `channel`: the basic content header frame at
+/// `at` and, unless its body is empty, one body frame holding the whole body, when the
+/// decoder would accept both (envelopes within `max`, class, weight, properties). `None` for
+/// anything else, a body in several frames included.
+#[inline]
+pub(crate) fn content_at(src: &[u8], at: usize, channel: u16, max: u64) -> Option<ContentAt> {
+    let (header_channel, header) = frame_at(src, at, FRAME_HEADER, max)?;
+    let fixed = src.get(header.clone())?.get(..12)?;
+    let &[c0, c1, w0, w1, ref size @ ..] = fixed else {
+        return None;
+    };
+    let body_size = u64::from_be_bytes(size.try_into().ok()?);
+    if header_channel != channel
+        || u16::from_be_bytes([c0, c1]) != BASIC_CLASS_ID
+        || u16::from_be_bytes([w0, w1]) != 0
+    {
+        return None;
+    }
+    let properties = header.start + 12..header.end;
+    // The body frame's envelope before the properties: a body not all read yet or in
+    // several frames (left to the frame decoder, which checks the properties again)
+    // costs no properties check, which decodes a headers table.
+    let (end, body) = if body_size == 0 {
+        (header.end + 1, header.end..header.end)
+    } else {
+        let (body_channel, body) = frame_at(src, header.end + 1, FRAME_BODY, max)?;
+        if body_channel != channel || body.len() as u64 != body_size {
+            return None;
+        }
+        (body.end + 1, body)
+    };
+    let decoded = ContentHeader::check_raw(src.get(properties.clone())?).ok()?;
+    Some(ContentAt {
+        end,
+        body_size,
+        properties,
+        decoded,
+        body,
+    })
 }
 
 fn begin(dst: &mut BytesMut, frame_type: u8, channel: u16) -> usize {
@@ -373,7 +448,7 @@ impl<'a> From<&DeliverRef<'a>> for DeliverOctets<'a> {
     }
 }
 
-impl DeliverOctets<'_> {
+impl<'a> DeliverOctets<'a> {
     /// The same octets as `Method::BasicDeliver(..).encode` (a test keeps them equal).
     fn encode(&self, dst: &mut BytesMut) -> Result<(), WireError> {
         dst.put_u16(crate::basic::Deliver::CLASS_ID);
@@ -384,18 +459,16 @@ impl DeliverOctets<'_> {
         put_shortstr_octets(dst, self.exchange, "basic.deliver.exchange")?;
         put_shortstr_octets(dst, self.routing_key, "basic.deliver.routing-key")
     }
-}
 
-impl<'a> DeliverRef<'a> {
     /// Decodes `basic.deliver`'s arguments (after the class and method ids), borrowing the
-    /// strings. `None` if they are malformed or a shortstr is not UTF-8 (the owned decoder
-    /// reports the former and replaces invalid sequences in the latter, as RabbitMQ does not
-    /// check them).
+    /// names as octets, not checked for UTF-8. `None` if they are malformed (the owned decoder
+    /// reports that).
+    #[inline]
     fn decode(args: &'a [u8]) -> Option<Self> {
         let mut r = crate::primitive::Reader::new(args);
         let s = |r: &mut crate::primitive::Reader<'a>, what| {
             let len = usize::from(r.u8(what).ok()?);
-            std::str::from_utf8(r.take(len, what).ok()?).ok()
+            r.take(len, what).ok()
         };
         let consumer_tag = s(&mut r, "basic.deliver.consumer-tag")?;
         let delivery_tag = r.u64("basic.deliver.delivery-tag").ok()?;
@@ -403,12 +476,26 @@ impl<'a> DeliverRef<'a> {
         let exchange = s(&mut r, "basic.deliver.exchange")?;
         let routing_key = s(&mut r, "basic.deliver.routing-key")?;
         r.finish().ok()?;
-        Some(DeliverRef {
+        Some(DeliverOctets {
             consumer_tag,
             delivery_tag,
             redelivered,
             exchange,
             routing_key,
+        })
+    }
+}
+
+impl<'a> DeliverRef<'a> {
+    /// The arguments with the names checked for UTF-8. `None` if one is not UTF-8 (the owned
+    /// decoder replaces invalid sequences, as RabbitMQ does not check them).
+    fn from_octets(d: &DeliverOctets<'a>) -> Option<Self> {
+        Some(DeliverRef {
+            consumer_tag: std::str::from_utf8(d.consumer_tag).ok()?,
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: std::str::from_utf8(d.exchange).ok()?,
+            routing_key: std::str::from_utf8(d.routing_key).ok()?,
         })
     }
 }
@@ -588,15 +675,45 @@ impl PublishRef<'_> {
     }
 }
 
-/// Appends a `basic.publish` method frame and its content header frame, the properties
-/// encoded straight from `properties` (no [`ContentHeader`] in between): what a client
-/// writes before the body frames, which [`encode_body`] appends. On error `dst` is left as
-/// it was.
+/// Appends a whole `basic.publish` content message, as [`encode_content`] would: the method
+/// frame, the header frame with the properties encoded straight from `properties` (no
+/// [`ContentHeader`] in between), and the body split into as few body frames as frame_max
+/// allows (none for an empty body). What a client writes for each publish. On error `dst` is
+/// left as it was.
 ///
 /// # Errors
-/// [`WireError::EncodeTooLarge`] if either frame exceeds frame_max, a shortstr over 255
-/// octets (exchange, routing key or a property) or headers over 4 GiB.
-pub fn encode_publish_head(
+/// [`WireError::EncodeTooLarge`] if the method or header frame exceeds frame_max, a shortstr
+/// over 255 octets (exchange, routing key or a property) or headers over 4 GiB. (A frame_max
+/// too small for a body frame is too small for the method frame already.)
+pub fn encode_publish(
+    dst: &mut BytesMut,
+    channel: u16,
+    publish: &PublishRef<'_>,
+    properties: &BasicProperties,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), WireError> {
+    let start = dst.len();
+    let result = match SmallPublish::new(publish, body, frame_max) {
+        Some(small) => small.write(dst, channel, properties, body, frame_max),
+        None => write_publish_head(
+            dst,
+            channel,
+            publish,
+            properties,
+            body.len() as u64,
+            frame_max,
+        )
+        .and_then(|()| write_bodies(dst, channel, body, frame_max)),
+    };
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
+/// The method frame and header frame of a publish, one put at a time.
+fn write_publish_head(
     dst: &mut BytesMut,
     channel: u16,
     publish: &PublishRef<'_>,
@@ -604,41 +721,101 @@ pub fn encode_publish_head(
     body_size: u64,
     frame_max: u32,
 ) -> Result<(), WireError> {
-    let start = dst.len();
-    let result = (|| {
-        let at = begin(dst, FRAME_METHOD, channel);
-        publish.encode(dst)?;
-        finish(dst, at, frame_max)?;
-        let at = begin(dst, FRAME_HEADER, channel);
-        dst.put_u16(BASIC_CLASS_ID);
-        dst.put_u16(0);
-        dst.put_u64(body_size);
-        properties.encode(dst)?;
-        finish(dst, at, frame_max)
-    })();
-    if result.is_err() {
-        dst.truncate(start);
-    }
-    result
+    let at = begin(dst, FRAME_METHOD, channel);
+    publish.encode(dst)?;
+    finish(dst, at, frame_max)?;
+    let at = begin(dst, FRAME_HEADER, channel);
+    dst.put_u16(BASIC_CLASS_ID);
+    dst.put_u16(0);
+    dst.put_u64(body_size);
+    properties.encode(dst)?;
+    finish(dst, at, frame_max)
 }
 
-/// Appends `body` as body frames of at most frame_max octets each (none for an empty body):
-/// the frames that follow a content header. On error `dst` is left as it was.
-///
-/// # Errors
-/// [`WireError::EncodeTooLarge`] if frame_max leaves no room for body octets.
-pub fn encode_body(
-    dst: &mut BytesMut,
-    channel: u16,
-    body: &[u8],
-    frame_max: u32,
-) -> Result<(), WireError> {
-    let start = dst.len();
-    let result = write_bodies(dst, channel, body, frame_max);
-    if result.is_err() {
-        dst.truncate(start);
+/// The common publish: names within 255 octets, a method frame within frame_max and the body
+/// in at most one frame. Only the properties' length is not known up front, so the message
+/// takes one reservation, its fixed parts go in as a few arrays, and only the header frame's
+/// size is patched afterwards. It writes what [`write_publish_head`] and [`write_bodies`]
+/// write, and fails as they do: a property over 255 octets, or a header frame over frame_max.
+struct SmallPublish<'a> {
+    exchange: &'a [u8],
+    routing_key: &'a [u8],
+    /// The method frame's payload length.
+    method_len: u32,
+    bits: u8,
+}
+
+/// What [`SmallPublish`] reserves for the properties: the usual few short strings.
+const PROPERTIES_ROOM: usize = 64;
+
+impl<'a> SmallPublish<'a> {
+    fn new(publish: &PublishRef<'a>, body: &[u8], frame_max: u32) -> Option<Self> {
+        let (exchange, routing_key) = (publish.exchange.as_bytes(), publish.routing_key.as_bytes());
+        if exchange.len() > 255 || routing_key.len() > 255 {
+            return None;
+        }
+        // class + method, ticket, 2 shortstrs, the flag octet.
+        let method_len = 4 + 2 + 1 + exchange.len() + 1 + routing_key.len() + 1;
+        let fits = |len: usize| (len + FRAME_OVERHEAD) as u64 <= limit(frame_max);
+        if !fits(method_len) || !fits(body.len()) {
+            return None;
+        }
+        Some(SmallPublish {
+            exchange,
+            routing_key,
+            method_len: u32::try_from(method_len).ok()?,
+            bits: u8::from(publish.mandatory) | (u8::from(publish.immediate) << 1),
+        })
     }
-    result
+
+    fn write(
+        &self,
+        dst: &mut BytesMut,
+        channel: u16,
+        properties: &BasicProperties,
+        body: &[u8],
+        frame_max: u32,
+    ) -> Result<(), WireError> {
+        let header_len = 12 + PROPERTIES_ROOM;
+        dst.reserve(self.method_len as usize + header_len + body.len() + 3 * FRAME_OVERHEAD);
+        let ch = channel.to_be_bytes();
+        // Frame header, class and method, ticket 0, the exchange's length.
+        let mut method = [0u8; 14];
+        method[0] = FRAME_METHOD;
+        method[1..3].copy_from_slice(&ch);
+        method[3..7].copy_from_slice(&self.method_len.to_be_bytes());
+        method[7..9].copy_from_slice(&crate::basic::Publish::CLASS_ID.to_be_bytes());
+        method[9..11].copy_from_slice(&crate::basic::Publish::METHOD_ID.to_be_bytes());
+        // Both lengths are within 255 (`new`).
+        method[13] = self.exchange.len() as u8;
+        dst.put_slice(&method);
+        // Most publishes go to the default exchange: no copy for its empty name.
+        if !self.exchange.is_empty() {
+            dst.put_slice(self.exchange);
+        }
+        dst.put_u8(self.routing_key.len() as u8);
+        dst.put_slice(self.routing_key);
+        dst.put_slice(&[self.bits, FRAME_END]);
+        let at = begin(dst, FRAME_HEADER, channel);
+        // Class, weight 0, body size.
+        let mut fixed = [0u8; 12];
+        fixed[..2].copy_from_slice(&BASIC_CLASS_ID.to_be_bytes());
+        fixed[4..].copy_from_slice(&(body.len() as u64).to_be_bytes());
+        dst.put_slice(&fixed);
+        properties.encode(dst)?;
+        finish(dst, at, frame_max)?;
+        if !body.is_empty() {
+            let mut frame = [0u8; 7];
+            frame[0] = FRAME_BODY;
+            frame[1..3].copy_from_slice(&ch);
+            // Within frame_max (`new`), so within a u32.
+            frame[3..].copy_from_slice(&(body.len() as u32).to_be_bytes());
+            dst.put_slice(&frame);
+            dst.put_slice(body);
+            dst.put_u8(FRAME_END);
+        }
+        Ok(())
+    }
 }
 
 /// The most body octets one frame carries under frame_max (0: no room at all).
@@ -648,6 +825,9 @@ fn body_chunk(frame_max: u32) -> usize {
         .min(u32::MAX as usize)
 }
 
+/// Appends `body` as body frames of at most frame_max octets each (none for an empty body):
+/// the frames that follow a content header. Fails, having written nothing, only if frame_max
+/// leaves no room for body octets.
 fn write_bodies(
     dst: &mut BytesMut,
     channel: u16,
@@ -846,6 +1026,121 @@ pub(crate) mod tests {
         }
     }
 
+    /// A method frame around `payload` (class and method ids first), written octet by octet:
+    /// the arguments need not be what an encoder writes (names that are not UTF-8).
+    pub(crate) fn method_frame(dst: &mut BytesMut, channel: u16, payload: &[u8]) {
+        dst.extend_from_slice(&[FRAME_METHOD]);
+        dst.extend_from_slice(&channel.to_be_bytes());
+        dst.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        dst.extend_from_slice(payload);
+        dst.extend_from_slice(&[FRAME_END]);
+    }
+
+    /// A content message on channel 3: a method frame around `method` (its payload), a header
+    /// with `properties`, `body` in as many body frames as `frame_max` takes; then a heartbeat.
+    pub(crate) fn content_message(
+        method: &[u8],
+        properties: &BasicProperties,
+        body: &[u8],
+        frame_max: u32,
+    ) -> BytesMut {
+        let mut buf = BytesMut::new();
+        method_frame(&mut buf, 3, method);
+        let header = ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, properties.clone());
+        FrameCodec::new(frame_max)
+            .encode_frame(
+                &Frame::Header {
+                    channel: 3,
+                    header: header.unwrap(),
+                },
+                &mut buf,
+            )
+            .unwrap();
+        write_bodies(&mut buf, 3, body, frame_max).unwrap();
+        buf.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+        buf
+    }
+
+    /// The header and body frames (channel 3) at the head of `src`, decoded one by one: the
+    /// header, how many body frames there were and the body they hold.
+    pub(crate) fn decode_content(
+        codec: &mut FrameCodec,
+        src: &mut BytesMut,
+    ) -> (ContentHeader, usize, BytesMut) {
+        let Some(Frame::Header { channel: 3, header }) = codec.decode(src).unwrap() else {
+            panic!("not a header");
+        };
+        let mut frames = 0;
+        let mut body = BytesMut::new();
+        while let Some(Frame::Body {
+            channel: 3,
+            payload,
+        }) = codec.decode(src).unwrap()
+        {
+            frames += 1;
+            body.extend_from_slice(&payload);
+        }
+        (header, frames, body)
+    }
+
+    /// What a one-step decoder (`take`, with a codec of the frame_max given, saying whether
+    /// it took a message) must leave in the buffer: every prefix of a message and content the
+    /// frame decoder refuses. `message(body, frame_max)` is a message as [`content_message`]
+    /// writes it, its header frame at `header_at`.
+    pub(crate) fn check_content_left_to_the_decoder(
+        header_at: usize,
+        message: impl Fn(&[u8], u32) -> BytesMut,
+        take: impl Fn(u32, &mut BytesMut) -> bool,
+    ) {
+        let wire = message(b"hi", 4096);
+        let message_len = wire.len() - FRAME_OVERHEAD;
+        for len in 0..message_len {
+            let mut buf = BytesMut::from(&wire[..len]);
+            assert!(!take(4096, &mut buf), "{len} octets");
+            assert_eq!(&buf[..], &wire[..len]);
+        }
+        let body_at = header_at + 22;
+        let corrupt: [(&str, usize, u8); 6] = [
+            ("header frame type", header_at, 1),
+            ("header channel", header_at + 2, 4),
+            ("content class", header_at + 8, 50),
+            ("content weight", header_at + 10, 1),
+            ("body frame end", message_len - 1, 0),
+            ("body channel", body_at + 2, 4),
+        ];
+        for (what, at, value) in corrupt {
+            let mut bad = wire.clone();
+            bad[at] = value;
+            let mut buf = bad.clone();
+            assert!(!take(4096, &mut buf), "{what}");
+            assert_eq!(buf, bad, "{what}");
+        }
+        // Properties that do not decode: a flag bit no property has.
+        let mut bad = wire.clone();
+        bad[header_at + 20] |= 2;
+        assert!(!take(4096, &mut bad.clone()));
+        let mut codec = FrameCodec::new(4096);
+        assert!(codec.decode(&mut bad).is_ok_and(|f| f.is_some()));
+        assert!(matches!(
+            codec.decode(&mut bad),
+            Err(WireError::BadPropertyFlags { .. })
+        ));
+        // A 208-octet body frame: within 200 and its tolerance, over 199 and its.
+        let big = message(&[7; 200], 0);
+        assert!(!take(199, &mut big.clone()));
+        let mut slow = big.clone();
+        let mut codec = FrameCodec::new(199);
+        assert!(codec.decode(&mut slow).is_ok_and(|f| f.is_some()));
+        assert!(codec.decode(&mut slow).is_ok_and(|f| f.is_some()));
+        assert!(matches!(
+            codec.decode(&mut slow),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+        let mut buf = big.clone();
+        assert!(take(200, &mut buf));
+        assert_eq!(buf.len(), FRAME_OVERHEAD, "stops before the heartbeat");
+    }
+
     #[test]
     fn a_small_delivery_encodes_as_the_general_path() {
         let rich = rich_properties();
@@ -969,15 +1264,7 @@ pub(crate) mod tests {
         frame_max: u32,
     ) -> Result<BytesMut, WireError> {
         let mut dst = BytesMut::new();
-        encode_publish_head(
-            &mut dst,
-            3,
-            publish,
-            properties,
-            body.len() as u64,
-            frame_max,
-        )?;
-        encode_body(&mut dst, 3, body, frame_max)?;
+        encode_publish(&mut dst, 3, publish, properties, body, frame_max)?;
         Ok(dst)
     }
 
@@ -1046,7 +1333,59 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn publish_head_errors_leave_the_buffer_as_it_was() {
+    fn a_small_publish_writes_and_fails_as_the_general_path() {
+        let rich = rich_properties();
+        let huge = BasicProperties {
+            content_type: Some("t".repeat(200)),
+            message_id: Some("m".repeat(200)),
+            ..BasicProperties::default()
+        };
+        let too_long = BasicProperties {
+            reply_to: Some("r".repeat(256)),
+            ..BasicProperties::default()
+        };
+        let long = "n".repeat(255);
+        for properties in [BasicProperties::default(), rich, huge, too_long] {
+            for (exchange, routing_key) in [("", "q"), ("amq.topic", long.as_str())] {
+                let publish = PublishRef {
+                    exchange,
+                    routing_key,
+                    mandatory: true,
+                    immediate: false,
+                };
+                for body_len in [0, 1, 16, 200, 4088, 4089, 10_000] {
+                    let body = vec![5u8; body_len];
+                    for frame_max in [0, 8, 9, 20, 40, 60, 100, 300, 4096, 131_072] {
+                        let mut general = BytesMut::from(&b"x"[..]);
+                        let general_result = write_publish_head(
+                            &mut general,
+                            3,
+                            &publish,
+                            &properties,
+                            body_len as u64,
+                            frame_max,
+                        )
+                        .and_then(|()| write_bodies(&mut general, 3, &body, frame_max));
+                        let mut dst = BytesMut::from(&b"x"[..]);
+                        let result =
+                            encode_publish(&mut dst, 3, &publish, &properties, &body, frame_max);
+                        let case = format!("body {body_len}, frame_max {frame_max}");
+                        match (general_result, result) {
+                            (Ok(()), Ok(())) => assert_eq!(dst, general, "{case}"),
+                            (Err(expected), Err(e)) => {
+                                assert_eq!(e.to_string(), expected.to_string(), "{case}");
+                                assert_eq!(&dst[..], b"x", "{case}: left as it was");
+                            }
+                            (expected, result) => panic!("{case}: {result:?}, not {expected:?}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn publish_errors_leave_the_buffer_as_it_was() {
         let mut dst = BytesMut::from(&b"kept"[..]);
         let long = "x".repeat(256);
         let publish = PublishRef {
@@ -1056,7 +1395,7 @@ pub(crate) mod tests {
             immediate: false,
         };
         let props = BasicProperties::default();
-        assert!(encode_publish_head(&mut dst, 1, &publish, &props, 0, 0).is_err());
+        assert!(encode_publish(&mut dst, 1, &publish, &props, b"", 0).is_err());
         assert_eq!(&dst[..], b"kept");
         let publish = PublishRef {
             routing_key: "q",
@@ -1068,17 +1407,21 @@ pub(crate) mod tests {
             ..BasicProperties::default()
         };
         // Both frames fit 4096, but not 300 octets of frame_max.
-        assert!(encode_publish_head(&mut dst, 1, &publish, &huge, 0, 4096).is_ok());
+        assert!(encode_publish(&mut dst, 1, &publish, &huge, b"", 4096).is_ok());
         dst.truncate(4);
         assert!(matches!(
-            encode_publish_head(&mut dst, 1, &publish, &huge, 0, 300),
+            encode_publish(&mut dst, 1, &publish, &huge, b"", 300),
             Err(WireError::EncodeTooLarge { .. })
         ));
         assert_eq!(&dst[..], b"kept");
-        assert!(matches!(
-            encode_body(&mut dst, 1, b"x", 8),
-            Err(WireError::EncodeTooLarge { .. })
-        ));
-        assert_eq!(&dst[..], b"kept");
+        // A method frame of 18 octets over frame_max: reported as such, with or without a
+        // body, even where frame_max leaves no room for body octets either.
+        for (body, frame_max) in [(&b""[..], 17), (b"x", 17), (b"x", 8)] {
+            assert!(matches!(
+                encode_publish(&mut dst, 1, &publish, &props, body, frame_max),
+                Err(WireError::EncodeTooLarge { size: 18, frame_max: f }) if f == frame_max
+            ));
+            assert_eq!(&dst[..], b"kept");
+        }
     }
 }

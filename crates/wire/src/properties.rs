@@ -106,15 +106,20 @@ impl BasicProperties {
     /// # Errors
     /// A shortstr property over 255 octets, or headers over 4 GiB.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), WireError> {
-        dst.put_u16(self.flags());
+        let flags = self.flags();
+        dst.put_u16(flags);
         let s = |dst: &mut BytesMut, v: &Option<String>, what| match v {
             Some(v) => put_shortstr(dst, v, what),
             None => Ok(()),
         };
-        s(dst, &self.content_type, "content-type")?;
-        s(dst, &self.content_encoding, "content-encoding")?;
-        if let Some(h) = &self.headers {
-            put_table(dst, h)?;
+        // A message sets a few properties: the groups of string properties it leaves out
+        // are skipped as a whole.
+        if flags & (CONTENT_TYPE | CONTENT_ENCODING | HEADERS) != 0 {
+            s(dst, &self.content_type, "content-type")?;
+            s(dst, &self.content_encoding, "content-encoding")?;
+            if let Some(h) = &self.headers {
+                put_table(dst, h)?;
+            }
         }
         if let Some(v) = self.delivery_mode {
             dst.put_u8(v);
@@ -122,17 +127,22 @@ impl BasicProperties {
         if let Some(v) = self.priority {
             dst.put_u8(v);
         }
-        s(dst, &self.correlation_id, "correlation-id")?;
-        s(dst, &self.reply_to, "reply-to")?;
-        s(dst, &self.expiration, "expiration")?;
-        s(dst, &self.message_id, "message-id")?;
+        if flags & (CORRELATION_ID | REPLY_TO | EXPIRATION | MESSAGE_ID) != 0 {
+            s(dst, &self.correlation_id, "correlation-id")?;
+            s(dst, &self.reply_to, "reply-to")?;
+            s(dst, &self.expiration, "expiration")?;
+            s(dst, &self.message_id, "message-id")?;
+        }
         if let Some(v) = self.timestamp {
             dst.put_u64(v);
         }
-        s(dst, &self.kind, "type")?;
-        s(dst, &self.user_id, "user-id")?;
-        s(dst, &self.app_id, "app-id")?;
-        s(dst, &self.cluster_id, "cluster-id")
+        if flags & (KIND | USER_ID | APP_ID | CLUSTER_ID) != 0 {
+            s(dst, &self.kind, "type")?;
+            s(dst, &self.user_id, "user-id")?;
+            s(dst, &self.app_id, "app-id")?;
+            s(dst, &self.cluster_id, "cluster-id")?;
+        }
+        Ok(())
     }
 
     /// Decodes property flags and the property list, which must fill `src` exactly.
@@ -257,12 +267,22 @@ impl ContentHeader {
     /// Properties that do not decode (see [`BasicProperties::decode`]).
     pub fn from_raw(class_id: u16, body_size: u64, raw: Bytes) -> Result<Self, WireError> {
         let decoded = Self::check_raw(&raw)?;
-        Ok(ContentHeader {
+        Ok(Self::checked(class_id, body_size, raw, decoded))
+    }
+
+    /// A header whose `raw` passed [`ContentHeader::check_raw`], with what that decoded.
+    pub(crate) fn checked(
+        class_id: u16,
+        body_size: u64,
+        raw: Bytes,
+        decoded: Option<Box<BasicProperties>>,
+    ) -> Self {
+        ContentHeader {
             class_id,
             body_size,
             raw,
             decoded: decoded.map_or_else(OnceLock::new, OnceLock::from),
-        })
+        }
     }
 
     /// Checks encoded properties as [`ContentHeader::from_raw`] does: `Ok(None)` when they

@@ -86,6 +86,53 @@ fn mutated(encode: impl FnOnce(&mut BytesMut), mutations: &[Mutation]) -> Vec<u8
     bytes
 }
 
+/// A content message on channel 5 (`method`, a header with `props`, `body` in one frame),
+/// then a heartbeat, with `mutations` applied in order.
+fn mutated_content(
+    method: &Method,
+    props: BasicProperties,
+    body: &[u8],
+    mutations: &[Mutation],
+) -> Vec<u8> {
+    mutated(
+        |wire| {
+            let Ok(header) = ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, props) else {
+                return;
+            };
+            let codec = FrameCodec::new(0);
+            let _ = codec.encode_content(wire, 5, method, &header, body);
+            let _ = codec.encode_frame(&Frame::Heartbeat, wire);
+        },
+        mutations,
+    )
+}
+
+/// The header and body frames on `channel` at the head of `slow`, decoded one by one where
+/// a one-step decoder took a content message: the header and the body (empty without a body
+/// frame).
+fn decode_content(
+    codec: &mut FrameCodec,
+    slow: &mut BytesMut,
+    channel: u16,
+) -> Result<(ContentHeader, Bytes), TestCaseError> {
+    let Ok(Some(Frame::Header { channel: c, header })) = codec.decode(slow) else {
+        return Err(TestCaseError::fail("no header where a message was taken"));
+    };
+    prop_assert_eq!(c, channel);
+    if header.body_size == 0 {
+        return Ok((header, Bytes::new()));
+    }
+    let Ok(Some(Frame::Body {
+        channel: c,
+        payload,
+    })) = codec.decode(slow)
+    else {
+        return Err(TestCaseError::fail("no body where a message was taken"));
+    };
+    prop_assert_eq!(c, channel);
+    Ok((header, payload))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
@@ -203,18 +250,7 @@ proptest! {
             mandatory: bits & 1 != 0,
             immediate: bits & 2 != 0,
         });
-        let bytes = mutated(
-            |wire| {
-                let Ok(header) = ContentHeader::new(BASIC_CLASS_ID, body.len() as u64, props)
-                else {
-                    return;
-                };
-                let codec = FrameCodec::new(0);
-                let _ = codec.encode_content(wire, 5, &publish, &header, &body);
-                let _ = codec.encode_frame(&Frame::Heartbeat, wire);
-            },
-            &mutations,
-        );
+        let bytes = mutated_content(&publish, props, &body, &mutations);
         let mut codec = FrameCodec::new(frame_max);
         let mut fast = BytesMut::from(&bytes[..]);
         let Some((channel, frames)) = codec.decode_publish(&mut fast, Some) else {
@@ -232,22 +268,63 @@ proptest! {
         prop_assert_eq!(head.exchange(), p.exchange);
         prop_assert_eq!(head.routing_key(), p.routing_key);
         prop_assert_eq!((head.mandatory(), head.immediate()), (p.mandatory, p.immediate));
-        let Ok(Some(Frame::Header { channel: c, header })) = codec.decode(&mut slow) else {
-            return Err(TestCaseError::fail("no header where decode_publish took one"));
-        };
-        prop_assert_eq!(c, channel);
+        let (header, body) = decode_content(&mut codec, &mut slow, channel)?;
         let taken = head.header();
         prop_assert_eq!(
             (taken.class_id, taken.body_size, taken.raw),
             (header.class_id, header.body_size, &header.raw[..])
         );
-        if header.body_size > 0 {
-            let Ok(Some(Frame::Body { channel: c, payload })) = codec.decode(&mut slow) else {
-                return Err(TestCaseError::fail("no body where decode_publish took one"));
-            };
-            prop_assert_eq!(c, channel);
-            prop_assert_eq!(&frames.body, &payload);
-        }
+        prop_assert_eq!(&frames.body, &body);
+        prop_assert_eq!(frames.body.len() as u64, header.body_size);
+        prop_assert_eq!(&fast[..], &slow[..]);
+    }
+
+    #[test]
+    fn a_delivery_taken_in_one_step_is_what_decode_returns(
+        consumer_tag in "[a-z.-]{0,30}",
+        exchange in prop_oneof![Just(String::new()), "[a-z.]{1,12}"],
+        routing_key in "[a-z.]{0,40}",
+        delivery_tag in any::<u64>(),
+        redelivered in any::<bool>(),
+        props in arb_properties(),
+        body in proptest::collection::vec(any::<u8>(), 0..300),
+        mutations in proptest::collection::vec(arb_mutation(), 0..3),
+        frame_max in prop_oneof![Just(0u32), Just(4096u32), 8u32..400],
+    ) {
+        let deliver = Method::BasicDeliver(lockgate_wire::basic::Deliver {
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+        });
+        let bytes = mutated_content(&deliver, props, &body, &mutations);
+        let mut codec = FrameCodec::new(frame_max);
+        let mut fast = BytesMut::from(&bytes[..]);
+        let names = |channel: u16, d: &lockgate_wire::DeliverOctets<'_>| {
+            Some((channel, [d.consumer_tag, d.exchange, d.routing_key].map(<[u8]>::to_vec)))
+        };
+        let Some(((channel, [tag, exchange, key]), frames)) =
+            codec.decode_delivery(&mut fast, names)
+        else {
+            prop_assert_eq!(&fast[..], &bytes[..], "left as it was");
+            return Ok(());
+        };
+        let mut slow = BytesMut::from(&bytes[..]);
+        let Ok(Some(Frame::Method { channel: c, method: Method::BasicDeliver(d) })) =
+            codec.decode(&mut slow)
+        else {
+            return Err(TestCaseError::fail("decode_delivery took what is not a delivery"));
+        };
+        prop_assert_eq!((c, frames.channel), (channel, channel));
+        prop_assert_eq!(String::from_utf8_lossy(&tag), d.consumer_tag);
+        prop_assert_eq!(String::from_utf8_lossy(&exchange), d.exchange);
+        prop_assert_eq!(String::from_utf8_lossy(&key), d.routing_key);
+        prop_assert_eq!((frames.delivery_tag, frames.redelivered), (d.delivery_tag, d.redelivered));
+        let (header, body) = decode_content(&mut codec, &mut slow, channel)?;
+        prop_assert_eq!(frames.header.properties(), header.properties());
+        prop_assert_eq!(&frames.header, &header);
+        prop_assert_eq!(&frames.body, &body);
         prop_assert_eq!(frames.body.len() as u64, header.body_size);
         prop_assert_eq!(&fast[..], &slow[..]);
     }

@@ -21,7 +21,7 @@
 //! that thread's own runtime; unpaced runs publish from a tokio task. Both
 //! send through the same [`Publisher`].
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,7 +110,12 @@ pub struct Shared {
     wake_at: AtomicU64,
     /// Where the consumer that reaches `wake_at` wakes the publisher.
     progress: Notify,
-    stop_consumers: CancellationToken,
+    /// Set (before `consumers_cancelled`) when the consumers are told to
+    /// stop: read for every delivery, without the token's lock.
+    consumers_stopped: AtomicBool,
+    /// Cancelled when the consumers are told to stop: wakes one waiting for
+    /// a delivery.
+    consumers_cancelled: CancellationToken,
 }
 
 impl Shared {
@@ -121,7 +126,8 @@ impl Shared {
             phase: AtomicU8::new(WARMUP),
             wake_at: AtomicU64::new(u64::MAX),
             progress: Notify::new(),
-            stop_consumers: CancellationToken::new(),
+            consumers_stopped: AtomicBool::new(false),
+            consumers_cancelled: CancellationToken::new(),
         })
     }
 
@@ -144,6 +150,12 @@ impl Shared {
         if total >= self.wake_at.load(Ordering::SeqCst) {
             self.progress.notify_one();
         }
+    }
+
+    /// Tells the consumers to stop.
+    fn stop_consumers(&self) {
+        self.consumers_stopped.store(true, Ordering::Relaxed);
+        self.consumers_cancelled.cancel();
     }
 
     /// Tells the publisher to stop.
@@ -255,10 +267,10 @@ async fn consume(
     let mut uncounted = 0u64;
     // Created once: a fresh `cancelled()` future per delivery would register
     // with (and leave) the token's waiter list every time.
-    let stop = shared.stop_consumers.cancelled();
+    let stop = shared.consumers_cancelled.cancelled();
     tokio::pin!(stop);
     loop {
-        if shared.stop_consumers.is_cancelled() {
+        if shared.consumers_stopped.load(Ordering::Relaxed) {
             break;
         }
         let next = match consumer.next().now_or_never() {
@@ -274,8 +286,12 @@ async fn consume(
                 }
             }
         };
-        let Some(delivery) = next else { break };
-        let delivery = delivery.context("consumer stream")?;
+        // Kept where the final ack finds it, without moving it again.
+        let delivery = match next {
+            Some(Ok(delivery)) => unacked.insert(delivery),
+            Some(Err(e)) => return Err(e).context("consumer stream"),
+            None => break,
+        };
         let decoded = check.check(&delivery.body, delivery.redelivered);
         if record_latency && shared.phase() == STEADY {
             if let Some(sent) = decoded.and_then(|d| d.sent_ns) {
@@ -290,8 +306,6 @@ async fn consume(
             delivery.ack_multiple().await.context("ack")?;
             pending = 0;
             unacked = None;
-        } else {
-            unacked = Some(delivery);
         }
     }
     shared.count_delivered(uncounted);
@@ -315,7 +329,7 @@ impl Consumers {
         shared: &Shared,
         publisher: &PublisherOutcome,
     ) -> anyhow::Result<(Verification, Recorder)> {
-        shared.stop_consumers.cancel();
+        shared.stop_consumers();
         let mut verification = Verification {
             nacked: publisher.nacked,
             ..Verification::default()
@@ -423,6 +437,9 @@ struct Publisher {
     outcome: PublisherOutcome,
     /// Messages published so far.
     n: u64,
+    /// The target of the next message (`n` modulo the number of targets,
+    /// without a division per message).
+    stream: usize,
 }
 
 impl Publisher {
@@ -446,6 +463,7 @@ impl Publisher {
                 send_lag: None,
             },
             n: 0,
+            stream: 0,
             ctx,
             ch,
             flow,
@@ -475,7 +493,7 @@ impl Publisher {
 
     /// Publishes the next message, stamped `sent_ns`.
     async fn send(&mut self, sent_ns: u64) -> anyhow::Result<()> {
-        let stream = (self.n % self.flow.targets.len() as u64) as usize;
+        let stream = self.stream;
         let target = &self.flow.targets[stream];
         let seq = self.outcome.published[stream];
         self.codec
@@ -493,6 +511,11 @@ impl Publisher {
             .context("basic.publish")?;
         self.outcome.published[stream] += 1;
         self.n += 1;
+        self.stream = if stream + 1 == self.flow.targets.len() {
+            0
+        } else {
+            stream + 1
+        };
         // Only this publisher writes it: a store, not a read-modify-write.
         self.shared
             .counters
@@ -527,7 +550,8 @@ async fn publish(mut p: Publisher) -> anyhow::Result<PublisherOutcome> {
         if !p.more() {
             break;
         }
-        let sent_ns = p.ctx.now_ns();
+        // Bodies too small for a stamp need no clock read.
+        let sent_ns = if p.codec.stamps() { p.ctx.now_ns() } else { 0 };
         p.send(sent_ns).await?;
     }
     p.finish().await

@@ -6,8 +6,7 @@ use std::fmt::Write as _;
 
 use lockgate_broker::BrokerConfig;
 use lockgate_wire::{
-    basic, confirm, encode_body, queue, tx, BasicProperties, ContentHeader, FieldValue, FRAME_END,
-    FRAME_METHOD,
+    basic, confirm, queue, tx, BasicProperties, ContentHeader, FieldValue, FRAME_END, FRAME_METHOD,
 };
 
 use super::*;
@@ -107,10 +106,10 @@ impl Publish<'_> {
         let mut rest = self.body;
         for &size in self.split {
             let (part, tail) = rest.split_at(size);
-            encode_body(&mut buf, self.channel, part, size as u32 + 8).unwrap();
+            body_frame(&mut buf, self.channel, part);
             rest = tail;
         }
-        encode_body(&mut buf, self.channel, rest, 0).unwrap();
+        body_frame(&mut buf, self.channel, rest);
         dst.extend_from_slice(&buf);
     }
 
@@ -450,8 +449,18 @@ async fn refused_publishes_have_one_outcome_however_they_are_read() {
 
 fn encode_body_vec(dst: &mut Vec<u8>, channel: u16, body: &[u8]) {
     let mut buf = BytesMut::new();
-    encode_body(&mut buf, channel, body, 0).unwrap();
+    body_frame(&mut buf, channel, body);
     dst.extend_from_slice(&buf);
+}
+
+/// `part` as one body frame; nothing for an empty part, as a publisher sends it.
+fn body_frame(buf: &mut BytesMut, channel: u16, part: &[u8]) {
+    if !part.is_empty() {
+        let payload = Bytes::copy_from_slice(part);
+        FrameCodec::new(0)
+            .encode_frame(&Frame::Body { channel, payload }, buf)
+            .unwrap();
+    }
 }
 
 #[tokio::test]
