@@ -511,3 +511,20 @@ fn purge_and_delete_report_ready_messages() {
         "NOT_FOUND - no queue 'q' in vhost '/'"
     );
 }
+
+#[test]
+fn a_queue_is_found_by_the_octets_of_its_name() {
+    let vh = vhost();
+    vh.declare_queue(
+        CONN,
+        "événements",
+        QueueFlags::default(),
+        FieldTable::default(),
+    )
+    .unwrap();
+    let found = vh.queue_by_octets("événements".as_bytes()).unwrap();
+    assert_eq!(found.name(), "événements");
+    assert!(vh.queue_by_octets(b"\xc3\xa9v").is_none());
+    vh.delete_queue(CONN, "événements", false, false).unwrap();
+    assert!(vh.queue_by_octets("événements".as_bytes()).is_none());
+}

@@ -105,6 +105,45 @@ fn a_queue_deleted_and_declared_again_gets_the_next_publish() {
 }
 
 #[test]
+fn an_exchange_deleted_and_declared_again_routes_the_next_publish_by_its_new_bindings() {
+    let (mut channel, mut rx) = channel(1024);
+    let vhost = Arc::clone(&channel.vhost);
+    let to_x = |channel: &mut Channel, body: &'static [u8]| {
+        channel
+            .on_method(Method::BasicPublish(basic::Publish {
+                exchange: "x".into(),
+                routing_key: "k".into(),
+                ..Default::default()
+            }))
+            .expect("publish");
+        let header = ContentHeader::new(60, body.len() as u64, BasicProperties::default());
+        channel.on_header(header.expect("header")).expect("header");
+        channel.on_body(Bytes::from_static(body)).expect("body");
+    };
+    let bound = |queue: &str| {
+        vhost
+            .declare_exchange("x", "direct", ExchangeFlags::default(), Default::default())
+            .expect("declare x");
+        vhost
+            .bind_queue(ConnectionId(1), queue, "x", "k", Default::default())
+            .expect("bind");
+    };
+    declare(&mut channel, &mut rx, "old");
+    declare(&mut channel, &mut rx, "new");
+    bound("old");
+    to_x(&mut channel, b"one");
+    vhost.delete_exchange("x", false).expect("delete x");
+    bound("new");
+    to_x(&mut channel, b"two");
+    let (old, new) = (vhost.queue("old").unwrap(), vhost.queue("new").unwrap());
+    assert_eq!((old.message_count(), new.message_count()), (1, 1));
+    assert_eq!(
+        get(&mut channel, &mut rx, "new"),
+        Bytes::from_static(b"two")
+    );
+}
+
+#[test]
 fn a_publish_to_an_exclusive_queue_gone_with_its_owner_is_returned() {
     let (mut channel, mut rx) = channel(1024);
     let vhost = Arc::clone(&channel.vhost);
