@@ -1083,6 +1083,40 @@ pub(crate) mod tests {
         (header, frames, body)
     }
 
+    /// What a one-step decoder (`take`, as for [`check_content_left_to_the_decoder`]) must
+    /// leave in the buffer when the method frame of `wire` is wrong: each of `corrupt` (what,
+    /// offset, octet), and the method's `payload` with an octet after its arguments.
+    pub(crate) fn check_method_left_to_the_decoder(
+        wire: &BytesMut,
+        header_at: usize,
+        corrupt: &[(&str, usize, u8)],
+        mut payload: Vec<u8>,
+        take: impl Fn(u32, &mut BytesMut) -> bool,
+    ) {
+        left_when_corrupt(wire, corrupt, &take);
+        payload.push(0);
+        let mut long = BytesMut::new();
+        method_frame(&mut long, 3, &payload);
+        long.extend_from_slice(&wire[header_at..]);
+        assert!(!take(4096, &mut long), "an octet after the arguments");
+    }
+
+    /// `take` declines `wire` with each of `corrupt` (what, offset, octet) and leaves it as
+    /// it was.
+    fn left_when_corrupt(
+        wire: &BytesMut,
+        corrupt: &[(&str, usize, u8)],
+        take: &impl Fn(u32, &mut BytesMut) -> bool,
+    ) {
+        for &(what, at, value) in corrupt {
+            let mut bad = wire.clone();
+            bad[at] = value;
+            let mut buf = bad.clone();
+            assert!(!take(4096, &mut buf), "{what}");
+            assert_eq!(buf, bad, "{what}");
+        }
+    }
+
     /// What a one-step decoder (`take`, with a codec of the frame_max given, saying whether
     /// it took a message) must leave in the buffer: every prefix of a message and content the
     /// frame decoder refuses. `message(body, frame_max)` is a message as [`content_message`]
@@ -1108,13 +1142,7 @@ pub(crate) mod tests {
             ("body frame end", message_len - 1, 0),
             ("body channel", body_at + 2, 4),
         ];
-        for (what, at, value) in corrupt {
-            let mut bad = wire.clone();
-            bad[at] = value;
-            let mut buf = bad.clone();
-            assert!(!take(4096, &mut buf), "{what}");
-            assert_eq!(buf, bad, "{what}");
-        }
+        left_when_corrupt(&wire, &corrupt, &take);
         // Properties that do not decode: a flag bit no property has.
         let mut bad = wire.clone();
         bad[header_at + 20] |= 2;
