@@ -143,6 +143,8 @@ def read_shortstr(buf: bytes, pos: int) -> tuple[str, int]:
 class RawConnection:
     def __init__(self, host: str, port: int, timeout: float = 5.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        # Frames go out as written: the handshake's small writes would otherwise wait on Nagle.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.frame_max = 131072
         self.channel_max = 2047

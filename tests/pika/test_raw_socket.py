@@ -2,6 +2,7 @@
 broker keeps working. Also a few things pika cannot send (every field-table tag, empty consumer
 tags) and a client that stops answering heartbeats."""
 
+import socket
 import struct
 import time
 
@@ -174,6 +175,17 @@ def test_stall_mid_frame_does_not_block_others(rawconn, witness, conn):
     assert raw.read_shortstr(f.args, 0)[0].startswith("amq.gen-")
 
 
+def test_client_gone_mid_frame_gets_no_close(rawconn, witness):
+    """EOF inside a frame is a lost connection, as in RabbitMQ: nobody is left to read a
+    connection.close (before, lockgate sent 541 INTERNAL_ERROR, blaming itself)."""
+    c = rawconn()
+    c.open_channel(1)
+    c.send(raw.basic_publish(1, "", "x")[:5])
+    c.sock.shutdown(socket.SHUT_WR)
+    assert c.read_frame() is None
+    witness()
+
+
 def test_server_generated_consumer_tag(rawconn, witness):
     c = rawconn()
     c.open_channel(1)
@@ -259,3 +271,17 @@ def test_client_closes_the_socket_after_close_ok(rawconn, witness):
         # Nothing more, not even EOF, while the client has not closed its end.
         c.sock.recv(1)
     witness()
+
+
+def test_long_multibyte_name_in_a_reply_text_is_cut_on_a_character(rawconn):
+    """A 404 quotes the queue name, here 255 octets: the reply text is cut to fit a shortstr, as
+    RabbitMQ cuts it (252 octets and "..."), but not inside a character: clients decode it as
+    UTF-8. Before, the channel.close could not be encoded and the connection was dropped."""
+    c = rawconn()
+    c.open_channel(1)
+    name = "x" + "é" * 127
+    c.send(raw.basic_get(1, name))
+    close = c.expect_channel_close()
+    assert close.reply_code == 404
+    assert close.reply_text.endswith("...")
+    assert f"NOT_FOUND - no queue '{name}".startswith(close.reply_text[:-3])

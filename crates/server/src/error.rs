@@ -7,6 +7,12 @@ use std::fmt;
 
 use lockgate_wire::reply_code;
 
+/// The longest reply text: a shortstr.
+const MAX_REPLY_TEXT: usize = 255;
+
+/// What marks a reply text that was cut to fit.
+const ELLIPSIS: &str = "...";
+
 /// A protocol error to be answered with channel.close or connection.close.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AmqpError {
@@ -22,10 +28,22 @@ pub struct AmqpError {
 
 impl AmqpError {
     /// An error with a full reply text and no failing method yet.
+    ///
+    /// A text over the 255 octets of a shortstr (a long name quoted in it) is cut as RabbitMQ
+    /// cuts it, to 252 octets and "...", but on a character boundary: clients decode it as UTF-8.
     pub fn new(code: u16, text: impl Into<String>) -> Self {
+        let mut text = text.into();
+        if text.len() > MAX_REPLY_TEXT {
+            let mut end = MAX_REPLY_TEXT - ELLIPSIS.len();
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str(ELLIPSIS);
+        }
         Self {
             code,
-            text: text.into(),
+            text,
             class_id: 0,
             method_id: 0,
         }
@@ -164,6 +182,22 @@ mod tests {
         assert!(AmqpError::unexpected_frame("x").is_hard());
         assert!(AmqpError::not_allowed("x").is_hard());
         assert!(AmqpError::not_implemented("x").is_hard());
+    }
+
+    #[test]
+    fn a_long_text_is_cut_to_a_shortstr_on_a_character_boundary() {
+        let fits = "x".repeat(MAX_REPLY_TEXT);
+        assert_eq!(AmqpError::new(404, fits.clone()).text, fits);
+
+        let ascii = AmqpError::new(404, "y".repeat(MAX_REPLY_TEXT + 1)).text;
+        assert_eq!(ascii, format!("{}...", "y".repeat(252)));
+
+        // 'é' is two octets, the first at octet 1: octet 252 is in the middle of one.
+        let text = format!("x{}", "é".repeat(200));
+        let cut = AmqpError::new(404, text.clone()).text;
+        assert!(cut.len() <= MAX_REPLY_TEXT, "{} octets", cut.len());
+        assert!(cut.ends_with("é..."));
+        assert!(text.starts_with(cut.trim_end_matches("...")));
     }
 
     #[test]

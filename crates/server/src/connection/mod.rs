@@ -454,6 +454,11 @@ impl Connection {
     }
 
     fn close_on_wire_error(&mut self, error: &WireError) -> End {
+        if let WireError::Io(error) = error {
+            // The socket failed, or the client closed it mid-frame: nobody is left to tell why.
+            info!(%error, "client connection lost");
+            return End::Done;
+        }
         let code = error.reply_code();
         self.close_with(AmqpError::new(
             code,
