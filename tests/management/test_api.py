@@ -305,6 +305,28 @@ def test_memory_alarm_fails_the_alarm_and_ready_checks():
         p.stop()
 
 
+def test_names_and_routing_keys_over_255_octets_are_a_400(api):
+    """AMQP carries them as shortstrs. Before, a 300-octet exchange name was accepted, and a
+    message published to it broke the connection of every consumer it was delivered to."""
+    long = "é" * 128
+    assert api.put(f"/api/queues/%2F/{q('é' * 127 + 'x')}", {"durable": False}) == 201
+    assert api.delete(f"/api/queues/%2F/{q('é' * 127 + 'x')}") == 204
+    for path, body in [(f"/api/queues/%2F/{q(long)}", {}),
+                       (f"/api/exchanges/%2F/{q(long)}", {"type": "fanout"}),
+                       (f"/api/vhosts/{q(long)}", None)]:
+        status, err, _ = api.request("PUT", path, body)
+        assert status == 400 and "256 octets" in err["reason"], (path, status, err)
+        assert api.request("GET", path)[0] == 404
+    status, err = api.post("/api/exchanges/%2F/amq.default/publish",
+                           {"routing_key": long, "payload": "x", "properties": {}})
+    assert status == 400 and "routing key" in err["reason"]
+    status, err = api.post("/api/bindings/%2F/e/amq.direct/q/nowhere", {"routing_key": long})
+    assert status == 400 and "routing key" in err["reason"]
+    status, err = api.post("/api/definitions", {"queues": [
+        {"name": long, "vhost": "/", "durable": True, "arguments": {}}]})
+    assert status == 400 and "queue name" in err["reason"]
+
+
 def test_unknown_paths_and_openapi(proc, api):
     status, body, _ = api.request("GET", "/api/nothing-here")
     assert status == 404 and body["error"]

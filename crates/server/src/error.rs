@@ -5,10 +5,10 @@
 
 use std::fmt;
 
-use lockgate_wire::reply_code;
+use lockgate_wire::{reply_code, MAX_SHORTSTR};
 
 /// The longest reply text: a shortstr.
-const MAX_REPLY_TEXT: usize = 255;
+const MAX_REPLY_TEXT: usize = MAX_SHORTSTR;
 
 /// What marks a reply text that was cut to fit.
 const ELLIPSIS: &str = "...";

@@ -115,5 +115,8 @@ pub use properties::{BasicProperties, ContentHeader, PropertiesView, BASIC_CLASS
 pub use publish::{PublishFrames, PublishHead};
 pub use table::{Decimal, FieldTable, FieldValue, MAX_NESTING};
 
+/// The longest shortstr: names, routing keys, consumer tags and reply texts are shortstrs.
+pub const MAX_SHORTSTR: usize = u8::MAX as usize;
+
 /// The protocol header a client sends first: `AMQP`, 0, then version 0-9-1.
 pub const PROTOCOL_HEADER: [u8; 8] = *b"AMQP\x00\x00\x09\x01";

@@ -8,7 +8,7 @@
 //! the same rules. A policy sets the same settings under keys without the `x-` prefix
 //! ([`QueueArguments::from_policy_key`]).
 
-use lockgate_wire::{FieldTable, FieldValue};
+use lockgate_wire::{FieldTable, FieldValue, MAX_SHORTSTR};
 
 use crate::error::{BrokerError, Resource};
 
@@ -204,6 +204,15 @@ impl QueueArguments {
         };
         let dead_letter_exchange = dlx_name("x-dead-letter-exchange")?;
         let dead_letter_routing_key = dlx_name("x-dead-letter-routing-key")?;
+        // Both go out in basic.deliver as shortstrs: a longer one could never be delivered.
+        for (key, name) in [
+            ("x-dead-letter-exchange", &dead_letter_exchange),
+            ("x-dead-letter-routing-key", &dead_letter_routing_key),
+        ] {
+            if let Some(name) = name.as_deref().filter(|n| n.len() > MAX_SHORTSTR) {
+                return Err(invalid(key, format!("{{value_too_long,{}}}", name.len())));
+            }
+        }
         if dead_letter_routing_key.is_some() && dead_letter_exchange.is_none() {
             return Err(invalid(
                 "x-dead-letter-routing-key",

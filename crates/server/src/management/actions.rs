@@ -20,13 +20,26 @@ use lockgate_broker::{
     PublishOutcome, QueueFlags, SinkClosed, VHost,
 };
 use lockgate_store::Commit;
-use lockgate_wire::ContentHeader;
+use lockgate_wire::{ContentHeader, MAX_SHORTSTR};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::json::{json_to_table, properties_from_json, properties_to_json};
 use super::read::destination_type;
 use super::{Api, ApiError, ApiResult};
+
+/// Refuses a name or routing key that AMQP could not carry: they are shortstrs, and one over
+/// 255 octets in a basic.deliver could not be encoded (the consumer's connection would fail on
+/// every delivery of such a message).
+pub(super) fn shortstr(what: &str, value: &str) -> ApiResult<()> {
+    if value.len() > MAX_SHORTSTR {
+        return Err(ApiError::bad_request(format!(
+            "{what} is {} octets, over AMQP's {MAX_SHORTSTR}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
 
 /// The connection id the management API acts as.
 pub const MANAGEMENT_CONNECTION: ConnectionId = ConnectionId(0);
@@ -89,6 +102,7 @@ pub(super) fn declare_exchange_in(
     name: &str,
     body: &ExchangeBody,
 ) -> ApiResult<bool> {
+    shortstr("exchange name", name)?;
     let existed = vhost.exchange(name).is_some();
     vhost.declare_exchange(
         name,
@@ -145,6 +159,7 @@ pub(super) fn declare_queue_in(vhost: &VHost, name: &str, body: &QueueBody) -> A
     if name.is_empty() {
         return Err(ApiError::bad_request("queue name must not be empty"));
     }
+    shortstr("queue name", name)?;
     let existed = vhost.queue(name).is_some();
     vhost.declare_queue(
         MANAGEMENT_CONNECTION,
@@ -224,6 +239,7 @@ pub(super) fn bind_in(
     routing_key: &str,
     arguments: &Value,
 ) -> ApiResult<()> {
+    shortstr("routing key", routing_key)?;
     let arguments = json_to_table(arguments);
     if to_queue {
         vhost.bind_queue(
@@ -312,6 +328,7 @@ pub async fn create_vhost(State(api): State<Api>, Path(name): Path<String>) -> A
     if name.is_empty() {
         return Err(ApiError::bad_request("vhost name must not be empty"));
     }
+    shortstr("vhost name", &name)?;
     let existed = api.ctx.broker.vhost(&name).is_some();
     let (_, commit) = api.ctx.broker.create_vhost(&name);
     wait_for(commit).await?;
@@ -375,6 +392,7 @@ pub async fn publish(
             "payload exceeds limits.max_message_size",
         ));
     }
+    shortstr("routing key", &body.routing_key)?;
     let properties = properties_from_json(&body.properties).map_err(ApiError::bad_request)?;
     let header = ContentHeader::new(60, payload.len() as u64, properties)
         .map_err(|e| ApiError::bad_request(format!("invalid properties: {e}")))?;

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::access::{permissions_json, policies_json, users_json};
 use super::actions::{
-    bind_in, declare_exchange_in, declare_queue_in, sync, ExchangeBody, QueueBody,
+    bind_in, declare_exchange_in, declare_queue_in, shortstr, sync, ExchangeBody, QueueBody,
 };
 use super::read::RABBITMQ_COMPAT_VERSION;
 use super::{Api, ApiError, ApiResult};
@@ -189,6 +189,7 @@ fn apply(api: &Api, defs: &Definitions, only_vhost: Option<&str>) -> ApiResult<R
     if only_vhost.is_none() {
         for item in &defs.vhosts {
             let name = text(item, "name")?;
+            shortstr("vhost name", name)?;
             if api.ctx.broker.vhost(name).is_none() {
                 // The commit is awaited at the end with everything else.
                 drop(api.ctx.broker.create_vhost(name));
