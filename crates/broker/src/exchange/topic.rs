@@ -4,9 +4,12 @@
 //! RabbitMQ), "a..b" has an empty middle word, which `*` matches. `*` matches exactly one
 //! word and `#` zero or more. Matching walks the trie once per routing key, so its cost
 //! depends on the key and on how many patterns share prefixes, not on the number of bindings;
-//! only `#` branches explore more than one path. No allocation while routing.
+//! only `#` branches explore more than one path. Paths can meet only below a second `#`, so
+//! the walk remembers the states it has been in there: a key like `#.#.#.#.#.#.#.#.x` costs
+//! polynomial time in the routing key's words, not exponential. No allocation while routing
+//! unless a binding key has two `#`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use lockgate_wire::FieldTable;
 
@@ -77,7 +80,12 @@ impl TopicRouter {
     }
 
     pub fn route(&self, routing_key: &str, f: &mut impl FnMut(&Destination)) {
-        self.root.matches(words(routing_key), f);
+        let mut walk = Walk {
+            f,
+            hashes: 0,
+            seen: None,
+        };
+        self.root.matches(words(routing_key), &mut walk);
     }
 
     pub fn take_all(&mut self) -> Vec<BindingEntry> {
@@ -85,6 +93,32 @@ impl TopicRouter {
         std::mem::take(&mut self.root).drain_into(&mut out);
         self.len = 0;
         out
+    }
+}
+
+/// One routing key's walk through the trie.
+struct Walk<'f, F> {
+    f: &'f mut F,
+    /// How many `#` nodes the walk is below.
+    hashes: usize,
+    /// The `#` states (node, words left) walked below another `#`: only there can two paths
+    /// reach the same state.
+    seen: Option<HashSet<(usize, usize)>>,
+}
+
+impl<F: FnMut(&Destination)> Walk<'_, F> {
+    /// Walks from `hash` (a `#` node) with `rest` left, unless that was done already.
+    fn expand(&mut self, hash: &Node, rest: Option<&str>) {
+        if self.hashes > 0 {
+            // `None` (no words left) and `Some("")` (one empty word) are different states.
+            let state = (std::ptr::from_ref(hash) as usize, rest.map_or(0, |s| s.len() + 1));
+            if !self.seen.get_or_insert_with(HashSet::new).insert(state) {
+                return;
+            }
+        }
+        self.hashes += 1;
+        hash.matches(rest, self);
+        self.hashes -= 1;
     }
 }
 
@@ -96,30 +130,30 @@ impl Node {
             && self.hash.is_none()
     }
 
-    fn matches(&self, rest: Option<&str>, f: &mut impl FnMut(&Destination)) {
+    fn matches<F: FnMut(&Destination)>(&self, rest: Option<&str>, walk: &mut Walk<'_, F>) {
         match rest {
             None => {
                 for binding in &self.bindings {
-                    f(&binding.destination);
+                    (walk.f)(&binding.destination);
                 }
                 // A trailing '#' matches zero words.
                 if let Some(hash) = &self.hash {
-                    hash.matches(None, f);
+                    walk.expand(hash, None);
                 }
             }
             Some(remaining) => {
                 let (word, next) = split_first(remaining);
                 if let Some(child) = self.words.get(word) {
-                    child.matches(next, f);
+                    child.matches(next, walk);
                 }
                 if let Some(star) = &self.star {
-                    star.matches(next, f);
+                    star.matches(next, walk);
                 }
                 if let Some(hash) = &self.hash {
                     // '#' swallows zero, one, ... or all of the remaining words.
                     let mut suffix = Some(remaining);
                     loop {
-                        hash.matches(suffix, f);
+                        walk.expand(hash, suffix);
                         match suffix {
                             Some(s) => suffix = split_first(s).1,
                             None => break,
