@@ -111,7 +111,10 @@ impl<F: FnMut(&Destination)> Walk<'_, F> {
     fn expand(&mut self, hash: &Node, rest: Option<&str>) {
         if self.hashes > 0 {
             // `None` (no words left) and `Some("")` (one empty word) are different states.
-            let state = (std::ptr::from_ref(hash) as usize, rest.map_or(0, |s| s.len() + 1));
+            let state = (
+                std::ptr::from_ref(hash) as usize,
+                rest.map_or(0, |s| s.len() + 1),
+            );
             if !self.seen.get_or_insert_with(HashSet::new).insert(state) {
                 return;
             }
