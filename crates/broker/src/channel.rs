@@ -29,7 +29,7 @@ use crate::ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
 use crate::message::Message;
 use crate::queue::arguments::check_consume_arguments;
 use crate::queue::{GetOk, Queue, Ready, Return};
-use crate::sink::{Delivery, DeliverySink, SinkClosed};
+use crate::sink::{Delivery, DeliverySink, SinkClosed, SinkClosedAll};
 use crate::stats::ChannelSnapshot;
 use crate::timer::{self, Deadlines, Timed};
 use crate::unacked::{Source, UnackedEntry, UnackedList};
@@ -49,6 +49,17 @@ struct Deliveries {
     timed_out: BTreeSet<u64>,
     /// The close-channel timeout action was reported to the sink.
     timeout_reported: bool,
+}
+
+/// The `basic.deliver` of `item` to `consumer` as delivery `tag`.
+fn delivery(consumer: &Consumer, tag: u64, item: &Ready) -> Delivery {
+    Delivery {
+        consumer_tag: consumer.tag.clone(),
+        delivery_tag: DeliveryTag(tag),
+        redelivered: item.redelivered,
+        no_ack: consumer.no_ack,
+        message: Arc::clone(&item.message),
+    }
 }
 
 /// How many timed-out tags a channel remembers for late settlements.
@@ -131,17 +142,51 @@ impl ChannelShared {
     /// item comes back and the channel is marked closed.
     pub fn deliver(&self, consumer: &Arc<Consumer>, item: Ready) -> Result<(), Ready> {
         let mut st = self.deliveries.lock();
-        let delivery = Delivery {
-            consumer_tag: consumer.tag.clone(),
-            delivery_tag: DeliveryTag(st.next_tag),
-            redelivered: item.redelivered,
-            no_ack: consumer.no_ack,
-            message: Arc::clone(&item.message),
-        };
-        if let Err(SinkClosed(_)) = self.sink.deliver(delivery) {
+        if let Err(SinkClosed(_)) = self.sink.deliver(delivery(consumer, st.next_tag, &item)) {
             self.closed.store(true, Ordering::Release);
             return Err(item);
         }
+        self.record(&mut st, consumer, item);
+        Ok(())
+    }
+
+    /// Delivers `items` (in order) to `consumer` like [`ChannelShared::deliver`], handing
+    /// them to the sink together ([`DeliverySink::deliver_all`]), and calls `taken` for
+    /// each one delivered. Those the sink refused stay in `items`, and the channel is marked
+    /// closed. Called under the consumer's queue lock.
+    pub fn deliver_all(
+        &self,
+        consumer: &Arc<Consumer>,
+        items: &mut Vec<Ready>,
+        mut taken: impl FnMut(&Ready),
+    ) {
+        let mut st = self.deliveries.lock();
+        let first = st.next_tag;
+        let sent = if let [item] = &items[..] {
+            usize::from(self.sink.deliver(delivery(consumer, first, item)).is_ok())
+        } else {
+            // (Enumerate over a slice knows its length: one allocation, no checks per push.)
+            let deliveries = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| delivery(consumer, first + i as u64, item))
+                .collect();
+            match self.sink.deliver_all(deliveries) {
+                Ok(()) => items.len(),
+                Err(SinkClosedAll(refused)) => items.len() - refused.len(),
+            }
+        };
+        if sent < items.len() {
+            self.closed.store(true, Ordering::Release);
+        }
+        for item in items.drain(..sent) {
+            taken(&item);
+            self.record(&mut st, consumer, item);
+        }
+    }
+
+    /// Records the delivery of `item` under the next tag: unacked unless no-ack.
+    fn record(&self, st: &mut Deliveries, consumer: &Arc<Consumer>, item: Ready) {
         let tag = st.next_tag;
         st.next_tag += 1;
         if !consumer.no_ack {
@@ -156,9 +201,8 @@ impl ChannelShared {
                     delivered_at: now,
                 },
             );
-            self.watch_timeout(&mut st, &consumer.queue, tag, now);
+            self.watch_timeout(st, &consumer.queue, tag, now);
         }
-        Ok(())
     }
 
     /// Schedules the consumer timeout of delivery `tag` when its queue has one.

@@ -71,6 +71,6 @@ pub use policy::{ApplyTo, Policy, PolicyError};
 pub use queue::arguments::{DedupWindow, Overflow, QueueArguments, TimeoutAction};
 pub use queue::{GetOk, Queue};
 pub use recovery::{RecoveryError, RecoverySummary};
-pub use sink::{Delivery, DeliverySink, SinkClosed};
+pub use sink::{Delivery, DeliverySink, SinkClosed, SinkClosedAll};
 pub use stats::{BindingSnapshot, ChannelSnapshot, ConsumerSnapshot, QueueSnapshot};
 pub use vhost::{PublishOutcome, Published, QueueDeclareOk, QueueFlags, VHost};

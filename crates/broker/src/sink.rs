@@ -38,13 +38,18 @@ impl fmt::Debug for Delivery {
 #[derive(Debug)]
 pub struct SinkClosed(pub Delivery);
 
+/// The sink refused deliveries handed over together: their connection is gone. It hands
+/// back those it did not take (the last ones, in order).
+#[derive(Debug)]
+pub struct SinkClosedAll(pub Vec<Delivery>);
+
 /// Where a channel's deliveries and broker-initiated cancels go; one per AMQP channel,
 /// implemented by the server (typically a push onto the connection writer's unbounded mpsc).
 ///
 /// # Contract
-/// - [`DeliverySink::deliver`] is called with a queue lock and the channel's delivery lock
-///   held: it must not block and must not call back into the broker. Deliveries for one
-///   channel arrive in delivery-tag order.
+/// - [`DeliverySink::deliver`] and [`DeliverySink::deliver_all`] are called with a queue
+///   lock and the channel's delivery lock held: they must not block and must not call back
+///   into the broker. Deliveries for one channel arrive in delivery-tag order.
 /// - Memory: a delivered message stays charged to the memory watermark until the `Delivery`
 ///   is dropped, so a writer that falls behind (a slow no-ack consumer, which prefetch does
 ///   not limit) raises the memory alarm and the server stops reading publishers. The sink
@@ -59,6 +64,23 @@ pub trait DeliverySink: Send + Sync {
     /// [`SinkClosed`] with the delivery when the connection is gone; the broker requeues the
     /// message and stops delivering to this channel.
     fn deliver(&self, delivery: Delivery) -> Result<(), SinkClosed>;
+
+    /// Hands several deliveries for this channel to the connection, in order (a queue's
+    /// drain to one consumer). The default hands them over one by one.
+    ///
+    /// # Errors
+    /// [`SinkClosedAll`] with the deliveries not taken when the connection is gone.
+    fn deliver_all(&self, deliveries: Vec<Delivery>) -> Result<(), SinkClosedAll> {
+        let mut rest = deliveries.into_iter();
+        while let Some(delivery) = rest.next() {
+            if let Err(SinkClosed(delivery)) = self.deliver(delivery) {
+                return Err(SinkClosedAll(
+                    std::iter::once(delivery).chain(rest).collect(),
+                ));
+            }
+        }
+        Ok(())
+    }
 
     /// The broker cancelled this consumer.
     fn consumer_cancelled(&self, consumer_tag: &ConsumerTag);

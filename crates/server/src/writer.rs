@@ -50,6 +50,14 @@ pub enum Outbound {
         /// What the broker delivered.
         delivery: Delivery,
     },
+    /// Several basic.delivers for a channel, in order: what a queue's drain handed over
+    /// together (one send instead of one per delivery).
+    Deliveries {
+        /// Channel number.
+        channel: u16,
+        /// What the broker delivered.
+        deliveries: Vec<Delivery>,
+    },
     /// From now on split bodies at this frame size (after connection.tune-ok).
     FrameMax(u32),
     /// Send nothing queued after this until the store commit completes (replies that
@@ -106,6 +114,20 @@ pub async fn run<W: AsyncWrite + Unpin>(
                         tracing::error!(error = %e, "store write failed, closing the connection");
                         store_failed = true;
                         encode(&codec, store_failure_close(), &mut buf)?;
+                    }
+                }
+                Outbound::Deliveries {
+                    channel,
+                    deliveries,
+                } => {
+                    // Written out as a run of single deliveries would be, and each dropped
+                    // (its memory released) once encoded.
+                    for delivery in deliveries {
+                        encode_delivery(&codec, channel, &delivery, &mut buf)?;
+                        if buf.len() >= flush_at {
+                            write_out(&mut socket, &mut buf).await?;
+                            flush_at = MAX_BATCH;
+                        }
                     }
                 }
                 other => encode(&codec, other, &mut buf)?,
@@ -184,38 +206,44 @@ fn encode(codec: &FrameCodec, msg: Outbound, buf: &mut BytesMut) -> io::Result<(
                 .encode_content(buf, channel, &method, message.header_ref(), message.body())
                 .map_err(io::Error::other)
         }
-        Outbound::Deliver { channel, delivery } => {
-            let message = &delivery.message;
-            // The names as octets: they were strings when they came in, and re-checking
-            // their UTF-8 for every delivery shows in profiles.
-            let deliver = DeliverOctets {
-                consumer_tag: delivery.consumer_tag.as_str().as_bytes(),
-                delivery_tag: delivery.delivery_tag.0,
-                redelivered: delivery.redelivered,
-                exchange: message.exchange_bytes(),
-                routing_key: message.routing_key_bytes(),
-            };
-            tracing::trace!(
-                channel,
-                consumer_tag = delivery.consumer_tag.as_str(),
-                delivery_tag = delivery.delivery_tag.0,
-                redelivered = delivery.redelivered,
-                exchange = message.exchange(),
-                routing_key = message.routing_key(),
-                "send delivery"
-            );
-            codec
-                .encode_delivery_octets(
-                    buf,
-                    channel,
-                    &deliver,
-                    message.header_ref(),
-                    message.body(),
-                )
-                .map_err(io::Error::other)
-        }
-        Outbound::FrameMax(_) | Outbound::AfterCommit(_) | Outbound::Shutdown => Ok(()),
+        Outbound::Deliver { channel, delivery } => encode_delivery(codec, channel, &delivery, buf),
+        // Handled by `run` (deliveries: one at a time, with its flush threshold).
+        Outbound::Deliveries { .. }
+        | Outbound::FrameMax(_)
+        | Outbound::AfterCommit(_)
+        | Outbound::Shutdown => Ok(()),
     }
+}
+
+/// Encodes one basic.deliver with its content.
+fn encode_delivery(
+    codec: &FrameCodec,
+    channel: u16,
+    delivery: &Delivery,
+    buf: &mut BytesMut,
+) -> io::Result<()> {
+    let message = &delivery.message;
+    // The names as octets: they were strings when they came in, and re-checking
+    // their UTF-8 for every delivery shows in profiles.
+    let deliver = DeliverOctets {
+        consumer_tag: delivery.consumer_tag.as_str().as_bytes(),
+        delivery_tag: delivery.delivery_tag.0,
+        redelivered: delivery.redelivered,
+        exchange: message.exchange_bytes(),
+        routing_key: message.routing_key_bytes(),
+    };
+    tracing::trace!(
+        channel,
+        consumer_tag = delivery.consumer_tag.as_str(),
+        delivery_tag = delivery.delivery_tag.0,
+        redelivered = delivery.redelivered,
+        exchange = message.exchange(),
+        routing_key = message.routing_key(),
+        "send delivery"
+    );
+    codec
+        .encode_delivery_octets(buf, channel, &deliver, message.header_ref(), message.body())
+        .map_err(io::Error::other)
 }
 
 #[cfg(test)]
@@ -223,6 +251,52 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
+
+    fn delivery(tag: u64, body: &'static [u8]) -> Delivery {
+        let header = lockgate_wire::ContentHeader::new(
+            60,
+            body.len() as u64,
+            lockgate_wire::BasicProperties::default(),
+        )
+        .expect("header");
+        let message = Message::new(String::new(), "q".into(), header, body.into());
+        Delivery {
+            consumer_tag: "c".into(),
+            delivery_tag: lockgate_broker::DeliveryTag(tag),
+            redelivered: tag == 2,
+            no_ack: false,
+            message: Arc::new(message),
+        }
+    }
+
+    async fn written(messages: Vec<Outbound>, frame_max: u32) -> Vec<u8> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for msg in messages {
+            tx.send(msg).expect("writer queue");
+        }
+        tx.send(Outbound::Shutdown).expect("writer queue");
+        run(Vec::new(), rx, frame_max).await.expect("written")
+    }
+
+    #[tokio::test]
+    async fn deliveries_handed_over_together_are_written_as_one_by_one() {
+        let bodies: [&'static [u8]; 3] = [b"one", b"two", &[7; 300]];
+        let one_by_one = (1..)
+            .zip(bodies)
+            .map(|(tag, body)| Outbound::Deliver {
+                channel: 3,
+                delivery: delivery(tag, body),
+            })
+            .collect();
+        let together = vec![Outbound::Deliveries {
+            channel: 3,
+            deliveries: (1..).zip(bodies).map(|(t, b)| delivery(t, b)).collect(),
+        }];
+        // A frame_max that splits the last body.
+        let expected = written(one_by_one, 256).await;
+        assert_eq!(written(together, 256).await, expected);
+        assert!(expected.len() > 300);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_large_buffer_is_released_after_an_idle_second() {

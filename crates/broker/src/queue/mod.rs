@@ -6,6 +6,9 @@
 //! push under that lock: when a message arrives or credit frees up, the queue hands ready
 //! messages round-robin to consumers that have credit ([`Consumer::try_acquire`]), through
 //! their channel's sink. Unacked deliveries live on the channel; the queue only counts them.
+//! A queue with one active consumer (the common case) first takes the messages it can
+//! deliver, then hands them to the channel together ([`ChannelShared::deliver_all`]): one
+//! send to the connection's writer rather than one per message.
 //!
 //! Reliability settings (see docs/semantics/reliability.md): length limits and overflow are
 //! applied here on every enqueue; TTL, retry delays and `x-expires` wake the queue through
@@ -19,6 +22,7 @@ mod groups;
 mod ready;
 pub(crate) mod spill;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -149,7 +153,21 @@ struct QueueState {
     wake: Option<Arc<tokio::sync::Notify>>,
     /// A page-in was requested and not served yet.
     want_page: bool,
+    /// Messages a drain took for the only active consumer (the first), with its credit, to
+    /// hand over together ([`hand_over`]). Empty outside a drain.
+    outgoing: Vec<Ready>,
 }
+
+thread_local! {
+    /// An emptied `QueueState::outgoing`, for the next drain on this thread: a drain
+    /// allocates nothing in the steady state.
+    static SPARE: Cell<Vec<Ready>> = const { Cell::new(Vec::new()) };
+}
+
+/// The most messages handed over together: a long drain (a backlog, a no-ack consumer)
+/// goes in runs of this many rather than all at once, so that it holds no second copy of
+/// the backlog's list, and [`SPARE`] stays this short.
+const HAND_OVER_MAX: usize = 1024;
 
 /// What `basic.get` returns when the queue had a message.
 #[derive(Debug)]
@@ -1074,6 +1092,52 @@ impl Queue {
     }
 }
 
+/// Hands what [`take_ready`] took to the consumer's channel, together, and accounts for
+/// what it delivered. What its connection refused (it is gone) keeps its place, and the
+/// credit comes back.
+fn hand_over(st: &mut QueueState, qs: Option<&QueueStore>) {
+    if st.outgoing.is_empty() {
+        return;
+    }
+    let mut items = std::mem::take(&mut st.outgoing);
+    let QueueState {
+        consumers,
+        ready,
+        unacked,
+        marked,
+        counters,
+        max_delivered,
+        body_bytes,
+        ..
+    } = st;
+    let consumer = &consumers[0];
+    let mut tally = Tally {
+        unacked,
+        marked,
+        counters,
+        max_delivered,
+        body_bytes,
+        qs,
+    };
+    consumer
+        .channel
+        .deliver_all(consumer, &mut items, |item| tally.delivered(consumer, item));
+    if !items.is_empty() {
+        consumer.release(u32::try_from(items.len()).unwrap_or(u32::MAX));
+        for item in items.drain(..) {
+            ready.insert(item);
+        }
+    }
+    recycle(items);
+}
+
+/// Keeps an emptied `QueueState::outgoing` for the next drain on this thread.
+fn recycle(items: Vec<Ready>) {
+    if items.capacity() <= HAND_OVER_MAX {
+        SPARE.set(items);
+    }
+}
+
 /// Reports a delivery of a stored message: raises the queue's delivered watermark (so the
 /// message comes back redelivered after a crash), or removes the copy for a no-ack delivery.
 fn mark_delivered(
@@ -1097,11 +1161,25 @@ fn saturate(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Hands ready messages to consumers with credit until one side runs out (see
+/// [`take_ready`]).
+fn drain(st: &mut QueueState, qs: Option<&QueueStore>) {
+    loop {
+        take_ready(st, qs);
+        let full = st.outgoing.len() == HAND_OVER_MAX;
+        hand_over(st, qs);
+        if !full {
+            break;
+        }
+    }
+}
+
 /// Hands ready messages to consumers with credit until one side runs out: round-robin over
 /// the consumers; with single active consumer to the first registered only, once no former
 /// active consumer has deliveries left to settle; on a grouped queue each consumer takes
-/// the messages of its own groups and those without a group (`groups.rs`).
-fn drain(st: &mut QueueState, qs: Option<&QueueStore>) {
+/// the messages of its own groups and those without a group (`groups.rs`). What goes to a
+/// sole active consumer is only taken, into `outgoing`, for [`hand_over`].
+fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
     let QueueState {
         args,
         ready,
@@ -1113,6 +1191,7 @@ fn drain(st: &mut QueueState, qs: Option<&QueueStore>) {
         counters,
         max_delivered,
         body_bytes,
+        outgoing,
         ..
     } = st;
     // Single active consumer: the first registered, once its predecessor's deliveries are
@@ -1134,6 +1213,19 @@ fn drain(st: &mut QueueState, qs: Option<&QueueStore>) {
     };
     if let Some(groups) = ready.groups_mut() {
         groups.drain(idle, |consumer, item| tally.deliver(consumer, item));
+    } else if active == 1 {
+        let consumer = &consumers[0];
+        while !ready.is_empty() && outgoing.len() < HAND_OVER_MAX && consumer.try_acquire() {
+            let Some(item) = ready.pop_front() else {
+                consumer.release(1);
+                break;
+            };
+            *tally.max_delivered = (*tally.max_delivered).max(Some(item.seq));
+            if outgoing.capacity() == 0 {
+                *outgoing = SPARE.take();
+            }
+            outgoing.push(item);
+        }
     } else {
         let consumers = &consumers[..active];
         let n = consumers.len();
@@ -1181,16 +1273,27 @@ impl Tally<'_> {
         let (size, redelivered) = (item.size, item.redelivered);
         let body = item.message.body().len() as u64;
         consumer.channel.deliver(consumer, item)?;
+        self.count(size, body, redelivered, consumer.no_ack);
+        mark_delivered(self.marked, stored, consumer.no_ack, self.qs);
+        Ok(())
+    }
+
+    /// Accounts for `item`, handed to `consumer` by [`hand_over`].
+    fn delivered(&mut self, consumer: &Consumer, item: &Ready) {
+        let body = item.message.body().len() as u64;
+        self.count(item.size, body, item.redelivered, consumer.no_ack);
+        mark_delivered(self.marked, item.stored, consumer.no_ack, self.qs);
+    }
+
+    fn count(&mut self, size: u64, body: u64, redelivered: bool, no_ack: bool) {
         let counters = &mut *self.counters;
         counters.ready_bytes = counters.ready_bytes.saturating_sub(size);
         *self.body_bytes = self.body_bytes.saturating_sub(body);
         counters.delivered += 1;
         counters.redelivered += u64::from(redelivered);
-        mark_delivered(self.marked, stored, consumer.no_ack, self.qs);
-        if !consumer.no_ack {
+        if !no_ack {
             *self.unacked += 1;
         }
-        Ok(())
     }
 }
 

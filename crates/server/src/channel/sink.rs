@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
-use lockgate_broker::{ConsumerTag, Delivery, DeliverySink, DeliveryTag, SinkClosed};
+use lockgate_broker::{
+    ConsumerTag, Delivery, DeliverySink, DeliveryTag, SinkClosed, SinkClosedAll,
+};
 use lockgate_wire::basic;
 use tokio::sync::mpsc::error::SendError;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::metrics::GlobalCounters;
+use crate::metrics::{Counter, GlobalCounters};
 use crate::writer::Outbound;
 
 /// What the broker asks of a connection's reader, outside any method it received.
@@ -51,6 +53,31 @@ impl DeliverySink for ChannelSink {
             // The writer is gone: hand the delivery back so the broker requeues it.
             Err(SendError(Outbound::Deliver { delivery, .. })) => Err(SinkClosed(delivery)),
             // Only a Deliver was sent, so only a Deliver can come back.
+            Err(SendError(_)) => Ok(()),
+        }
+    }
+
+    fn deliver_all(&self, deliveries: Vec<Delivery>) -> Result<(), SinkClosedAll> {
+        let count = |f: fn(&Delivery) -> bool| deliveries.iter().filter(|d| f(d)).count() as u64;
+        let (auto_ack, redelivered) = (count(|d| d.no_ack), count(|d| d.redelivered));
+        let manual_ack = deliveries.len() as u64 - auto_ack;
+        let msg = Outbound::Deliveries {
+            channel: self.number,
+            deliveries,
+        };
+        match self.out.send(msg) {
+            Ok(()) => {
+                let counters = &self.counters;
+                counters.add(Counter::DeliveredConsumeManualAck, manual_ack);
+                counters.add(Counter::DeliveredConsumeAutoAck, auto_ack);
+                counters.add(Counter::Redelivered, redelivered);
+                Ok(())
+            }
+            // The writer is gone: hand them back so the broker requeues them.
+            Err(SendError(Outbound::Deliveries { deliveries, .. })) => {
+                Err(SinkClosedAll(deliveries))
+            }
+            // Only Deliveries were sent, so only Deliveries can come back.
             Err(SendError(_)) => Ok(()),
         }
     }

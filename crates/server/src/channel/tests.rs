@@ -1,6 +1,6 @@
 //! The channel state machine against a real broker, without sockets.
 
-use lockgate_broker::{Broker, BrokerConfig};
+use lockgate_broker::{Broker, BrokerConfig, Delivery};
 use lockgate_wire::{BasicProperties, Frame};
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
@@ -365,4 +365,66 @@ fn prefetch_size_is_not_implemented() {
         .unwrap_err();
     assert_eq!(e.code, reply_code::NOT_IMPLEMENTED);
     assert_eq!(e.text, "NOT_IMPLEMENTED - prefetch_size!=0 (10)");
+}
+
+/// The next deliveries the writer was handed, and whether they came as one message.
+fn deliveries(rx: &mut UnboundedReceiver<Outbound>) -> (Vec<(u64, Bytes)>, bool) {
+    let entry = |d: &Delivery| (d.delivery_tag.0, d.message.body_bytes());
+    match rx.try_recv().expect("deliveries") {
+        Outbound::Deliver {
+            channel: 1,
+            delivery,
+        } => (vec![entry(&delivery)], false),
+        Outbound::Deliveries {
+            channel: 1,
+            deliveries,
+        } => (deliveries.iter().map(entry).collect(), true),
+        other => panic!("expected deliveries, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_drain_to_one_consumer_reaches_the_writer_as_one_message_in_order() {
+    let (mut channel, mut rx) = channel(1024);
+    declare(&mut channel, &mut rx, "q");
+    for body in [b"0", b"1", b"2", b"3", b"4", b"5"] {
+        publish(&mut channel, "q", body, false);
+    }
+    channel
+        .on_method(Method::BasicQos(basic::Qos {
+            prefetch_count: 2,
+            ..Default::default()
+        }))
+        .expect("qos");
+    assert!(matches!(next_method(&mut rx), Method::BasicQosOk(_)));
+    channel
+        .on_method(Method::BasicConsume(basic::Consume {
+            queue: "q".into(),
+            consumer_tag: "c".into(),
+            ..Default::default()
+        }))
+        .expect("consume");
+    assert!(matches!(next_method(&mut rx), Method::BasicConsumeOk(_)));
+    let b = |s: &'static [u8]| Bytes::from_static(s);
+    assert_eq!(
+        deliveries(&mut rx),
+        (vec![(1, b(b"0")), (2, b(b"1"))], true)
+    );
+    let ack = |channel: &mut Channel, delivery_tag, multiple| {
+        channel
+            .on_method(Method::BasicAck(basic::Ack {
+                delivery_tag,
+                multiple,
+            }))
+            .expect("ack");
+    };
+    ack(&mut channel, 2, true);
+    assert_eq!(
+        deliveries(&mut rx),
+        (vec![(3, b(b"2")), (4, b(b"3"))], true)
+    );
+    // One freed credit: one delivery, without a batch.
+    ack(&mut channel, 3, false);
+    assert_eq!(deliveries(&mut rx), (vec![(5, b(b"4"))], false));
+    assert!(rx.try_recv().is_err());
 }
