@@ -53,8 +53,9 @@ pub const LOAD_DROP: usize = 512 << 10;
 /// The shortest time between two trims.
 pub const TRIM_GAP: Duration = Duration::from_secs(5);
 /// Heap counted per open connection in the [`Load`]: a little below what an idle connection
-/// costs (about 20 KiB), so the load does not overstate what is in use.
-const CONNECTION_BYTES: usize = 16 << 10;
+/// costs (about 9 KiB: a quiet read buffer, the two tasks, the writer's queue), so the load does
+/// not overstate what is in use.
+const CONNECTION_BYTES: usize = 8 << 10;
 /// How often the resident size and the load are read: often enough that a trim follows a
 /// burst within a second, and cheap at any rate.
 const CHECK_EVERY: Duration = Duration::from_millis(250);

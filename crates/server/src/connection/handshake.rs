@@ -174,7 +174,7 @@ impl Connection {
             &user.name,
             &vhost_name,
             &start_ok.mechanism,
-            start_ok.client_properties.clone(),
+            &start_ok.client_properties,
             (
                 self.tuning.channel_max,
                 self.tuning.frame_max,

@@ -32,11 +32,13 @@ use tracing::{debug, error, info, trace, warn, Instrument};
 
 mod handshake;
 mod liveness;
+mod read_size;
 #[cfg(test)]
 mod tests;
 
 use self::handshake::{bad_header_hint, is_supported_header};
 use self::liveness::Liveness;
+use self::read_size::{ReadSize, READ_START};
 use crate::channel::{Channel, ChannelEvent, ChannelInit};
 use crate::config::Config;
 use crate::error::{code_name, AmqpError};
@@ -52,9 +54,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long to wait for the writer to flush, and the peer to close its side, at the end.
 const LINGER: Duration = Duration::from_secs(2);
-/// How much the read loop asks the socket for at once; every complete frame in it is then
-/// handled without going back to the runtime.
-const READ_CHUNK: usize = 64 * 1024;
 /// A connection whose socket never runs dry (a publisher's burst) goes back to the runtime
 /// after this long: the read loop's fast path skips the runtime, and on a busy worker other
 /// connections' reads and writes would otherwise wait for the whole burst.
@@ -313,7 +312,7 @@ async fn serve_halves(
     let frame_max = ctx.config.limits.frame_max;
     let (out, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer::run(write_half, rx, frame_max).in_current_span());
-    let framed = FramedRead::with_capacity(read_half, FrameCodec::new(frame_max), READ_CHUNK);
+    let framed = FramedRead::with_capacity(read_half, FrameCodec::new(frame_max), READ_START);
 
     let mut connection = Connection::new(
         ctx.clone(),
@@ -342,6 +341,8 @@ struct Connection {
     tls: bool,
     out: UnboundedSender<Outbound>,
     framed: Framed,
+    /// Whether the read buffer is the quiet or the busy size.
+    read_size: ReadSize,
     writer: JoinHandle<std::io::Result<WriteHalf>>,
     tuning: Tuning,
     capabilities: ClientCapabilities,
@@ -361,8 +362,12 @@ struct Connection {
     /// is read until it has room (the receiver turns true).
     room_wait: Option<watch::Receiver<bool>>,
     /// Requests from the broker side of this connection's channels (consumer timeouts).
-    events_tx: UnboundedSender<ChannelEvent>,
-    events: mpsc::UnboundedReceiver<ChannelEvent>,
+    /// Made with the first channel: a connection without channels has no consumer to time out,
+    /// and the queue's first block of slots is allocated with it.
+    events: Option<(
+        UnboundedSender<ChannelEvent>,
+        mpsc::UnboundedReceiver<ChannelEvent>,
+    )>,
     /// Serial of the next channel opened, so that a late event for a closed channel does
     /// not hit a new one with the same number.
     next_serial: u64,
@@ -392,7 +397,6 @@ impl Connection {
         out: UnboundedSender<Outbound>,
         writer: JoinHandle<std::io::Result<WriteHalf>>,
     ) -> Self {
-        let (events_tx, events) = mpsc::unbounded_channel();
         Self {
             tuning: tune::proposal(&ctx.config.limits),
             ctx,
@@ -402,6 +406,7 @@ impl Connection {
             tls,
             out,
             framed,
+            read_size: ReadSize::default(),
             writer,
             capabilities: ClientCapabilities::default(),
             vhost: None,
@@ -414,8 +419,7 @@ impl Connection {
             blocked_sent: false,
             held: None,
             room_wait: None,
-            events_tx,
-            events,
+            events: None,
             next_serial: 0,
             confirms_dirty: Vec::new(),
             confirm_wait: None,
@@ -576,6 +580,13 @@ impl Connection {
                     _ => std::future::pending().await,
                 }
             };
+            let events = &mut self.events;
+            let event = async {
+                match events {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if !shutdown_sent => {
@@ -627,10 +638,11 @@ impl Connection {
                         return End::Abort;
                     }
                     self.send(Outbound::Frame(Box::new(Frame::Heartbeat)));
+                    self.read_size.on_tick(self.framed.read_buffer_mut());
                 }
                 () = time::sleep_until(closing_deadline), if self.closing.is_some() => {}
                 () = room => self.on_queue_room(),
-                Some(event) = self.events.recv() => self.on_channel_event(event),
+                Some(event) = event => self.on_channel_event(event),
                 next = self.framed.next(), if read_enabled => {
                     liveness.received();
                     if let Err(end) = self.on_read(next) {
@@ -669,7 +681,10 @@ impl Connection {
         loop {
             if !self.on_publish_frames(buffer, &mut arrivals) {
                 let next = match self.framed.decoder_mut().decode(buffer) {
-                    Ok(None) => return Ok(handled),
+                    Ok(None) => {
+                        self.read_size.on_incomplete_frame(buffer);
+                        return Ok(handled);
+                    }
                     Ok(Some(frame)) => Ok(frame),
                     Err(e) => Err(e),
                 };
@@ -1097,7 +1112,11 @@ impl Connection {
             store: self.ctx.broker.store().cloned(),
             access,
             counters: Arc::clone(&self.ctx.counters),
-            events: self.events_tx.clone(),
+            events: self
+                .events
+                .get_or_insert_with(mpsc::unbounded_channel)
+                .0
+                .clone(),
             serial: self.next_serial,
         });
         let serial = self.next_serial;
@@ -1216,15 +1235,11 @@ impl Connection {
             // Read until the peer closes: after our close-ok that is the client's move, and
             // after our FIN it keeps unread input from turning the close into a reset that
             // could destroy the close frame in flight.
+            // `copy` reads into a buffer it allocates: one inside this future would be part of
+            // the connection's task for its whole life.
             let mut read_half = self.framed.into_inner();
-            let mut scratch = [0u8; 4096];
-            let drain = async {
-                while let Ok(n) = read_half.read(&mut scratch).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            };
+            let mut sink = tokio::io::sink();
+            let drain = tokio::io::copy(&mut read_half, &mut sink);
             let _ = time::timeout(LINGER, drain).await;
         }
         info!("connection closed");

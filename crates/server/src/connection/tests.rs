@@ -583,3 +583,63 @@ async fn a_publish_after_a_frame_on_the_general_path_reads_the_clock_again() {
     );
     assert!(arrivals[2] > arrivals[1], "read again after the purge");
 }
+
+/// Every connection's task holds its future for as long as it lives: a buffer or a large
+/// future in it (4 KiB of drain scratch once took two thirds of it) costs that much per
+/// connection, idle or not.
+#[tokio::test]
+async fn a_connection_task_stays_small() {
+    let (connection, _rx) = connection(full());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stream = TcpStream::connect(listener.local_addr().expect("address"))
+        .await
+        .expect("connect");
+    let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+    let task = serve(Arc::clone(&connection.ctx), stream, peer, 1);
+    assert!(
+        size_of_val(&task) <= 3 * 1024,
+        "{} octets",
+        size_of_val(&task)
+    );
+}
+
+#[tokio::test]
+async fn a_publish_cut_short_makes_the_quiet_buffer_busy_and_arrives_whole() {
+    let (mut connection, _rx) = connection(full());
+    let mut liveness = Liveness::default();
+    let mut buffer = BytesMut::with_capacity(READ_START);
+    buffer.extend_from_slice(&setup());
+    assert!(matches!(
+        connection.on_frames_in(&mut buffer, &mut liveness, None),
+        Ok(true)
+    ));
+    assert!(buffer.capacity() <= READ_START, "quiet after the setup");
+    let body = [5u8; MAX_MESSAGE_SIZE as usize];
+    let mut s = Vec::new();
+    Publish {
+        body: &body,
+        ..Publish::default()
+    }
+    .write(&mut s);
+    // What a read that filled the quiet buffer leaves: a publish cut short.
+    let cut = s.len() - 10;
+    buffer.extend_from_slice(&s[..cut]);
+    let _ = connection.on_frames_in(&mut buffer, &mut liveness, None);
+    assert!(buffer.capacity() >= read_size::READ_CHUNK, "busy");
+    buffer.extend_from_slice(&s[cut..]);
+    while let Ok(true) = connection.on_frames_in(&mut buffer, &mut liveness, None) {}
+    assert!(buffer.is_empty());
+    assert_eq!(
+        connection
+            .vhost
+            .as_ref()
+            .and_then(|vhost| vhost.queue("q"))
+            .map(|q| q.message_count()),
+        Some(1)
+    );
+    // Empty at a heartbeat tick: quiet again.
+    connection.read_size.on_tick(&mut buffer);
+    assert_eq!(buffer.capacity(), READ_START);
+}

@@ -202,7 +202,7 @@ impl Api {
             "frame_max": c.frame_max,
             "timeout": c.heartbeat,
             "connected_at": c.connected_at,
-            "client_properties": table_to_json(&c.client_properties),
+            "client_properties": table_to_json(&c.client_properties()),
         })
     }
 

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use lockgate_wire::FieldTable;
 use tokio_util::sync::CancellationToken;
 
@@ -30,8 +31,10 @@ pub struct ConnectionEntry {
     pub vhost: String,
     /// SASL mechanism used.
     pub auth_mechanism: String,
-    /// What the client sent in connection.start-ok.
-    pub client_properties: FieldTable,
+    /// What the client sent in connection.start-ok, encoded: only the API reads it, and the
+    /// octets take a fraction of the decoded table's memory (a tree node per table, a string
+    /// per key), kept for as long as the connection lives.
+    client_properties: Box<[u8]>,
     /// Negotiated limits.
     pub channel_max: u16,
     /// Negotiated frame size.
@@ -57,7 +60,7 @@ impl ConnectionEntry {
         user: &str,
         vhost: &str,
         auth_mechanism: &str,
-        client_properties: FieldTable,
+        client_properties: &FieldTable,
         tuning: (u16, u32, u16),
         shutdown: &CancellationToken,
     ) -> Self {
@@ -72,7 +75,7 @@ impl ConnectionEntry {
             user: user.to_owned(),
             vhost: vhost.to_owned(),
             auth_mechanism: auth_mechanism.to_owned(),
-            client_properties,
+            client_properties: encode(client_properties),
             channel_max: tuning.0,
             frame_max: tuning.1,
             heartbeat: tuning.2,
@@ -81,6 +84,11 @@ impl ConnectionEntry {
             close: shutdown.child_token(),
             close_reason: Mutex::new(None),
         }
+    }
+
+    /// What the client sent in connection.start-ok.
+    pub fn client_properties(&self) -> FieldTable {
+        FieldTable::decode(&self.client_properties).unwrap_or_default()
     }
 
     /// Marks a connection accepted on the AMQPS listener.
@@ -98,6 +106,16 @@ impl ConnectionEntry {
             .unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
         self.close.cancel();
     }
+}
+
+/// `table` encoded, in an allocation of its size; empty (decoding to an empty table) if it
+/// does not encode, which a table decoded from the wire always does.
+fn encode(table: &FieldTable) -> Box<[u8]> {
+    let mut octets = BytesMut::new();
+    if table.encode(&mut octets).is_err() {
+        return Box::default();
+    }
+    Box::from(&octets[..])
 }
 
 /// The open connections by id.
@@ -165,5 +183,57 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.entry.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use lockgate_wire::FieldValue;
+
+    use super::*;
+
+    fn entry(client_properties: &FieldTable) -> ConnectionEntry {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5672));
+        ConnectionEntry::new(
+            1,
+            addr,
+            addr,
+            "guest",
+            "/",
+            "PLAIN",
+            client_properties,
+            (2047, 131_072, 60),
+            &CancellationToken::new(),
+        )
+    }
+
+    #[test]
+    fn client_properties_are_kept_as_the_client_sent_them() {
+        let capabilities: FieldTable = [
+            ("publisher_confirms".to_owned(), FieldValue::Bool(true)),
+            ("connection.blocked".to_owned(), FieldValue::Bool(true)),
+        ]
+        .into_iter()
+        .collect();
+        let properties: FieldTable = [
+            (
+                "product".to_owned(),
+                FieldValue::LongString(Bytes::from_static(b"pika")),
+            ),
+            ("capabilities".to_owned(), FieldValue::Table(capabilities)),
+            ("channel_max".to_owned(), FieldValue::I64(-3)),
+            (
+                "list".to_owned(),
+                FieldValue::Array(vec![FieldValue::U8(1), FieldValue::Void]),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(entry(&properties).client_properties(), properties);
+        assert_eq!(
+            entry(&FieldTable::new()).client_properties(),
+            FieldTable::new()
+        );
     }
 }
