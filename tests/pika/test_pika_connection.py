@@ -243,6 +243,37 @@ def test_sigterm_closes_clients_with_320_and_exits_zero(lockgate):
 
 
 @pytest.mark.lockgate_only
+def test_a_broker_whose_stderr_reader_is_gone_keeps_serving_and_stops_on_sigterm(tmp_path):
+    """A log collector that goes away breaks the broker's stderr pipe. Before, every log line
+    then panicked the task that wrote it: new connections died, and SIGTERM was ignored."""
+    proc = subprocess.Popen(
+        [str(lockgate_binary()), "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+         "--log-level", "debug"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in proc.stderr:
+            if "listening" in line:
+                port = int(line.rsplit(":", 1)[1].split()[0].strip('"'))
+                break
+        assert port, "no listening line"
+        proc.stderr.close()
+        for _ in range(3):
+            conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+            ch = conn.channel()
+            q = ch.queue_declare("", exclusive=True).method.queue
+            ch.basic_publish("", q, b"logged to nobody")
+            assert ch.basic_get(q, auto_ack=True)[2] == b"logged to nobody"
+            conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.lockgate_only
 def test_json_log_format_has_listening_line(lockgate):
     b = lockgate('[log]\nformat = "json"\n')
     line = b.process.wait_for_log(r'"listening"')

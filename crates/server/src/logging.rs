@@ -12,9 +12,13 @@ use crate::config::{LogConfig, LogFormat};
 pub fn init(config: &LogConfig) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.level)
         .with_context(|| format!("log.level: invalid filter {:?}", config.level))?;
+    // A line that cannot be written (stderr is a pipe nobody reads any more: a log collector
+    // gone) is dropped. By default the subscriber reports that with eprintln!, which panics on
+    // the same broken pipe: every task that logged would die, the signal handler's included.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let result = match config.format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder
