@@ -173,7 +173,10 @@ impl ChannelShared {
                 .collect();
             match self.sink.deliver_all(deliveries) {
                 Ok(()) => items.len(),
-                Err(SinkClosedAll(refused)) => items.len() - refused.len(),
+                Err(SinkClosedAll(refused)) => {
+                    debug_assert!(refused.len() <= items.len());
+                    items.len().saturating_sub(refused.len())
+                }
             }
         };
         if sent < items.len() {

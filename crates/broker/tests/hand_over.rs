@@ -156,6 +156,29 @@ fn a_batch_refused_by_a_closed_connection_keeps_its_place() {
     assert_eq!(rest[0].delivery_tag, DeliveryTag(1));
 }
 
+#[test]
+fn a_lone_delivery_refused_by_a_closed_connection_keeps_its_place() {
+    let vh = vhost();
+    queue(&vh, "q");
+    for i in 0..3 {
+        send(&vh, "q", &i.to_string());
+    }
+    // Prefetch 1: every drain takes one. The second is refused: the connection is gone.
+    let (mut ch, sink) = batch_channel(&vh, 1, 1);
+    ch.qos(1, false);
+    consume(&mut ch, "q", "c", false);
+    ch.ack(DeliveryTag(1), false).unwrap();
+    assert_eq!(sink.sizes(), [1]);
+    let q = vh.queue("q").unwrap();
+    assert_eq!((q.message_count(), q.unacked_count()), (2, 0));
+    assert_eq!(q.snapshot().delivered, 1);
+    drop(ch);
+    assert_eq!(
+        remaining(&vh, "q"),
+        [("1".to_string(), false), ("2".to_string(), false)]
+    );
+}
+
 /// [`Batches`] without its own `deliver_all`: the default hands over one by one, so a
 /// connection gone mid-batch takes the first ones and refuses the rest.
 struct OneByOne(Arc<Batches>);

@@ -298,6 +298,77 @@ mod tests {
         assert!(expected.len() > 300);
     }
 
+    /// A socket that keeps what each flush sent as one write.
+    #[derive(Default)]
+    struct Writes {
+        flushed: Vec<Vec<u8>>,
+        pending: Vec<u8>,
+    }
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.pending.extend_from_slice(data);
+            std::task::Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let written = std::mem::take(&mut self.pending);
+            if !written.is_empty() {
+                self.flushed.push(written);
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    async fn writes(messages: Vec<Outbound>) -> Vec<Vec<u8>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for msg in messages {
+            tx.send(msg).expect("writer queue");
+        }
+        tx.send(Outbound::Shutdown).expect("writer queue");
+        let socket = run(Writes::default(), rx, 131_072).await.expect("written");
+        assert!(socket.pending.is_empty());
+        socket.flushed
+    }
+
+    #[tokio::test]
+    async fn a_large_handed_over_batch_goes_out_first_after_the_first_flush_threshold() {
+        static BODY: [u8; 1000] = [7; 1000];
+        let one_by_one = (1..=40)
+            .map(|tag| Outbound::Deliver {
+                channel: 3,
+                delivery: delivery(tag, &BODY),
+            })
+            .collect();
+        let together = vec![Outbound::Deliveries {
+            channel: 3,
+            deliveries: (1..=40).map(|tag| delivery(tag, &BODY)).collect(),
+        }];
+        let expected = writes(one_by_one).await;
+        let split = writes(together).await;
+        assert_eq!(split, expected);
+        // The first write ends with the delivery that crossed the threshold; the rest
+        // follow in one.
+        assert_eq!(split.len(), 2);
+        let each = split.concat().len() / 40;
+        assert!(split[0].len() >= FIRST_FLUSH);
+        assert!(split[0].len() < FIRST_FLUSH + each);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_large_buffer_is_released_after_an_idle_second() {
         let (tx, mut rx) = mpsc::unbounded_channel();

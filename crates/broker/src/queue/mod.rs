@@ -154,7 +154,8 @@ struct QueueState {
     /// A page-in was requested and not served yet.
     want_page: bool,
     /// Messages a drain took for the only active consumer (the first), with its credit, to
-    /// hand over together ([`hand_over`]). Empty outside a drain.
+    /// hand over together ([`hand_over`]); a drain that takes one delivers it directly.
+    /// Empty outside a drain.
     outgoing: Vec<Ready>,
 }
 
@@ -163,6 +164,10 @@ thread_local! {
     /// allocates nothing in the steady state.
     static SPARE: Cell<Vec<Ready>> = const { Cell::new(Vec::new()) };
 }
+
+/// The largest [`SPARE`] a thread keeps: enough for the runs of a steady stream, while a
+/// backlog's full run (`HAND_OVER_MAX`, ~64 KiB) is given back.
+const SPARE_MAX: usize = 128;
 
 /// The most messages handed over together: a long drain (a backlog, a no-ack consumer)
 /// goes in runs of this many rather than all at once, so that it holds no second copy of
@@ -1101,6 +1106,7 @@ fn hand_over(st: &mut QueueState, qs: Option<&QueueStore>) {
     }
     let mut items = std::mem::take(&mut st.outgoing);
     let QueueState {
+        args,
         consumers,
         ready,
         unacked,
@@ -1110,6 +1116,8 @@ fn hand_over(st: &mut QueueState, qs: Option<&QueueStore>) {
         body_bytes,
         ..
     } = st;
+    // `take_ready` fills `outgoing` only for a sole active consumer, the first.
+    debug_assert!(args.single_active_consumer || consumers.len() == 1);
     let consumer = &consumers[0];
     let mut tally = Tally {
         unacked,
@@ -1123,7 +1131,7 @@ fn hand_over(st: &mut QueueState, qs: Option<&QueueStore>) {
         .channel
         .deliver_all(consumer, &mut items, |item| tally.delivered(consumer, item));
     if !items.is_empty() {
-        consumer.release(u32::try_from(items.len()).unwrap_or(u32::MAX));
+        consumer.release(saturate(items.len()));
         for item in items.drain(..) {
             ready.insert(item);
         }
@@ -1133,7 +1141,7 @@ fn hand_over(st: &mut QueueState, qs: Option<&QueueStore>) {
 
 /// Keeps an emptied `QueueState::outgoing` for the next drain on this thread.
 fn recycle(items: Vec<Ready>) {
-    if items.capacity() <= HAND_OVER_MAX {
+    if items.capacity() <= SPARE_MAX {
         SPARE.set(items);
     }
 }
@@ -1178,7 +1186,8 @@ fn drain(st: &mut QueueState, qs: Option<&QueueStore>) {
 /// the consumers; with single active consumer to the first registered only, once no former
 /// active consumer has deliveries left to settle; on a grouped queue each consumer takes
 /// the messages of its own groups and those without a group (`groups.rs`). What goes to a
-/// sole active consumer is only taken, into `outgoing`, for [`hand_over`].
+/// sole active consumer is only taken, into `outgoing`, for [`hand_over`], unless it is one
+/// message: that one is delivered here, with no list.
 fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
     let QueueState {
         args,
@@ -1215,16 +1224,30 @@ fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
         groups.drain(idle, |consumer, item| tally.deliver(consumer, item));
     } else if active == 1 {
         let consumer = &consumers[0];
+        // The first taken waits here until a second one is: a drain of one (prefetch 1, a
+        // quiet queue) costs what it did before hand-over, no list and no `SPARE`.
+        let mut first = None;
         while !ready.is_empty() && outgoing.len() < HAND_OVER_MAX && consumer.try_acquire() {
             let Some(item) = ready.pop_front() else {
                 consumer.release(1);
                 break;
             };
             *tally.max_delivered = (*tally.max_delivered).max(Some(item.seq));
+            if outgoing.is_empty() && first.is_none() {
+                first = Some(item);
+                continue;
+            }
             if outgoing.capacity() == 0 {
                 *outgoing = SPARE.take();
             }
+            outgoing.extend(first.take());
             outgoing.push(item);
+        }
+        if let Some(item) = first {
+            if let Err(item) = tally.deliver(consumer, item) {
+                consumer.release(1);
+                ready.insert(item);
+            }
         }
     } else {
         let consumers = &consumers[..active];

@@ -58,19 +58,25 @@ impl DeliverySink for ChannelSink {
     }
 
     fn deliver_all(&self, deliveries: Vec<Delivery>) -> Result<(), SinkClosedAll> {
-        let count = |f: fn(&Delivery) -> bool| deliveries.iter().filter(|d| f(d)).count() as u64;
-        let (auto_ack, redelivered) = (count(|d| d.no_ack), count(|d| d.redelivered));
-        let manual_ack = deliveries.len() as u64 - auto_ack;
+        // A batch goes to one consumer: one no-ack for all of it.
+        let no_ack = deliveries.first().is_some_and(|d| d.no_ack);
+        let delivered = if no_ack {
+            Counter::DeliveredConsumeAutoAck
+        } else {
+            Counter::DeliveredConsumeManualAck
+        };
+        let n = deliveries.len() as u64;
+        let redelivered = deliveries.iter().filter(|d| d.redelivered).count() as u64;
         let msg = Outbound::Deliveries {
             channel: self.number,
             deliveries,
         };
         match self.out.send(msg) {
             Ok(()) => {
-                let counters = &self.counters;
-                counters.add(Counter::DeliveredConsumeManualAck, manual_ack);
-                counters.add(Counter::DeliveredConsumeAutoAck, auto_ack);
-                counters.add(Counter::Redelivered, redelivered);
+                self.counters.add(delivered, n);
+                if redelivered > 0 {
+                    self.counters.add(Counter::Redelivered, redelivered);
+                }
                 Ok(())
             }
             // The writer is gone: hand them back so the broker requeues them.
