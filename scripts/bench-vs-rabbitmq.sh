@@ -16,7 +16,8 @@
 # ratio, ready for the README) and ratios.svg; prints the table.
 # Both brokers are stopped on exit, whatever happens.
 #
-# Time: --quick about 5 minutes, the default about 10 (after the build; 9 min 7 s of runs at 14:55 UTC on 2026-11-22).
+# Time: --quick about 5 minutes, the default about 9, after a ~3-minute release build (fat LTO;
+# 8 min 50 s of runs at 17:38 UTC on 2026-11-22).
 # Scenarios: transient persistent fanout latency backlog many-queues connections.
 set -euo pipefail
 

@@ -20,13 +20,6 @@ INVALID = [
                                     "in queue '{q}' in vhost '/'"),
     ({"x-dead-letter-routing-key": "k"}, "invalid arg 'x-dead-letter-routing-key' for queue "
                                          "'{q}' in vhost '/': routing_key_but_no_dlx_defined"),
-    # A dead-lettered message goes out in basic.deliver with these as shortstrs: a longer one
-    # could never be delivered (lockgate's own check; RabbitMQ has none).
-    ({"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "k" * 256},
-     "invalid arg 'x-dead-letter-routing-key' for queue '{q}' in vhost '/': "
-     "{{value_too_long,256}}"),
-    ({"x-dead-letter-exchange": "é" * 128}, "invalid arg 'x-dead-letter-exchange' for queue "
-                                           "'{q}' in vhost '/': {{value_too_long,256}}"),
     ({"x-single-active-consumer": "yes"}, "invalid arg 'x-single-active-consumer' for queue "
                                           "'{q}' in vhost '/': {{unacceptable_type,longstr}}"),
 ]
@@ -45,6 +38,24 @@ def test_invalid_queue_argument_is_406(conn, name, arguments, text):
     # Nothing was declared.
     with pytest.raises(pe.ChannelClosedByBroker):
         conn.channel().queue_declare(q, passive=True)
+
+
+# A dead-lettered message goes out in basic.deliver with these as shortstrs: a longer one could
+# never be delivered, and broke the connection of every consumer it was delivered to. lockgate's
+# own check: RabbitMQ has none.
+TOO_LONG = [
+    ({"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "k" * 256},
+     "invalid arg 'x-dead-letter-routing-key' for queue '{q}' in vhost '/': "
+     "{{value_too_long,256}}"),
+    ({"x-dead-letter-exchange": "é" * 128}, "invalid arg 'x-dead-letter-exchange' for queue "
+                                           "'{q}' in vhost '/': {{value_too_long,256}}"),
+]
+
+
+@pytest.mark.lockgate_only
+@pytest.mark.parametrize("arguments,text", TOO_LONG, ids=["routing-key", "exchange"])
+def test_dead_letter_names_over_255_octets_are_406(conn, name, arguments, text):
+    test_invalid_queue_argument_is_406(conn, name, arguments, text)
 
 
 @pytest.mark.parametrize("arguments", [

@@ -273,6 +273,7 @@ def test_client_closes_the_socket_after_close_ok(rawconn, witness):
     witness()
 
 
+@pytest.mark.lockgate_only
 def test_long_multibyte_name_in_a_reply_text_is_cut_on_a_character(rawconn):
     """A 404 quotes the queue name, here 255 octets: the reply text is cut to fit a shortstr, as
     RabbitMQ cuts it (252 octets and "..."), but not inside a character: clients decode it as
