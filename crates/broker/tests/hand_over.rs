@@ -87,6 +87,16 @@ fn numbered(range: std::ops::Range<usize>) -> Vec<String> {
 }
 
 /// What `basic.get` finds in `queue`, in order, with the redelivered flag.
+/// Publishes "0", "1", ... `total - 1` to "q" on a thread of its own.
+fn publish_numbered(vh: &Arc<VHost>, total: usize) -> thread::JoinHandle<()> {
+    let vh = Arc::clone(vh);
+    thread::spawn(move || {
+        for i in 0..total {
+            send(&vh, "q", &i.to_string());
+        }
+    })
+}
+
 fn remaining(vh: &Arc<VHost>, queue: &str) -> Vec<(String, bool)> {
     let (mut ch, _) = channel(vh, 99);
     std::iter::from_fn(|| ch.get(queue, true).unwrap())
@@ -228,14 +238,7 @@ fn deliveries_across_threads_keep_the_queue_order_and_consecutive_tags() {
     let (mut ch, sink) = batch_channel(&vh, 1, usize::MAX);
     ch.qos(1000, false);
     consume(&mut ch, "q", "c", false);
-    let publisher = {
-        let vh = Arc::clone(&vh);
-        thread::spawn(move || {
-            for i in 0..TOTAL {
-                send(&vh, "q", &i.to_string());
-            }
-        })
-    };
+    let publisher = publish_numbered(&vh, TOTAL);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut acked = 0;
     while acked < TOTAL {
@@ -309,14 +312,7 @@ fn closing_mid_stream_requeues_every_unacked_delivery_once_in_order() {
     let (mut ch, sink) = batch_channel(&vh, 1, usize::MAX);
     ch.qos(500, false);
     consume(&mut ch, "q", "c", false);
-    let publisher = {
-        let vh = Arc::clone(&vh);
-        thread::spawn(move || {
-            for i in 0..TOTAL {
-                send(&vh, "q", &i.to_string());
-            }
-        })
-    };
+    let publisher = publish_numbered(&vh, TOTAL);
     // Ack the first 200, then close with the rest of the prefetch in flight.
     while sink.all().len() < 300 {
         thread::yield_now();
