@@ -272,6 +272,15 @@ fn same_outcome_split_anywhere(
     whole
 }
 
+/// How many messages `queue` holds in the connection's vhost.
+fn messages_in(connection: &Connection, queue: &str) -> Option<u32> {
+    connection
+        .vhost
+        .as_ref()
+        .and_then(|vhost| vhost.queue(queue))
+        .map(|q| q.message_count())
+}
+
 fn full() -> VHostPermissions {
     VHostPermissions::full()
 }
@@ -528,14 +537,7 @@ async fn a_whole_publish_takes_the_fast_path_and_a_partial_one_is_left() {
     buffer.extend_from_slice(&s[s.len() - 1..]);
     assert!(connection.on_publish_frames(&mut buffer, &mut arrivals));
     assert!(buffer.is_empty());
-    assert_eq!(
-        connection
-            .vhost
-            .as_ref()
-            .and_then(|vhost| vhost.queue("q"))
-            .map(|q| q.message_count()),
-        Some(2)
-    );
+    assert_eq!(messages_in(&connection, "q"), Some(2));
 }
 
 #[test]
@@ -631,14 +633,7 @@ async fn a_publish_cut_short_makes_the_quiet_buffer_busy_and_arrives_whole() {
     buffer.extend_from_slice(&s[cut..]);
     while let Ok(true) = connection.on_frames_in(&mut buffer, &mut liveness, None) {}
     assert!(buffer.is_empty());
-    assert_eq!(
-        connection
-            .vhost
-            .as_ref()
-            .and_then(|vhost| vhost.queue("q"))
-            .map(|q| q.message_count()),
-        Some(1)
-    );
+    assert_eq!(messages_in(&connection, "q"), Some(1));
     // Empty at a heartbeat tick: quiet again.
     connection.read_size.on_tick(&mut buffer);
     assert_eq!(buffer.capacity(), READ_START);
