@@ -87,14 +87,17 @@ fn numbered(range: std::ops::Range<usize>) -> Vec<String> {
 }
 
 /// What `basic.get` finds in `queue`, in order, with the redelivered flag.
-/// Publishes "0", "1", ... `total - 1` to "q" on a thread of its own.
+/// Publishes "0", "1", ... `total - 1` to "q".
+fn send_numbered(vh: &VHost, total: usize) {
+    for i in 0..total {
+        send(vh, "q", &i.to_string());
+    }
+}
+
+/// [`send_numbered`] on a thread of its own.
 fn publish_numbered(vh: &Arc<VHost>, total: usize) -> thread::JoinHandle<()> {
     let vh = Arc::clone(vh);
-    thread::spawn(move || {
-        for i in 0..total {
-            send(&vh, "q", &i.to_string());
-        }
-    })
+    thread::spawn(move || send_numbered(&vh, total))
 }
 
 fn remaining(vh: &Arc<VHost>, queue: &str) -> Vec<(String, bool)> {
@@ -108,9 +111,7 @@ fn remaining(vh: &Arc<VHost>, queue: &str) -> Vec<(String, bool)> {
 fn an_ack_hands_the_freed_credit_over_as_one_batch_in_order() {
     let vh = vhost();
     queue(&vh, "q");
-    for i in 0..300 {
-        send(&vh, "q", &i.to_string());
-    }
+    send_numbered(&vh, 300);
     let (mut ch, sink) = batch_channel(&vh, 1, usize::MAX);
     ch.qos(100, false);
     consume(&mut ch, "q", "c", false);
@@ -130,9 +131,7 @@ fn an_ack_hands_the_freed_credit_over_as_one_batch_in_order() {
 fn a_long_drain_is_handed_over_in_bounded_runs() {
     let vh = vhost();
     queue(&vh, "q");
-    for i in 0..2500 {
-        send(&vh, "q", &i.to_string());
-    }
+    send_numbered(&vh, 2500);
     let (mut ch, sink) = batch_channel(&vh, 1, usize::MAX);
     consume(&mut ch, "q", "c", true);
     assert_eq!(sink.sizes(), [1024, 1024, 452]);
@@ -144,9 +143,7 @@ fn a_long_drain_is_handed_over_in_bounded_runs() {
 fn a_batch_refused_by_a_closed_connection_keeps_its_place() {
     let vh = vhost();
     queue(&vh, "q");
-    for i in 0..10 {
-        send(&vh, "q", &i.to_string());
-    }
+    send_numbered(&vh, 10);
     // Takes the first 4 (one batch), then the connection is gone.
     let (mut ch, sink) = batch_channel(&vh, 1, 4);
     ch.qos(4, false);
@@ -170,9 +167,7 @@ fn a_batch_refused_by_a_closed_connection_keeps_its_place() {
 fn a_lone_delivery_refused_by_a_closed_connection_keeps_its_place() {
     let vh = vhost();
     queue(&vh, "q");
-    for i in 0..3 {
-        send(&vh, "q", &i.to_string());
-    }
+    send_numbered(&vh, 3);
     // Prefetch 1: every drain takes one. The second is refused: the connection is gone.
     let (mut ch, sink) = batch_channel(&vh, 1, 1);
     ch.qos(1, false);
@@ -207,9 +202,7 @@ impl DeliverySink for OneByOne {
 fn a_connection_gone_mid_batch_requeues_everything_in_the_original_order() {
     let vh = vhost();
     queue(&vh, "q");
-    for i in 0..10 {
-        send(&vh, "q", &i.to_string());
-    }
+    send_numbered(&vh, 10);
     let sink = Batches::new(4);
     let mut ch = Channel::new(
         Arc::clone(&vh),
