@@ -27,7 +27,8 @@ use lockgate_wire::{FieldTable, FieldValue};
 use tokio::signal::unix::Signal;
 use tracing::{error, info, warn};
 
-use crate::config::{BindingConfig, Config, ExchangeConfig, PolicyConfig, QueueConfig};
+use crate::auth::HashingAlgorithm;
+use crate::config::{BindingConfig, Config, ExchangeConfig, PolicyConfig, QueueConfig, UserConfig};
 use crate::permissions::{Layer, Permissions};
 use crate::tls::Reloadable;
 
@@ -453,6 +454,14 @@ pub fn plan(new: &Config, old: &Config, broker: &Broker) -> anyhow::Result<Plan>
     Ok(plan)
 }
 
+/// The user's hashing algorithm with the default filled in: a file that spells out
+/// `rabbit_password_hashing_sha256` says the same as one that leaves it out.
+fn hashing_algorithm(user: &UserConfig) -> Option<HashingAlgorithm> {
+    user.hashing_algorithm
+        .as_deref()
+        .map_or(Some(HashingAlgorithm::default()), HashingAlgorithm::parse)
+}
+
 fn plan_access(new: &Config, old: &Config, plan: &mut Plan) {
     let before = plan.changes.len();
     for u in &new.users {
@@ -460,11 +469,11 @@ fn plan_access(new: &Config, old: &Config, plan: &mut Plan) {
             None => plan
                 .changes
                 .push(format!("+ user '{}' (tags {:?})", u.name, u.tags)),
-            Some(o) if o != u => {
+            Some(o) => {
                 let mut what = Vec::new();
                 if o.password != u.password
                     || o.password_hash != u.password_hash
-                    || o.hashing_algorithm != u.hashing_algorithm
+                    || hashing_algorithm(o) != hashing_algorithm(u)
                 {
                     what.push("password");
                 }
@@ -480,10 +489,11 @@ fn plan_access(new: &Config, old: &Config, plan: &mut Plan) {
                 if o.max_connections != u.max_connections || o.max_queues != u.max_queues {
                     what.push("limits");
                 }
-                plan.changes
-                    .push(format!("~ user '{}': {} changed", u.name, what.join(", ")));
+                if !what.is_empty() {
+                    plan.changes
+                        .push(format!("~ user '{}': {} changed", u.name, what.join(", ")));
+                }
             }
-            Some(_) => {}
         }
     }
     for o in &old.users {
@@ -860,6 +870,7 @@ pub fn check_config(file: &Path, current: Option<&Path>) -> std::process::ExitCo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GUEST_PASSWORD_HASH;
 
     fn config(text: &str) -> Config {
         Config::parse(text).unwrap()
@@ -965,6 +976,27 @@ mod tests {
         );
         let e = err("[[bindings]]\nsource = \"a\"\ndestination = \"b\"\ndestination_type = \"x\"");
         assert!(e.contains("bindings[0].destination_type"), "{e}");
+    }
+
+    #[test]
+    fn spelling_out_the_default_hashing_algorithm_changes_nothing() {
+        let user = format!("[[users]]\nname = \"a\"\npassword_hash = \"{GUEST_PASSWORD_HASH}\"\n");
+        let implicit = config(&user);
+        let explicit = config(&format!(
+            "{user}hashing_algorithm = \"rabbit_password_hashing_sha256\"\n"
+        ));
+        let other = config("[[users]]\nname = \"a\"\npassword = \"other\"\n");
+        let broker = Broker::new(BrokerConfig::default());
+        assert!(plan(&explicit, &implicit, &broker)
+            .unwrap()
+            .changes
+            .is_empty());
+        assert!(plan(&implicit, &explicit, &broker)
+            .unwrap()
+            .changes
+            .is_empty());
+        let p = plan(&other, &explicit, &broker).unwrap();
+        assert_eq!(p.changes, vec!["~ user 'a': password changed"]);
     }
 
     #[test]

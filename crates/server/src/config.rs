@@ -555,6 +555,12 @@ impl Config {
                 .iter()
                 .find(|v| !self.vhosts.iter().any(|h| &h.name == *v))
             {
+                if self.users == Config::default().users {
+                    bail!(
+                        "vhosts: the built-in guest user needs vhost {v:?}: declare it in \
+                         [[vhosts]], or give [[users]]"
+                    );
+                }
                 bail!("users[{i}].vhosts: vhost {v:?} is not declared in [[vhosts]]");
             }
         }
@@ -891,6 +897,11 @@ mod tests {
                 .contains("users[0].vhosts")
         );
         assert!(err("[[users]]\nname = \"a\"").contains("password"));
+        let e = err("[[vhosts]]\nname = \"prod\"");
+        assert!(
+            e.contains("the built-in guest user needs vhost \"/\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -84,10 +84,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The store's page cache: a quarter of the memory budget, between 8 and 256 MiB. It is
-/// part of the broker's fixed overhead beyond the budget for queued bodies (docs/durability.md).
+/// The store's page cache: a quarter of the memory budget, at least 8 MiB (the store uses at
+/// most 32 MiB of it). It is part of the broker's fixed overhead beyond the budget for queued
+/// bodies (docs/durability.md).
 fn store_cache_bytes(memory_budget: u64) -> u64 {
-    (memory_budget / 4).clamp(8 << 20, 256 << 20)
+    (memory_budget / 4).max(8 << 20)
 }
 
 async fn run(
