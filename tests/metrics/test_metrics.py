@@ -153,6 +153,9 @@ def test_store_group_commit_metrics(server):
         assert value(samples, "lockgate_store_max_batch_ops") >= 1
         assert value(samples, "lockgate_store_commit_seconds_total") > 0
         assert value(samples, "lockgate_store_backpressure_waits_total") == 0
+        # Every publish was confirmed: no write waits on the store any more.
+        eventually(lambda: value(scrape(url)[0], "lockgate_store_oldest_write_seconds") == 0,
+                   message="no store write waiting")
         ch.queue_delete(q)
     finally:
         conn.close()

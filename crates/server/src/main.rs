@@ -15,6 +15,7 @@
 //!   back to the client;
 //! - [`writer`]: the task that owns the socket's write half and batches frames into one write;
 //! - [`disk`]: the disk alarm (free space under `disk.free_limit` blocks publishers);
+//! - [`store_watch`]: logs when store writes have waited for 30 s (disk or engine stuck);
 //! - [`heap`]: gives the heap glibc keeps after a burst back to the OS (`malloc_trim`);
 //! - [`permissions`] (configure/write/read patterns per user and vhost) and [`limits`]
 //!   (connections and queues per vhost and user), checked at connection.open and before
@@ -42,6 +43,7 @@ mod management;
 mod metrics;
 mod permissions;
 mod server;
+mod store_watch;
 mod stored;
 mod tls;
 mod tune;
@@ -130,6 +132,7 @@ async fn run(
         },
         store.clone(),
     );
+    store_watch::spawn(store.clone());
     let started = std::time::Instant::now();
     // Users, permissions and policies created through the API (the broker skips them).
     let stored_access = stored::load(&recovery.definitions);

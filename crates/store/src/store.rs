@@ -358,6 +358,13 @@ impl Store {
         self.inner.shared.durable_ticket()
     }
 
+    /// How long the oldest write that is not durable yet has waited for the writer: a few
+    /// milliseconds at most while the disk keeps up, `None` when nothing waits. Growing
+    /// without bound means writes are stuck (a hung disk, or the engine).
+    pub fn oldest_write_wait(&self) -> Option<std::time::Duration> {
+        self.inner.shared.oldest_write_wait()
+    }
+
     /// Waits until `ticket` is durable (see [`Commit::ticket`]).
     ///
     /// # Errors

@@ -126,6 +126,8 @@ struct Pending {
     closing: bool,
     /// Bytes of message records in `ops` (publishes wait while it is over the limit).
     record_bytes: u64,
+    /// When the oldest op or mark still in `ops`/`delivered` was queued.
+    since: Option<Instant>,
 }
 
 /// What is durable: every ticket up to `ticket`, unless the writer failed.
@@ -150,6 +152,9 @@ pub(crate) struct Shared {
     durable_watch: watch::Sender<Durable>,
     failed: AtomicBool,
     pub(crate) metrics: Metrics,
+    /// When the oldest op of the batch the writer is applying was queued (`None` between
+    /// batches). Locked after `pending` when both are.
+    batch_since: Mutex<Option<Instant>>,
 }
 
 /// Locks a mutex, ignoring poisoning: the data behind these locks stays consistent because
@@ -168,6 +173,7 @@ impl Shared {
                 last_ticket: 0,
                 closing: false,
                 record_bytes: 0,
+                since: None,
             }),
             wake: Condvar::new(),
             taken: Condvar::new(),
@@ -178,6 +184,7 @@ impl Shared {
             durable_watch: watch::Sender::new(Durable::default()),
             failed: AtomicBool::new(false),
             metrics: Metrics::default(),
+            batch_since: Mutex::new(None),
         })
     }
 
@@ -217,6 +224,9 @@ impl Shared {
         }
         let before = pending.ops.len();
         let idle = before == 0 && pending.delivered.is_empty();
+        if idle {
+            pending.since = Some(Instant::now());
+        }
         pending.ops.extend(ops);
         let added = (pending.ops.len() - before) as u64;
         pending.last_ticket += added.max(1);
@@ -242,6 +252,9 @@ impl Shared {
             return;
         }
         let idle = pending.ops.is_empty() && pending.delivered.is_empty();
+        if idle {
+            pending.since = Some(Instant::now());
+        }
         let mark = pending.delivered.entry(queue).or_insert(seq);
         *mark = (*mark).max(seq);
         drop(pending);
@@ -259,6 +272,17 @@ impl Shared {
 
     pub(crate) fn durable_ticket(&self) -> u64 {
         self.durable_ticket.load(Ordering::Acquire)
+    }
+
+    /// How long the oldest write not yet durable has waited (`None` when none waits).
+    pub(crate) fn oldest_write_wait(&self) -> Option<Duration> {
+        let pending = lock(&self.pending);
+        let batch = *lock(&self.batch_since);
+        let oldest = match (batch, pending.since) {
+            (Some(batch), Some(queued)) => batch.min(queued),
+            (one, other) => one.or(other)?,
+        };
+        Some(oldest.elapsed())
     }
 
     fn set_durable(&self, ticket: u64) {
@@ -529,6 +553,7 @@ impl Writer {
                     return;
                 }
                 pending.record_bytes = 0;
+                *lock(&self.shared.batch_since) = pending.since.take();
                 self.shared.taken.notify_all();
                 std::mem::swap(&mut pending.ops, &mut ops);
                 std::mem::swap(&mut pending.delivered, &mut marks);
@@ -546,6 +571,7 @@ impl Writer {
             });
             self.spare_ops = ops;
             self.spare_marks = marks;
+            *lock(&self.shared.batch_since) = None;
             match outcome {
                 Ok(bytes) => {
                     self.commit_seq += 1;
@@ -571,7 +597,11 @@ impl Writer {
 
     fn fail(&self, error: StoreError) {
         self.shared.set_failed(error);
-        lock(&self.shared.pending).closing = true;
+        let mut pending = lock(&self.shared.pending);
+        pending.closing = true;
+        // What is still queued fails with the writer's error; nothing waits for the disk.
+        pending.since = None;
+        drop(pending);
         self.shared.taken.notify_all();
     }
 

@@ -25,6 +25,11 @@ fn failed_flush_fails_the_commit_and_stops_later_writes() {
         let (_, c) = store.publish(header(11), body(11, 10), &[(queue, 11)]);
         assert!(c.wait_blocking().is_err());
         assert!(store.failure().is_some());
+        assert_eq!(
+            store.oldest_write_wait(),
+            None,
+            "nothing waits on a failed writer"
+        );
         assert!(store.close().is_err());
         queue
     };
@@ -122,6 +127,35 @@ fn publishes_wait_while_the_writer_is_behind() {
     }
     barrier.wait_blocking().expect("barrier");
     assert_eq!(seqs(&store, queue), (0..20).collect::<Vec<_>>());
+}
+
+/// The age of the oldest write that is not durable: none while the writer keeps up, growing
+/// while it is held, none again once the writes are durable.
+#[test]
+fn oldest_write_wait_grows_while_the_writer_is_held() {
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path());
+    let (queue, c) = store.put_queue(b"q", b"");
+    c.wait_blocking().expect("commit");
+    assert_eq!(store.oldest_write_wait(), None);
+    failpoints::arm(failpoints::STALL, dir.path());
+    drop(store.sync());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !failpoints::stalled(dir.path()) {
+        assert!(Instant::now() < deadline, "the writer did not stall");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (_, c) = store.publish(header(0), body(0, 10), &[(queue, 0)]);
+    let first = store.oldest_write_wait().expect("a publish waits");
+    while store.oldest_write_wait().expect("still waiting") <= first {
+        assert!(Instant::now() < deadline, "the wait did not grow");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    failpoints::disarm(failpoints::STALL, dir.path());
+    c.wait_blocking().expect("commit");
+    assert_eq!(store.oldest_write_wait(), None);
 }
 
 /// A copy published and acked within one group (the writer was busy meanwhile) is never

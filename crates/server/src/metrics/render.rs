@@ -459,6 +459,14 @@ pub fn render(ctx: &ServerContext) -> String {
             "Publishes that waited because the store writer had 64 MiB of records queued",
             m.backpressure_waits,
         );
+        e.single(
+            "lockgate_store_oldest_write_seconds",
+            "gauge",
+            "How long the oldest write not yet durable has waited (0 when none waits)",
+            store
+                .oldest_write_wait()
+                .map_or(0.0, |wait| wait.as_secs_f64()),
+        );
         if let Ok(size) = store.size_on_disk() {
             e.single(
                 "lockgate_store_size_bytes",
