@@ -596,11 +596,12 @@ impl Writer {
     }
 
     fn fail(&self, error: StoreError) {
-        self.shared.set_failed(error);
         let mut pending = lock(&self.shared.pending);
         pending.closing = true;
         // What is still queued fails with the writer's error; nothing waits for the disk.
         pending.since = None;
+        // Under the queue's lock: whoever sees the failure can queue nothing more.
+        self.shared.set_failed(error);
         drop(pending);
         self.shared.taken.notify_all();
     }

@@ -5,8 +5,24 @@
 
 mod common;
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use common::{body, header, open, publish_all, seqs};
-use lockgate_store::{failpoints, StoreError};
+use lockgate_store::{failpoints, Store, StoreError};
+
+/// Holds the store's writer with the [`failpoints::STALL`] failpoint: returns once it waits,
+/// having taken nothing queued from here on (until `failpoints::disarm`).
+fn hold_writer(store: &Store, dir: &Path) {
+    failpoints::arm(failpoints::STALL, dir);
+    // A barrier wakes the writer, which then stalls before taking anything more.
+    drop(store.sync());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !failpoints::stalled(dir) {
+        assert!(Instant::now() < deadline, "the writer did not stall");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 #[test]
 fn failed_flush_fails_the_commit_and_stops_later_writes() {
@@ -68,9 +84,8 @@ fn failed_apply_writes_nothing_of_the_batch() {
 #[test]
 fn publishes_wait_while_the_writer_is_behind() {
     use std::sync::mpsc;
-    use std::time::{Duration, Instant};
 
-    use lockgate_store::{Store, StoreConfig};
+    use lockgate_store::StoreConfig;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let config = StoreConfig {
@@ -80,14 +95,8 @@ fn publishes_wait_while_the_writer_is_behind() {
     let (store, _) = Store::open(dir.path(), &config).expect("open");
     let (queue, c) = store.put_queue(b"q", b"");
     c.wait_blocking().expect("commit");
-    failpoints::arm(failpoints::STALL, dir.path());
-    // A barrier wakes the writer, which then stalls before taking anything more.
-    drop(store.sync());
+    hold_writer(&store, dir.path());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !failpoints::stalled(dir.path()) {
-        assert!(Instant::now() < deadline, "the writer did not stall");
-        std::thread::sleep(Duration::from_millis(1));
-    }
     // 20 records of 4 KiB overflow the 64 KiB allowance; they are published from another
     // thread, which must wait.
     let (done, finished) = mpsc::channel();
@@ -133,20 +142,13 @@ fn publishes_wait_while_the_writer_is_behind() {
 /// while it is held, none again once the writes are durable.
 #[test]
 fn oldest_write_wait_grows_while_the_writer_is_held() {
-    use std::time::{Duration, Instant};
-
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = open(dir.path());
     let (queue, c) = store.put_queue(b"q", b"");
     c.wait_blocking().expect("commit");
     assert_eq!(store.oldest_write_wait(), None);
-    failpoints::arm(failpoints::STALL, dir.path());
-    drop(store.sync());
+    hold_writer(&store, dir.path());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !failpoints::stalled(dir.path()) {
-        assert!(Instant::now() < deadline, "the writer did not stall");
-        std::thread::sleep(Duration::from_millis(1));
-    }
     let (_, c) = store.publish(header(0), body(0, 10), &[(queue, 0)]);
     let first = store.oldest_write_wait().expect("a publish waits");
     while store.oldest_write_wait().expect("still waiting") <= first {
@@ -163,8 +165,6 @@ fn oldest_write_wait_grows_while_the_writer_is_held() {
 /// is stored for the others only. Nothing of it comes back after a restart.
 #[test]
 fn copies_acked_before_their_group_was_written_are_never_written() {
-    use std::time::{Duration, Instant};
-
     use lockgate_store::StoredRef;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -173,13 +173,7 @@ fn copies_acked_before_their_group_was_written_are_never_written() {
     c.wait_blocking().expect("commit");
     let (b, c) = store.put_queue(b"b", b"");
     c.wait_blocking().expect("commit");
-    failpoints::arm(failpoints::STALL, dir.path());
-    drop(store.sync());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !failpoints::stalled(dir.path()) {
-        assert!(Instant::now() < deadline, "the writer did not stall");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    hold_writer(&store, dir.path());
     // 0..100 to `a` only, acked; 100..110 to `a` and `b`, acked in `a`; 110 to `a`, kept.
     let mut acked = Vec::new();
     let mut shared = Vec::new();
