@@ -7,6 +7,7 @@ import pika
 import pika.exceptions as pe
 import pytest
 
+from amqp_raw import RawConnection
 from lockgate_harness import eventually, lockgate_binary
 
 
@@ -240,6 +241,22 @@ def test_sigterm_closes_clients_with_320_and_exits_zero(lockgate):
     assert info.value.reply_code == 320
     assert "CONNECTION_FORCED" in info.value.reply_text
     assert process.wait(timeout=15) == 0
+
+
+@pytest.mark.lockgate_only
+def test_a_second_signal_ends_a_shutdown_that_waits(lockgate):
+    """The first SIGTERM waits for clients to close (up to 3 s for one that never answers
+    connection.close); a second one ends the process at once, with status 1."""
+    b = lockgate()
+    process = b.process
+    with RawConnection(b.host, b.port) as silent:
+        silent.handshake()
+        mark = process.log_mark()
+        process.signal(signal.SIGTERM)
+        process.wait_for_log("shutting down: closing connections", since=mark)
+        process.signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 1
+    assert "second signal: exiting without waiting" in process.log(mark)
 
 
 @pytest.mark.lockgate_only

@@ -227,13 +227,27 @@ impl Signals {
         })
     }
 
-    /// Cancels `shutdown` on the first SIGINT or SIGTERM.
+    /// Cancels `shutdown` on the first SIGINT or SIGTERM. A second one ends the process at once
+    /// with status 1, for a shutdown that waits on what does not come (clients that do not
+    /// close, a store that does not answer): the store then recovers at the next start as
+    /// after a crash, with nothing confirmed lost.
     async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
-        tokio::select! {
-            _ = self.interrupt.recv() => info!(signal = "SIGINT", "shutdown requested"),
-            _ = self.terminate.recv() => info!(signal = "SIGTERM", "shutdown requested"),
-        }
+        let first = self.next().await;
+        info!(signal = first, "shutdown requested");
         shutdown.cancel();
+        let second = self.next().await;
+        warn!(
+            signal = second,
+            "second signal: exiting without waiting for the shutdown to finish"
+        );
+        std::process::exit(1);
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
     }
 }
 
