@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import urllib.error
@@ -82,6 +83,27 @@ class Api:
         except ValueError:
             value = text
         return status, value, hdrs
+
+    def send(self, method: str, path: str, data: bytes,
+             content_type: str | None) -> tuple[int, Any]:
+        """`data` as it is, with `content_type` or with no content-type header at all (urllib
+        would add a form one)."""
+        url = urllib.parse.urlsplit(self.base)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        headers = {"authorization": self.auth} if self.auth else {}
+        if content_type is not None:
+            headers["content-type"] = content_type
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8", "replace")
+            status = resp.status
+        finally:
+            conn.close()
+        try:
+            return status, json.loads(text) if text else None
+        except ValueError:
+            return status, text
 
     def get(self, path: str) -> Any:
         status, value, _ = self.request("GET", path)

@@ -16,6 +16,7 @@ use axum::Json;
 use lockgate_store::Commit;
 use serde_json::{json, Value};
 
+use super::body::JsonBody;
 use super::{Api, ApiError, ApiResult};
 use crate::permissions::DefinedInConfig;
 use crate::stored;
@@ -88,11 +89,8 @@ fn created(existed: bool) -> Response {
 pub async fn put_user(
     State(api): State<Api>,
     Path(name): Path<String>,
-    Json(mut body): Json<Value>,
+    JsonBody(mut body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    if !body.is_object() {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    }
     body["name"] = json!(name);
     let user = stored::user_from_json(&body).map_err(ApiError::bad_request)?;
     let entry = user.clone();
@@ -180,14 +178,11 @@ pub async fn permission(
 pub async fn put_permission(
     State(api): State<Api>,
     Path((vhost, user)): Path<(String, String)>,
-    Json(mut body): Json<Value>,
+    JsonBody(mut body): JsonBody<Value>,
 ) -> ApiResult<Response> {
     api.vhost(&vhost)?;
     if api.ctx.permissions.user(&user).is_none() {
         return Err(ApiError::bad_request(format!("no such user '{user}'")));
-    }
-    if !body.is_object() {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
     }
     body["user"] = json!(user);
     body["vhost"] = json!(vhost);
@@ -272,7 +267,7 @@ pub async fn policy(
 pub async fn put_policy(
     State(api): State<Api>,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<Value>,
+    JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
     api.vhost(&vhost)?;
     let policy = stored::policy_from_json(&vhost, &name, &body).map_err(ApiError::bad_request)?;

@@ -21,9 +21,11 @@ use lockgate_broker::{
 };
 use lockgate_store::Commit;
 use lockgate_wire::{ContentHeader, MAX_SHORTSTR};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::body::JsonBody;
 use super::json::{json_to_table, properties_from_json, properties_to_json};
 use super::read::destination_type;
 use super::{Api, ApiError, ApiResult};
@@ -122,10 +124,9 @@ pub(super) fn declare_exchange_in(
 pub async fn declare_exchange(
     State(api): State<Api>,
     Path((vhost, name)): Path<(String, String)>,
-    body: Option<Json<ExchangeBody>>,
+    JsonBody(body): JsonBody<ExchangeBody>,
 ) -> ApiResult<Response> {
     let v = api.vhost(&vhost)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
     let existed = declare_exchange_in(&v, exchange_name(&name), &body)?;
     sync(&v).await?;
     Ok(created(existed))
@@ -179,10 +180,9 @@ pub(super) fn declare_queue_in(vhost: &VHost, name: &str, body: &QueueBody) -> A
 pub async fn declare_queue(
     State(api): State<Api>,
     Path((vhost, name)): Path<(String, String)>,
-    body: Option<Json<QueueBody>>,
+    JsonBody(body): JsonBody<QueueBody>,
 ) -> ApiResult<Response> {
     let v = api.vhost(&vhost)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
     let existed = declare_queue_in(&v, &name, &body)?;
     sync(&v).await?;
     Ok(created(existed))
@@ -260,11 +260,10 @@ pub(super) fn bind_in(
 pub async fn bind(
     State(api): State<Api>,
     Path((vhost, source, kind, destination)): Path<(String, String, String, String)>,
-    body: Option<Json<BindBody>>,
+    JsonBody(body): JsonBody<BindBody>,
 ) -> ApiResult<Response> {
     let to_queue = destination_type(&kind)? == "queue";
     let v = api.vhost(&vhost)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
     let source = exchange_name(&source);
     bind_in(
         &v,
@@ -323,8 +322,14 @@ pub async fn unbind(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PUT /api/vhosts/{vhost}`: creates a vhost (stored, so it survives a restart).
-pub async fn create_vhost(State(api): State<Api>, Path(name): Path<String>) -> ApiResult<Response> {
+/// `PUT /api/vhosts/{vhost}`: creates a vhost (stored, so it survives a restart). The body's
+/// fields (`description`, `tags`, `default_queue_type`) are not kept, but a body that is not a
+/// JSON object is refused, as RabbitMQ refuses it.
+pub async fn create_vhost(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    JsonBody(_): JsonBody<IgnoredAny>,
+) -> ApiResult<Response> {
     if name.is_empty() {
         return Err(ApiError::bad_request("vhost name must not be empty"));
     }
@@ -369,7 +374,7 @@ pub struct PublishBody {
 pub async fn publish(
     State(api): State<Api>,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<PublishBody>,
+    JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<Json<Value>> {
     let v = api.vhost(&vhost)?;
     let exchange = exchange_name(&name);
@@ -438,7 +443,7 @@ fn auto() -> String {
 pub async fn get_messages(
     State(api): State<Api>,
     Path((vhost, name)): Path<(String, String)>,
-    Json(body): Json<GetBody>,
+    JsonBody(body): JsonBody<GetBody>,
 ) -> ApiResult<Json<Vec<Value>>> {
     let requeue = match body.ackmode.as_str() {
         "ack_requeue_true" | "reject_requeue_true" => true,

@@ -20,6 +20,7 @@ use super::access::{permissions_json, policies_json, users_json};
 use super::actions::{
     bind_in, declare_exchange_in, declare_queue_in, shortstr, sync, ExchangeBody, QueueBody,
 };
+use super::body::JsonBody;
 use super::read::RABBITMQ_COMPAT_VERSION;
 use super::{Api, ApiError, ApiResult};
 use crate::stored;
@@ -424,7 +425,7 @@ async fn import_into(api: &Api, defs: Definitions, vhost: Option<&str>) -> ApiRe
 /// imported and skipped (RabbitMQ answers 204; both are success to a script).
 pub async fn import(
     State(api): State<Api>,
-    Json(defs): Json<Definitions>,
+    JsonBody(defs): JsonBody<Definitions>,
 ) -> ApiResult<Json<Value>> {
     import_into(&api, defs, None).await
 }
@@ -433,7 +434,7 @@ pub async fn import(
 pub async fn import_vhost(
     State(api): State<Api>,
     Path(vhost): Path<String>,
-    Json(defs): Json<Definitions>,
+    JsonBody(defs): JsonBody<Definitions>,
 ) -> ApiResult<Json<Value>> {
     api.vhost(&vhost)?;
     import_into(&api, defs, Some(&vhost)).await

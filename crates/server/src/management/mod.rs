@@ -5,6 +5,7 @@
 //! against it. Layout:
 //! - [`registry`]: open AMQP connections (registered after the handshake, closable from here);
 //! - `auth.rs`: HTTP basic auth against the configured users (tags administrator/monitoring);
+//! - `body.rs`: request bodies, refused in RabbitMQ's 400 shape when they cannot be read;
 //! - `read.rs`: the GET endpoints (overview, connections, channels, consumers, exchanges,
 //!   queues, bindings, vhosts, users, permissions, policies, health);
 //! - `actions.rs`: declare, delete, bind, purge, publish, get, close connection;
@@ -22,6 +23,7 @@
 mod access;
 mod actions;
 mod auth;
+mod body;
 mod definitions;
 pub(crate) mod json;
 mod listing;
