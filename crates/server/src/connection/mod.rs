@@ -38,7 +38,7 @@ mod tests;
 
 use self::handshake::{bad_header_hint, is_supported_header};
 use self::liveness::Liveness;
-use self::read_size::{ReadSize, READ_START};
+use self::read_size::{ReadSize, QUIET_TICK, READ_START};
 use crate::channel::{Channel, ChannelEvent, ChannelInit};
 use crate::config::Config;
 use crate::error::{code_name, AmqpError};
@@ -476,14 +476,18 @@ impl Connection {
     /// The main loop after the handshake.
     async fn run(&mut self) -> End {
         let heartbeat = Duration::from_secs(u64::from(self.tuning.heartbeat));
-        // With heartbeats off the ticker's branch is disabled; the period only has to be valid.
+        // With heartbeats off the ticker only shrinks a large read buffer, and runs only while
+        // there is one (see `read_size`).
         let period = if heartbeat.is_zero() {
-            Duration::from_secs(3600)
+            QUIET_TICK
         } else {
             heartbeat
         };
         let mut ticker = time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
+        // Heartbeats off: whether the ticker runs, i.e. the read buffer was large when the
+        // loop last ran dry.
+        let mut quiet_tick = false;
         let mut liveness = Liveness::default();
         let mut memory: watch::Receiver<bool> = self.ctx.broker.memory_watch();
         let mut memory_open = true;
@@ -562,6 +566,19 @@ impl Connection {
             self.flush_confirms();
             busy_since = Instant::now();
 
+            let tick = if heartbeat.is_zero() {
+                let large = self.read_size.is_large(self.framed.read_buffer());
+                if large && !quiet_tick {
+                    // A whole period from now: the deadline it had passed long ago if the
+                    // connection was quiet, and a burst read in one go would be shrunk as
+                    // soon as it is handled.
+                    ticker.reset();
+                }
+                quiet_tick = large;
+                large
+            } else {
+                true
+            };
             let closing_deadline = self.closing.unwrap_or_else(|| Instant::now() + period);
             let read_enabled = self.held.is_none() && self.room_wait.is_none();
             let confirm_wait = self.confirm_wait;
@@ -626,18 +643,21 @@ impl Connection {
                         ));
                     }
                 }
-                _ = ticker.tick(), if !heartbeat.is_zero() => {
-                    if self.held.is_some() || self.room_wait.is_some() {
-                        // We are not reading, so the peer's heartbeats sit unread: as RabbitMQ
-                        // pauses its heartbeat monitor while a connection is blocked.
-                        liveness.received();
+                _ = ticker.tick(), if tick => {
+                    if !heartbeat.is_zero() {
+                        if self.held.is_some() || self.room_wait.is_some() {
+                            // We are not reading, so the peer's heartbeats sit unread: as
+                            // RabbitMQ pauses its heartbeat monitor while a connection is
+                            // blocked.
+                            liveness.received();
+                        }
+                        if liveness.tick() {
+                            let timeout_secs = heartbeat.as_secs() * 2;
+                            info!(timeout_secs, "missed heartbeats from client, closing");
+                            return End::Abort;
+                        }
+                        self.send(Outbound::Frame(Box::new(Frame::Heartbeat)));
                     }
-                    if liveness.tick() {
-                        let timeout_secs = heartbeat.as_secs() * 2;
-                        info!(timeout_secs, "missed heartbeats from client, closing");
-                        return End::Abort;
-                    }
-                    self.send(Outbound::Frame(Box::new(Frame::Heartbeat)));
                     self.read_size.on_tick(self.framed.read_buffer_mut());
                 }
                 () = time::sleep_until(closing_deadline), if self.closing.is_some() => {}

@@ -7,10 +7,17 @@
 //! read position walks through the whole buffer over the hours. So a connection reads into
 //! [`READ_START`] octets until a read stops in the middle of a frame (the peer sends more than
 //! that at once: a burst of publishes, a large message), takes [`READ_CHUNK`] from then on, and
-//! goes back to [`READ_START`] when its buffer is empty at a heartbeat tick.
+//! goes back to [`READ_START`] when its buffer is empty at a tick: a heartbeat tick, or, with
+//! heartbeats off, one [`QUIET_TICK`] after it was last seen larger than [`READ_START`].
+//!
+//! Without heartbeats the tick is the read loop's own timer, armed only while the buffer is
+//! large: a connection that stays quiet has no timer in the runtime and is never woken for one,
+//! and nothing is added per read (the loop looks at the buffer when it runs dry).
 //!
 //! A frame larger than the buffer needs neither: the decoder reserves the whole frame once it
 //! has read the frame's header.
+
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -20,6 +27,10 @@ pub(super) const READ_START: usize = 1024;
 /// What a busy connection asks the socket for at once; every complete frame in it is then
 /// handled without going back to the runtime.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
+/// With heartbeats off, how long a large read buffer is kept before it is shrunk if empty:
+/// RabbitMQ's default heartbeat, so that such a connection costs what one with the default
+/// heartbeat does.
+pub(super) const QUIET_TICK: Duration = Duration::from_secs(60);
 
 /// Which of the two sizes the read buffer has (see the module doc).
 #[derive(Debug, Default)]
@@ -41,11 +52,16 @@ impl ReadSize {
         self.busy = true;
     }
 
-    /// A heartbeat interval passed: an empty buffer larger than [`READ_START`] (busy, or
-    /// grown for a large handshake frame) goes back to [`READ_START`]; its allocation is freed
-    /// once no message body refers to it.
+    /// Whether `buffer` is larger than [`READ_START`] (busy, or grown for a large handshake
+    /// frame): what a tick would shrink.
+    pub(super) fn is_large(&self, buffer: &BytesMut) -> bool {
+        self.busy || buffer.capacity() > READ_START
+    }
+
+    /// A tick: an empty buffer that [`is_large`](Self::is_large) goes back to [`READ_START`];
+    /// its allocation is freed once no message body refers to it.
     pub(super) fn on_tick(&mut self, buffer: &mut BytesMut) {
-        if buffer.is_empty() && (self.busy || buffer.capacity() > READ_START) {
+        if buffer.is_empty() && self.is_large(buffer) {
             *buffer = BytesMut::with_capacity(READ_START);
             self.busy = false;
         }

@@ -638,3 +638,47 @@ async fn a_publish_cut_short_makes_the_quiet_buffer_busy_and_arrives_whole() {
     connection.read_size.on_tick(&mut buffer);
     assert_eq!(buffer.capacity(), READ_START);
 }
+
+/// A connection without heartbeats, quiet for a long time, then sent `publishes` in one go
+/// (more than [`READ_START`] octets: the first read ends mid-frame) and nothing for
+/// `quiet_for`, as the run loop handles it. Returns the read buffer's capacity.
+async fn read_buffer_without_heartbeats(publishes: usize, quiet_for: Duration) -> usize {
+    let (mut connection, _rx) = connection(full());
+    connection.tuning.heartbeat = 0;
+    let (mut peer, read_half) = tokio::io::duplex(read_size::READ_CHUNK);
+    let read_half: ReadHalf = Box::new(read_half);
+    connection.framed = FramedRead::with_capacity(
+        read_half,
+        FrameCodec::new(connection.ctx.config.limits.frame_max),
+        READ_START,
+    );
+    let mut burst = Vec::new();
+    for _ in 0..publishes {
+        Publish::default().write(&mut burst);
+    }
+    assert!(burst.len() > READ_START);
+    let peer_side = async {
+        peer.write_all(&setup()).await.expect("write");
+        // Long enough for the ticker's first deadline to pass while it is off.
+        time::sleep(3 * read_size::QUIET_TICK).await;
+        peer.write_all(&burst).await.expect("write");
+        time::sleep(quiet_for).await;
+    };
+    tokio::select! {
+        _ = connection.run() => panic!("the connection ended"),
+        () = peer_side => {}
+    }
+    assert_eq!(messages_in(&connection, "q"), Some(publishes as u32));
+    connection.framed.read_buffer().capacity()
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_heartbeats_a_busy_buffer_shrinks_back_after_a_quiet_tick() {
+    let publishes = READ_START / 32;
+    let busy = read_buffer_without_heartbeats(publishes, read_size::QUIET_TICK / 2).await;
+    assert!(busy > READ_START, "kept for a tick: {busy}");
+    let quiet =
+        read_buffer_without_heartbeats(publishes, read_size::QUIET_TICK + Duration::from_secs(1))
+            .await;
+    assert_eq!(quiet, READ_START);
+}
