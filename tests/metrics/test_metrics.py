@@ -2,6 +2,7 @@
 Prometheus plugin, and the counters move with traffic."""
 
 import re
+import socket
 import urllib.error
 import urllib.request
 
@@ -69,6 +70,10 @@ def test_rabbitmq_names_are_exposed(server):
                  "lockgate_ack_timeout_redeliveries_total"):
         assert name in names, name
     assert value(samples, "rabbitmq_process_resident_memory_bytes") > 1_000_000
+    # The management API's node name (lockgate@HOST): RabbitMQ's dashboards join on it.
+    node = {dict(labels)["rabbitmq_node"] for name, labels in samples
+            if name == "rabbitmq_identity_info"}
+    assert node == {f"lockgate@{socket.gethostname()}"}
     # The reference parser strips `_total` from counter family names.
     assert types["rabbitmq_global_messages_received"] == "counter"
     assert types["rabbitmq_connections"] == "gauge"

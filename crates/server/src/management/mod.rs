@@ -32,6 +32,8 @@ mod read;
 pub mod registry;
 mod tls;
 
+pub(crate) use read::node_name;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

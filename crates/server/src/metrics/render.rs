@@ -137,10 +137,12 @@ pub fn render(ctx: &ServerContext) -> String {
         "untyped",
         "RabbitMQ node & cluster identity info",
     );
+    // The node as the management API names it: dashboards join the two on it.
+    let node = crate::management::node_name();
     e.sample(
         "rabbitmq_identity_info",
         &[
-            ("rabbitmq_node", "lockgate@localhost"),
+            ("rabbitmq_node", node.as_str()),
             ("rabbitmq_cluster", "lockgate"),
             ("rabbitmq_endpoint", "per-object"),
         ],
