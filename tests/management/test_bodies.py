@@ -119,6 +119,9 @@ ENDPOINTS = [
         "user", "PUT", lambda n: f"/api/users/{q(n)}",
         valid=lambda n: {"password": "p", "tags": ""},
         untouched=absent(lambda n: f"/api/users/{q(n)}"),
+        # Before, this silently created a user without a password.
+        wrong=lambda n: {"password": 5, "tags": ""},
+        rabbitmq_refuses_wrong=False,
     ),
     Endpoint(
         "permission", "PUT", lambda n: f"/api/permissions/%2F/{q(n)}",

@@ -46,13 +46,20 @@ pub fn user_from_json(value: &Value) -> Result<UserEntry, String> {
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or("a user needs a non-empty \"name\"")?;
-    let algorithm = match value["hashing_algorithm"].as_str() {
+    // A field of another type is refused, not read as absent: `"password": 5` would
+    // otherwise create a user without a password.
+    let text = |key: &str| match &value[key] {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.as_str())),
+        _ => Err(format!("user '{name}': \"{key}\" must be a string")),
+    };
+    let algorithm = match text("hashing_algorithm")? {
         None => HashingAlgorithm::default(),
         Some(a) => HashingAlgorithm::parse(a).ok_or_else(|| {
             format!("user '{name}': unsupported hashing_algorithm {a:?} (lockgate has rabbit_password_hashing_sha256 and _sha512)")
         })?,
     };
-    let hash = match (value["password_hash"].as_str(), value["password"].as_str()) {
+    let hash = match (text("password_hash")?, text("password")?) {
         (Some(hash), _) => {
             PasswordHash::parse(algorithm, hash).map_err(|e| format!("user '{name}': {e}"))?
         }
@@ -60,18 +67,21 @@ pub fn user_from_json(value: &Value) -> Result<UserEntry, String> {
             .map_err(|e| format!("user '{name}': hashing the password: {e}"))?,
         (None, None) => PasswordHash::parse(algorithm, "").map_err(|e| e.clone())?,
     };
+    let tags_error =
+        || format!("user '{name}': \"tags\" must be a list of strings or a comma-separated string");
     let tags = match &value["tags"] {
         Value::Array(items) => items
             .iter()
-            .filter_map(|t| t.as_str().map(str::to_owned))
-            .collect(),
+            .map(|t| t.as_str().map(str::to_owned).ok_or_else(tags_error))
+            .collect::<Result<_, _>>()?,
         Value::String(s) => s
             .split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(str::to_owned)
             .collect(),
-        _ => Vec::new(),
+        Value::Null => Vec::new(),
+        _ => return Err(tags_error()),
     };
     Ok(UserEntry {
         name: name.to_owned(),
@@ -299,6 +309,17 @@ mod tests {
         )
         .unwrap_err()
         .contains("md5"));
+        for wrong in [
+            json!({"name": "u", "password": 5}),
+            json!({"name": "u", "password_hash": ["x"]}),
+            json!({"name": "u", "password": "p", "hashing_algorithm": 1}),
+            json!({"name": "u", "password": "p", "tags": 5}),
+            json!({"name": "u", "password": "p", "tags": ["a", 1]}),
+        ] {
+            let e = user_from_json(&wrong).unwrap_err();
+            assert!(e.contains("must be"), "{wrong}: {e}");
+        }
+        assert!(user_from_json(&json!({"name": "u", "password": "p", "tags": null})).is_ok());
         assert!(
             permission_from_json(&json!({"user": "u", "vhost": "/", "configure": "(",
                                              "write": "", "read": ""}))
