@@ -230,8 +230,25 @@ def test_an_empty_body_without_a_content_type_declares_with_the_defaults(api):
 @pytest.mark.lockgate_only
 def test_a_body_over_the_limit_is_refused_in_the_same_shape(api):
     name = unique("body-large")
-    data = json.dumps({"vhosts": [{"name": name}], "pad": "x" * (3 << 20)}).encode()
+    data = json.dumps({"durable": True, "pad": "x" * (3 << 20)}).encode()
+    status, body = api.send("PUT", f"/api/queues/%2F/{q(name)}", data, "application/json")
+    assert status == 413, (status, body)
+    assert isinstance(body, dict) and body["error"] == "payload_too_large", body
+    assert api.request("GET", f"/api/queues/%2F/{q(name)}")[0] == 404
+
+
+@pytest.mark.lockgate_only
+def test_a_definitions_import_may_be_as_large_as_rabbitmqs_limit(api):
+    """RabbitMQ takes definition uploads of up to 20 MiB (an export of ~200,000 queues);
+    other bodies stay under 2 MiB."""
+    name = unique("body-import")
+    definitions = {"vhosts": [{"name": name}], "pad": "x" * (19 << 20)}
+    status, body = api.post("/api/definitions", definitions)
+    assert status in (200, 204), (status, body)
+    assert api.request("GET", f"/api/vhosts/{q(name)}")[0] == 200
+    over = unique("body-import")
+    data = json.dumps({"vhosts": [{"name": over}], "pad": "x" * (21 << 20)}).encode()
     status, body = api.send("POST", "/api/definitions", data, "application/json")
     assert status == 413, (status, body)
     assert isinstance(body, dict) and body["error"] == "payload_too_large", body
-    assert api.request("GET", f"/api/vhosts/{q(name)}")[0] == 404
+    assert api.request("GET", f"/api/vhosts/{q(over)}")[0] == 404

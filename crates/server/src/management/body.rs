@@ -31,7 +31,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     async fn from_request(request: Request, state: &S) -> ApiResult<Self> {
         let json = is_json(request.headers());
         let bytes = Bytes::from_request(request, state).await.map_err(|e| {
-            // Over axum's default body limit (2 MiB) or cut short by the peer.
+            // Over the body limit (axum's default 2 MiB; 20 MiB for a definitions import) or
+            // cut short by the peer.
             let error = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 "payload_too_large"
             } else {

@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::connect_info::Connected;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -174,6 +174,10 @@ where
     }
 }
 
+/// The largest definitions import, RabbitMQ's limit for definition uploads: an export of
+/// about 200,000 queues. Every other body keeps axum's default of 2 MiB.
+const DEFINITIONS_BODY_LIMIT: usize = 20 << 20;
+
 fn router(api: Api) -> Router {
     let apis = Router::new()
         .route("/overview", get(read::overview))
@@ -265,11 +269,15 @@ fn router(api: Api) -> Router {
         )
         .route(
             "/definitions",
-            get(definitions::export).post(definitions::import),
+            get(definitions::export)
+                .post(definitions::import)
+                .layer(DefaultBodyLimit::max(DEFINITIONS_BODY_LIMIT)),
         )
         .route(
             "/definitions/{vhost}",
-            get(definitions::export_vhost).post(definitions::import_vhost),
+            get(definitions::export_vhost)
+                .post(definitions::import_vhost)
+                .layer(DefaultBodyLimit::max(DEFINITIONS_BODY_LIMIT)),
         )
         .route("/health/checks/alarms", get(read::health_alarms))
         .route("/health/checks/local-alarms", get(read::health_alarms))
