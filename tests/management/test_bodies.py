@@ -224,7 +224,11 @@ def test_the_same_body_as_json_is_taken(api, endpoint):
 def test_an_empty_body_without_a_content_type_declares_with_the_defaults(api):
     name = unique("body-empty")
     assert api.send("PUT", f"/api/queues/%2F/{q(name)}", b"", None)[0] == 201
-    assert api.get(f"/api/queues/%2F/{q(name)}")["auto_delete"] is False
+    info = api.get(f"/api/queues/%2F/{q(name)}")
+    # queue.declare's defaults, as RabbitMQ reads an empty body.
+    assert info["durable"] is False and info["auto_delete"] is False
+    assert api.send("PUT", f"/api/exchanges/%2F/{q(name)}", b"", None)[0] == 201
+    assert api.get(f"/api/exchanges/%2F/{q(name)}")["durable"] is False
 
 
 @pytest.mark.lockgate_only

@@ -98,11 +98,13 @@ pub struct ExchangeBody {
     arguments: Value,
 }
 
-/// Declares an exchange in `vhost`; true when it already existed.
+/// Declares an exchange in `vhost`; true when it already existed. A body without `durable`
+/// gets `durable_default`.
 pub(super) fn declare_exchange_in(
     vhost: &VHost,
     name: &str,
     body: &ExchangeBody,
+    durable_default: bool,
 ) -> ApiResult<bool> {
     shortstr("exchange name", name)?;
     let existed = vhost.exchange(name).is_some();
@@ -111,7 +113,7 @@ pub(super) fn declare_exchange_in(
         body.kind.as_deref().unwrap_or("direct"),
         ExchangeFlags {
             passive: false,
-            durable: body.durable.unwrap_or(true),
+            durable: body.durable.unwrap_or(durable_default),
             auto_delete: body.auto_delete,
             internal: body.internal,
         },
@@ -120,14 +122,15 @@ pub(super) fn declare_exchange_in(
     Ok(existed)
 }
 
-/// `PUT /api/exchanges/{vhost}/{name}`: 201 created, 204 when it existed (equivalent).
+/// `PUT /api/exchanges/{vhost}/{name}`: 201 created, 204 when it existed (equivalent). Not
+/// durable unless the body says so, as RabbitMQ (its exchange.declare's default).
 pub async fn declare_exchange(
     State(api): State<Api>,
     Path((vhost, name)): Path<(String, String)>,
     JsonBody(body): JsonBody<ExchangeBody>,
 ) -> ApiResult<Response> {
     let v = api.vhost(&vhost)?;
-    let existed = declare_exchange_in(&v, exchange_name(&name), &body)?;
+    let existed = declare_exchange_in(&v, exchange_name(&name), &body, false)?;
     sync(&v).await?;
     Ok(created(existed))
 }
@@ -155,8 +158,14 @@ pub struct QueueBody {
     arguments: Value,
 }
 
-/// Declares a queue in `vhost`; true when it already existed.
-pub(super) fn declare_queue_in(vhost: &VHost, name: &str, body: &QueueBody) -> ApiResult<bool> {
+/// Declares a queue in `vhost`; true when it already existed. A body without `durable` gets
+/// `durable_default`.
+pub(super) fn declare_queue_in(
+    vhost: &VHost,
+    name: &str,
+    body: &QueueBody,
+    durable_default: bool,
+) -> ApiResult<bool> {
     if name.is_empty() {
         return Err(ApiError::bad_request("queue name must not be empty"));
     }
@@ -167,7 +176,7 @@ pub(super) fn declare_queue_in(vhost: &VHost, name: &str, body: &QueueBody) -> A
         name,
         QueueFlags {
             passive: false,
-            durable: body.durable.unwrap_or(true),
+            durable: body.durable.unwrap_or(durable_default),
             exclusive: false,
             auto_delete: body.auto_delete,
         },
@@ -176,14 +185,15 @@ pub(super) fn declare_queue_in(vhost: &VHost, name: &str, body: &QueueBody) -> A
     Ok(existed)
 }
 
-/// `PUT /api/queues/{vhost}/{name}`: 201 created, 204 when it existed (equivalent).
+/// `PUT /api/queues/{vhost}/{name}`: 201 created, 204 when it existed (equivalent). Not
+/// durable unless the body says so, as RabbitMQ (its queue.declare's default).
 pub async fn declare_queue(
     State(api): State<Api>,
     Path((vhost, name)): Path<(String, String)>,
     JsonBody(body): JsonBody<QueueBody>,
 ) -> ApiResult<Response> {
     let v = api.vhost(&vhost)?;
-    let existed = declare_queue_in(&v, &name, &body)?;
+    let existed = declare_queue_in(&v, &name, &body, false)?;
     sync(&v).await?;
     Ok(created(existed))
 }

@@ -219,7 +219,8 @@ fn apply(api: &Api, defs: &Definitions, only_vhost: Option<&str>) -> ApiResult<R
         let vhost = api.vhost(&vhost_of(item)?)?;
         let body: ExchangeBody = serde_json::from_value(item.clone())
             .map_err(|e| ApiError::bad_request(format!("exchange '{name}': {e}")))?;
-        declare_exchange_in(&vhost, name, &body)?;
+        // RabbitMQ's exports always say; a hand-written entry that does not is meant to last.
+        declare_exchange_in(&vhost, name, &body, true)?;
         report.exchanges += 1;
     }
     for item in &defs.queues {
@@ -234,7 +235,7 @@ fn apply(api: &Api, defs: &Definitions, only_vhost: Option<&str>) -> ApiResult<R
         }
         let body: QueueBody = serde_json::from_value(item.clone())
             .map_err(|e| ApiError::bad_request(format!("queue '{name}': {e}")))?;
-        declare_queue_in(&vhost, name, &body)?;
+        declare_queue_in(&vhost, name, &body, true)?;
         report.queues += 1;
     }
     for item in &defs.bindings {
