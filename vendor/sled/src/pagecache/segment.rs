@@ -1090,8 +1090,6 @@ impl SegmentAccountant {
 
         assert!(!self.free.contains(&at), "double-free of a segment occurred");
 
-        let (completer, promise) = OneShot::pair();
-
         let config = self.config.clone();
 
         io_fail!(&config, "file truncation");
@@ -1102,19 +1100,27 @@ impl SegmentAccountant {
         // queued behind them never ran (spacejam/sled#1412). The pool does
         // not grow out of it: WAITING_THREAD_COUNT wraps below zero once more
         // of its threads run jobs than wait, and then it spawns no more.
-        let truncate = move || {
+        // Where no thread can be started, the truncation runs here, under the
+        // mutex: slow, but it waits on nothing.
+        let truncate = move |config: &RunningConfig| -> Result<()> {
             debug!("truncating file to length {}", at);
-            let res = config
+            config
                 .file
                 .set_len(at)
                 .and_then(|_| config.file.sync_all())
-                .map_err(|e| e.into());
-            completer.fill(res);
+                .map_err(|e| e.into())
         };
-        std::thread::Builder::new()
+        let (completer, promise) = OneShot::pair();
+        let spawned = std::thread::Builder::new()
             .name("sled-truncate".into())
-            .spawn(truncate)
-            .map_err(Error::from)?;
+            .spawn(move || completer.fill(truncate(&config)));
+        let promise = if spawned.is_ok() {
+            promise
+        } else {
+            let (completer, promise) = OneShot::pair();
+            completer.fill(truncate(&self.config));
+            promise
+        };
 
         if self.async_truncations.insert(at, promise).is_some() {
             panic!(
