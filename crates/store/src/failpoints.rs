@@ -13,6 +13,9 @@ pub const APPLY: &str = "apply";
 /// Fails the flush after a batch was written (the batch is in memory, not confirmed).
 pub const FLUSH: &str = "flush";
 
+/// Panics in the writer while it applies a batch.
+pub const PANIC: &str = "panic";
+
 /// Holds the writer before it takes the next batch, until disarmed (writes pile up).
 pub const STALL: &str = "stall";
 

@@ -167,12 +167,11 @@ impl Store {
                 // A panic in the writer must not leave waiters hanging: fail them instead.
                 let run = std::panic::AssertUnwindSafe(|| writer.run());
                 if std::panic::catch_unwind(run).is_err() {
-                    shared.set_failed(StoreError::Io {
+                    shared.fail(StoreError::Io {
                         path: shared.path.clone(),
                         action: "writing",
                         source: "the writer thread panicked".into(),
                     });
-                    shared.close();
                 }
             })
             .map_err(|e| StoreError::Open {

@@ -296,6 +296,20 @@ impl Shared {
         self.durable_watch.send_replace(snapshot);
     }
 
+    /// The writer stopped (an error, or a panic): nothing more is queued, and what is queued
+    /// fails with `error` instead of waiting for the disk.
+    pub(crate) fn fail(&self, error: StoreError) {
+        let mut pending = lock(&self.pending);
+        pending.closing = true;
+        pending.since = None;
+        *lock(&self.batch_since) = None;
+        // Under the queue's lock: whoever sees the failure can queue nothing more.
+        self.set_failed(error);
+        drop(pending);
+        self.wake.notify_one();
+        self.taken.notify_all();
+    }
+
     pub(crate) fn set_failed(&self, error: StoreError) {
         self.failed.store(true, Ordering::Release);
         let snapshot = {
@@ -581,29 +595,18 @@ impl Writer {
                     self.shared.set_durable(ticket);
                 }
                 Err(e) => {
-                    self.fail(e);
+                    self.shared.fail(e);
                     return;
                 }
             }
             // After the waiters were released: the version file only needs to lag behind.
             if self.version_written.elapsed() >= VERSION_FILE_EVERY {
                 if let Err(e) = self.write_version_file() {
-                    self.fail(e);
+                    self.shared.fail(e);
                     return;
                 }
             }
         }
-    }
-
-    fn fail(&self, error: StoreError) {
-        let mut pending = lock(&self.shared.pending);
-        pending.closing = true;
-        // What is still queued fails with the writer's error; nothing waits for the disk.
-        pending.since = None;
-        // Under the queue's lock: whoever sees the failure can queue nothing more.
-        self.shared.set_failed(error);
-        drop(pending);
-        self.shared.taken.notify_all();
     }
 
     /// Applies one group: the delivered marks, then the ops in order, in sled batches of at
@@ -613,6 +616,10 @@ impl Writer {
     fn apply(&mut self, ops: &mut Vec<Op>, marks: &mut HashMap<QueueId, u64>) -> Result<u64> {
         #[cfg(feature = "failpoints")]
         crate::failpoints::check(crate::failpoints::APPLY, &self.shared.path)?;
+        #[cfg(feature = "failpoints")]
+        if crate::failpoints::armed(crate::failpoints::PANIC, &self.shared.path) {
+            panic!("failpoint panic");
+        }
         self.cancel_acked(ops);
         for (queue, seq) in marks.drain() {
             if self.dead.contains(&queue) {

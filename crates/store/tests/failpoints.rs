@@ -221,3 +221,23 @@ fn copies_acked_before_their_group_was_written_are_never_written() {
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].message, Some(kept));
 }
+
+/// A writer that panics fails what was queued, like one whose write failed: nothing is left
+/// waiting for the disk.
+#[test]
+fn a_panicked_writer_leaves_no_write_waiting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path());
+    let (queue, c) = store.put_queue(b"q", b"");
+    c.wait_blocking().expect("commit");
+    failpoints::arm(failpoints::PANIC, dir.path());
+    let (_, c) = store.publish(header(0), body(0, 10), &[(queue, 0)]);
+    assert!(c.wait_blocking().is_err());
+    assert!(store.failure().is_some());
+    assert_eq!(
+        store.oldest_write_wait(),
+        None,
+        "nothing waits on a failed writer"
+    );
+    failpoints::disarm(failpoints::PANIC, dir.path());
+}
