@@ -84,13 +84,15 @@ class Api:
             value = text
         return status, value, hdrs
 
-    def send(self, method: str, path: str, data: bytes,
-             content_type: str | None) -> tuple[int, Any]:
+    def send(self, method: str, path: str, data: bytes, content_type: str | None,
+             headers: dict | None = None) -> tuple[int, Any]:
         """`data` as it is, with `content_type` or with no content-type header at all (urllib
-        would add a form one)."""
+        would add a form one), and any other `headers`."""
         url = urllib.parse.urlsplit(self.base)
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-        headers = {"authorization": self.auth} if self.auth else {}
+        headers = dict(headers or {})
+        if self.auth:
+            headers["authorization"] = self.auth
         if content_type is not None:
             headers["content-type"] = content_type
         try:
