@@ -213,6 +213,9 @@ fn sighup_certificates<A>(amqps: Option<A>, management: Option<A>) -> Vec<(&'sta
         .collect()
 }
 
+/// How soon after the first SIGINT or SIGTERM another one still counts as the same request.
+const SAME_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// SIGINT and SIGTERM, registered up front.
 struct Signals {
     interrupt: Signal,
@@ -230,17 +233,28 @@ impl Signals {
     /// Cancels `shutdown` on the first SIGINT or SIGTERM. A second one ends the process at once
     /// with status 1, for a shutdown that waits on what does not come (clients that do not
     /// close, a store that does not answer): the store then recovers at the next start as
-    /// after a crash, with nothing confirmed lost.
+    /// after a crash, with nothing confirmed lost. A signal within [`SAME_REQUEST`] of the
+    /// first is the same request told twice (Ctrl-C in a script reaches the broker and the
+    /// script, whose trap passes it on), not an operator insisting.
     async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
         let first = self.next().await;
+        let requested = std::time::Instant::now();
         info!(signal = first, "shutdown requested");
         shutdown.cancel();
-        let second = self.next().await;
-        warn!(
-            signal = second,
-            "second signal: exiting without waiting for the shutdown to finish"
-        );
-        std::process::exit(1);
+        loop {
+            let again = self.next().await;
+            if requested.elapsed() >= SAME_REQUEST {
+                warn!(
+                    signal = again,
+                    "second signal: exiting without waiting for the shutdown to finish"
+                );
+                std::process::exit(1);
+            }
+            info!(
+                signal = again,
+                "signal right after the first: the same shutdown request"
+            );
+        }
     }
 
     async fn next(&mut self) -> &'static str {
