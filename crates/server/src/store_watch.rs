@@ -26,6 +26,11 @@ pub fn spawn(store: Store) {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
             tick.tick().await;
+            if store.failure().is_some() {
+                // Nothing waits on a failed store (its writes fail), and its failure is
+                // reported where it happened: a stall reported before is not "over".
+                return;
+            }
             match watch.observe(store.oldest_write_wait()) {
                 Some(Report::Stalled(waited)) => error!(
                     waited_s = waited.as_secs(),

@@ -60,6 +60,8 @@ pub fn user_from_json(value: &Value) -> Result<UserEntry, String> {
         })?,
     };
     let hash = match (text("password_hash")?, text("password")?) {
+        // RabbitMQ's refusal, word for word: which one was meant is not for us to guess.
+        (Some(_), Some(_)) => return Err("both_password_and_password_hash_are_provided".into()),
         (Some(hash), _) => {
             PasswordHash::parse(algorithm, hash).map_err(|e| format!("user '{name}': {e}"))?
         }
@@ -320,6 +322,12 @@ mod tests {
             assert!(e.contains("must be"), "{wrong}: {e}");
         }
         assert!(user_from_json(&json!({"name": "u", "password": "p", "tags": null})).is_ok());
+        let both = json!({"name": "u", "password": "p",
+                          "password_hash": "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe"});
+        assert_eq!(
+            user_from_json(&both).unwrap_err(),
+            "both_password_and_password_hash_are_provided"
+        );
         assert!(
             permission_from_json(&json!({"user": "u", "vhost": "/", "configure": "(",
                                              "write": "", "read": ""}))
