@@ -78,8 +78,17 @@ fn router(ctx: Arc<ServerContext>) -> Router {
         .with_state(ctx)
 }
 
+/// Rendered on the blocking pool: it asks the file system for the data directory's free space
+/// and the store's size, and on a volume that stopped answering those calls never return. On
+/// an async worker each scrape would then take a worker away from the connections for good.
 async fn metrics(State(ctx): State<Arc<ServerContext>>) -> Response {
-    text(StatusCode::OK, render::render(&ctx))
+    match tokio::task::spawn_blocking(move || render::render(&ctx)).await {
+        Ok(body) => text(StatusCode::OK, body),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the metrics failed: {e}\n"),
+        ),
+    }
 }
 
 async fn not_found() -> Response {
