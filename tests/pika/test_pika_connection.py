@@ -1,5 +1,6 @@
 """Connection-level behaviour with pika: login, vhosts, negotiation, limits, shutdown."""
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -244,18 +245,26 @@ def test_sigterm_closes_clients_with_320_and_exits_zero(lockgate):
     assert process.wait(timeout=15) == 0
 
 
-@pytest.mark.lockgate_only
-def test_a_second_signal_ends_a_shutdown_that_waits(lockgate):
-    """The first SIGTERM waits for clients to close (up to 3 s for one that never answers
-    connection.close); a second one, a second or more later, ends the process at once with
-    status 1."""
+@contextlib.contextmanager
+def shutdown_held_by_a_silent_client(lockgate, sig, logged):
+    """A broker shutting down on `sig` (once it logged `logged`) that waits for a client that
+    never answers connection.close (up to 3 s). Yields the process and the log mark."""
     b = lockgate()
     process = b.process
     with RawConnection(b.host, b.port) as silent:
         silent.handshake()
         mark = process.log_mark()
-        process.signal(signal.SIGTERM)
-        process.wait_for_log("shutting down: closing connections", since=mark)
+        process.signal(sig)
+        process.wait_for_log(logged, since=mark)
+        yield process, mark
+
+
+@pytest.mark.lockgate_only
+def test_a_second_signal_ends_a_shutdown_that_waits(lockgate):
+    """A second signal, a second or more after the first, ends the process at once with
+    status 1."""
+    with shutdown_held_by_a_silent_client(lockgate, signal.SIGTERM,
+                                          "shutting down: closing connections") as (process, mark):
         # A signal within a second of the first is the same request (the next test).
         time.sleep(1.2)
         process.signal(signal.SIGTERM)
@@ -267,13 +276,8 @@ def test_a_second_signal_ends_a_shutdown_that_waits(lockgate):
 def test_a_signal_passed_on_right_after_the_first_is_the_same_request(lockgate):
     """Ctrl-C in a script reaches the broker and the script, whose trap sends SIGTERM on: the
     shutdown goes on and ends cleanly (status 0, the store closed)."""
-    b = lockgate()
-    process = b.process
-    with RawConnection(b.host, b.port) as silent:
-        silent.handshake()
-        mark = process.log_mark()
-        process.signal(signal.SIGINT)
-        process.wait_for_log("shutdown requested", since=mark)
+    with shutdown_held_by_a_silent_client(lockgate, signal.SIGINT,
+                                          "shutdown requested") as (process, mark):
         process.signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
     log = process.log(mark)

@@ -24,6 +24,16 @@ fn hold_writer(store: &Store, dir: &Path) {
     }
 }
 
+/// The writer stopped: its failure is reported, and no write is left waiting for the disk.
+fn assert_failed_with_nothing_waiting(store: &Store) {
+    assert!(store.failure().is_some());
+    assert_eq!(
+        store.oldest_write_wait(),
+        None,
+        "nothing waits on a failed writer"
+    );
+}
+
 #[test]
 fn failed_flush_fails_the_commit_and_stops_later_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -40,12 +50,7 @@ fn failed_flush_fails_the_commit_and_stops_later_writes() {
         // The writer stays stopped: nothing later may be confirmed out of order.
         let (_, c) = store.publish(header(11), body(11, 10), &[(queue, 11)]);
         assert!(c.wait_blocking().is_err());
-        assert!(store.failure().is_some());
-        assert_eq!(
-            store.oldest_write_wait(),
-            None,
-            "nothing waits on a failed writer"
-        );
+        assert_failed_with_nothing_waiting(&store);
         assert!(store.close().is_err());
         queue
     };
@@ -233,11 +238,6 @@ fn a_panicked_writer_leaves_no_write_waiting() {
     failpoints::arm(failpoints::PANIC, dir.path());
     let (_, c) = store.publish(header(0), body(0, 10), &[(queue, 0)]);
     assert!(c.wait_blocking().is_err());
-    assert!(store.failure().is_some());
-    assert_eq!(
-        store.oldest_write_wait(),
-        None,
-        "nothing waits on a failed writer"
-    );
+    assert_failed_with_nothing_waiting(&store);
     failpoints::disarm(failpoints::PANIC, dir.path());
 }
