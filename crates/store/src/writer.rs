@@ -278,11 +278,11 @@ impl Shared {
     pub(crate) fn oldest_write_wait(&self) -> Option<Duration> {
         let pending = lock(&self.pending);
         let batch = *lock(&self.batch_since);
-        let oldest = match (batch, pending.since) {
-            (Some(batch), Some(queued)) => batch.min(queued),
-            (one, other) => one.or(other)?,
-        };
-        Some(oldest.elapsed())
+        batch
+            .into_iter()
+            .chain(pending.since)
+            .min()
+            .map(|oldest| oldest.elapsed())
     }
 
     fn set_durable(&self, ticket: u64) {
