@@ -264,6 +264,57 @@ def test_the_same_body_as_json_is_taken(api, endpoint):
     assert not endpoint.untouched(api, name)
 
 
+TAKES_ARGUMENTS = [e for e in ENDPOINTS if e.id in ("queue", "exchange", "binding")]
+
+
+@pytest.mark.lockgate_only
+@pytest.mark.parametrize("endpoint", by_id(TAKES_ARGUMENTS))
+@pytest.mark.parametrize("arguments", ["x-max-length=1", 5, True, [1]],
+                         ids=["string", "number", "boolean", "list"])
+def test_arguments_that_are_not_an_object_are_refused(api, endpoint, arguments):
+    """Before, any of these declared the entity with no arguments at all: a queue without the
+    limit the request asked for."""
+    name = prepared(api, endpoint)
+    status, body, _ = api.request(endpoint.method, endpoint.path(name),
+                                  dict(endpoint.valid(name), arguments=arguments))
+    assert "arguments" in refused(status, body)
+    assert endpoint.untouched(api, name)
+
+
+@pytest.mark.parametrize("endpoint", by_id(TAKES_ARGUMENTS))
+@pytest.mark.parametrize("arguments", [None, []], ids=["null", "empty-list"])
+def test_null_or_an_empty_list_is_no_arguments(api, endpoint, arguments):
+    """Older RabbitMQ exports write an empty table as `[]`."""
+    name = prepared(api, endpoint)
+    status, body, _ = api.request(endpoint.method, endpoint.path(name),
+                                  dict(endpoint.valid(name), arguments=arguments))
+    assert status in (201, 204), (status, body)
+    assert not endpoint.untouched(api, name)
+
+
+@pytest.mark.lockgate_only
+@pytest.mark.parametrize("properties", ["x", {"headers": "x"}, {"headers": 5}],
+                         ids=["properties", "headers", "headers-number"])
+def test_a_publish_with_properties_that_are_not_objects_is_refused(api, properties):
+    name = unique("body-publish-properties")
+    with_queue(api, name)
+    status, body, _ = api.request("POST", "/api/exchanges/%2F/amq.default/publish",
+                                  dict(publish(name), properties=properties))
+    refused(status, body)
+    assert take(api, name) == []
+
+
+@pytest.mark.lockgate_only
+def test_a_definitions_binding_with_arguments_that_are_not_an_object_is_refused(api):
+    name = unique("body-import-binding")
+    with_queue(api, name)
+    status, body = api.post("/api/definitions", {"bindings": [
+        {"vhost": "/", "source": "amq.direct", "destination": name, "destination_type": "queue",
+         "routing_key": "k", "arguments": "x"}]})
+    assert "arguments" in refused(status, body)
+    assert not bound(api, name)
+
+
 def test_an_empty_body_without_a_content_type_declares_with_the_defaults(api):
     name = unique("body-empty")
     assert api.send("PUT", f"/api/queues/%2F/{q(name)}", b"", None)[0] == 201

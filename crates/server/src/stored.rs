@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use crate::auth::{HashingAlgorithm, PasswordHash};
-use crate::management::json::{json_to_table, table_to_json};
+use crate::management::json::{object_to_table, table_to_json};
 use crate::permissions::{Layer, PermissionConfig, UserEntry};
 
 fn pair_key(a: &str, b: &str) -> Vec<u8> {
@@ -155,16 +155,16 @@ pub fn policy_from_json(vhost: &str, name: &str, value: &Value) -> Result<Policy
             .as_i64()
             .ok_or_else(|| format!("policy '{name}': priority must be an integer"))?,
     };
-    if !value["definition"].is_object() {
+    let Value::Object(definition) = &value["definition"] else {
         return Err(format!("policy '{name}' needs an object \"definition\""));
-    }
+    };
     Policy::new(
         vhost,
         name,
         pattern,
         apply_to,
         priority,
-        json_to_table(&value["definition"]),
+        object_to_table(definition),
     )
     .map_err(|e| e.0)
 }

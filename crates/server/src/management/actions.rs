@@ -20,15 +20,20 @@ use lockgate_broker::{
     PublishOutcome, QueueFlags, SinkClosed, VHost,
 };
 use lockgate_store::Commit;
-use lockgate_wire::{ContentHeader, MAX_SHORTSTR};
+use lockgate_wire::{ContentHeader, FieldTable, MAX_SHORTSTR};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body::JsonBody;
-use super::json::{json_to_table, properties_from_json, properties_to_json};
+use super::json::{properties_from_json, properties_to_json, table_from_json};
 use super::read::destination_type;
 use super::{Api, ApiError, ApiResult};
+
+/// A request's `arguments` as a table: an object, or null or `[]` for none.
+pub(super) fn arguments(value: &Value) -> ApiResult<FieldTable> {
+    table_from_json("arguments", value).map_err(ApiError::bad_request)
+}
 
 /// Refuses a name or routing key that AMQP could not carry: they are shortstrs, and one over
 /// 255 octets in a basic.deliver could not be encoded (the consumer's connection would fail on
@@ -107,6 +112,7 @@ pub(super) fn declare_exchange_in(
     durable_default: bool,
 ) -> ApiResult<bool> {
     shortstr("exchange name", name)?;
+    let arguments = arguments(&body.arguments)?;
     let existed = vhost.exchange(name).is_some();
     vhost.declare_exchange(
         name,
@@ -117,7 +123,7 @@ pub(super) fn declare_exchange_in(
             auto_delete: body.auto_delete,
             internal: body.internal,
         },
-        json_to_table(&body.arguments),
+        arguments,
     )?;
     Ok(existed)
 }
@@ -170,6 +176,7 @@ pub(super) fn declare_queue_in(
         return Err(ApiError::bad_request("queue name must not be empty"));
     }
     shortstr("queue name", name)?;
+    let arguments = arguments(&body.arguments)?;
     let existed = vhost.queue(name).is_some();
     vhost.declare_queue(
         MANAGEMENT_CONNECTION,
@@ -180,7 +187,7 @@ pub(super) fn declare_queue_in(
             exclusive: false,
             auto_delete: body.auto_delete,
         },
-        json_to_table(&body.arguments),
+        arguments,
     )?;
     Ok(existed)
 }
@@ -247,10 +254,9 @@ pub(super) fn bind_in(
     to_queue: bool,
     destination: &str,
     routing_key: &str,
-    arguments: &Value,
+    arguments: FieldTable,
 ) -> ApiResult<()> {
     shortstr("routing key", routing_key)?;
-    let arguments = json_to_table(arguments);
     if to_queue {
         vhost.bind_queue(
             MANAGEMENT_CONNECTION,
@@ -275,13 +281,14 @@ pub async fn bind(
     let to_queue = destination_type(&kind)? == "queue";
     let v = api.vhost(&vhost)?;
     let source = exchange_name(&source);
+    let arguments = arguments(&body.arguments)?;
     bind_in(
         &v,
         source,
         to_queue,
         &destination,
         &body.routing_key,
-        &body.arguments,
+        arguments.clone(),
     )?;
     sync(&v).await?;
     let props = super::read::properties_key(&lockgate_broker::BindingSnapshot {
@@ -289,7 +296,7 @@ pub async fn bind(
         destination: destination.clone(),
         destination_is_queue: to_queue,
         routing_key: body.routing_key.clone(),
-        arguments: json_to_table(&body.arguments),
+        arguments,
     });
     Ok((StatusCode::CREATED, [(header::LOCATION, props)]).into_response())
 }

@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 
 use super::access::{permissions_json, policies_json, users_json};
 use super::actions::{
-    bind_in, declare_exchange_in, declare_queue_in, shortstr, sync, ExchangeBody, QueueBody,
+    arguments, bind_in, declare_exchange_in, declare_queue_in, shortstr, sync, ExchangeBody,
+    QueueBody,
 };
 use super::body::JsonBody;
 use super::read::RABBITMQ_COMPAT_VERSION;
@@ -267,7 +268,7 @@ fn apply(api: &Api, defs: &Definitions, only_vhost: Option<&str>) -> ApiResult<R
             to_queue,
             destination,
             routing_key,
-            &item["arguments"],
+            arguments(&item["arguments"])?,
         )?;
         report.bindings += 1;
     }

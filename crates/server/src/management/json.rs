@@ -39,14 +39,25 @@ fn value_to_json(value: &FieldValue) -> Value {
     }
 }
 
-/// A JSON object as a field table; anything else (including null) is an empty table.
-pub fn json_to_table(value: &Value) -> FieldTable {
+/// A JSON object as a field table.
+pub fn object_to_table(map: &Map<String, Value>) -> FieldTable {
+    map.iter()
+        .map(|(k, v)| (k.clone(), json_to_value(v)))
+        .collect()
+}
+
+/// The table a request gives as `what` (`arguments`, `headers`): an object, or null or `[]`
+/// for none (older RabbitMQ exports write an empty table as `[]`).
+///
+/// # Errors
+/// Any other JSON value: silently taking it as no arguments would declare something else than
+/// the request asked for.
+pub fn table_from_json(what: &str, value: &Value) -> Result<FieldTable, String> {
     match value {
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
-            .collect(),
-        _ => FieldTable::default(),
+        Value::Object(map) => Ok(object_to_table(map)),
+        Value::Null => Ok(FieldTable::default()),
+        Value::Array(items) if items.is_empty() => Ok(FieldTable::default()),
+        other => Err(format!("{what} must be an object, got {other}")),
     }
 }
 
@@ -57,7 +68,7 @@ fn json_to_value(value: &Value) -> FieldValue {
         Value::Number(n) => number(n),
         Value::String(s) => FieldValue::LongString(Bytes::copy_from_slice(s.as_bytes())),
         Value::Array(items) => FieldValue::Array(items.iter().map(json_to_value).collect()),
-        Value::Object(_) => FieldValue::Table(json_to_table(value)),
+        Value::Object(map) => FieldValue::Table(object_to_table(map)),
     }
 }
 
@@ -108,8 +119,10 @@ pub fn properties_to_json(p: &BasicProperties) -> Value {
 /// A property of the wrong type, named.
 pub fn properties_from_json(value: &Value) -> Result<BasicProperties, String> {
     let mut p = BasicProperties::default();
-    let Value::Object(map) = value else {
-        return Ok(p);
+    let map = match value {
+        Value::Object(map) => map,
+        Value::Null => return Ok(p),
+        other => return Err(format!("properties must be an object, got {other}")),
     };
     for (key, v) in map {
         let text = || {
@@ -125,7 +138,7 @@ pub fn properties_from_json(value: &Value) -> Result<BasicProperties, String> {
         match key.as_str() {
             "content_type" => p.content_type = Some(text()?),
             "content_encoding" => p.content_encoding = Some(text()?),
-            "headers" => p.headers = Some(json_to_table(v)),
+            "headers" => p.headers = Some(table_from_json("property headers", v)?),
             "delivery_mode" => p.delivery_mode = Some(octet()?),
             "priority" => p.priority = Some(octet()?),
             "correlation_id" => p.correlation_id = Some(text()?),
@@ -156,9 +169,18 @@ mod tests {
     fn tables_round_trip_through_json() {
         let value = json!({"x-max-length": 10, "s": "text", "b": true, "nested": {"f": 1.5},
                            "list": [1, "a"], "none": null});
-        let table = json_to_table(&value);
+        let table = table_from_json("arguments", &value).unwrap();
         assert_eq!(table.get("x-max-length"), Some(&FieldValue::I64(10)));
         assert_eq!(table_to_json(&table), value);
+        for none in [json!(null), json!([])] {
+            assert_eq!(
+                table_from_json("arguments", &none),
+                Ok(FieldTable::default())
+            );
+        }
+        for wrong in [json!("x"), json!(5), json!(true), json!([1])] {
+            assert!(table_from_json("arguments", &wrong).is_err(), "{wrong}");
+        }
     }
 
     #[test]
@@ -171,5 +193,7 @@ mod tests {
         assert_eq!(properties_to_json(&p), value);
         assert!(properties_from_json(&json!({"delivery_mode": "x"})).is_err());
         assert!(properties_from_json(&json!({"bogus": 1})).is_err());
+        assert!(properties_from_json(&json!({"headers": "x"})).is_err());
+        assert!(properties_from_json(&json!("x")).is_err());
     }
 }
