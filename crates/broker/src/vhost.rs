@@ -1211,32 +1211,7 @@ impl VHost {
             }
             return;
         }
-        // Exchange-to-exchange bindings are rare: without them nothing here allocates.
-        let mut pending: Vec<Arc<Exchange>> = Vec::new();
-        let mut collect = |destination: &Destination| match destination {
-            Destination::Queue(q) => out.push(Arc::clone(q)),
-            Destination::Exchange(x) => pending.push(Arc::clone(x)),
-        };
-        exchange.router.read().route(message, &mut collect);
-        if !pending.is_empty() {
-            let mut visited: Vec<*const Exchange> = vec![Arc::as_ptr(exchange)];
-            while let Some(next) = pending.pop() {
-                if visited.contains(&Arc::as_ptr(&next)) {
-                    continue;
-                }
-                visited.push(Arc::as_ptr(&next));
-                next.router
-                    .read()
-                    .route(message, &mut |destination| match destination {
-                        Destination::Queue(q) => out.push(Arc::clone(q)),
-                        Destination::Exchange(x) => pending.push(Arc::clone(x)),
-                    });
-            }
-        }
-        if out.len() > 1 {
-            out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
-            out.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        }
+        crate::exchange::route_from(exchange, message, out);
     }
 }
 

@@ -15,7 +15,7 @@ mod erlang_hash;
 mod headers;
 mod topic;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -433,6 +433,22 @@ impl Exchange {
         self.delayed.as_ref().map_or(0, |d| d.len())
     }
 
+    /// Adds the destinations of this exchange's own bindings that `message` matches: queues
+    /// to `out`, exchanges to `exchanges`.
+    fn route_one(
+        &self,
+        message: &Message,
+        out: &mut Vec<Arc<Queue>>,
+        exchanges: &mut Vec<Arc<Exchange>>,
+    ) {
+        self.router
+            .read()
+            .route(message, &mut |destination| match destination {
+                Destination::Queue(q) => out.push(Arc::clone(q)),
+                Destination::Exchange(x) => exchanges.push(Arc::clone(x)),
+            });
+    }
+
     pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
         if let Some(delayed) = &self.delayed {
@@ -462,23 +478,19 @@ impl Exchange {
 }
 
 /// Collects the queues `message` reaches from `exchange` (not the default exchange),
-/// following exchange-to-exchange bindings, each queue once. Used for delayed messages when
-/// they are due; publishing uses the vhost's equivalent, which also knows the default
-/// exchange.
-fn route_from(exchange: &Arc<Exchange>, message: &Message, out: &mut Vec<Arc<Queue>>) {
-    let mut pending = vec![Arc::clone(exchange)];
-    let mut visited: Vec<*const Exchange> = Vec::new();
-    while let Some(next) = pending.pop() {
-        if visited.contains(&Arc::as_ptr(&next)) {
-            continue;
+/// following exchange-to-exchange bindings, each exchange and each queue once.
+pub(crate) fn route_from(exchange: &Arc<Exchange>, message: &Message, out: &mut Vec<Arc<Queue>>) {
+    // Exchange-to-exchange bindings are rare: without them nothing here allocates.
+    let mut pending: Vec<Arc<Exchange>> = Vec::new();
+    exchange.route_one(message, out, &mut pending);
+    if !pending.is_empty() {
+        // A set, not a list: one exchange may be bound to thousands of others.
+        let mut visited: HashSet<*const Exchange> = HashSet::from([Arc::as_ptr(exchange)]);
+        while let Some(next) = pending.pop() {
+            if visited.insert(Arc::as_ptr(&next)) {
+                next.route_one(message, out, &mut pending);
+            }
         }
-        visited.push(Arc::as_ptr(&next));
-        next.router
-            .read()
-            .route(message, &mut |destination| match destination {
-                Destination::Queue(q) => out.push(Arc::clone(q)),
-                Destination::Exchange(x) => pending.push(Arc::clone(x)),
-            });
     }
     if out.len() > 1 {
         out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
