@@ -180,6 +180,9 @@ enum Slot {
     Open(Box<OpenChannel>),
     /// We sent channel.close and ignore everything until channel.close-ok.
     Closing,
+    /// Both sides sent channel.close and we answered theirs. The client may still answer ours
+    /// (pika does) or may reuse the number straight away: either ends the slot.
+    Crossed,
 }
 
 /// An open channel and its tracing span, entered while the channel handles a frame so its
@@ -477,11 +480,12 @@ impl Connection {
     async fn run(&mut self) -> End {
         let heartbeat = Duration::from_secs(u64::from(self.tuning.heartbeat));
         // With heartbeats off the ticker only shrinks a large read buffer, and runs only while
-        // there is one (see `read_size`).
+        // there is one (see `read_size`). With them on it sends ours every half interval, as
+        // RabbitMQ does: clients allow little slack past the interval (pika 5 s).
         let period = if heartbeat.is_zero() {
             QUIET_TICK
         } else {
-            heartbeat
+            heartbeat / 2
         };
         let mut ticker = time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
@@ -552,17 +556,19 @@ impl Connection {
                             // socket events and run the other connections' tasks (a
                             // consumer's acks, its writer) instead of only this one for
                             // milliseconds.
-                            if busy_since.elapsed() >= YIELD_AFTER {
-                                tokio::task::yield_now().await;
-                                busy_since = Instant::now();
+                            if busy_since.elapsed() < YIELD_AFTER {
+                                continue;
                             }
-                            continue;
+                            tokio::task::yield_now().await;
+                            // On to the confirms, heartbeats and channel events below: a
+                            // socket that never runs dry must not hold them back.
                         }
                         Err(end) => return end,
                     }
                 }
             }
-            // Nothing more to read right now: confirm everything published so far in one go.
+            // Nothing more to read right now, or reading for YIELD_AFTER: confirm everything
+            // published so far in one go.
             self.flush_confirms();
             busy_since = Instant::now();
 
@@ -1003,15 +1009,22 @@ impl Connection {
                     "content frame on channel {number}, which is not open"
                 ))),
             },
-            Some(Slot::Closing) => {
+            Some(slot @ (Slot::Closing | Slot::Crossed)) => {
                 if let Frame::Method { method, .. } = frame {
                     match method {
                         Method::ChannelCloseOk(_) => {
                             self.channels.remove(&number);
                         }
                         Method::ChannelClose(_) => {
+                            // Our close crossed theirs: their close-ok to ours may follow,
+                            // and must not find the number unknown (a 504 for the whole
+                            // connection), as in RabbitMQ.
+                            *slot = Slot::Crossed;
                             self.send_method(number, ch::CloseOk {});
+                        }
+                        Method::ChannelOpen(_) if matches!(slot, Slot::Crossed) => {
                             self.channels.remove(&number);
+                            return self.open_channel(number);
                         }
                         _ => {}
                     }
