@@ -123,6 +123,25 @@ impl Drop for CountGuard<'_> {
     }
 }
 
+/// Deletes the connection's exclusive queues if its task ends without
+/// [`Connection::finish`], which does it on every normal end: a panic unwinding the task
+/// would otherwise leave them held (405 to everyone) by a connection that is gone, until a
+/// restart. Made before the [`Connection`], so that its channels are dropped (closed) first.
+struct ReleaseOnUnwind<'a> {
+    broker: &'a Broker,
+    id: ConnectionId,
+    finished: bool,
+}
+
+impl Drop for ReleaseOnUnwind<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            error!("connection task ended abnormally: deleting its exclusive queues");
+            self.broker.connection_closed(self.id);
+        }
+    }
+}
+
 /// Capabilities the client announced in connection.start-ok.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClientCapabilities {
@@ -317,6 +336,11 @@ async fn serve_halves(
     let writer = tokio::spawn(writer::run(write_half, rx, frame_max).in_current_span());
     let framed = FramedRead::with_capacity(read_half, FrameCodec::new(frame_max), READ_START);
 
+    let mut release = ReleaseOnUnwind {
+        broker: &ctx.broker,
+        id: ConnectionId(id),
+        finished: false,
+    };
     let mut connection = Connection::new(
         ctx.clone(),
         ConnectionId(id),
@@ -332,6 +356,7 @@ async fn serve_halves(
         Err(end) => end,
     };
     connection.finish(end).await;
+    release.finished = true;
 }
 
 struct Connection {

@@ -682,3 +682,41 @@ async fn without_heartbeats_a_busy_buffer_shrinks_back_after_a_quiet_tick() {
             .await;
     assert_eq!(quiet, READ_START);
 }
+
+/// A connection task that panics (a bug) must not leave its exclusive queues held by a
+/// connection that is gone: [`ReleaseOnUnwind`] deletes them as the task unwinds.
+#[tokio::test]
+async fn a_connection_task_that_panics_leaves_no_exclusive_queue() {
+    let (mut connection, _rx) = connection(full());
+    let mut s = Vec::new();
+    frame(&mut s, 1, ch::Open::default());
+    frame(
+        &mut s,
+        1,
+        queue::Declare {
+            queue: "mine".into(),
+            exclusive: true,
+            ..Default::default()
+        },
+    );
+    let mut buffer = BytesMut::from(&s[..]);
+    while connection
+        .on_frames_in(&mut buffer, &mut Liveness::default(), None)
+        .is_ok_and(|handled| handled)
+    {}
+    let ctx = Arc::clone(&connection.ctx);
+    let vhost = connection.vhost.clone().expect("vhost");
+    assert!(vhost.queue("mine").is_some());
+
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _release = ReleaseOnUnwind {
+            broker: &ctx.broker,
+            id: connection.id,
+            finished: false,
+        };
+        let _connection = connection;
+        panic!("a bug in the connection task");
+    }));
+    assert!(unwound.is_err());
+    assert!(vhost.queue("mine").is_none());
+}
