@@ -22,6 +22,9 @@
 //! are written to the store's spill tree (no fsync); persistent ones are already in the store,
 //! so spilling them only waits for their publish to be flushed. The memory alarm (publishers
 //! blocked) stays the last resort when spilling cannot keep up or the disk write fails.
+//! A store call that never returns (a hung disk) holds this task, and with it spilling and
+//! paging for every queue, without failing anything: the store times its spill calls
+//! ([`Store::oldest_spill_wait`]), which the server's watchdog logs and /metrics shows.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;

@@ -15,7 +15,8 @@
 //!   back to the client;
 //! - [`writer`]: the task that owns the socket's write half and batches frames into one write;
 //! - [`disk`]: the disk alarm (free space under `disk.free_limit` blocks publishers);
-//! - [`store_watch`]: logs when store writes have waited for 30 s (disk or engine stuck);
+//! - [`store_watch`]: logs when store writes or spill calls have waited for 30 s (disk or
+//!   engine stuck);
 //! - [`heap`]: gives the heap glibc keeps after a burst back to the OS (`malloc_trim`);
 //! - [`permissions`] (configure/write/read patterns per user and vhost) and [`limits`]
 //!   (connections and queues per vhost and user), checked at connection.open and before

@@ -1,4 +1,5 @@
-//! Fault injection for tests (feature `failpoints`): make the writer fail for one store.
+//! Fault injection for tests (feature `failpoints`): make the writer fail for one store, or
+//! hold its writer or its spill calls.
 //!
 //! A failpoint is armed for a store directory, so tests running in parallel do not see each
 //! other's faults.
@@ -19,10 +20,14 @@ pub const PANIC: &str = "panic";
 /// Holds the writer before it takes the next batch, until disarmed (writes pile up).
 pub const STALL: &str = "stall";
 
+/// Holds every spill call (spill, page-in, discard) as it starts, until disarmed: a call
+/// counted as running that does not return, as on a hung disk.
+pub const SPILL_STALL: &str = "spill-stall";
+
 static ARMED: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
 
-/// Stores whose writer is held by [`STALL`] right now.
-static STALLED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Threads held right now: by which failpoint, for which store.
+static HELD: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
 
 /// Arms failpoint `name` for the store at `path` until [`disarm`].
 pub fn arm(name: &'static str, path: &Path) {
@@ -36,28 +41,30 @@ pub fn disarm(name: &'static str, path: &Path) {
     armed.retain(|(n, p)| !(*n == name && p == path));
 }
 
-/// True while the writer of the store at `path` is held by [`STALL`] (it takes nothing).
-pub fn stalled(path: &Path) -> bool {
-    let stalled = STALLED.lock().unwrap_or_else(|e| e.into_inner());
-    stalled.iter().any(|p| p == path)
+/// True while a thread of the store at `path` is held by failpoint `name` ([`STALL`]: the
+/// writer, which takes nothing; [`SPILL_STALL`]: a spill call).
+pub fn held(name: &'static str, path: &Path) -> bool {
+    let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    held.iter().any(|(n, p)| *n == name && p == path)
 }
 
-/// Holds the calling writer while [`STALL`] is armed for `path`.
-pub(crate) fn stall(path: &Path) {
-    if !armed(STALL, path) {
+/// Holds the calling thread while failpoint `name` is armed for `path`.
+pub(crate) fn hold(name: &'static str, path: &Path) {
+    if !armed(name, path) {
         return;
     }
-    STALLED
-        .lock()
+    let entry = (name, path.to_path_buf());
+    HELD.lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(path.to_path_buf());
-    while armed(STALL, path) {
+        .push(entry.clone());
+    while armed(name, path) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    STALLED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|p| p != path);
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    // One entry per held thread: several spill calls can be held at once.
+    if let Some(at) = held.iter().position(|e| *e == entry) {
+        held.swap_remove(at);
+    }
 }
 
 pub(crate) fn armed(name: &'static str, path: &Path) -> bool {

@@ -11,6 +11,7 @@
 //! | `recovery.rs` | opening: format and integrity checks, [`Recovery`], the crash sweep |
 //! | `version.rs` | [`VERSION_FILE`]: format version and last flushed commit, outside sled |
 //! | `writer.rs` | the group-commit writer thread and [`Commit`] |
+//! | `in_flight.rs` | the age of the oldest spill call running, without a clock read per call |
 //! | `keys.rs` | key layout and record encoding |
 //! | `ids.rs` | [`QueueId`], [`MessageId`], [`StoredRef`], [`DefinitionKind`] |
 //! | `metrics.rs` | [`StoreMetrics`]: batch sizes and commit latency |
@@ -101,6 +102,9 @@
 //! good), and the spill calls flush the engine every 4 MiB of spill traffic (sled reclaims a
 //! segment only after it was flushed).
 //!
+//! Spill calls bypass the writer, so [`Store::oldest_write_wait`] does not see them; a call
+//! that never returns (a hung disk) shows in [`Store::oldest_spill_wait`] instead.
+//!
 //! # Space
 //!
 //! Removes are real deletes. sled 0.34 is log-structured: a rewritten or deleted record
@@ -132,6 +136,7 @@ mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 mod ids;
+mod in_flight;
 mod keys;
 mod metrics;
 mod recovery;

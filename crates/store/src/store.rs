@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::error::{Result, StoreError};
 use crate::ids::{DefinitionKind, MessageId, QueueId, StoredRef, QUEUE_KIND};
+use crate::in_flight::{InFlight, Running};
 use crate::keys;
 use crate::metrics::StoreMetrics;
 use crate::recovery::{self, Recovery, Registry};
@@ -116,6 +117,8 @@ struct Inner {
     next_queue: AtomicU64,
     /// Spill bytes written or removed since the spill calls last flushed.
     spill_unflushed: AtomicU64,
+    /// The spill calls running now (they bypass the writer, so its wait does not cover them).
+    spill_calls: InFlight,
     queues: Mutex<Registry>,
     /// Delivered watermarks as found at open: what "redelivered" means for recovered entries.
     recovered_marks: HashMap<QueueId, u64>,
@@ -190,6 +193,7 @@ impl Store {
                 next_message: AtomicU64::new(opened.next_message),
                 next_queue: AtomicU64::new(opened.next_queue),
                 spill_unflushed: AtomicU64::new(0),
+                spill_calls: InFlight::default(),
                 queues: Mutex::new(opened.registry),
                 recovered_marks: opened.recovered_marks,
             }),
@@ -359,9 +363,20 @@ impl Store {
 
     /// How long the oldest write that is not durable yet has waited for the writer: a few
     /// milliseconds at most while the disk keeps up, `None` when nothing waits. Growing
-    /// without bound means writes are stuck (a hung disk, or the engine).
+    /// without bound means writes are stuck (a hung disk, or the engine). Spill calls do not
+    /// go through the writer: see [`Store::oldest_spill_wait`].
     pub fn oldest_write_wait(&self) -> Option<std::time::Duration> {
         self.inner.shared.oldest_write_wait()
+    }
+
+    /// How long the oldest spill call still running ([`Store::spill`], [`Store::page_in`],
+    /// [`Store::discard_spilled`], from any thread) has run, `None` when none runs: what
+    /// [`Store::oldest_write_wait`] is for the writer. These calls go to the engine
+    /// directly, not through the writer: on a broker with transient traffic only, a hung
+    /// disk shows here and not there. The age may include the runs of calls that started
+    /// just before the oldest one (see `in_flight.rs`): milliseconds on a healthy disk.
+    pub fn oldest_spill_wait(&self) -> Option<std::time::Duration> {
+        self.inner.spill_calls.oldest()
     }
 
     /// Waits until `ticket` is durable (see [`Commit::ticket`]).
@@ -485,6 +500,7 @@ impl Store {
     /// [`StoreError::Io`] on read failures, [`StoreError::Corrupt`] for malformed records or
     /// an index entry whose record is missing.
     pub fn page_in(&self, queue: QueueId, from_seq: u64, max: usize) -> Result<Vec<PagedMessage>> {
+        let _running = self.spill_call();
         let path = &self.inner.path;
         let io = |e| StoreError::io(path, "paging messages in", e);
         let mut persistent = self
@@ -600,6 +616,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Io`] when the write fails (disk full): keep the messages in memory.
     pub fn spill(&self, queue: QueueId, records: &[SpillRecord]) -> Result<u64> {
+        let _running = self.spill_call();
         let mut batch = sled::Batch::default();
         let mut bytes = 0u64;
         for r in records {
@@ -634,6 +651,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Io`] on failure.
     pub fn discard_spilled(&self, queue: QueueId, seqs: Range<u64>) -> Result<u64> {
+        let _running = self.spill_call();
         let io = |e| StoreError::io(&self.inner.path, "discarding spilled messages", e);
         let mut batch = sled::Batch::default();
         let mut n = 0;
@@ -651,6 +669,15 @@ impl Store {
         self.inner.spill.apply_batch(batch).map_err(io)?;
         self.spilled_bytes(bytes)?;
         Ok(n)
+    }
+
+    /// Counts a spill call as running (for [`Store::oldest_spill_wait`]) until the guard is
+    /// dropped.
+    fn spill_call(&self) -> Running<'_> {
+        let running = self.inner.spill_calls.start();
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::hold(crate::failpoints::SPILL_STALL, &self.inner.path);
+        running
     }
 
     /// Counts spill traffic and flushes the engine every [`SPILL_FLUSH_BYTES`] of it.

@@ -546,7 +546,7 @@ impl Writer {
     pub(crate) fn run(mut self) {
         loop {
             #[cfg(feature = "failpoints")]
-            crate::failpoints::stall(&self.shared.path);
+            crate::failpoints::hold(crate::failpoints::STALL, &self.shared.path);
             let mut ops = std::mem::take(&mut self.spare_ops);
             let mut marks = std::mem::take(&mut self.spare_marks);
             let ticket = {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{body, header, open, publish_all, seqs};
-use lockgate_store::{failpoints, Store, StoreError};
+use lockgate_store::{failpoints, QueueId, SpillRecord, Store, StoreError};
 
 /// Holds the store's writer with the [`failpoints::STALL`] failpoint: returns once it waits,
 /// having taken nothing queued from here on (until `failpoints::disarm`).
@@ -18,7 +18,7 @@ fn hold_writer(store: &Store, dir: &Path) {
     // A barrier wakes the writer, which then stalls before taking anything more.
     drop(store.sync());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !failpoints::stalled(dir) {
+    while !failpoints::held(failpoints::STALL, dir) {
         assert!(Instant::now() < deadline, "the writer did not stall");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -163,6 +163,71 @@ fn oldest_write_wait_grows_while_the_writer_is_held() {
     failpoints::disarm(failpoints::STALL, dir.path());
     c.wait_blocking().expect("commit");
     assert_eq!(store.oldest_write_wait(), None);
+}
+
+/// A spill call run while held: returns the messages it handled.
+type SpillCall = fn(&Store, QueueId) -> usize;
+
+fn spill_record(seq: u64) -> SpillRecord {
+    SpillRecord {
+        seq,
+        header: header(seq),
+        body: body(seq, 100),
+    }
+}
+
+/// Spill calls go to the engine on the caller's thread, not through the writer: one that hangs
+/// (held by a failpoint here) shows in the spill wait, which grows while the writer's wait
+/// stays empty, and is gone once the call returns. Each kind of spill call in turn.
+#[test]
+fn oldest_spill_wait_grows_while_a_spill_call_is_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path());
+    let queue = store.transient_queue_id();
+    store.spill(queue, &[spill_record(0)]).expect("spill");
+    assert_eq!(store.oldest_spill_wait(), None);
+    // Each returns the messages it handled: one (seq 1 spilled, then seq 0 paged in, then
+    // seq 1 discarded).
+    let calls: [(&str, SpillCall); 3] = [
+        ("spill", |s, q| {
+            s.spill(q, &[spill_record(1)]).expect("spill");
+            1
+        }),
+        ("page in", |s, q| s.page_in(q, 0, 1).expect("page in").len()),
+        ("discard", |s, q| {
+            let n = s.discard_spilled(q, 0..u64::MAX).expect("discard");
+            usize::try_from(n).expect("a count")
+        }),
+    ];
+    for (name, call) in calls {
+        failpoints::arm(failpoints::SPILL_STALL, dir.path());
+        let held = {
+            let store = store.clone();
+            std::thread::spawn(move || call(&store, queue))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !failpoints::held(failpoints::SPILL_STALL, dir.path()) {
+            assert!(Instant::now() < deadline, "{name} was not held");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let first = store.oldest_spill_wait().expect("a spill call runs");
+        while store.oldest_spill_wait().expect("still running") <= first {
+            assert!(Instant::now() < deadline, "{name}: the wait did not grow");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            store.oldest_write_wait(),
+            None,
+            "{name}: the writer waits on nothing"
+        );
+        failpoints::disarm(failpoints::SPILL_STALL, dir.path());
+        assert_eq!(
+            held.join().expect(name),
+            1,
+            "{name} did its work once let go"
+        );
+        assert_eq!(store.oldest_spill_wait(), None, "{name} returned");
+    }
 }
 
 /// A copy published and acked within one group (the writer was busy meanwhile) is never

@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
+use lockgate_store::Store;
+
 use crate::connection::ServerContext;
 use crate::metrics::counters::Counter;
 
@@ -461,14 +463,7 @@ pub fn render(ctx: &ServerContext) -> String {
             "Publishes that waited because the store writer had 64 MiB of records queued",
             m.backpressure_waits,
         );
-        e.single(
-            "lockgate_store_oldest_write_seconds",
-            "gauge",
-            "How long the oldest write not yet durable has waited (0 when none waits)",
-            store
-                .oldest_write_wait()
-                .map_or(0.0, |wait| wait.as_secs_f64()),
-        );
+        store_waits(&mut e, store);
         if let Ok(size) = store.size_on_disk() {
             e.single(
                 "lockgate_store_size_bytes",
@@ -481,8 +476,39 @@ pub fn render(ctx: &ServerContext) -> String {
     e.out
 }
 
+/// How long the oldest store write not done yet has waited, per kind of write.
+fn store_waits(e: &mut Exposition, store: &Store) {
+    // One series per kind of write: a stall of each stops different clients (confirms
+    // and durable declarations; memory relief and consumers of spilled queues), and the
+    // spill calls bypass the writer, so a broker with transient traffic only shows a
+    // hung disk in the second series alone.
+    let name = "lockgate_store_oldest_write_seconds";
+    e.family(
+        name,
+        "gauge",
+        "How long the oldest store write not done yet has waited (0 when none waits): \
+         writes=\"durable\" through the group-commit writer, writes=\"spill\" spilling \
+         messages to and from disk",
+    );
+    let seconds = |wait: Option<std::time::Duration>| wait.map_or(0.0, |w| w.as_secs_f64());
+    e.sample(
+        name,
+        &[("writes", "durable")],
+        seconds(store.oldest_write_wait()),
+    );
+    e.sample(
+        name,
+        &[("writes", "spill")],
+        seconds(store.oldest_spill_wait()),
+    );
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use lockgate_store::{failpoints, StoreConfig};
+
     use super::*;
 
     #[test]
@@ -490,5 +516,41 @@ mod tests {
         let mut e = Exposition { out: String::new() };
         e.sample("m", &[("queue", "a\"b\\c\nd"), ("vhost", "/")], 1);
         assert_eq!(e.out, "m{queue=\"a\\\"b\\\\c\\nd\",vhost=\"/\"} 1\n");
+    }
+
+    /// A spill call that hangs shows in its own series, which grows, while the writer's stays
+    /// 0: the spill calls bypass the writer.
+    #[test]
+    fn a_held_spill_call_shows_in_the_spill_series() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let sample = |writes: &str| -> f64 {
+            let mut e = Exposition { out: String::new() };
+            store_waits(&mut e, &store);
+            let prefix = format!("lockgate_store_oldest_write_seconds{{writes=\"{writes}\"}} ");
+            let line = e.out.lines().find_map(|l| l.strip_prefix(&prefix));
+            line.expect("a sample").parse().expect("a number")
+        };
+        assert_eq!((sample("durable"), sample("spill")), (0.0, 0.0));
+        failpoints::arm(failpoints::SPILL_STALL, dir.path());
+        let held = {
+            let store = store.clone();
+            let queue = store.transient_queue_id();
+            std::thread::spawn(move || store.discard_spilled(queue, 0..u64::MAX))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !failpoints::held(failpoints::SPILL_STALL, dir.path()) {
+            assert!(Instant::now() < deadline, "the spill call was not held");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let first = sample("spill");
+        while sample("spill") <= first {
+            assert!(Instant::now() < deadline, "the spill wait did not grow");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(sample("durable"), 0.0);
+        failpoints::disarm(failpoints::SPILL_STALL, dir.path());
+        held.join().expect("discard").expect("discarded");
+        assert_eq!(sample("spill"), 0.0);
     }
 }
