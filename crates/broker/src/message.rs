@@ -1,8 +1,8 @@
 //! The message as the broker holds it.
 //!
 //! A queued message is one `Arc<Message>`: a few scalars and the exchange name, routing key,
-//! encoded properties and, when it is small, the body, back to back (in the `Arc` itself when
-//! they fit, else in one buffer beside it). The server decodes the properties once; the
+//! encoded properties and, unless it is over [`SHARED_BODY_MIN`], the body, back to back (in the
+//! `Arc` itself when they fit, else in one buffer beside it). The server decodes the properties once; the
 //! message keeps only what the broker reads for every message (delivery mode, priority,
 //! expiration) and decodes the rest (headers for dead-lettering, groups, deduplication, headers and
 //! consistent-hash routing; the management API) on demand from the encoded bytes, which a
@@ -20,12 +20,20 @@ use lockgate_wire::{
 
 use crate::memory::MemoryMonitor;
 
-/// Bodies up to this many octets are copied into the message's own buffer. A slice of the
-/// connection's read buffer would keep that whole buffer alive as long as the message is
-/// queued (a backlog of small messages would pin every read buffer it arrived in) and cost
-/// a shared reference count per message; copying a few hundred octets costs less. Larger
-/// bodies are shared, never copied.
-const INLINE_BODY_MAX: usize = 256;
+/// Bodies shorter than this are copied into the message's own buffer; longer ones stay the
+/// `Bytes` they arrived as, shared, never copied.
+///
+/// A body read off a connection is a slice of the chunk the connection read it into (64 KiB
+/// while it is busy), and any slice keeps its whole chunk allocated, while the memory monitor
+/// is charged [`Message::size`]. When the other messages of a chunk leave at once (delivered,
+/// dropped as unroutable) and one stays queued (a backlog, a fan-out to a slow service), that
+/// one message holds the chunk: with 1 KiB bodies a backlog took 64 times the memory it was
+/// charged, and the memory alarm never fired. Copying bodies up to a quarter of a chunk bounds
+/// what a queued body keeps alive to four times its charge. The copy goes into the buffer the
+/// message allocates anyway for its names and properties, so it costs a `memcpy` and saves the
+/// boxed `Bytes` and reference count of a shared body; and the read chunk, no longer shared
+/// once its frames are handled, is read into again rather than replaced by a new allocation.
+const SHARED_BODY_MIN: usize = 16 * 1024;
 
 /// `Message::expiration` when the message has none.
 const NO_EXPIRATION: u64 = u64::MAX;
@@ -80,8 +88,8 @@ fn epoch() -> Instant {
 pub struct Message {
     /// Exchange name, routing key, encoded properties, then the body unless it is shared.
     data: Storage,
-    /// A body over [`INLINE_BODY_MAX`] octets, shared with the buffer it arrived in (boxed:
-    /// most messages do without these 32 bytes).
+    /// A body of [`SHARED_BODY_MIN`] octets or more, shared with the buffer it arrived in
+    /// (boxed: most messages do without these 32 bytes).
     shared_body: Option<Box<Bytes>>,
     /// The memory accounting [`Message::size`] is charged to once the broker accepts the
     /// message; released when the message drops.
@@ -239,7 +247,7 @@ impl Message {
         parsed: &Parsed,
         received_at: Instant,
     ) -> Self {
-        let inline = body.len() <= INLINE_BODY_MAX;
+        let inline = body.len() < SHARED_BODY_MIN;
         let stored_body: &[u8] = if inline { body } else { &[] };
         let (exchange, routing_key) = (exchange.as_bytes(), routing_key.as_bytes());
         let routing_key_at = exchange.len() as u32;
@@ -606,9 +614,10 @@ mod tests {
             0,
             16,
             INLINE_DATA,
-            INLINE_BODY_MAX,
-            INLINE_BODY_MAX + 1,
-            4096,
+            1024,
+            SHARED_BODY_MIN - 1,
+            SHARED_BODY_MIN,
+            64 * 1024,
         ] {
             let body = Bytes::from(vec![7u8; len]);
             let h = header(properties.clone(), &body);
@@ -633,7 +642,7 @@ mod tests {
 
     #[test]
     fn a_large_body_is_shared_not_copied() {
-        let body = Bytes::from(vec![1u8; 1024]);
+        let body = Bytes::from(vec![1u8; SHARED_BODY_MIN]);
         let m = Message::new(
             String::new(),
             "q".into(),
@@ -642,6 +651,29 @@ mod tests {
         );
         assert_eq!(m.body().as_ptr(), body.as_ptr());
         assert_eq!(m.body_bytes().as_ptr(), body.as_ptr());
+    }
+
+    #[test]
+    fn a_body_under_the_shared_minimum_leaves_its_read_chunk_free() {
+        // A connection's read chunk, and a body split off it as the codec does.
+        const CHUNK: usize = 64 * 1024;
+        for (len, shared) in [
+            (257, false),
+            (1024, false),
+            (SHARED_BODY_MIN - 1, false),
+            (SHARED_BODY_MIN, true),
+        ] {
+            let mut chunk = BytesMut::zeroed(CHUNK);
+            chunk[..len].fill(9);
+            let body = chunk.split_to(len).freeze();
+            let h = header(BasicProperties::default(), &body);
+            let m = Message::new(String::new(), "q".into(), h, body);
+            // While the message is queued, the connection can read into the whole chunk
+            // again, unless the message still holds a slice of it.
+            chunk.clear();
+            assert_eq!(chunk.try_reclaim(CHUNK), !shared, "body of {len} octets");
+            assert_eq!(m.body(), &vec![9; len][..]);
+        }
     }
 
     #[test]
@@ -674,7 +706,7 @@ mod tests {
     }
 
     #[test]
-    fn every_length_around_the_inline_limit_reads_back() {
+    fn every_length_around_the_copy_limits_reads_back() {
         let properties = BasicProperties {
             priority: Some(4),
             expiration: Some("10".into()),
@@ -682,7 +714,9 @@ mod tests {
         };
         for exchange in [String::new(), "x".repeat(255)] {
             for routing_key in [String::new(), "r".into(), "r".repeat(255)] {
-                for len in 0..=INLINE_BODY_MAX + 44 {
+                let lengths =
+                    (0..=INLINE_DATA + 44).chain(SHARED_BODY_MIN - 44..=SHARED_BODY_MIN + 44);
+                for len in lengths {
                     let body: Bytes = (0..len).map(|i| (i * 31 + 7) as u8).collect();
                     let h = header(properties.clone(), &body);
                     let m = Message::new(

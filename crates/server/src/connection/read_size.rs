@@ -26,6 +26,11 @@ use bytes::BytesMut;
 pub(super) const READ_START: usize = 1024;
 /// What a busy connection asks the socket for at once; every complete frame in it is then
 /// handled without going back to the runtime.
+///
+/// A message body that stays a slice of the chunk it was read into keeps the whole chunk
+/// allocated while the message is queued. The broker copies bodies shorter than a quarter of
+/// this (`SHARED_BODY_MIN` in its `message.rs`), so that a queued message keeps at most four
+/// times what it is charged alive: change the two together.
 pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// With heartbeats off, how long a large read buffer is kept before it is shrunk if empty:
 /// RabbitMQ's default heartbeat, so that such a connection costs what one with the default
