@@ -24,7 +24,8 @@ use parking_lot::Mutex;
 use tracing::{debug, info};
 
 use crate::consumer::Consumer;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, Resource};
+use crate::exchange::Exchange;
 use crate::ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
 use crate::message::Message;
 use crate::queue::arguments::check_consume_arguments;
@@ -34,6 +35,8 @@ use crate::stats::ChannelSnapshot;
 use crate::timer::{self, Deadlines, Timed};
 use crate::unacked::{Source, UnackedEntry, UnackedList};
 use crate::vhost::VHost;
+
+mod reply_to;
 
 struct Deliveries {
     next_tag: u64,
@@ -222,23 +225,34 @@ impl ChannelShared {
         }
     }
 
-    /// Records a `basic.get` result; returns (tag, redelivered, message).
+    /// Records a `basic.get` result under the next tag (unacked unless no-ack) and hands its
+    /// get-ok to the sink under the same lock, as [`ChannelShared::deliver`] does: tags reach
+    /// the connection in order. Called under the queue lock; `message_count` is what the
+    /// queue holds after it.
     pub fn record_get(
         &self,
         queue: &Arc<Queue>,
         item: Ready,
         no_ack: bool,
-    ) -> (DeliveryTag, bool, Arc<Message>) {
+        message_count: u32,
+    ) -> GetOk {
         let mut st = self.deliveries.lock();
         let tag = st.next_tag;
         st.next_tag += 1;
+        let got = GetOk {
+            delivery_tag: DeliveryTag(tag),
+            redelivered: item.redelivered,
+            message_count,
+            message: Arc::clone(&item.message),
+        };
+        self.sink.get_ok(&got);
         if !no_ack {
             let now = Instant::now();
             st.unacked.push(
                 tag,
                 UnackedEntry {
                     seq: item.seq,
-                    message: Arc::clone(&item.message),
+                    message: item.message,
                     source: Source::Get(Arc::clone(queue)),
                     stored: item.stored,
                     delivered_at: now,
@@ -246,7 +260,7 @@ impl ChannelShared {
             );
             self.watch_timeout(&mut st, queue, tag, now);
         }
-        (DeliveryTag(tag), item.redelivered, item.message)
+        got
     }
 
     pub fn connection(&self) -> ConnectionId {
@@ -313,7 +327,19 @@ pub struct Channel {
     /// Reused buffers, so settling allocates nothing in the steady state.
     settling: Vec<UnackedEntry>,
     kicked: Vec<Arc<Queue>>,
+    /// Deliveries settled inside a transaction, in the order the settlements came: taken out
+    /// of the unacked list when the ack, nack or reject arrived (see [`Channel::hold_ack`]),
+    /// settled by [`Channel::commit_held`], put back by [`Channel::rollback_held`], requeued
+    /// when the channel closes.
+    held: Vec<Held>,
     closed: bool,
+}
+
+/// A delivery a transaction settles at commit.
+struct Held {
+    tag: u64,
+    entry: UnackedEntry,
+    how: Settle,
 }
 
 impl fmt::Debug for Channel {
@@ -360,6 +386,7 @@ impl Channel {
             consumer_prefetch: 0,
             settling: Vec::new(),
             kicked: Vec::new(),
+            held: Vec::new(),
             closed: false,
         }
     }
@@ -502,6 +529,144 @@ impl Channel {
         self.nack(tag, false, requeue)
     }
 
+    /// `basic.ack` inside a transaction. As RabbitMQ (rabbit_channel collects the acks when
+    /// they arrive and defers only the settlement): the deliveries it settles leave the
+    /// unacked list now, so that an unknown tag fails this ack, not the commit, and a second
+    /// settlement of them in the transaction is an unknown tag too. They keep their
+    /// consumer's credit until [`Channel::commit_held`] settles them.
+    ///
+    /// # Errors
+    /// `PreconditionFailed` "unknown delivery tag N".
+    pub fn hold_ack(&mut self, tag: DeliveryTag, multiple: bool) -> Result<(), BrokerError> {
+        self.hold(tag, multiple, Settle::Ack)
+    }
+
+    /// `basic.nack` or `basic.reject` inside a transaction, as [`Channel::hold_ack`].
+    ///
+    /// # Errors
+    /// `PreconditionFailed` "unknown delivery tag N".
+    pub fn hold_nack(
+        &mut self,
+        tag: DeliveryTag,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), BrokerError> {
+        let how = if requeue {
+            Settle::Requeue(Return::Nack)
+        } else {
+            Settle::Reject
+        };
+        self.hold(tag, multiple, how)
+    }
+
+    fn hold(&mut self, tag: DeliveryTag, multiple: bool, how: Settle) -> Result<(), BrokerError> {
+        let mut st = self.shared.deliveries.lock();
+        // The tags of what the take below moves (the live ones up to `tag`, or `tag`), read
+        // under the same lock: the timer thread takes timed-out deliveries in between
+        // otherwise.
+        let tags: Vec<u64> = if multiple {
+            st.unacked
+                .iter()
+                .map(|(t, _)| t)
+                .take_while(|&t| tag.0 == 0 || t <= tag.0)
+                .collect()
+        } else {
+            vec![tag.0]
+        };
+        take_locked(&mut st, tag, multiple, &mut self.settling)?;
+        // (A late single settlement of a timed-out tag takes nothing: the zip is empty.)
+        self.held.extend(
+            tags.into_iter()
+                .zip(self.settling.drain(..))
+                .map(|(tag, entry)| Held { tag, entry, how }),
+        );
+        Ok(())
+    }
+
+    /// tx.commit: settles the deliveries held by [`Channel::hold_ack`] and
+    /// [`Channel::hold_nack`], in the order those came. Returns how many were acked.
+    pub fn commit_held(&mut self) -> usize {
+        let mut acked = 0;
+        let mut held = std::mem::take(&mut self.held).into_iter().peekable();
+        while let Some(first) = held.next() {
+            let how = first.how;
+            self.settling.push(first.entry);
+            while let Some(next) = held.next_if(|h| h.how == how) {
+                self.settling.push(next.entry);
+            }
+            if how == Settle::Ack {
+                acked += self.settling.len();
+            }
+            self.settle(how);
+        }
+        acked
+    }
+
+    /// tx.rollback: the held deliveries are unacked again under their tags, as RabbitMQ
+    /// puts them back in its unacked queue. A consumer timeout counts from their delivery.
+    pub fn rollback_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut st = self.shared.deliveries.lock();
+        // The list only appends: rebuild it with the held ones merged back in tag order.
+        // `iter` and `take_all` walk the live entries in the same order.
+        let tags: Vec<u64> = st.unacked.iter().map(|(t, _)| t).collect();
+        st.unacked.take_all(&mut self.settling);
+        let mut entries: Vec<(u64, UnackedEntry)> =
+            tags.into_iter().zip(self.settling.drain(..)).collect();
+        let restored: Vec<u64> = self.held.iter().map(|h| h.tag).collect();
+        entries.extend(self.held.drain(..).map(|h| (h.tag, h.entry)));
+        entries.sort_unstable_by_key(|(tag, _)| *tag);
+        for (tag, entry) in entries {
+            st.unacked.push(tag, entry);
+        }
+        for tag in restored {
+            if let Some((queue, at)) = st
+                .unacked
+                .get(tag)
+                .map(|e| (Arc::clone(e.queue()), e.delivered_at))
+            {
+                self.shared.watch_timeout(&mut st, &queue, tag, at);
+            }
+        }
+    }
+
+    /// `basic.publish` inside a transaction, checked now as RabbitMQ checks it at
+    /// basic.publish in tx mode too (rabbit_channel): the exchange exists and is not
+    /// internal. So a transaction never fails at commit, halfway through its publishes.
+    /// The message is charged to the memory watermark while the transaction holds it (the
+    /// charge goes with it to the queues at commit, and is released when it drops on
+    /// rollback or close), so an uncommitted backlog raises the alarm like a queued one.
+    /// Returns the exchange, for the commit.
+    ///
+    /// # Errors
+    /// `NotFound` "no exchange 'x' in vhost '/'"; `AccessRefused` "cannot publish to
+    /// internal exchange 'x' in vhost '/'".
+    pub fn hold_publish(&self, message: &mut Message) -> Result<Arc<Exchange>, BrokerError> {
+        let resource = || Resource::exchange(message.exchange(), self.vhost.name());
+        let exchange = self
+            .vhost
+            .exchange(message.exchange())
+            .filter(|x| !x.is_deleted())
+            .ok_or_else(|| BrokerError::not_found(resource()))?;
+        if exchange.internal() {
+            return Err(BrokerError::access_refused(format_args!(
+                "cannot publish to internal {}",
+                resource()
+            )));
+        }
+        self.charge(message);
+        Ok(exchange)
+    }
+
+    /// Charges `message` to the vhost's memory watermark until it drops: a message the server
+    /// keeps outside the queues (a basic.return waiting in a writer whose client does not
+    /// read) counts like a delivery.
+    pub fn charge(&self, message: &mut Message) {
+        message.charge_to(self.vhost.memory());
+    }
+
     /// `basic.recover` / `recover-async`: requeues every unacked delivery.
     ///
     /// # Errors
@@ -514,7 +679,8 @@ impl Channel {
         Ok(())
     }
 
-    /// `basic.get`. `Ok(None)` when the queue is empty (`get-empty`).
+    /// `basic.get`. `Ok(None)` when the queue is empty (`get-empty`). A message taken is
+    /// also handed to the sink ([`DeliverySink::get_ok`]), in tag order with deliveries.
     ///
     /// # Errors
     /// `NotFound` for a missing queue; `ResourceLocked` for another connection's exclusive
@@ -570,6 +736,8 @@ impl Channel {
             }
             consumer.queue.touch();
         }
+        // What an open transaction settled was never settled: requeued with the rest.
+        self.settling.extend(self.held.drain(..).map(|h| h.entry));
         self.requeue_all_unacked();
     }
 
@@ -583,34 +751,10 @@ impl Channel {
         self.settle(Settle::Requeue(Return::Close));
     }
 
-    /// Takes the deliveries an ack/nack/reject of `tag` settles. A tag the consumer timeout
-    /// took back is not an error: the late settlement is ignored (with `multiple`, the
-    /// deliveries before it that are still outstanding are settled).
+    /// Takes the deliveries an ack/nack/reject of `tag` settles (see [`take_locked`]).
     fn take(&mut self, tag: DeliveryTag, multiple: bool) -> Result<(), BrokerError> {
         let mut st = self.shared.deliveries.lock();
-        let result = st.unacked.take(tag.0, multiple, &mut self.settling);
-        let late = result.is_err() && st.timed_out.remove(&tag.0);
-        if late {
-            debug!(
-                delivery_tag = tag.0,
-                "late settlement of a delivery taken back by the consumer timeout: ignored"
-            );
-            if multiple {
-                st.unacked.take_through(tag.0, &mut self.settling);
-            }
-        }
-        if multiple && !st.timed_out.is_empty() {
-            st.timed_out = match tag.0 {
-                0 | u64::MAX => BTreeSet::new(),
-                through => st.timed_out.split_off(&(through + 1)),
-            };
-        }
-        st.compact_timeouts();
-        if late {
-            Ok(())
-        } else {
-            result
-        }
+        take_locked(&mut st, tag, multiple, &mut self.settling)
     }
 
     /// Settles the entries in `self.settling`: gives credit back, then per queue either
@@ -625,6 +769,40 @@ impl Channel {
 
     fn kick_all(&mut self) {
         self.shared.kick_all(&mut self.kicked);
+    }
+}
+
+/// Moves the deliveries an ack/nack/reject of `tag` settles into `out`. A tag the consumer
+/// timeout took back is not an error: the late settlement is ignored (with `multiple`, the
+/// deliveries before it that are still outstanding are settled).
+fn take_locked(
+    st: &mut Deliveries,
+    tag: DeliveryTag,
+    multiple: bool,
+    out: &mut Vec<UnackedEntry>,
+) -> Result<(), BrokerError> {
+    let result = st.unacked.take(tag.0, multiple, out);
+    let late = result.is_err() && st.timed_out.remove(&tag.0);
+    if late {
+        debug!(
+            delivery_tag = tag.0,
+            "late settlement of a delivery taken back by the consumer timeout: ignored"
+        );
+        if multiple {
+            st.unacked.take_through(tag.0, out);
+        }
+    }
+    if multiple && !st.timed_out.is_empty() {
+        st.timed_out = match tag.0 {
+            0 | u64::MAX => BTreeSet::new(),
+            through => st.timed_out.split_off(&(through + 1)),
+        };
+    }
+    st.compact_timeouts();
+    if late {
+        Ok(())
+    } else {
+        result
     }
 }
 
@@ -791,5 +969,49 @@ mod tests {
         let st = ch.shared.deliveries.lock();
         assert_eq!(st.unacked.len(), 0);
         assert!(st.timeouts.len() <= 1025, "{} deadlines", st.timeouts.len());
+    }
+
+    #[test]
+    fn settlements_held_by_a_transaction_go_back_in_tag_order_on_rollback() {
+        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
+        v.declare_queue(
+            ConnectionId(1),
+            "q",
+            QueueFlags::default(),
+            FieldTable::default(),
+        )
+        .unwrap();
+        let mut ch = Channel::new(
+            Arc::clone(&v),
+            ConnectionId(1),
+            ChannelId(1),
+            Arc::new(Discard),
+        );
+        let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
+        for _ in 0..5 {
+            let m = Message::new(String::new(), "q".into(), header.clone(), Bytes::new());
+            v.publish(false, m).unwrap();
+        }
+        for tag in 1..=4 {
+            let got = ch.get("q", false).unwrap().unwrap();
+            assert_eq!(got.delivery_tag, DeliveryTag(tag));
+        }
+        ch.hold_ack(DeliveryTag(2), false).unwrap();
+        ch.hold_nack(DeliveryTag(4), false, true).unwrap();
+        // Settled once in the transaction: a second settlement is an unknown tag.
+        assert!(ch.hold_ack(DeliveryTag(2), false).is_err());
+        assert_eq!(ch.unacked_count(), 2);
+        ch.rollback_held();
+        assert_eq!(ch.unacked_count(), 4);
+        // A delivery after the rollback, then a multiple ack through the restored tag 2.
+        assert_eq!(
+            ch.get("q", false).unwrap().unwrap().delivery_tag,
+            DeliveryTag(5)
+        );
+        assert_eq!(ch.ack(DeliveryTag(2), true).unwrap(), 2);
+        ch.hold_ack(DeliveryTag(0), true).unwrap();
+        assert_eq!(ch.unacked_count(), 0);
+        assert_eq!(ch.commit_held(), 3);
+        assert_eq!(v.queue("q").unwrap().snapshot().acked, 5);
     }
 }

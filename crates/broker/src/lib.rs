@@ -25,6 +25,7 @@
 //! | `spill.rs` | [`Broker::spawn_spill_task`]: moving long backlogs to disk and back |
 //! | `queue/spill.rs` | a queue's disk tail |
 //! | `queue/dedup.rs` | `x-deduplication-window`: message ids a queue remembers |
+//! | `reply_to.rs`, `channel/reply_to.rs` | direct reply-to (`amq.rabbitmq.reply-to`): reply consumers, delivery without a queue |
 //! | `timer.rs` | the one timer thread (`schedule`) and per-target `Deadlines` |
 //! | `ids.rs` | id newtypes, generated names |
 //! | `error.rs` | [`BrokerError`] with RabbitMQ's reply texts |
@@ -54,6 +55,7 @@ mod message;
 mod policy;
 mod queue;
 mod recovery;
+mod reply_to;
 mod sink;
 mod spill;
 mod stats;
@@ -71,6 +73,7 @@ pub use policy::{ApplyTo, Policy, PolicyError};
 pub use queue::arguments::{DedupWindow, Overflow, QueueArguments, TimeoutAction};
 pub use queue::{GetOk, Queue};
 pub use recovery::{RecoveryError, RecoverySummary};
+pub use reply_to::{ReplyConsumer, REPLY_TO_QUEUE};
 pub use sink::{Delivery, DeliverySink, SinkClosed, SinkClosedAll};
 pub use stats::{BindingSnapshot, ChannelSnapshot, ConsumerSnapshot, QueueSnapshot};
 pub use vhost::{PublishOutcome, Published, QueueDeclareOk, QueueFlags, VHost};

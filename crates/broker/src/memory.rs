@@ -5,6 +5,10 @@
 //! in a connection writer after a no-ack delivery. A message routed to N queues is one
 //! allocation and is counted once. Counting until the writer drops the delivery is what bounds a slow no-ack
 //! consumer: its backlog keeps the alarm raised, and the server stops reading publishers.
+//! Messages the server holds for a client outside the queues are charged the same way: the
+//! publishes an open transaction buffered (charged at basic.publish, the charge moving to the
+//! queues at commit and released on rollback or close), and basic.return messages waiting in
+//! a writer whose client does not read.
 //!
 //! The counter is one atomic; the `watch` channel is touched only when the counter crosses the
 //! watermark, and then the state is recomputed from the counter under the watch's own lock,

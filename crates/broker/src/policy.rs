@@ -3,7 +3,8 @@
 //! a regular expression (`pattern`, unanchored). Of the policies matching a queue the one with
 //! the highest `priority` applies (ties: the first name in byte order, so the choice never
 //! depends on the order they were set in); arguments the client gave at declare win over it
-//! ([`effective`]).
+//! ([`effective`]). Exchanges are matched the same way, among the policies that apply to
+//! them; their one key is `alternate-exchange` ([`matching_exchange`]).
 //!
 //! A vhost holds its policies ([`crate::VHost::set_policies`], `vhost/policies.rs`); a queue's
 //! effective arguments are recomputed when it is declared and whenever the policies change.
@@ -12,7 +13,7 @@
 
 use std::fmt;
 
-use lockgate_wire::FieldTable;
+use lockgate_wire::{FieldTable, FieldValue};
 use regex::Regex;
 
 use crate::error::Resource;
@@ -20,7 +21,7 @@ use crate::queue::arguments::QueueArguments;
 
 /// RabbitMQ policy keys that lockgate accepts (so that a RabbitMQ definitions export imports
 /// as is) but that have no effect: mirroring, federation, queue modes and versions, stream
-/// settings, and exchange-level keys.
+/// settings.
 const IGNORED_KEYS: &[&str] = &[
     "ha-mode",
     "ha-params",
@@ -34,15 +35,18 @@ const IGNORED_KEYS: &[&str] = &[
     "queue-leader-locator",
     "federation-upstream",
     "federation-upstream-set",
-    "alternate-exchange",
     "max-age",
     "stream-max-segment-size-bytes",
     "initial-cluster-size",
     "delivery-limit-action",
 ];
 
-/// What a policy applies to (RabbitMQ's `apply-to`). Exchange policies are accepted for
-/// compatibility; lockgate has no exchange-level policy keys, so they change nothing.
+/// The exchange policy key: where an exchange sends what it routes nowhere, unless its own
+/// `alternate-exchange` argument says otherwise.
+const ALTERNATE_EXCHANGE: &str = "alternate-exchange";
+
+/// What a policy applies to (RabbitMQ's `apply-to`). The only key exchanges read is
+/// `alternate-exchange`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ApplyTo {
     /// Queues and exchanges (RabbitMQ's default).
@@ -77,6 +81,10 @@ impl ApplyTo {
 
     fn applies_to_queues(self) -> bool {
         matches!(self, Self::All | Self::Queues)
+    }
+
+    fn applies_to_exchanges(self) -> bool {
+        matches!(self, Self::All | Self::Exchanges)
     }
 }
 
@@ -142,11 +150,21 @@ impl Policy {
                 "policy '{name}': the definition is empty"
             )));
         }
-        for (key, _) in definition.iter() {
+        for (key, value) in definition.iter() {
+            if key == ALTERNATE_EXCHANGE {
+                // RabbitMQ's rabbit_policies validation.
+                if value.as_str().is_none() {
+                    return Err(PolicyError(format!(
+                        "policy '{name}': {value:?} is not a valid alternate exchange name"
+                    )));
+                }
+                continue;
+            }
             if QueueArguments::from_policy_key(key).is_none()
                 && !IGNORED_KEYS.contains(&key.as_str())
             {
-                let known: Vec<_> = QueueArguments::policy_keys().collect();
+                let mut known: Vec<_> = QueueArguments::policy_keys().collect();
+                known.push(ALTERNATE_EXCHANGE);
                 return Err(PolicyError(format!(
                     "policy '{name}': unknown key '{key}' in the definition (known keys: {})",
                     known.join(", ")
@@ -181,6 +199,18 @@ impl Policy {
         self.apply_to.applies_to_queues() && self.pattern.is_match(queue)
     }
 
+    /// Whether it applies to an exchange called `exchange`.
+    pub fn matches_exchange(&self, exchange: &str) -> bool {
+        self.apply_to.applies_to_exchanges() && self.pattern.is_match(exchange)
+    }
+
+    /// Its `alternate-exchange` key.
+    pub fn alternate_exchange(&self) -> Option<&str> {
+        self.definition
+            .get(ALTERNATE_EXCHANGE)
+            .and_then(FieldValue::as_str)
+    }
+
     /// The definition as `x-` queue arguments (keys lockgate ignores are left out).
     pub fn arguments(&self) -> FieldTable {
         self.definition
@@ -204,10 +234,17 @@ impl Policy {
 /// The policy that applies to `queue`: the highest priority among those matching, ties going
 /// to the first name in byte order.
 pub fn matching<'a>(policies: &'a [Policy], queue: &str) -> Option<&'a Policy> {
-    policies
-        .iter()
-        .filter(|p| p.matches_queue(queue))
-        .max_by(|a, b| a.priority.cmp(&b.priority).then(b.name.cmp(&a.name)))
+    highest(policies.iter().filter(|p| p.matches_queue(queue)))
+}
+
+/// The policy that applies to `exchange`, chosen as [`matching`] chooses a queue's: only
+/// that one's keys count, as in RabbitMQ.
+pub fn matching_exchange<'a>(policies: &'a [Policy], exchange: &str) -> Option<&'a Policy> {
+    highest(policies.iter().filter(|p| p.matches_exchange(exchange)))
+}
+
+fn highest<'a>(candidates: impl Iterator<Item = &'a Policy>) -> Option<&'a Policy> {
+    candidates.max_by(|a, b| a.priority.cmp(&b.priority).then(b.name.cmp(&a.name)))
 }
 
 /// A queue's effective arguments: what the client declared, plus every setting of `policy`
@@ -315,6 +352,13 @@ mod tests {
         )
         .unwrap();
         assert!(!p.matches_queue("q"));
+        assert!(p.matches_exchange("q"));
+        assert_eq!(p.alternate_exchange(), Some("ae"));
+        assert!(p.ignored_keys().is_empty());
+        let queues_only = policy("queues", ".*", 9, &[("max-length", FieldValue::I64(1))]);
+        let both = [p, queues_only];
+        assert_eq!(matching_exchange(&both, "x").unwrap().name, "p");
+        assert_eq!(matching(&both, "x").unwrap().name, "queues");
         assert_eq!(ApplyTo::parse("classic_queues"), Some(ApplyTo::Queues));
         assert_eq!(ApplyTo::parse("bogus"), None);
     }
@@ -337,5 +381,7 @@ mod tests {
         let overflow = err(".*", &[("overflow", text("sometimes"))]);
         assert!(overflow.contains("x-overflow"), "{overflow}");
         assert!(err(".*", &[]).contains("empty"));
+        let ae = err(".*", &[("alternate-exchange", FieldValue::I64(1))]);
+        assert!(ae.contains("not a valid alternate exchange name"), "{ae}");
     }
 }

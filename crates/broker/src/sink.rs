@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::ids::{ConsumerTag, DeliveryTag};
 use crate::message::Message;
+use crate::queue::GetOk;
 
 /// One message handed to a consumer (`basic.deliver`). Exchange and routing key come from
 /// the message.
@@ -47,9 +48,10 @@ pub struct SinkClosedAll(pub Vec<Delivery>);
 /// implemented by the server (typically a push onto the connection writer's unbounded mpsc).
 ///
 /// # Contract
-/// - [`DeliverySink::deliver`] and [`DeliverySink::deliver_all`] are called with a queue
-///   lock and the channel's delivery lock held: they must not block and must not call back
-///   into the broker. Deliveries for one channel arrive in delivery-tag order.
+/// - [`DeliverySink::deliver`], [`DeliverySink::deliver_all`] and [`DeliverySink::get_ok`]
+///   are called with a queue lock and the channel's delivery lock held: they must not block
+///   and must not call back into the broker. Deliveries and get-oks for one channel arrive in
+///   delivery-tag order.
 /// - Memory: a delivered message stays charged to the memory watermark until the `Delivery`
 ///   is dropped, so a writer that falls behind (a slow no-ack consumer, which prefetch does
 ///   not limit) raises the memory alarm and the server stops reading publishers. The sink
@@ -80,6 +82,15 @@ pub trait DeliverySink: Send + Sync {
             }
         }
         Ok(())
+    }
+
+    /// A `basic.get` took a message as delivery `got.delivery_tag`. Handed over under the
+    /// lock that assigned the tag, as deliveries are, so that a delivery to this channel's
+    /// consumers made meanwhile by another thread (which takes the next tag) cannot reach the
+    /// connection before the get-ok. The writer gets the get-ok from here; the default
+    /// ignores it (callers that only read the [`GetOk`] the get returns).
+    fn get_ok(&self, got: &GetOk) {
+        let _ = got;
     }
 
     /// The broker cancelled this consumer.

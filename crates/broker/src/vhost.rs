@@ -22,6 +22,7 @@ use tracing::debug;
 use crate::channel::ChannelShared;
 use crate::durable;
 use crate::error::{BrokerError, Resource};
+use crate::exchange::sender_selected;
 use crate::exchange::{BindingEntry, Destination, Exchange, ExchangeFlags, ExchangeKind};
 use crate::ids::{random_name, ChannelId, ConnectionId};
 use crate::memory::MemoryMonitor;
@@ -196,6 +197,8 @@ pub struct VHost {
     /// Open channels, for the management API (`introspect.rs`); changed at open and close
     /// only.
     channels: DashMap<(ConnectionId, ChannelId), Arc<ChannelShared>>,
+    /// Direct reply-to consumers by address (`reply_to.rs`).
+    pub(crate) reply_to: crate::reply_to::ReplyConsumers,
     /// The broker's spill task, woken by queues whose head runs low.
     spill_wake: Arc<tokio::sync::Notify>,
     /// Its policies (`vhost/policies.rs`).
@@ -255,6 +258,7 @@ impl VHost {
             memory,
             store,
             channels: DashMap::new(),
+            reply_to: crate::reply_to::ReplyConsumers::default(),
             spill_wake,
             policies: policies::Policies::default(),
             me: Weak::new(),
@@ -268,6 +272,11 @@ impl VHost {
         self.me = me;
         self.consumer_timeout = consumer_timeout;
         self
+    }
+
+    /// A weak handle on itself (a delayed exchange routes due messages through it).
+    pub(crate) fn handle(&self) -> Weak<VHost> {
+        self.me.clone()
     }
 
     /// Shares a new queue, linked to this vhost.
@@ -378,6 +387,7 @@ impl VHost {
         if name.is_empty() {
             return Err(BrokerError::default_exchange());
         }
+        crate::exchange::check_alternate_argument(&arguments, &self.exchange_resource(name))?;
         let _topology = self.topology.lock();
         let Some(existing) = self.exchange(name) else {
             if name.starts_with("amq.") {
@@ -393,6 +403,7 @@ impl VHost {
                 ));
             }
             let exchange = Arc::new(Exchange::new(name.to_owned(), kind, flags, arguments));
+            self.apply_exchange_policy(&exchange);
             self.exchanges
                 .insert(name.to_owned(), Arc::clone(&exchange));
             debug!(vhost = %self.name, exchange = name, %kind, "exchange declared");
@@ -491,11 +502,11 @@ impl VHost {
         )
     }
 
-    /// `exchange.unbind`. Removing a binding that does not exist succeeds.
+    /// `exchange.unbind`. Removing a binding that does not exist succeeds, also when either
+    /// exchange is missing.
     ///
     /// # Errors
-    /// `AccessRefused` when either is the default exchange; `NotFound` when either is
-    /// missing.
+    /// `AccessRefused` when either is the default exchange.
     pub fn unbind_exchange(
         &self,
         destination: &str,
@@ -657,10 +668,12 @@ impl VHost {
         )
     }
 
-    /// `queue.unbind`. Removing a binding that does not exist succeeds.
+    /// `queue.unbind`. Removing a binding that does not exist succeeds, also when the
+    /// exchange or the queue is missing.
     ///
     /// # Errors
-    /// As [`VHost::bind_queue`].
+    /// `AccessRefused` for the default exchange; `ResourceLocked` for another connection's
+    /// exclusive queue.
     pub fn unbind_queue(
         &self,
         connection: ConnectionId,
@@ -782,7 +795,9 @@ impl VHost {
     pub(crate) fn recover_exchange(&self, name: &str, stored: durable::StoredExchange) {
         let _topology = self.topology.lock();
         let exchange = Exchange::new(name.to_owned(), stored.kind, stored.flags, stored.arguments);
-        self.exchanges.insert(name.to_owned(), Arc::new(exchange));
+        let exchange = Arc::new(exchange);
+        self.apply_exchange_policy(&exchange);
+        self.exchanges.insert(name.to_owned(), exchange);
     }
 
     /// Recreates a stored durable queue (nothing is written back).
@@ -875,7 +890,9 @@ impl VHost {
         self.add_binding(&mut topology, source, destination, routing_key, arguments)
     }
 
-    /// As [`VHost::bind`], for `exchange.unbind` and `queue.unbind`.
+    /// As [`VHost::bind`], for `exchange.unbind` and `queue.unbind`. A missing source or
+    /// destination succeeds, as a missing binding does: RabbitMQ's unbind is idempotent
+    /// (teardown code unbinds what may already be gone).
     fn unbind(
         &self,
         source: &str,
@@ -884,8 +901,14 @@ impl VHost {
         arguments: &FieldTable,
     ) -> Result<(), BrokerError> {
         let mut topology = self.topology.lock();
-        let source = self.existing_exchange(source)?;
-        let destination = destination()?;
+        let Some(source) = self.exchange(source) else {
+            return Ok(());
+        };
+        let destination = match destination() {
+            Ok(destination) => destination,
+            Err(BrokerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         self.remove_binding(&mut topology, &source, &destination, routing_key, arguments);
         Ok(())
     }
@@ -1070,7 +1093,8 @@ impl VHost {
     ///
     /// # Errors
     /// `NotFound` when the exchange has been deleted (drop the cached handle);
-    /// `AccessRefused` "cannot publish to internal exchange 'x' in vhost '/'".
+    /// `AccessRefused` "cannot publish to internal exchange 'x' in vhost '/'";
+    /// `PreconditionFailed` for a `CC` or `BCC` header that is not an array.
     pub fn publish_to(
         &self,
         exchange: &Arc<Exchange>,
@@ -1109,7 +1133,7 @@ impl VHost {
         &self,
         exchange: &Arc<Exchange>,
         mandatory: bool,
-        message: Message,
+        mut message: Message,
     ) -> Result<Published, BrokerError> {
         if exchange.is_deleted() {
             return Err(BrokerError::not_found(
@@ -1125,18 +1149,26 @@ impl VHost {
         // A delayed exchange holds a message with `x-delay` and routes it when due.
         if let Some(delay) = exchange.requested_delay(&message) {
             let (memory, store) = (&self.memory, self.store.as_ref());
-            let commit = exchange.hold_delayed(&self.name, message, delay, memory, store);
+            let commit = exchange.hold_delayed(self, message, delay, memory, store);
             return Ok(Published::routed(PublishOutcome::Routed(1), commit));
         }
+        let cc = sender_selected::take_routes(&mut message)?;
         let mut queues = ROUTE_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        self.route(exchange, &message, &mut queues);
+        self.route(exchange, &message, &cc, &mut queues);
         let published = if queues.is_empty() {
-            let outcome = if mandatory {
-                PublishOutcome::Unroutable(Box::new(message))
-            } else {
-                PublishOutcome::Dropped
-            };
-            Published::routed(outcome, None)
+            // Direct reply-to: only a default-exchange publish that found no queue pays for
+            // the check.
+            match self.reply_to.deliver(exchange, message, &self.memory) {
+                Ok(published) => published,
+                Err(message) => {
+                    let outcome = if mandatory {
+                        PublishOutcome::Unroutable(Box::new(message))
+                    } else {
+                        PublishOutcome::Dropped
+                    };
+                    Published::routed(outcome, None)
+                }
+            }
         } else {
             let mut published = Published::routed(PublishOutcome::Routed(queues.len()), None);
             published.commit = self.enqueue(message, &queues, &mut published);
@@ -1151,9 +1183,34 @@ impl VHost {
     /// caller (a channel remembers where its last publish to the default exchange went):
     /// what [`VHost::publish_checked`] does for the default exchange, which is never
     /// deleted, internal or delayed, without hashing the routing key again.
-    pub fn publish_to_queue(&self, queue: &Arc<Queue>, message: Message) -> Published {
-        let mut published = Published::routed(PublishOutcome::Routed(1), None);
-        published.commit = self.enqueue(message, std::slice::from_ref(queue), &mut published);
+    ///
+    /// # Errors
+    /// `PreconditionFailed` for a `CC` or `BCC` header that is not an array.
+    pub fn publish_to_queue_checked(
+        &self,
+        queue: &Arc<Queue>,
+        mut message: Message,
+    ) -> Result<Published, BrokerError> {
+        let cc = sender_selected::take_routes(&mut message)?;
+        Ok(self.publish_to_queue_with(queue, message, &cc))
+    }
+
+    /// Enqueues `message` on `queue` and on the queues its sender-selected keys `cc` name.
+    fn publish_to_queue_with(
+        &self,
+        queue: &Arc<Queue>,
+        message: Message,
+        cc: &[String],
+    ) -> Published {
+        if cc.is_empty() {
+            let mut published = Published::routed(PublishOutcome::Routed(1), None);
+            published.commit = self.enqueue(message, std::slice::from_ref(queue), &mut published);
+            return published;
+        }
+        let mut queues = vec![Arc::clone(queue)];
+        self.route_default(cc, &mut queues);
+        let mut published = Published::routed(PublishOutcome::Routed(queues.len()), None);
+        published.commit = self.enqueue(message, &queues, &mut published);
         published
     }
 
@@ -1184,13 +1241,21 @@ impl VHost {
     /// Republishes a dead-lettered message to the exchange `name` (dropped when it does not
     /// exist or routes nowhere). Unless the death was a rejection, queues the message
     /// already died in without a rejection since are left out (RabbitMQ's cycle rule).
-    pub(crate) fn publish_dead_letter(&self, name: &str, message: Message, rejected: bool) -> bool {
+    pub(crate) fn publish_dead_letter(
+        &self,
+        name: &str,
+        mut message: Message,
+        rejected: bool,
+    ) -> bool {
         let Some(exchange) = self.exchange(name).filter(|x| !x.is_deleted()) else {
             debug!(vhost = %self.name, exchange = name, "dead-letter exchange missing: message dropped");
             return false;
         };
+        // Its `CC` keys still route, as RabbitMQ routes a dead-lettered message on its
+        // original keys (dead-lettering with a new routing key removed the header).
+        let cc = sender_selected::take_routes(&mut message).unwrap_or_default();
         let mut queues = Vec::new();
-        self.route(&exchange, &message, &mut queues);
+        self.route(&exchange, &message, &cc, &mut queues);
         if !rejected {
             queues.retain(|q| !crate::queue::deadletter::is_cycle(&message, q.name()));
         }
@@ -1203,15 +1268,37 @@ impl VHost {
         true
     }
 
-    /// Collects the queues `message` reaches from `exchange`, each once.
-    fn route(&self, exchange: &Arc<Exchange>, message: &Message, out: &mut Vec<Arc<Queue>>) {
+    /// Collects the queues `message` reaches from `exchange` on its routing key and the
+    /// sender-selected keys `cc`, each once. The default exchange never has an alternate
+    /// exchange (RabbitMQ routes it apart).
+    pub(crate) fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        message: &Message,
+        cc: &[String],
+        out: &mut Vec<Arc<Queue>>,
+    ) {
         if exchange.is_default() {
             if let Some(queue) = self.queues.get(message.routing_key_bytes()) {
                 out.push(Arc::clone(&queue));
             }
+            if !cc.is_empty() {
+                self.route_default(cc, out);
+            }
             return;
         }
-        crate::exchange::route_from(exchange, message, out);
+        crate::exchange::route_from(exchange, message, cc, &|name| self.exchange(name), out);
+    }
+
+    /// Adds the queues the keys `cc` name (the default exchange's routing) to `out`, which
+    /// then holds each queue once.
+    fn route_default(&self, cc: &[String], out: &mut Vec<Arc<Queue>>) {
+        out.extend(
+            cc.iter()
+                .filter_map(|key| self.queues.get(key.as_bytes()).map(|q| Arc::clone(&q))),
+        );
+        out.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+        out.dedup_by(|a, b| Arc::ptr_eq(a, b));
     }
 }
 

@@ -344,8 +344,9 @@ fn write_body(
 ///
 /// # Errors
 /// [`WireError::BodySizeMismatch`] if `header.body_size` is not `body.len()`,
-/// [`WireError::EncodeTooLarge`] if the method or header frame alone exceeds frame_max (or
-/// frame_max leaves no room for body octets), or the method's own encode errors.
+/// [`WireError::EncodeTooLarge`] if the method frame alone exceeds frame_max (or frame_max
+/// leaves no room for body octets), or the method's own encode errors. The header frame may
+/// exceed frame_max, as RabbitMQ sends it.
 pub fn encode_content<'h>(
     dst: &mut BytesMut,
     channel: u16,
@@ -900,10 +901,13 @@ fn write_content(
     let at = begin(dst, FRAME_METHOD, channel);
     method(dst)?;
     finish(dst, at, frame_max)?;
-    check_size(header.payload_len(), frame_max)?;
+    // As RabbitMQ (rabbit_binary_generator:build_simple_content_frames), the header frame is
+    // not held to frame_max: only bodies are split. A publisher may send properties up to its
+    // own, larger frame_max; refusing them to a consumer with a smaller one would fail its
+    // connection, and the requeued message the next consumer's.
     let at = begin(dst, FRAME_HEADER, channel);
     header.encode(dst);
-    finish(dst, at, frame_max)?;
+    finish(dst, at, 0)?;
     write_bodies(dst, channel, body, frame_max)
 }
 

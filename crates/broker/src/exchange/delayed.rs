@@ -48,7 +48,7 @@ use lockgate_wire::{FieldTable, FieldValue};
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
-use super::{route_from, Exchange, ExchangeKind};
+use super::{sender_selected, Exchange, ExchangeKind};
 use crate::broker::Broker;
 use crate::durable;
 use crate::error::BrokerError;
@@ -56,6 +56,7 @@ use crate::memory::MemoryMonitor;
 use crate::message::Message;
 use crate::queue::Queue;
 use crate::timer::{schedule, Deadlines, Timed};
+use crate::vhost::VHost;
 
 /// The plugin caps `x-delay` at the largest Erlang timer value.
 const MAX_DELAY_MS: u64 = u32::MAX as u64;
@@ -141,10 +142,12 @@ fn stored_header(due_unix_ms: u64, message: &Message) -> Bytes {
     out.freeze()
 }
 
-/// What a due message needs to be enqueued: the exchange to route it through and the
-/// vhost's store. Captured from the first held message's publish (or from recovery).
+/// What a due message needs to be enqueued: the exchange to route it through, its vhost
+/// (for alternate exchanges) and the vhost's store. Captured from the first held message's
+/// publish (or from recovery).
 struct Publisher {
     exchange: Weak<Exchange>,
+    vhost: Weak<VHost>,
     store: Option<Store>,
 }
 
@@ -205,7 +208,7 @@ impl DelayedMessages {
     pub(crate) fn hold(
         &self,
         exchange: &Arc<Exchange>,
-        vhost: &str,
+        vhost: &VHost,
         mut message: Message,
         delay_ms: u64,
         memory: &Arc<MemoryMonitor>,
@@ -219,13 +222,14 @@ impl DelayedMessages {
             let mut held = self.held.lock();
             held.publisher.get_or_insert_with(|| Publisher {
                 exchange: Arc::downgrade(exchange),
+                vhost: vhost.handle(),
                 store: store.cloned(),
             });
             let mut commit = None;
             let stored = persist.map(|store| {
                 let queue = held.store_queue.get_or_insert_with(|| {
                     let mut key = STORE_KEY_PREFIX.to_vec();
-                    key.extend_from_slice(&durable::entity_key(vhost, exchange.name()));
+                    key.extend_from_slice(&durable::entity_key(vhost.name(), exchange.name()));
                     // Written ahead of the publish below: the publish's commit covers it.
                     let (id, created) = store.put_queue(&key, b"");
                     drop(created);
@@ -276,7 +280,7 @@ impl DelayedMessages {
 
 impl Timed for DelayedMessages {
     fn fire(&self, now: Instant) {
-        let (due, exchange, store) = {
+        let (due, exchange, vhost, store) = {
             let mut held = self.held.lock();
             let due: Vec<HeldMessage> = held.messages.pop_due(now).collect();
             held.scheduled = held.messages.next();
@@ -286,14 +290,23 @@ impl Timed for DelayedMessages {
             let Some(publisher) = held.publisher.as_ref() else {
                 return;
             };
-            (due, publisher.exchange.upgrade(), publisher.store.clone())
+            let exchange = publisher.exchange.upgrade();
+            (
+                due,
+                exchange,
+                publisher.vhost.upgrade(),
+                publisher.store.clone(),
+            )
         };
-        let Some(exchange) = exchange.filter(|x| !x.is_deleted()) else {
+        let (Some(exchange), Some(vhost)) = (exchange.filter(|x| !x.is_deleted()), vhost) else {
             return;
         };
         let mut queues = Vec::new();
-        for held in due {
-            route_from(&exchange, &held.message, &mut queues);
+        for mut held in due {
+            // Held with its `BCC` header, which routes only now. A delayed publish is not
+            // checked for malformed `CC`/`BCC` headers: such a header adds no keys here.
+            let cc = sender_selected::take_routes(&mut held.message).unwrap_or_default();
+            vhost.route(&exchange, &held.message, &cc, &mut queues);
             enqueue(held.message, &queues, store.as_ref());
             queues.clear();
             // After the publish above was submitted: a crash between the two writes
@@ -363,6 +376,7 @@ pub(crate) fn recover(
     let mut held = delayed.held.lock();
     held.publisher = Some(Publisher {
         exchange: Arc::downgrade(&exchange),
+        vhost: Arc::downgrade(&vhost),
         store: Some(store.clone()),
     });
     held.store_queue = Some(StoreQueue {

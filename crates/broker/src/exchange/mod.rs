@@ -8,11 +8,17 @@
 //! exchange ([`delayed`]) routes as its `x-delayed-type` and holds messages that ask for a
 //! delay until they are due. Destinations are `Arc` handles, so routing never looks a
 //! queue up by name.
+//!
+//! Two RabbitMQ features widen routing, without cost for messages that do not use them: the
+//! keys of a message's `CC` and `BCC` headers ([`sender_selected`]) route beside its routing
+//! key, and an exchange whose bindings match nothing passes the message to its alternate
+//! exchange ([`route_from`]).
 
 mod consistent_hash;
 mod delayed;
 mod erlang_hash;
 mod headers;
+pub(crate) mod sender_selected;
 mod topic;
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +26,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use lockgate_wire::FieldTable;
+use lockgate_wire::{FieldTable, FieldValue};
 use parking_lot::RwLock;
 
 use lockgate_store::{Commit, Store};
@@ -103,6 +109,33 @@ pub(crate) fn validate_arguments(
         | ExchangeKind::Fanout
         | ExchangeKind::Topic
         | ExchangeKind::Headers => Ok(()),
+    }
+}
+
+/// The `alternate-exchange` argument, when it is a long string (declaring refuses any other
+/// type; see [`check_alternate_argument`]).
+fn alternate_argument(arguments: &FieldTable) -> Option<&str> {
+    arguments
+        .get("alternate-exchange")
+        .and_then(FieldValue::as_str)
+}
+
+/// Checks the type of an `alternate-exchange` argument, as RabbitMQ's channel does at
+/// `exchange.declare`.
+///
+/// # Errors
+/// `PreconditionFailed` "invalid type 'long' for arg 'alternate-exchange' in exchange 'x' in
+/// vhost '/'".
+pub(crate) fn check_alternate_argument(
+    arguments: &FieldTable,
+    resource: &crate::error::Resource<'_>,
+) -> Result<(), BrokerError> {
+    match arguments.get("alternate-exchange") {
+        None | Some(FieldValue::LongString(_)) => Ok(()),
+        Some(other) => Err(BrokerError::precondition_failed(format_args!(
+            "invalid type '{}' for arg 'alternate-exchange' in {resource}",
+            crate::queue::arguments::type_name(other)
+        ))),
     }
 }
 
@@ -302,12 +335,24 @@ impl Router {
         self.len() == 0
     }
 
-    /// Calls `f` for every destination the message matches (possibly more than once).
-    pub fn route(&self, message: &Message, f: &mut impl FnMut(&Destination)) {
+    /// Calls `f` for every destination the message matches (possibly more than once), on
+    /// its routing key and the sender-selected keys `cc`. Fanout, headers and consistent
+    /// hash read no key list, as RabbitMQ's (the last hashes the routing key only).
+    pub fn route(&self, message: &Message, cc: &[String], f: &mut impl FnMut(&Destination)) {
         match self {
-            Self::Direct(r) => r.route(message.routing_key(), f),
+            Self::Direct(r) => {
+                r.route(message.routing_key(), f);
+                for key in cc {
+                    r.route(key, f);
+                }
+            }
             Self::Fanout(r) => r.route(f),
-            Self::Topic(r) => r.route(message.routing_key(), f),
+            Self::Topic(r) => {
+                r.route(message.routing_key(), f);
+                for key in cc {
+                    r.route(key, f);
+                }
+            }
             Self::Headers(r) => r.route(message.headers().as_ref(), f),
             Self::ConsistentHash(r) => r.route(message, f),
         }
@@ -346,6 +391,10 @@ pub struct Exchange {
     auto_delete: bool,
     internal: bool,
     arguments: FieldTable,
+    /// Where a message that matches no binding goes: the `alternate-exchange` argument, else
+    /// the key of the policy that applies (RabbitMQ's precedence). Read only for such a
+    /// message; changed when the policies are.
+    alternate: RwLock<Option<Arc<str>>>,
     pub(crate) router: RwLock<Router>,
     deleted: AtomicBool,
     /// The messages a delayed exchange holds; `None` for the other types.
@@ -378,6 +427,7 @@ impl Exchange {
             auto_delete: flags.auto_delete,
             internal: flags.internal,
             router: RwLock::new(Router::new(kind, &arguments)),
+            alternate: RwLock::new(alternate_argument(&arguments).map(Arc::from)),
             deleted: AtomicBool::new(false),
             delayed: (kind == ExchangeKind::DelayedMessage).then(DelayedMessages::new),
             arguments,
@@ -414,6 +464,21 @@ impl Exchange {
         &self.arguments
     }
 
+    /// The name of its alternate exchange, if it has one (from its argument or a policy).
+    pub fn alternate_exchange(&self) -> Option<Arc<str>> {
+        self.alternate.read().clone()
+    }
+
+    /// Sets the alternate exchange that the policy applying to this exchange names (`None`:
+    /// no policy, or one without the key); the argument, when given, keeps precedence.
+    pub(crate) fn set_policy_alternate(&self, policy: Option<&str>) {
+        let alternate = alternate_argument(&self.arguments).or(policy);
+        let mut current = self.alternate.write();
+        if current.as_deref() != alternate {
+            *current = alternate.map(Arc::from);
+        }
+    }
+
     /// True once deleted: a cached handle must be dropped and looked up again.
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
@@ -433,20 +498,42 @@ impl Exchange {
         self.delayed.as_ref().map_or(0, |d| d.len())
     }
 
-    /// Adds the destinations of this exchange's own bindings that `message` matches: queues
-    /// to `out`, exchanges to `exchanges`.
+    /// Adds the destinations of this exchange's own bindings that `message` matches (on its
+    /// routing key and the keys `cc`): queues to `out`, exchanges to `exchanges`. When it
+    /// matches none, adds its alternate exchange, if that exists, to `exchanges`.
     fn route_one(
         &self,
         message: &Message,
+        cc: &[String],
+        exchanges_by_name: &dyn Fn(&str) -> Option<Arc<Exchange>>,
         out: &mut Vec<Arc<Queue>>,
         exchanges: &mut Vec<Arc<Exchange>>,
     ) {
+        let matched = (out.len(), exchanges.len());
         self.router
             .read()
-            .route(message, &mut |destination| match destination {
+            .route(message, cc, &mut |destination| match destination {
                 Destination::Queue(q) => out.push(Arc::clone(q)),
                 Destination::Exchange(x) => exchanges.push(Arc::clone(x)),
             });
+        if matched == (out.len(), exchanges.len()) {
+            self.add_alternate(exchanges_by_name, exchanges);
+        }
+    }
+
+    /// RabbitMQ's `process_alternate`: an exchange whose bindings matched nothing passes the
+    /// message to its alternate exchange; a missing one is skipped. Cold: most messages
+    /// match, and most exchanges have no alternate.
+    #[cold]
+    fn add_alternate(
+        &self,
+        exchanges_by_name: &dyn Fn(&str) -> Option<Arc<Exchange>>,
+        exchanges: &mut Vec<Arc<Exchange>>,
+    ) {
+        let Some(name) = self.alternate_exchange() else {
+            return;
+        };
+        exchanges.extend(exchanges_by_name(&name).filter(|x| !x.is_deleted()));
     }
 
     pub(crate) fn mark_deleted(&self) {
@@ -466,7 +553,7 @@ impl Exchange {
     /// of its store write when it was persisted (durable exchange, persistent message).
     pub(crate) fn hold_delayed(
         self: &Arc<Self>,
-        vhost: &str,
+        vhost: &crate::vhost::VHost,
         message: Message,
         delay_ms: u64,
         memory: &Arc<MemoryMonitor>,
@@ -477,18 +564,28 @@ impl Exchange {
     }
 }
 
-/// Collects the queues `message` reaches from `exchange` (not the default exchange),
-/// following exchange-to-exchange bindings, each exchange and each queue once.
-pub(crate) fn route_from(exchange: &Arc<Exchange>, message: &Message, out: &mut Vec<Arc<Queue>>) {
-    // Exchange-to-exchange bindings are rare: without them nothing here allocates.
+/// Collects the queues `message` reaches from `exchange` (not the default exchange) on its
+/// routing key and the sender-selected keys `cc`, following exchange-to-exchange bindings
+/// and, from every exchange reached that matches nothing, its alternate exchange (looked up
+/// with `exchanges_by_name`; RabbitMQ's `rabbit_exchange:route/3`), each exchange and each
+/// queue once.
+pub(crate) fn route_from(
+    exchange: &Arc<Exchange>,
+    message: &Message,
+    cc: &[String],
+    exchanges_by_name: &dyn Fn(&str) -> Option<Arc<Exchange>>,
+    out: &mut Vec<Arc<Queue>>,
+) {
+    // Exchange-to-exchange bindings and alternate exchanges are rare: without them nothing
+    // here allocates.
     let mut pending: Vec<Arc<Exchange>> = Vec::new();
-    exchange.route_one(message, out, &mut pending);
+    exchange.route_one(message, cc, exchanges_by_name, out, &mut pending);
     if !pending.is_empty() {
         // A set, not a list: one exchange may be bound to thousands of others.
         let mut visited: HashSet<*const Exchange> = HashSet::from([Arc::as_ptr(exchange)]);
         while let Some(next) = pending.pop() {
             if visited.insert(Arc::as_ptr(&next)) {
-                next.route_one(message, out, &mut pending);
+                next.route_one(message, cc, exchanges_by_name, out, &mut pending);
             }
         }
     }

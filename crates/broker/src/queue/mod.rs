@@ -455,7 +455,7 @@ impl Queue {
         if st.deleted {
             return Admit::Enqueued;
         }
-        if refuses(&st) {
+        if refuses(&st, &message) {
             return self.refuse(st, message, None);
         }
         if st.args.dedup.is_some() && dedup::duplicate(&mut st, &message) {
@@ -466,7 +466,9 @@ impl Queue {
         st.counters.published += 1;
         let size = message.size();
         st.counters.ready_bytes += size;
-        self.enqueued(&mut st, seq, &message);
+        let mut dead = Vec::new();
+        let now = self.expire_overdue(&mut st, &mut dead);
+        let due = self.enqueued(&mut st, seq, &message);
         let item = Ready {
             seq,
             message,
@@ -474,27 +476,48 @@ impl Queue {
             stored: None,
             size,
         };
-        let mut dead = Vec::new();
         // Behind a disk tail, it waits in memory for the spill task, in order.
         if let Some(item) = st.hold_behind_tail(item) {
             st.ready.push_back(item);
-            self.expire_overdue(&mut st, &mut dead);
             drain(&mut st, self.store.as_ref());
+            self.expire_arrival(&mut st, due, now, &mut dead);
         }
         self.after_enqueue(st, dead)
     }
 
-    /// Accounts for a message entering the ready messages: body bytes and its TTL deadline.
-    fn enqueued(&self, st: &mut QueueState, seq: u64, message: &Message) {
+    /// Accounts for a message entering the ready messages: body bytes and its TTL deadline,
+    /// which it returns.
+    fn enqueued(&self, st: &mut QueueState, seq: u64, message: &Message) -> Option<Instant> {
         st.body_bytes += message.body().len() as u64;
-        if let Some(at) = message.expires_at(st.args.message_ttl) {
-            // Deadlines of messages that left (delivered, acked, purged) are only skipped
-            // when due: rebuild once they outnumber the live ones (amortised O(1)).
-            if st.expiry.len() > 2 * expiry::ready_count(st) + 1024 {
-                self.reschedule_expiry(st);
-            }
-            st.expiry.push(at, seq);
-            self.arm(st, at);
+        let at = message.expires_at(st.args.message_ttl)?;
+        // Deadlines of messages that left (delivered, acked, purged) are only skipped
+        // when due: rebuild once they outnumber the live ones (amortised O(1)).
+        if st.expiry.len() > 2 * expiry::ready_count(st) + 1024 {
+            self.reschedule_expiry(st);
+        }
+        st.expiry.push(at, seq);
+        self.arm(st, at);
+        Some(at)
+    }
+
+    /// After the drain that followed an arrival: the new message, due at `due`, expires now
+    /// if it was due on arrival and the drain left it. This is RabbitMQ's TTL 0: a message
+    /// expires on reaching the queue unless a consumer can take it at once. Messages that
+    /// were waiting before are expired before that drain ([`Queue::expire_overdue`], which
+    /// read the clock as `now`, if it did), so that none of them is delivered late.
+    fn expire_arrival(
+        &self,
+        st: &mut QueueState,
+        due: Option<Instant>,
+        now: Option<Instant>,
+        dead: &mut Vec<Dead>,
+    ) {
+        let Some(due) = due else {
+            return;
+        };
+        let now = now.unwrap_or_else(Instant::now);
+        if due <= now {
+            self.expire_due(st, now, usize::MAX, dead);
         }
     }
 
@@ -544,14 +567,14 @@ impl Queue {
 
     /// Removes the messages whose TTL passed but whose timer wake has not run yet, so that
     /// the drain that follows never delivers one. Only queues holding TTL deadlines pay for
-    /// the clock read.
-    fn expire_overdue(&self, st: &mut QueueState, dead: &mut Vec<Dead>) {
-        if let Some(next) = st.expiry.next() {
-            let now = Instant::now();
-            if next <= now {
-                self.expire_due(st, now, usize::MAX, dead);
-            }
+    /// the clock read; returns the time read, if any.
+    fn expire_overdue(&self, st: &mut QueueState, dead: &mut Vec<Dead>) -> Option<Instant> {
+        let next = st.expiry.next()?;
+        let now = Instant::now();
+        if next <= now {
+            self.expire_due(st, now, usize::MAX, dead);
         }
+        Some(now)
     }
 
     /// Drop-head: drops the oldest ready messages while the queue is over its limit. Only
@@ -639,7 +662,7 @@ impl Queue {
         if st.deleted || purged {
             return Admit::Enqueued;
         }
-        if refuses(&st) {
+        if refuses(&st, &message) {
             return self.refuse(st, message, Some(stored));
         }
         if st.args.dedup.is_some() && dedup::duplicate(&mut st, &message) {
@@ -648,7 +671,9 @@ impl Queue {
             }
             return Admit::Enqueued;
         }
-        self.enqueued(&mut st, stored.seq, &message);
+        let mut dead = Vec::new();
+        let now = self.expire_overdue(&mut st, &mut dead);
+        let due = self.enqueued(&mut st, stored.seq, &message);
         let item = Ready {
             seq: stored.seq,
             size: message.size(),
@@ -658,11 +683,10 @@ impl Queue {
         };
         st.counters.published += 1;
         st.counters.ready_bytes += item.size;
-        let mut dead = Vec::new();
         if let Some(item) = st.hold_behind_tail(item) {
             st.ready.push_back(item);
-            self.expire_overdue(&mut st, &mut dead);
             drain(&mut st, self.store.as_ref());
+            self.expire_arrival(&mut st, due, now, &mut dead);
         }
         self.after_enqueue(st, dead)
     }
@@ -924,6 +948,9 @@ impl Queue {
         dead: &mut Vec<Dead>,
     ) -> Option<GetOk> {
         let mut st = self.state.lock();
+        // Every basic.get is a use (x-expires), an empty one too, as RabbitMQ: a queue being
+        // polled is not deleted under its poller.
+        self.touch_locked(&mut st);
         let now = Instant::now();
         let item = loop {
             if let Some(item) = st.ready.pop_front() {
@@ -950,7 +977,6 @@ impl Queue {
             st = self.state.lock();
         };
         st.request_page_in();
-        self.touch_locked(&mut st);
         st.max_delivered = st.max_delivered.max(Some(item.seq));
         st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(item.size);
         st.body_bytes = st
@@ -960,17 +986,12 @@ impl Queue {
         st.counters.redelivered += u64::from(item.redelivered);
         mark_delivered(&mut st.marked, item.stored, no_ack, self.store.as_ref());
         let message_count = saturate(st.total_ready());
-        let (delivery_tag, redelivered, message) = channel.record_get(self, item, no_ack);
+        let got = channel.record_get(self, item, no_ack, message_count);
         if !no_ack {
             st.unacked += 1;
         }
         self.refresh_room(&st);
-        Some(GetOk {
-            delivery_tag,
-            redelivered,
-            message_count,
-            message,
-        })
+        Some(got)
     }
 
     /// Its statistics now: counts, bytes, oldest ready age and the monotonic counters.
@@ -1355,10 +1376,19 @@ fn over_limit(st: &QueueState) -> bool {
             .is_some_and(|max| st.body_bytes > max)
 }
 
-/// The next publish is refused: overflow reject-publish(-dlx) and the queue is at its limit.
-fn refuses(st: &QueueState) -> bool {
+/// A publish of `message` is refused: overflow reject-publish(-dlx) and the queue would go
+/// past a limit with it (RabbitMQ's `will_overflow`: one more message than `max_length`, or
+/// ready body bytes plus its body above `max_length_bytes`).
+fn refuses(st: &QueueState, message: &Message) -> bool {
     matches!(
         st.args.overflow,
         Some(Overflow::RejectPublish | Overflow::RejectPublishDlx)
-    ) && at_limit(st)
+    ) && (st
+        .args
+        .max_length
+        .is_some_and(|max| st.total_ready() as u64 >= max)
+        || st
+            .args
+            .max_length_bytes
+            .is_some_and(|max| st.body_bytes + message.body().len() as u64 > max))
 }

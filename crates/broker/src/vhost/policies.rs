@@ -1,6 +1,7 @@
 //! A vhost's policies ([`crate::policy`]): setting them re-applies them to every existing
-//! queue, and [`VHost::declare_queue`] computes a new queue's effective arguments from them.
-//! Neither runs on the message path: the list is read at declare and replaced as a whole.
+//! queue and exchange, and [`VHost::declare_queue`] computes a new queue's effective
+//! arguments from them (a new exchange its alternate exchange). Neither runs on the message
+//! path: the list is read at declare and replaced as a whole.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use tracing::{info, warn};
 
 use super::VHost;
 use crate::error::BrokerError;
+use crate::exchange::Exchange;
 use crate::policy::{self, Policy};
 use crate::queue::arguments::QueueArguments;
 
@@ -18,9 +20,10 @@ use crate::queue::arguments::QueueArguments;
 pub(crate) struct Policies(RwLock<Arc<Vec<Policy>>>);
 
 impl VHost {
-    /// Replaces this vhost's policies and re-applies them to every existing queue: a queue
-    /// whose matching policy or effective arguments changed gets them now
-    /// ([`crate::Queue::set_arguments`]). Returns how many queues changed.
+    /// Replaces this vhost's policies and re-applies them to every existing queue and
+    /// exchange: a queue whose matching policy or effective arguments changed gets them now
+    /// ([`crate::Queue::set_arguments`]), an exchange its alternate exchange. Returns how
+    /// many queues changed.
     pub fn set_policies(&self, policies: Vec<Policy>) -> usize {
         // Under the topology lock, so that a concurrent declare sees either the old list
         // and is then re-applied here, or the new one.
@@ -35,7 +38,17 @@ impl VHost {
                 changed += 1;
             }
         }
+        for exchange in self.exchanges.iter() {
+            self.apply_exchange_policy(&exchange);
+        }
         changed
+    }
+
+    /// Gives `exchange` the alternate exchange of the policy that applies to it, if any.
+    pub(crate) fn apply_exchange_policy(&self, exchange: &Exchange) {
+        let policies = self.policies.0.read();
+        let policy = policy::matching_exchange(&policies, exchange.name());
+        exchange.set_policy_alternate(policy.and_then(Policy::alternate_exchange));
     }
 
     /// This vhost's policies.

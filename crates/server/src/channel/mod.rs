@@ -24,6 +24,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, trace};
 
 mod content;
+mod reply_to;
 mod sink;
 #[cfg(test)]
 mod tests;
@@ -82,11 +83,20 @@ enum Mode {
     Tx(Box<TxBuffer>),
 }
 
-/// Work buffered by a transaction until tx.commit.
+/// Publishes buffered by a transaction until tx.commit, each checked when it arrived (see
+/// [`lockgate_broker::Channel::hold_publish`]). Its acks, nacks and rejects are held by the
+/// broker's channel.
 #[derive(Default)]
 struct TxBuffer {
-    publishes: Vec<(bool, Message)>,
-    acks: Vec<AckOp>,
+    publishes: Vec<TxPublish>,
+}
+
+/// A publish a transaction holds: the message, charged to the memory watermark, and the
+/// exchange it was checked against.
+struct TxPublish {
+    mandatory: bool,
+    exchange: Arc<Exchange>,
+    message: Message,
 }
 
 /// A buffered acknowledgement.
@@ -126,6 +136,11 @@ pub struct Channel {
     /// A full queue (overflow `block`) the last publish reached: the connection stops
     /// reading until it has room.
     blocked: Option<Arc<Queue>>,
+    /// The queue last declared on the channel, which an empty queue name means (see
+    /// [`Channel::expand_shortcuts`]).
+    last_queue: Option<String>,
+    /// Its direct reply-to consumer (`amq.rabbitmq.reply-to`), if any (`reply_to.rs`).
+    reply_consumer: Option<lockgate_broker::ReplyConsumer>,
 }
 
 /// Whether two names are the same, lengths first: most publishes name the default exchange
@@ -180,6 +195,8 @@ impl Channel {
             access: init.access,
             counters: init.counters,
             blocked: None,
+            last_queue: None,
+            reply_consumer: None,
         }
     }
 
@@ -212,6 +229,7 @@ impl Channel {
 
     /// Releases the broker side: consumers cancelled, unacked deliveries requeued.
     pub fn close(&mut self) {
+        self.reply_consumer = None;
         self.broker.close();
     }
 
@@ -502,11 +520,21 @@ impl Channel {
         self.publish(mandatory, message)
     }
 
-    fn publish(&mut self, mandatory: bool, message: Message) -> Result<(), AmqpError> {
+    fn publish(&mut self, mandatory: bool, mut message: Message) -> Result<(), AmqpError> {
+        lockgate_broker::ReplyConsumer::set_reply_to(self.reply_consumer.as_ref(), &mut message)
+            .map_err(|e| broker_error(e).on(60, 40))?;
         self.counters
             .published(matches!(self.mode, Mode::Confirm { .. }));
         if let Mode::Tx(buffer) = &mut self.mode {
-            buffer.publishes.push((mandatory, message));
+            let exchange = self
+                .broker
+                .hold_publish(&mut message)
+                .map_err(|e| broker_error(e).on(60, 40))?;
+            buffer.publishes.push(TxPublish {
+                mandatory,
+                exchange,
+                message,
+            });
             return Ok(());
         }
         let published = self.route(mandatory, message).map_err(|e| e.on(60, 40))?;
@@ -590,7 +618,7 @@ impl Channel {
             Some(exchange) => {
                 match Self::default_destination(&mut self.default_route, vhost, exchange, &message)
                 {
-                    Some(queue) => Ok(vhost.publish_to_queue(queue, message)),
+                    Some(queue) => vhost.publish_to_queue_checked(queue, message),
                     None => vhost.publish_checked(exchange, mandatory, message),
                 }
             }
@@ -603,11 +631,22 @@ impl Channel {
             }),
         }
         .map_err(broker_error)?;
+        self.routed(&mut published);
+        Ok(published)
+    }
+
+    /// Counts where a publish went, and sends an unroutable mandatory message back as
+    /// basic.return.
+    fn routed(&self, published: &mut Published) {
         let outcome = std::mem::replace(&mut published.outcome, PublishOutcome::Dropped);
         self.counters.routed(&outcome);
         if let PublishOutcome::Unroutable(message) = outcome {
             trace!(exchange = %message.exchange(), routing_key = %message.routing_key(), "returned");
-            let message: Arc<Message> = Arc::from(message);
+            let mut message = *message;
+            // Charged until the writer drops it, like a delivery: returns piling up for a
+            // client that does not read raise the memory alarm, which blocks its publishes.
+            self.broker.charge(&mut message);
+            let message = Arc::new(message);
             let _ = self.out.send(Outbound::Content {
                 channel: self.number,
                 method: Box::new(Method::BasicReturn(basic::Return {
@@ -619,11 +658,42 @@ impl Channel {
                 message,
             });
         }
-        Ok(published)
     }
 
-    fn dispatch(&mut self, method: Method) -> Result<(), AmqpError> {
+    /// RabbitMQ's shortcuts (rabbit_channel `expand_queue_name_shortcut`,
+    /// `expand_routing_key_shortcut`), from the spec's queue-name domain: an empty queue name
+    /// in these methods means the queue last declared on the channel, and queue.bind/unbind
+    /// with an empty routing key as well take its name as the routing key. Expanded before the
+    /// permission check, which then sees the queue actually used.
+    fn expand_shortcuts(&self, method: &mut Method) -> Result<(), AmqpError> {
+        let (queue, routing_key) = match method {
+            Method::QueueBind(m) => (&mut m.queue, Some(&mut m.routing_key)),
+            Method::QueueUnbind(m) => (&mut m.queue, Some(&mut m.routing_key)),
+            Method::QueuePurge(m) => (&mut m.queue, None),
+            Method::QueueDelete(m) => (&mut m.queue, None),
+            Method::BasicGet(m) => (&mut m.queue, None),
+            Method::BasicConsume(m) => (&mut m.queue, None),
+            _ => return Ok(()),
+        };
+        if !queue.is_empty() {
+            return Ok(());
+        }
+        let last = self.last_queue.as_ref().ok_or_else(|| {
+            AmqpError::new(
+                reply_code::NOT_FOUND,
+                "NOT_FOUND - no previously declared queue",
+            )
+        })?;
+        queue.clone_from(last);
+        if let Some(key) = routing_key.filter(|key| key.is_empty()) {
+            key.clone_from(last);
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, mut method: Method) -> Result<(), AmqpError> {
         trace!(method = method.name(), "method");
+        self.expand_shortcuts(&mut method)?;
         self.access.check_method(&method, &self.vhost)?;
         match method {
             Method::BasicPublish(m) => self.on_basic_publish(m),
@@ -750,35 +820,32 @@ impl Channel {
     }
 
     fn on_ack(&mut self, op: AckOp) -> Result<(), AmqpError> {
-        if let Mode::Tx(buffer) = &mut self.mode {
-            buffer.acks.push(op);
-            return Ok(());
-        }
-        self.apply_ack(op)
-    }
-
-    fn apply_ack(&mut self, op: AckOp) -> Result<(), AmqpError> {
+        let tx = matches!(self.mode, Mode::Tx(_));
         match op {
-            AckOp::Ack { tag, multiple } => {
-                let acked = self
-                    .broker
-                    .ack(DeliveryTag(tag), multiple)
-                    .map_err(broker_error)?;
-                self.counters.add(
-                    Counter::Acknowledged,
-                    u64::try_from(acked).unwrap_or(u64::MAX),
-                );
-                Ok(())
-            }
+            AckOp::Ack { tag, multiple } if tx => self.broker.hold_ack(DeliveryTag(tag), multiple),
+            AckOp::Ack { tag, multiple } => self
+                .broker
+                .ack(DeliveryTag(tag), multiple)
+                .map(|acked| self.count_acked(acked)),
             AckOp::Nack {
                 tag,
                 multiple,
                 requeue,
-            } => self
-                .broker
-                .nack(DeliveryTag(tag), multiple, requeue)
-                .map_err(broker_error),
+            } if tx => self.broker.hold_nack(DeliveryTag(tag), multiple, requeue),
+            AckOp::Nack {
+                tag,
+                multiple,
+                requeue,
+            } => self.broker.nack(DeliveryTag(tag), multiple, requeue),
         }
+        .map_err(broker_error)
+    }
+
+    fn count_acked(&self, acked: usize) {
+        self.counters.add(
+            Counter::Acknowledged,
+            u64::try_from(acked).unwrap_or(u64::MAX),
+        );
     }
 
     fn on_basic_qos(&mut self, qos: &basic::Qos) -> Result<(), AmqpError> {
@@ -794,6 +861,9 @@ impl Channel {
     }
 
     fn on_basic_consume(&mut self, consume: basic::Consume) -> Result<(), AmqpError> {
+        if consume.queue == lockgate_broker::REPLY_TO_QUEUE {
+            return self.on_reply_to_consume(&consume);
+        }
         let out = self.out.clone();
         let number = self.number;
         let nowait = consume.nowait;
@@ -820,6 +890,9 @@ impl Channel {
     }
 
     fn on_basic_cancel(&mut self, cancel: &basic::Cancel) -> Result<(), AmqpError> {
+        if self.on_reply_to_cancel(cancel) {
+            return Ok(());
+        }
         self.broker.cancel(cancel.consumer_tag.as_str());
         self.reply(
             cancel.nowait,
@@ -831,29 +904,18 @@ impl Channel {
     }
 
     fn on_basic_get(&mut self, get: &basic::Get) -> Result<(), AmqpError> {
+        // The get-ok went to the writer from the broker's sink, under the lock that assigned
+        // its tag (see `ChannelSink::get_ok`).
         let got = self
             .broker
             .get(&get.queue, get.no_ack)
             .map_err(broker_error)?;
         self.counters
             .got(got.as_ref().map(|g| g.redelivered), get.no_ack);
-        match got {
-            None => self.send(basic::GetEmpty {
+        if got.is_none() {
+            self.send(basic::GetEmpty {
                 cluster_id: String::new(),
-            }),
-            Some(got) => {
-                let _ = self.out.send(Outbound::Content {
-                    channel: self.number,
-                    method: Box::new(Method::BasicGetOk(basic::GetOk {
-                        delivery_tag: got.delivery_tag.0,
-                        redelivered: got.redelivered,
-                        exchange: got.message.exchange().to_owned(),
-                        routing_key: got.message.routing_key().to_owned(),
-                        message_count: got.message_count,
-                    })),
-                    message: got.message,
-                });
-            }
+            });
         }
         Ok(())
     }
@@ -889,6 +951,9 @@ impl Channel {
     }
 
     fn on_queue_declare(&mut self, declare: queue::Declare) -> Result<(), AmqpError> {
+        if let Some(reply) = self.on_reply_to_declare(&declare) {
+            return reply;
+        }
         let ok = self
             .vhost
             .declare_queue(
@@ -904,6 +969,7 @@ impl Channel {
             )
             .map_err(broker_error)?;
         self.access.queue_declared(&self.vhost, &ok.queue);
+        self.last_queue = Some(ok.queue.clone());
         let reply = queue::DeclareOk {
             queue: ok.queue,
             message_count: ok.message_count,
@@ -959,22 +1025,57 @@ impl Channel {
                 "channel is not transactional",
             ));
         };
-        let TxBuffer { publishes, acks } = std::mem::take(buffer.as_mut());
+        // Everything was checked when it arrived: nothing here fails halfway.
+        let TxBuffer { publishes } = std::mem::take(buffer.as_mut());
         let mut stored = None;
-        for (mandatory, message) in publishes {
-            let published = self.route(mandatory, message)?;
+        for publish in publishes {
+            let mut published = self.commit_publish(publish);
+            self.routed(&mut published);
             stored = published.commit.or(stored);
             if published.blocked.is_some() {
                 self.blocked = published.blocked;
             }
         }
-        for op in acks {
-            self.apply_ack(op)?;
-        }
+        let acked = self.broker.commit_held();
+        self.count_acked(acked);
         // Commit tickets grow in submission order: the last one covers the transaction.
         self.after_commit(stored);
         self.send(tx::CommitOk {});
         Ok(())
+    }
+
+    /// Routes a publish a transaction held. Its exchange was checked at basic.publish; one
+    /// deleted since routes nowhere, as a publish that raced the deletion would.
+    fn commit_publish(&self, publish: TxPublish) -> Published {
+        let TxPublish {
+            mandatory,
+            exchange,
+            message,
+        } = publish;
+        let dropped = || Published {
+            outcome: PublishOutcome::Dropped,
+            commit: None,
+            refused: false,
+            blocked: None,
+        };
+        if exchange.is_deleted() {
+            let mut published = dropped();
+            if mandatory {
+                published.outcome = PublishOutcome::Unroutable(Box::new(message));
+            }
+            return published;
+        }
+        self.vhost
+            .publish_checked(&exchange, mandatory, message)
+            .unwrap_or_else(|e| {
+                // Deleted after the check above (`internal` never changes): the message went
+                // with the exchange.
+                debug!(
+                    error = e.text(),
+                    "a transaction's publish met its exchange deleted"
+                );
+                dropped()
+            })
     }
 
     fn on_tx_rollback(&mut self) -> Result<(), AmqpError> {
@@ -984,6 +1085,7 @@ impl Channel {
             ));
         };
         **buffer = TxBuffer::default();
+        self.broker.rollback_held();
         self.send(tx::RollbackOk {});
         Ok(())
     }

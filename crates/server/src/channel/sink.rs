@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use lockgate_broker::{
-    ConsumerTag, Delivery, DeliverySink, DeliveryTag, SinkClosed, SinkClosedAll,
+    ConsumerTag, Delivery, DeliverySink, DeliveryTag, GetOk, SinkClosed, SinkClosedAll,
 };
-use lockgate_wire::basic;
+use lockgate_wire::{basic, Method};
 use tokio::sync::mpsc::error::SendError;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -86,6 +86,22 @@ impl DeliverySink for ChannelSink {
             // Only Deliveries were sent, so only Deliveries can come back.
             Err(SendError(_)) => Ok(()),
         }
+    }
+
+    fn get_ok(&self, got: &GetOk) {
+        // A writer gone means the connection is closing: an unacked get is requeued with
+        // the channel.
+        let _ = self.out.send(Outbound::Content {
+            channel: self.number,
+            method: Box::new(Method::BasicGetOk(basic::GetOk {
+                delivery_tag: got.delivery_tag.0,
+                redelivered: got.redelivered,
+                exchange: got.message.exchange().to_owned(),
+                routing_key: got.message.routing_key().to_owned(),
+                message_count: got.message_count,
+            })),
+            message: Arc::clone(&got.message),
+        });
     }
 
     fn consumer_timeout(&self, _delivery_tag: DeliveryTag, timeout_ms: u64) {

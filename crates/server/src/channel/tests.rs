@@ -176,10 +176,12 @@ fn a_publish_to_an_exclusive_queue_gone_with_its_owner_is_returned() {
 
 #[test]
 fn a_single_body_frame_is_routed_without_copying() {
-    let (mut channel, mut rx) = channel(1024);
+    // Large enough to be shared however small bodies are copied (see `lockgate_broker::Message`).
+    const SIZE: usize = 128 * 1024;
+    let (mut channel, mut rx) = channel(SIZE as u64);
     declare(&mut channel, &mut rx, "q");
-    publish_header(&mut channel, "q", 512).unwrap();
-    let payload = Bytes::from(vec![7u8; 512]);
+    publish_header(&mut channel, "q", SIZE as u64).unwrap();
+    let payload = Bytes::from(vec![7u8; SIZE]);
     channel.on_body(payload.clone()).unwrap();
     let body = get(&mut channel, &mut rx, "q");
     assert_eq!(body, payload);
@@ -427,4 +429,74 @@ fn a_drain_to_one_consumer_reaches_the_writer_as_one_message_in_order() {
     ack(&mut channel, 3, false);
     assert_eq!(deliveries(&mut rx), (vec![(5, b(b"4"))], false));
     assert!(rx.try_recv().is_err());
+}
+
+/// The delivery tags of what `out` carries for basic.deliver and basic.get-ok, in order.
+fn tags_sent(out: Outbound) -> Vec<u64> {
+    match out {
+        Outbound::Deliver { delivery, .. } => vec![delivery.delivery_tag.0],
+        Outbound::Deliveries { deliveries, .. } => {
+            deliveries.iter().map(|d| d.delivery_tag.0).collect()
+        }
+        Outbound::Content { method, .. } => match *method {
+            Method::BasicGetOk(ok) => vec![ok.delivery_tag],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn get_oks_and_deliveries_reach_the_writer_in_delivery_tag_order() {
+    const GETS: usize = 20_000;
+    let (mut channel, mut rx) = channel(1024);
+    declare(&mut channel, &mut rx, "consumed");
+    declare(&mut channel, &mut rx, "got");
+    for _ in 0..GETS {
+        publish(&mut channel, "got", b"g", false);
+    }
+    channel
+        .on_method(Method::BasicConsume(basic::Consume {
+            queue: "consumed".into(),
+            no_ack: true,
+            ..Default::default()
+        }))
+        .expect("consume");
+    assert!(matches!(next_method(&mut rx), Method::BasicConsumeOk(_)));
+    // Another connection publishes to the consumed queue all along: its deliveries to this
+    // channel take tags on that thread while this one takes messages with basic.get.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (vhost, stop) = (Arc::clone(&channel.vhost), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let header = ContentHeader::new(60, 1, BasicProperties::default()).expect("header");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let message =
+                    Message::from_parts("", "consumed", &header, Bytes::from_static(b"c"));
+                vhost.publish(false, message).expect("publish");
+            }
+        })
+    };
+    let mut last = 0;
+    let mut out_of_order = None;
+    'gets: for _ in 0..GETS {
+        channel
+            .on_method(Method::BasicGet(basic::Get {
+                queue: "got".into(),
+                no_ack: true,
+            }))
+            .expect("get");
+        while let Ok(out) = rx.try_recv() {
+            for tag in tags_sent(out) {
+                if tag <= last {
+                    out_of_order = Some((last, tag));
+                    break 'gets;
+                }
+                last = tag;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().expect("publisher");
+    assert_eq!(out_of_order, None, "(tag sent, then a lower tag)");
 }

@@ -1,0 +1,33 @@
+"""x-expires: every basic.get is a use of the queue, an empty one too, as RabbitMQ ("no
+basic.get for the expiration period"). These pass against RabbitMQ 3.10 too."""
+
+import time
+
+import pika
+
+from lockgate_harness import eventually
+
+
+def test_a_queue_polled_with_basic_get_does_not_expire_while_polled(conn, name):
+    ch = conn.channel()
+    q = name("polled")
+    ch.queue_declare(q, arguments={"x-expires": 400})
+    # Polled every 150 ms for 900 ms, more than twice x-expires, always empty.
+    deadline = time.monotonic() + 0.9
+    while time.monotonic() < deadline:
+        method, _, _ = ch.basic_get(q, auto_ack=True)
+        assert method is None
+        time.sleep(0.15)
+
+    def gone():
+        probe = conn.channel()
+        try:
+            probe.queue_declare(q, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            assert e.reply_code == 404
+            return True
+        probe.close()
+        return False
+
+    # Unused once the polling stops: it goes (a passive declare is a use, so probe slowly).
+    eventually(gone, timeout=5, interval=0.5, message="queue deleted by x-expires")
