@@ -207,6 +207,18 @@ def drain(ch, queue: str, limit: int = 10_000) -> list[bytes]:
     raise AssertionError(f"queue {queue} did not drain within {limit} messages")
 
 
+def queue_exists(conn: pika.BlockingConnection, queue: str) -> bool:
+    """Whether a passive queue.declare on a fresh channel finds `queue` (a 404 says it does not)."""
+    ch = conn.channel()
+    try:
+        ch.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        assert e.reply_code == 404, e
+        return False
+    ch.close()
+    return True
+
+
 def queue_count(conn: pika.BlockingConnection, queue: str) -> int:
     """Message count from a passive queue.declare on a fresh channel."""
     ch = conn.channel()

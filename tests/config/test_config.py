@@ -17,7 +17,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from lockgate_harness import LockgateProcess, eventually, lockgate_binary
+from lockgate_harness import LockgateProcess, eventually, lockgate_binary, queue_exists
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "management"))
 from mgmt_helpers import MGMT_LINE, Api  # noqa: E402
@@ -122,17 +122,6 @@ def run_lockgate(*args: str, stdin: str | None = None) -> subprocess.CompletedPr
                           text=True, timeout=30, check=False)
 
 
-def exists(conn, queue: str) -> bool:
-    ch = conn.channel()
-    try:
-        ch.queue_declare(queue, passive=True)
-        ch.close()
-        return True
-    except pika.exceptions.ChannelClosedByBroker as e:
-        assert e.reply_code == 404
-        return False
-
-
 def test_topology_and_policy_from_the_file_exist_at_start(started):
     b = started(HEAD + TOPOLOGY)
     conn = b.connect(vhost="shop")
@@ -188,8 +177,8 @@ vhosts = ["shop"]
     b.proc.wait_for_log(r"SIGHUP: config file reloaded", since=mark, timeout=10)
     assert re.search(r"queue 'added-by-reload'", b.proc.log(mark))
     conn = b.connect("newcomer", "n3w-secret", vhost="shop")
-    assert exists(conn, "added-by-reload")
-    assert exists(conn, "client-made"), "a queue a client declared is never removed by a reload"
+    assert queue_exists(conn, "added-by-reload")
+    assert queue_exists(conn, "client-made"), "a queue a client declared is never removed by a reload"
     conn.close()
     assert b.api.get("/api/policies/shop/short-ttl")["definition"] == {"message-ttl": 150}
     # Applying the same file again changes nothing.
@@ -242,8 +231,8 @@ definition = { max-lenght = 10 }
     assert "policies[1].definition" in line and "max-lenght" in line, line
     assert b.proc.alive()
     conn = b.connect(vhost="shop")
-    assert not exists(conn, "never-created")
-    assert exists(conn, "orders")
+    assert not queue_exists(conn, "never-created")
+    assert queue_exists(conn, "orders")
     ch = conn.channel()
     ch.queue_declare("still-serving")
     ch.basic_publish("", "still-serving", b"x")
@@ -255,7 +244,7 @@ definition = { max-lenght = 10 }
     mark = b.reload(unparseable)
     line = b.proc.wait_for_log(r"config file not applied", since=mark, timeout=10)
     assert f"line {line_of(unparseable, 'frame_max')}, key limits.frame_max" in line, line
-    assert exists(b.connect(vhost="shop"), "orders")
+    assert queue_exists(b.connect(vhost="shop"), "orders")
 
 
 def test_check_config_prints_the_changes_and_uses_exit_codes(tmp_path):

@@ -3,7 +3,7 @@
 import pika.exceptions as pe
 import pytest
 
-from lockgate_harness import drain, eventually, queue_count
+from lockgate_harness import drain, eventually, queue_count, queue_exists
 
 
 def test_passive_declare_of_missing_queue_is_404(conn, name):
@@ -98,16 +98,7 @@ def test_exclusive_queue_is_deleted_with_its_connection(connections, name):
     owner.channel().queue_declare(q, exclusive=True)
     owner.close()
 
-    def gone():
-        ch = observer.channel()
-        try:
-            ch.queue_declare(q, passive=True)
-        except pe.ChannelClosedByBroker as exc:
-            return exc.reply_code == 404
-        ch.close()
-        return False
-
-    eventually(gone, message="exclusive queue deleted")
+    eventually(lambda: not queue_exists(observer, q), message="exclusive queue deleted")
 
 
 def test_auto_delete_queue_goes_when_last_consumer_cancels(conn, name):
@@ -123,16 +114,7 @@ def test_auto_delete_queue_goes_when_last_consumer_cancels(conn, name):
     ch.basic_cancel(t2)
     ch2 = conn.channel()
 
-    def gone():
-        c = conn.channel()
-        try:
-            c.queue_declare(q, passive=True)
-        except pe.ChannelClosedByBroker as exc:
-            return exc.reply_code == 404
-        c.close()
-        return False
-
-    eventually(gone, message="auto-delete queue deleted")
+    eventually(lambda: not queue_exists(conn, q), message="auto-delete queue deleted")
     assert ch2.is_open
 
 

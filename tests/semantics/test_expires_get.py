@@ -3,9 +3,7 @@ basic.get for the expiration period"). These pass against RabbitMQ 3.10 too."""
 
 import time
 
-import pika
-
-from lockgate_harness import eventually
+from lockgate_harness import eventually, queue_exists
 
 
 def test_a_queue_polled_with_basic_get_does_not_expire_while_polled(conn, name):
@@ -19,15 +17,5 @@ def test_a_queue_polled_with_basic_get_does_not_expire_while_polled(conn, name):
         assert method is None
         time.sleep(0.15)
 
-    def gone():
-        probe = conn.channel()
-        try:
-            probe.queue_declare(q, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as e:
-            assert e.reply_code == 404
-            return True
-        probe.close()
-        return False
-
     # Unused once the polling stops: it goes (a passive declare is a use, so probe slowly).
-    eventually(gone, timeout=5, interval=0.5, message="queue deleted by x-expires")
+    eventually(lambda: not queue_exists(conn, q), timeout=5, interval=0.5, message="queue deleted by x-expires")
