@@ -936,10 +936,23 @@ impl Drop for Channel {
     }
 }
 
+/// A channel (connection 1, channel 1) whose deliveries are dropped: unit tests that only
+/// count.
+#[cfg(test)]
+impl Channel {
+    pub(crate) fn discarding(vhost: &Arc<VHost>) -> Self {
+        Self::new(
+            Arc::clone(vhost),
+            ConnectionId(1),
+            ChannelId(1),
+            Arc::new(crate::sink::Discard),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::Discard;
     use crate::{Broker, BrokerConfig, QueueFlags};
     use bytes::Bytes;
     use lockgate_wire::{BasicProperties, ContentHeader, FieldValue};
@@ -952,12 +965,7 @@ mod tests {
             .collect();
         v.declare_queue(ConnectionId(1), "q", QueueFlags::default(), args)
             .unwrap();
-        let mut ch = Channel::new(
-            Arc::clone(&v),
-            ConnectionId(1),
-            ChannelId(1),
-            Arc::new(Discard),
-        );
+        let mut ch = Channel::discarding(&v);
         ch.consume("q", "c", false, false, &FieldTable::default(), |_| {})
             .unwrap();
         let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
@@ -981,12 +989,7 @@ mod tests {
             FieldTable::default(),
         )
         .unwrap();
-        let mut ch = Channel::new(
-            Arc::clone(&v),
-            ConnectionId(1),
-            ChannelId(1),
-            Arc::new(Discard),
-        );
+        let mut ch = Channel::discarding(&v);
         let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
         for _ in 0..5 {
             let m = Message::new(String::new(), "q".into(), header.clone(), Bytes::new());

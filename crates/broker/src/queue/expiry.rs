@@ -212,8 +212,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::Discard;
-    use crate::{Broker, BrokerConfig, Channel, ChannelId, ConnectionId, Message, QueueFlags};
+    use crate::{Broker, BrokerConfig, Channel, ConnectionId, Message, QueueFlags};
     use bytes::Bytes;
     use lockgate_wire::{BasicProperties, ContentHeader, FieldTable, FieldValue};
 
@@ -248,12 +247,7 @@ mod tests {
             .collect();
         v.declare_queue(ConnectionId(1), "q", QueueFlags::default(), args)
             .unwrap();
-        let mut ch = Channel::new(
-            Arc::clone(&v),
-            ConnectionId(1),
-            ChannelId(1),
-            Arc::new(Discard),
-        );
+        let mut ch = Channel::discarding(&v);
         ch.consume("q", "c", true, false, &FieldTable::default(), |_| {})
             .unwrap();
         let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();

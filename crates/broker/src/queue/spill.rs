@@ -755,16 +755,13 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use bytes::Bytes;
     use lockgate_store::{SpillRecord, StoreConfig};
     use lockgate_wire::{BasicProperties, ContentHeader, FieldTable};
 
     use super::*;
     use crate::message::Message;
-    use crate::sink::Discard;
-    use crate::{Broker, BrokerConfig, Channel, ChannelId, ConnectionId, QueueFlags};
+    use crate::{Broker, BrokerConfig, Channel, ConnectionId, QueueFlags};
 
     /// `basic.get` on a queue whose head is empty while the spill task pages its disk tail
     /// in: the get waits for that page-in (on the queue's condition variable) and returns
@@ -809,12 +806,7 @@ mod tests {
             .collect();
         store.spill_async(batch.id, records).await.expect("spilled");
         assert!(queue.finish_spill(batch, true).is_none());
-        let mut channel = Channel::new(
-            Arc::clone(&vhost),
-            ConnectionId(1),
-            ChannelId(1),
-            Arc::new(Discard),
-        );
+        let mut channel = Channel::discarding(&vhost);
         for i in 0..10 {
             let ok = channel.get("q", true).expect("get").expect("the head");
             assert_eq!(&ok.message.body()[..8], format!("{i:08}").as_bytes());
