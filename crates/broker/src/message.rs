@@ -38,11 +38,12 @@ const SHARED_BODY_MIN: usize = 16 * 1024;
 /// `Message::expiration` when the message has none.
 const NO_EXPIRATION: u64 = u64::MAX;
 
-/// The largest per-message TTL RabbitMQ accepts (rabbit_misc:check_expiry), in milliseconds.
-const MAX_EXPIRATION: u64 = 4_294_967_295;
+/// The largest per-message TTL RabbitMQ 3.10 accepts (rabbit_misc:check_expiry), in
+/// milliseconds: ten years, the bound of `x-message-ttl` and `x-expires` too.
+const MAX_EXPIRATION: u64 = 315_360_000_000;
 
 /// Reads an `expiration` property as RabbitMQ does (rabbit_basic:parse_expiration): an
-/// integer with an optional sign and nothing after it, from 0 to 2^32 - 1 milliseconds.
+/// integer with an optional sign and nothing after it, from 0 to ten years in milliseconds.
 ///
 /// # Errors
 /// What RabbitMQ's channel puts in its 406 reply text after "invalid expiration '...': ":
@@ -582,7 +583,9 @@ mod tests {
             ("1.5", Err("{leftover_string,\".5\"}")),
             ("-1", Err("{value_negative,-1}")),
             ("-007", Err("{value_negative,-7}")),
-            ("4294967296", Err("{value_too_large,4294967296}")),
+            ("4294967296", Ok(4_294_967_296)),
+            ("315360000000", Ok(315_360_000_000)),
+            ("315360000001", Err("{value_too_large,315360000001}")),
             (
                 "99999999999999999999999",
                 Err("{value_too_large,99999999999999999999999}"),

@@ -125,12 +125,27 @@ fn mark_delayed(message: &mut Message, delay_ms: u64) {
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch (stored due times survive a restart; an
+/// Wall-clock microseconds since the Unix epoch (stored due times survive a restart; an
 /// `Instant` does not).
-fn unix_ms() -> u64 {
+fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The stored due time, in whole milliseconds rounded up: a recovered message is never
+/// routed before its delay has passed.
+fn due_unix_ms(delay_ms: u64) -> u64 {
+    unix_us().div_ceil(1_000).saturating_add(delay_ms)
+}
+
+/// How long a recovered message with this stored due time still waits.
+fn wait_for(due_unix_ms: u64, now_unix_us: u64) -> Duration {
+    Duration::from_micros(
+        due_unix_ms
+            .saturating_mul(1_000)
+            .saturating_sub(now_unix_us),
+    )
 }
 
 /// The stored header of a held message: its due time, then the usual message header.
@@ -238,7 +253,7 @@ impl DelayedMessages {
                 // Seqs grow per store queue in submission order: assigned under this lock.
                 let seq = queue.next_seq;
                 queue.next_seq += 1;
-                let header = stored_header(unix_ms().saturating_add(delay_ms), &message);
+                let header = stored_header(due_unix_ms(delay_ms), &message);
                 let (id, written) = store.publish(header, message.body_bytes(), &[(queue.id, seq)]);
                 commit = Some(written);
                 StoredRef {
@@ -383,7 +398,7 @@ pub(crate) fn recover(
         id: rq.id,
         next_seq: rq.next_seq,
     });
-    let (now, now_unix) = (Instant::now(), unix_ms());
+    let (now, now_unix_us) = (Instant::now(), unix_us());
     let mut from = rq.first_seq;
     while let Some(seq) = from {
         let page = store.page_in(rq.id, seq, RECOVERY_PAGE)?;
@@ -415,11 +430,11 @@ pub(crate) fn recover(
             };
             let mut due_unix = [0u8; 8];
             due_unix.copy_from_slice(&header[..8]);
-            let wait = u64::from_be_bytes(due_unix).saturating_sub(now_unix);
+            let wait = wait_for(u64::from_be_bytes(due_unix), now_unix_us);
             let mut message = Message::new(exchange_name, routing_key, content, paged.record.body);
             message.charge_to(vhost.memory());
             held.push(
-                now + Duration::from_millis(wait),
+                now + wait,
                 HeldMessage {
                     message,
                     stored: Some(stored),
@@ -450,5 +465,20 @@ pub(crate) fn arm_recovered(exchange: &Exchange) {
     };
     if let Some(at) = next {
         delayed.wake_at(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_due_time_is_never_before_the_delay_has_passed() {
+        let before = unix_us();
+        let due = due_unix_ms(3_000);
+        assert!(due * 1_000 >= before + 3_000_000);
+        // Recovered a microsecond before it is due, it still waits that microsecond.
+        assert_eq!(wait_for(due, due * 1_000 - 1), Duration::from_micros(1));
+        assert_eq!(wait_for(due, due * 1_000 + 5), Duration::ZERO);
     }
 }
