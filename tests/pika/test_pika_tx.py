@@ -129,6 +129,47 @@ def test_a_tag_settled_in_a_transaction_is_settled_once_and_back_after_rollback(
         (b"m0", True), (b"m2", True)]
 
 
+@pytest.mark.parametrize("change", ["rebind", "delete exchange"])
+def test_a_publish_is_routed_at_basic_publish_and_enqueued_at_commit(conn, name, change):
+    """As RabbitMQ: what the bindings became before tx.commit does not redirect a publish."""
+    ch, admin = conn.channel(), conn.channel()
+    x, before, after, gone = name("txx"), name("before"), name("after"), name("gone")
+    ch.exchange_declare(x, "direct", auto_delete=False)
+    for q in (before, after, gone):
+        ch.queue_declare(q, auto_delete=False)
+    ch.queue_bind(before, x, "k")
+    ch.queue_bind(gone, x, "k")
+    ch.tx_select()
+    ch.basic_publish(x, "k", b"m")
+    admin.queue_delete(gone)
+    if change == "rebind":
+        admin.queue_unbind(before, x, "k")
+        admin.queue_bind(after, x, "k")
+    else:
+        admin.exchange_delete(x)
+    ch.tx_commit()
+    counts = [admin.queue_declare(q, passive=True).method.message_count for q in (before, after)]
+    assert counts == [1, 0]
+    for q in (before, after):
+        admin.queue_delete(q)
+    admin.exchange_delete(x)
+
+
+def test_a_mandatory_publish_whose_queue_went_before_the_commit_is_returned_then(conn, name):
+    ch, admin = conn.channel(), conn.channel()
+    q = name("txgone")
+    ch.queue_declare(q, auto_delete=False)
+    returned = []
+    ch.add_on_return_callback(lambda _ch, method, _props, body: returned.append(
+        (method.reply_code, body)))
+    ch.tx_select()
+    ch.basic_publish("", q, b"m", mandatory=True)
+    admin.queue_delete(q)
+    ch.tx_commit()
+    pump(conn, lambda: returned, timeout=5, message="basic.return")
+    assert returned == [(312, b"m")]
+
+
 def test_deliveries_acked_in_an_open_transaction_are_requeued_when_the_channel_closes(conn):
     ch = conn.channel()
     q = ch.queue_declare("", exclusive=True).method.queue

@@ -68,6 +68,7 @@ pub use channel::Channel;
 pub use error::BrokerError;
 pub use exchange::{Exchange, ExchangeFlags, ExchangeKind};
 pub use ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
+pub use memory::MemoryCharge;
 pub use message::{parse_expiration, Message};
 pub use policy::{ApplyTo, Policy, PolicyError};
 pub use queue::arguments::{DedupWindow, Overflow, QueueArguments, TimeoutAction};

@@ -8,7 +8,9 @@
 //! Messages the server holds for a client outside the queues are charged the same way: the
 //! publishes an open transaction buffered (charged at basic.publish, the charge moving to the
 //! queues at commit and released on rollback or close), and basic.return messages waiting in
-//! a writer whose client does not read.
+//! a writer whose client does not read. A body arriving over several frames is charged as its
+//! frames arrive, by the server through a `MemoryCharge`, and released when the message is
+//! complete (which is charged then) or its channel closes.
 //!
 //! The counter is one atomic; the `watch` channel is touched only when the counter crosses the
 //! watermark, and then the state is recomputed from the counter under the watch's own lock,
@@ -82,6 +84,37 @@ impl MemoryMonitor {
     }
 }
 
+/// Bytes the server holds for a client outside any message (a body arriving over several
+/// frames), charged to the memory watermark until the charge drops.
+#[derive(Debug)]
+pub struct MemoryCharge {
+    memory: Arc<MemoryMonitor>,
+    bytes: u64,
+}
+
+impl MemoryCharge {
+    pub(crate) fn new(memory: Arc<MemoryMonitor>, bytes: u64) -> Self {
+        memory.add(bytes);
+        Self { memory, bytes }
+    }
+
+    /// Changes the charge to `bytes`, charging or releasing the difference.
+    pub fn set(&mut self, bytes: u64) {
+        if bytes > self.bytes {
+            self.memory.add(bytes - self.bytes);
+        } else if bytes < self.bytes {
+            self.memory.release(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for MemoryCharge {
+    fn drop(&mut self) {
+        self.memory.release(self.bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +139,19 @@ mod tests {
         let monitor = MemoryMonitor::new(0);
         monitor.add(u64::from(u32::MAX));
         assert!(!monitor.blocked());
+    }
+
+    #[test]
+    fn a_charge_follows_its_size_and_goes_with_its_drop() {
+        let monitor = MemoryMonitor::new(100);
+        let mut charge = MemoryCharge::new(Arc::clone(&monitor), 60);
+        assert_eq!(monitor.used(), 60);
+        charge.set(120);
+        assert!(monitor.blocked());
+        charge.set(30);
+        assert_eq!(monitor.used(), 30);
+        assert!(!monitor.blocked());
+        drop(charge);
+        assert_eq!(monitor.used(), 0);
     }
 }

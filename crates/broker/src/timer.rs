@@ -270,7 +270,9 @@ mod tests {
     #[test]
     fn fires_in_deadline_order_not_schedule_order() {
         let (tx, rx) = channel();
-        let start = Instant::now();
+        // Far enough ahead that all three are scheduled before the first is due, even when
+        // the test thread stalls.
+        let start = Instant::now() + Duration::from_millis(500);
         let late = recorder("late", &tx);
         let early = recorder("early", &tx);
         let middle = recorder("middle", &tx);
@@ -303,9 +305,11 @@ mod tests {
         let start = Instant::now();
         let dropped = recorder("dropped", &tx);
         let kept = recorder("kept", &tx);
-        schedule(start + Duration::from_millis(20), weak(&dropped));
-        schedule(start + Duration::from_millis(60), weak(&kept));
+        // Dropped before it is scheduled: a stalled test thread cannot let it fire first.
+        let dead = weak(&dropped);
         drop(dropped);
+        schedule(start + Duration::from_millis(20), dead);
+        schedule(start + Duration::from_millis(60), weak(&kept));
         let (name, _) = rx.recv_timeout(WAIT).expect("fired");
         assert_eq!(name, "kept");
         assert!(rx.try_recv().is_err());

@@ -25,7 +25,7 @@ use crate::error::{BrokerError, Resource};
 use crate::exchange::sender_selected;
 use crate::exchange::{BindingEntry, Destination, Exchange, ExchangeFlags, ExchangeKind};
 use crate::ids::{random_name, ChannelId, ConnectionId};
-use crate::memory::MemoryMonitor;
+use crate::memory::{MemoryCharge, MemoryMonitor};
 use crate::message::Message;
 use crate::queue::arguments::{assert_equivalent, QueueArguments};
 use crate::queue::{Admit, Queue, QueueStore};
@@ -870,6 +870,12 @@ impl VHost {
         added.is_ok()
     }
 
+    /// Charges `bytes` to the memory watermark until the returned charge drops: what the
+    /// server holds for a client outside the broker's messages (a body arriving in pieces).
+    pub fn charge_memory(&self, bytes: u64) -> MemoryCharge {
+        MemoryCharge::new(Arc::clone(&self.memory), bytes)
+    }
+
     /// The memory accounting, for messages recovered at startup.
     pub(crate) fn memory(&self) -> &Arc<MemoryMonitor> {
         &self.memory
@@ -1155,7 +1161,22 @@ impl VHost {
         let cc = sender_selected::take_routes(&mut message)?;
         let mut queues = ROUTE_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         self.route(exchange, &message, &cc, &mut queues);
-        let published = if queues.is_empty() {
+        let published = self.deliver_routed(exchange, mandatory, message, &queues);
+        queues.clear();
+        ROUTE_SCRATCH.with(|s| *s.borrow_mut() = queues);
+        Ok(published)
+    }
+
+    /// Enqueues a routed message on `queues`; one that reached no queue goes to a direct
+    /// reply-to consumer when it names one, else back to a mandatory publisher or nowhere.
+    fn deliver_routed(
+        &self,
+        exchange: &Arc<Exchange>,
+        mandatory: bool,
+        message: Message,
+        queues: &[Arc<Queue>],
+    ) -> Published {
+        if queues.is_empty() {
             // Direct reply-to: only a default-exchange publish that found no queue pays for
             // the check.
             match self.reply_to.deliver(exchange, message, &self.memory) {
@@ -1171,12 +1192,43 @@ impl VHost {
             }
         } else {
             let mut published = Published::routed(PublishOutcome::Routed(queues.len()), None);
-            published.commit = self.enqueue(message, &queues, &mut published);
+            published.commit = self.enqueue(message, queues, &mut published);
             published
-        };
-        queues.clear();
-        ROUTE_SCRATCH.with(|s| *s.borrow_mut() = queues);
-        Ok(published)
+        }
+    }
+
+    /// Routes a publish a transaction holds when it is published, as RabbitMQ does: the
+    /// queues it reaches then take it at commit ([`VHost::publish_held`]), whatever the
+    /// bindings became in between. `None` for a message with `x-delay` to a delayed exchange,
+    /// which the exchange takes at commit.
+    ///
+    /// # Errors
+    /// `PreconditionFailed` for a `CC` or `BCC` header that is not an array.
+    pub fn route_held(
+        &self,
+        exchange: &Arc<Exchange>,
+        message: &mut Message,
+    ) -> Result<Option<Vec<Arc<Queue>>>, BrokerError> {
+        if exchange.requested_delay(message).is_some() {
+            return Ok(None);
+        }
+        let cc = sender_selected::take_routes(message)?;
+        let mut queues = Vec::new();
+        self.route(exchange, message, &cc, &mut queues);
+        Ok(Some(queues))
+    }
+
+    /// Commits a transaction's publish to the queues [`VHost::route_held`] found for it,
+    /// leaving out those deleted since.
+    pub fn publish_held(
+        &self,
+        exchange: &Arc<Exchange>,
+        mandatory: bool,
+        message: Message,
+        mut queues: Vec<Arc<Queue>>,
+    ) -> Published {
+        queues.retain(|q| !q.is_deleted());
+        self.deliver_routed(exchange, mandatory, message, &queues)
     }
 
     /// Publishes `message` to `queue`, the queue its routing key names, resolved by the

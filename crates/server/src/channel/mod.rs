@@ -91,12 +91,14 @@ struct TxBuffer {
     publishes: Vec<TxPublish>,
 }
 
-/// A publish a transaction holds: the message, charged to the memory watermark, and the
-/// exchange it was checked against.
+/// A publish a transaction holds: the message, charged to the memory watermark, the
+/// exchange it was checked against, and the queues it was routed to when it was published
+/// (`None`: a delayed exchange takes it at commit).
 struct TxPublish {
     mandatory: bool,
     exchange: Arc<Exchange>,
     message: Message,
+    queues: Option<Vec<Arc<Queue>>>,
 }
 
 /// A buffered acknowledgement.
@@ -530,10 +532,15 @@ impl Channel {
                 .broker
                 .hold_publish(&mut message)
                 .map_err(|e| broker_error(e).on(60, 40))?;
+            let queues = self
+                .vhost
+                .route_held(&exchange, &mut message)
+                .map_err(|e| broker_error(e).on(60, 40))?;
             buffer.publishes.push(TxPublish {
                 mandatory,
                 exchange,
                 message,
+                queues,
             });
             return Ok(());
         }
@@ -1044,14 +1051,21 @@ impl Channel {
         Ok(())
     }
 
-    /// Routes a publish a transaction held. Its exchange was checked at basic.publish; one
-    /// deleted since routes nowhere, as a publish that raced the deletion would.
+    /// Enqueues a publish a transaction held on the queues it was routed to at basic.publish.
+    /// A delayed exchange takes its message now, or drops it when it was deleted since, as a
+    /// publish that raced the deletion would be.
     fn commit_publish(&self, publish: TxPublish) -> Published {
         let TxPublish {
             mandatory,
             exchange,
             message,
+            queues,
         } = publish;
+        if let Some(queues) = queues {
+            return self
+                .vhost
+                .publish_held(&exchange, mandatory, message, queues);
+        }
         let dropped = || Published {
             outcome: PublishOutcome::Dropped,
             commit: None,
