@@ -365,9 +365,12 @@ impl Queue {
         }
         {
             let QueueState {
-                ready, consumers, ..
+                ready,
+                consumers,
+                max_delivered,
+                ..
             } = &mut *st;
-            ready.reshape(&args, consumers);
+            ready.reshape(&args, consumers, *max_delivered);
         }
         self.apply_timeout(&args);
         self.touch_locked(&mut st);

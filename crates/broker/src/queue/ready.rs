@@ -81,8 +81,16 @@ impl ReadyList {
 
     /// Changes the shape when the arguments changed (a policy set or removed
     /// `max-priority` or `group-header`): every message is filed again. A new grouped list
-    /// starts with `consumers` and no group; deliveries in flight are not tracked by it.
-    pub fn reshape(&mut self, arguments: &QueueArguments, consumers: &[Arc<Consumer>]) {
+    /// starts with `consumers` and no group; deliveries in flight are not tracked by it. A
+    /// new priority list's levels start with what was taken before (see
+    /// [`Levels::inherit_popped`]; `delivered` is the queue's highest delivered seq), so that
+    /// deliveries in flight still sort before any disk tail when they come back.
+    pub fn reshape(
+        &mut self,
+        arguments: &QueueArguments,
+        consumers: &[Arc<Consumer>],
+        delivered: Option<u64>,
+    ) {
         let same = match (&self.inner, ReadyList::new(arguments).inner) {
             (Inner::Fifo(_), Inner::Fifo(_)) => true,
             (Inner::Priority(a), Inner::Priority(b)) => a.levels.len() == b.levels.len(),
@@ -95,6 +103,9 @@ impl ReadyList {
         let spilled: Vec<usize> = (0..self.lanes()).filter(|&l| self.is_spilled(l)).collect();
         let old = self.take();
         *self = ReadyList::new(arguments);
+        if let Inner::Priority(levels) = &mut self.inner {
+            levels.inherit_popped(&old.inner, delivered);
+        }
         for lane in spilled {
             self.set_spilled(lane, true);
         }
@@ -443,6 +454,36 @@ impl Levels {
         }
     }
 
+    /// The message priorities filed under `level`: its own, and every one above it for the
+    /// top level.
+    fn priorities(&self, level: usize) -> (usize, usize) {
+        if level + 1 == self.levels.len() {
+            (level, usize::from(u8::MAX))
+        } else {
+            (level, level)
+        }
+    }
+
+    /// Sets the popped marks of a list replacing `old` (a reshape): a delivery in flight
+    /// comes back to the level of its priority, so each level starts at the highest mark of
+    /// the old levels that shared a priority with it. A FIFO or grouped list has no marks of
+    /// its own: its one lane's is `delivered`, the queue's highest delivered seq.
+    fn inherit_popped(&mut self, old: &Inner, delivered: Option<u64>) {
+        for level in 0..self.levels.len() {
+            let (low, high) = self.priorities(level);
+            self.popped[level] = match old {
+                Inner::Priority(p) => (0..p.levels.len())
+                    .filter(|&o| {
+                        let (old_low, old_high) = p.priorities(o);
+                        old_low <= high && low <= old_high
+                    })
+                    .filter_map(|o| p.popped[o])
+                    .max(),
+                Inner::Fifo(_) | Inner::Grouped(_) => delivered,
+            };
+        }
+    }
+
     /// A message's priority, capped at the queue's maximum.
     #[inline]
     fn level_of(&self, item: &Ready) -> usize {
@@ -693,11 +734,47 @@ mod tests {
             list.push_back(item(seq, p, None));
         }
         assert_eq!(seqs(&list), [0, 1, 2]);
-        list.reshape(&args(Some(5), None), &[]);
+        list.reshape(&args(Some(5), None), &[], None);
         assert_eq!(seqs(&list), [1, 0, 2]);
-        list.reshape(&args(Some(5), None), &[]);
+        list.reshape(&args(Some(5), None), &[], None);
         assert_eq!(seqs(&list), [1, 0, 2]);
-        list.reshape(&args(None, None), &[]);
+        list.reshape(&args(None, None), &[], None);
         assert_eq!(seqs(&list), [0, 1, 2]);
+    }
+
+    #[test]
+    fn reshape_keeps_requeued_deliveries_before_a_later_disk_tail() {
+        // A FIFO list's mark is the queue's: 2, 3 and 4 are in flight and 1 was requeued.
+        let mut list = ReadyList::new(&args(None, None));
+        for seq in [0, 1, 5, 6] {
+            list.push_back(item(seq, None, None));
+        }
+        list.reshape(&args(Some(1), None), &[], Some(4));
+        assert_eq!(list.spill_cut(0, None, 0, 0), Some(5));
+        // A priority list's marks follow the priorities they were taken from: level 1 held
+        // priorities 1 and up, so new levels 1 and 3 start after what it gave out.
+        let mut list = ReadyList::new(&args(Some(1), None));
+        for (seq, p) in [
+            (0, None),
+            (1, Some(3)),
+            (2, Some(1)),
+            (3, None),
+            (4, Some(3)),
+            (5, Some(1)),
+        ] {
+            list.push_back(item(seq, p, None));
+        }
+        assert_eq!(list.pop_front().map(|r| r.seq), Some(1));
+        assert_eq!(list.pop_front().map(|r| r.seq), Some(2));
+        list.reshape(&args(Some(3), None), &[], Some(2));
+        list.insert(item(1, Some(3), None));
+        list.insert(item(2, Some(1), None));
+        assert_eq!(list.spill_cut(3, None, 0, 0), Some(4));
+        assert_eq!(list.spill_cut(1, None, 0, 0), Some(5));
+        assert_eq!(
+            list.spill_cut(0, None, 0, 0),
+            Some(0),
+            "nothing was taken from priority 0"
+        );
     }
 }

@@ -507,7 +507,7 @@ impl Channel {
             // A body in one frame, the usual case, is that frame.
             Body::Empty if *remaining == 0 => payload,
             body => {
-                body.push(payload, *remaining + len);
+                body.push(payload, *remaining + len, &self.vhost);
                 if *remaining > 0 {
                     return Ok(());
                 }

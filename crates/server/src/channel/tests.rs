@@ -7,7 +7,10 @@ use tokio::sync::mpsc::{self, UnboundedReceiver};
 use super::*;
 
 fn channel(max_message_size: u64) -> (Channel, UnboundedReceiver<Outbound>) {
-    let broker = Broker::new(BrokerConfig::default());
+    channel_of(&Broker::new(BrokerConfig::default()), max_message_size)
+}
+
+fn channel_of(broker: &Broker, max_message_size: u64) -> (Channel, UnboundedReceiver<Outbound>) {
     let (out, rx) = mpsc::unbounded_channel();
     let channel = Channel::new(ChannelInit {
         number: 1,
@@ -216,6 +219,35 @@ fn body_frames_are_assembled_up_to_the_announced_size() {
         get(&mut channel, &mut rx, "q"),
         Bytes::from_static(b"abcdef")
     );
+}
+
+#[test]
+fn a_body_in_several_frames_is_charged_as_it_arrives_and_once_queued() {
+    let broker = Broker::new(BrokerConfig::default());
+    let (mut channel, mut rx) = channel_of(&broker, 1024);
+    declare(&mut channel, &mut rx, "q");
+    publish_header(&mut channel, "q", 300).unwrap();
+    channel.on_body(Bytes::from_static(&[1; 100])).unwrap();
+    assert_eq!(broker.memory_used(), 100);
+    channel.on_body(Bytes::from_static(&[2; 100])).unwrap();
+    assert_eq!(broker.memory_used(), 200);
+    channel.on_body(Bytes::from_static(&[3; 100])).unwrap();
+    let queue = broker.vhost("/").unwrap().queue("q").unwrap();
+    let queued = queue.snapshot().ready_bytes;
+    assert!(queued >= 300, "queued {queued}");
+    assert_eq!(
+        broker.memory_used(),
+        queued,
+        "the message is charged, its parts no more"
+    );
+    // A body left unfinished goes with its channel.
+    publish_header(&mut channel, "q", 300).unwrap();
+    channel.on_body(Bytes::from_static(&[4; 100])).unwrap();
+    channel.on_body(Bytes::from_static(&[5; 100])).unwrap();
+    assert_eq!(broker.memory_used(), queued + 200);
+    channel.close();
+    drop(channel);
+    assert_eq!(broker.memory_used(), queued);
 }
 
 #[test]
