@@ -28,7 +28,7 @@ use crate::error::{BrokerError, Resource};
 use crate::exchange::Exchange;
 use crate::ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
 use crate::message::Message;
-use crate::queue::arguments::check_consume_arguments;
+use crate::queue::arguments::consume_priority;
 use crate::queue::{GetOk, Queue, Ready, Return};
 use crate::sink::{Delivery, DeliverySink, SinkClosed, SinkClosedAll};
 use crate::stats::ChannelSnapshot;
@@ -70,20 +70,23 @@ const TIMED_OUT_KEPT: usize = 4096;
 
 impl Deliveries {
     /// Deadlines of deliveries settled meanwhile are only skipped when they come due:
-    /// rebuilds them from the unacked list once they outnumber the live ones (amortised
-    /// O(1) per settlement; the earliest deadline never moves earlier, so the scheduled
-    /// wake stays valid).
+    /// drops them once they outnumber the live ones (amortised O(1) per settlement). The
+    /// live ones keep their deadlines, rather than being recomputed from the queue's
+    /// timeout now: a policy that changed it applies to later deliveries only (see
+    /// [`Queue::set_arguments`]), and no deadline moves earlier than the scheduled wake.
     fn compact_timeouts(&mut self) {
         if self.timeouts.len() <= 2 * self.unacked.len() + 1024 {
             return;
         }
-        let mut timeouts = Deadlines::new();
-        for (tag, entry) in self.unacked.iter() {
-            if let Some((ms, _)) = entry.queue().consumer_timeout() {
-                timeouts.push(entry.delivered_at + Duration::from_millis(ms), tag);
+        let mut old = std::mem::take(&mut self.timeouts);
+        // Every key `pop_due` yields at the earliest deadline is due exactly then.
+        while let Some(at) = old.next() {
+            for tag in old.pop_due(at) {
+                if self.unacked.get(tag).is_some() {
+                    self.timeouts.push(at, tag);
+                }
             }
         }
-        self.timeouts = timeouts;
     }
 
     /// Remembers `tag` as taken back by the consumer timeout.
@@ -419,8 +422,9 @@ impl Channel {
     /// `basic.consume`. An empty `consumer_tag` gets a generated "amq.ctag-..." one.
     /// `on_registered` runs once the consume is accepted, under the queue lock, before the
     /// consumer can receive anything: the server queues `consume-ok` there, so it always
-    /// precedes the first `basic.deliver`. `arguments` are validated (`x-priority` must be an
-    /// integer) and not yet used.
+    /// precedes the first `basic.deliver`. `arguments` may give the consumer a priority
+    /// (`x-priority`, an integer, default 0): it gets messages before consumers of a lower
+    /// priority on the queue while it has credit.
     ///
     /// # Errors
     /// `NotAllowed` (530, connection) for a tag already used on this channel; `NotFound` for
@@ -448,7 +452,7 @@ impl Channel {
             )));
         }
         let queue = self.vhost.queue_for(self.shared.connection, queue)?;
-        check_consume_arguments(arguments, &queue.resource())?;
+        let priority = consume_priority(arguments, &queue.resource())?;
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             queue: Arc::clone(&queue),
@@ -457,6 +461,7 @@ impl Channel {
             exclusive,
             prefetch: self.consumer_prefetch,
             unacked: AtomicU32::new(0),
+            priority,
         });
         // Registered on the channel first, so that a concurrent queue deletion that cancels
         // the consumer finds it here.
@@ -977,6 +982,87 @@ mod tests {
         let st = ch.shared.deliveries.lock();
         assert_eq!(st.unacked.len(), 0);
         assert!(st.timeouts.len() <= 1025, "{} deadlines", st.timeouts.len());
+    }
+
+    /// A channel consuming from "q", whose consumer timeout a policy set to `ms`, with
+    /// `count` deliveries outstanding (tags 1..=count).
+    fn delivered_under_timeout(ms: u64, count: u64) -> (Arc<VHost>, Channel) {
+        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
+        v.declare_queue(
+            ConnectionId(1),
+            "q",
+            QueueFlags::default(),
+            FieldTable::default(),
+        )
+        .unwrap();
+        set_timeout(&v, ms);
+        let mut ch = Channel::discarding(&v);
+        ch.consume("q", "c", false, false, &FieldTable::default(), |_| {})
+            .unwrap();
+        for _ in 0..count {
+            publish_one(&v);
+        }
+        assert_eq!(ch.unacked_count() as u64, count);
+        (v, ch)
+    }
+
+    /// What a policy setting `consumer-timeout` does to the queue.
+    fn set_timeout(v: &VHost, ms: u64) {
+        let arguments = crate::QueueArguments {
+            consumer_timeout: Some(ms),
+            ..crate::QueueArguments::default()
+        };
+        v.queue("q")
+            .unwrap()
+            .set_arguments(arguments, Some("timeout".to_owned()));
+    }
+
+    fn publish_one(v: &VHost) {
+        let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
+        let m = Message::new(String::new(), "q".into(), header, Bytes::new());
+        v.publish(false, m).unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_each_delivery_deadline_when_the_timeout_changed() {
+        for new_ms in [100, 7_200_000] {
+            let (v, mut ch) = delivered_under_timeout(1_800_000, 1100);
+            let first = ch.shared.deliveries.lock().timeouts.next();
+            set_timeout(&v, new_ms);
+            // Enough settlements (all but tag 1) to compact the deadlines.
+            for tag in 2..=1100 {
+                ch.ack(DeliveryTag(tag), false).unwrap();
+            }
+            let st = ch.shared.deliveries.lock();
+            assert!(st.timeouts.len() < 100, "{} deadlines", st.timeouts.len());
+            assert_eq!(st.timeouts.next(), first, "timeout changed to {new_ms} ms");
+        }
+    }
+
+    #[test]
+    fn a_lowered_timeout_does_not_take_back_older_deliveries_early() {
+        let (v, mut ch) = delivered_under_timeout(1_800_000, 1100);
+        set_timeout(&v, 100);
+        for tag in 2..=1100 {
+            ch.ack(DeliveryTag(tag), false).unwrap();
+        }
+        assert!(ch.cancel("c"));
+        // A delivery under the new timeout (tag 1101), on the same channel: its deadline
+        // wakes the channel long before tag 1's.
+        publish_one(&v);
+        assert!(ch.get("q", false).unwrap().is_some());
+        let q = v.queue("q").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // (What one wake takes back is requeued by one call, under the queue lock.)
+        while q.snapshot().timeout_redelivered == 0 {
+            assert!(Instant::now() < deadline, "tag 1101 timed out within 30 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Taken back alone: tag 1 still has its 30 minutes.
+        assert_eq!(q.snapshot().timeout_redelivered, 1);
+        let st = ch.shared.deliveries.lock();
+        assert!(st.unacked.get(1).is_some());
+        assert_eq!(st.unacked.len(), 1);
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct ConsumerSnapshot {
     pub exclusive: bool,
     /// Its prefetch count (0 = unlimited).
     pub prefetch: u32,
+    /// Its `x-priority` (0 when not given).
+    pub priority: i64,
     /// Deliveries to it not yet acknowledged.
     pub unacked: u32,
     /// Age of its oldest unacknowledged delivery.

@@ -355,23 +355,25 @@ fn parse_duration_ms(text: &str) -> Option<u64> {
     number.checked_mul(scale)
 }
 
-/// RabbitMQ's validation of `basic.consume` arguments: `x-priority` must be an integer.
-/// (Consumer priorities themselves come with a later issue.)
+/// The consumer priority a `basic.consume` asks for: `x-priority`, any integer, 0 when
+/// absent. RabbitMQ validates the type only (no range).
 ///
 /// # Errors
 /// `PreconditionFailed` "invalid arg 'x-priority' for queue 'q' in vhost '/': ...".
-pub(crate) fn check_consume_arguments(
+pub(crate) fn consume_priority(
     table: &FieldTable,
     queue: &Resource<'_>,
-) -> Result<(), BrokerError> {
-    match table.get("x-priority") {
-        Some(value) if integer(value).is_none() => {
-            Err(BrokerError::precondition_failed(format_args!(
-                "invalid arg 'x-priority' for {queue}: \"expected integer, got {}\"",
-                type_name(value)
-            )))
-        }
-        _ => Ok(()),
+) -> Result<i64, BrokerError> {
+    let Some(value) = table.get("x-priority") else {
+        return Ok(0);
+    };
+    match integer(value) {
+        // Saturating, though every integer field type fits an i64.
+        Some(p) => Ok(i64::try_from(p).unwrap_or(if p < 0 { i64::MIN } else { i64::MAX })),
+        None => Err(BrokerError::precondition_failed(format_args!(
+            "invalid arg 'x-priority' for {queue}: \"expected integer, got {}\"",
+            type_name(value)
+        ))),
     }
 }
 

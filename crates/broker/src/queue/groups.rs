@@ -23,6 +23,11 @@
 //!   requeued delivery sorts by seq before the group's later messages, so the group's new
 //!   consumer gets it first and per-key order holds across a crash. As a safety net, whenever
 //!   the queue has no unacked delivery at all, every group counts as idle.
+//! - Consumer priorities (`x-priority`): the drain serves the consumers of the highest
+//!   priority first, round-robin among equals, so the loose messages go to the highest
+//!   priority consumer with credit. Groups are still assigned by load, whatever the
+//!   priority: a group sticks to its consumer, and giving every new group to the highest
+//!   priority would leave the others nothing to take once it is at its prefetch limit.
 //! - `basic.get`, drop-head and TTL take messages regardless of groups.
 //! - The key is the header's value: strings and byte arrays by their bytes, other types by
 //!   type and value (the integer 5 and the string "5" are different groups).
@@ -67,6 +72,11 @@ struct Owner {
     gone: bool,
     /// A delivery to it timed out: it gets groups only when every consumer has.
     suspect: bool,
+    /// The consumer's priority.
+    priority: i64,
+    /// When it last took a message ([`Groups::clock`]): among consumers of one priority,
+    /// the one served longest ago goes first.
+    served: u64,
     /// Groups assigned to it.
     groups: usize,
     /// (head seq, slot) of its groups that have ready messages.
@@ -88,8 +98,14 @@ pub(crate) struct Groups {
     /// Seq -> slot of the ready messages of a group (TTL removes by seq).
     at: HashMap<u64, usize>,
     len: usize,
-    /// Owner index to try first (round-robin).
+    /// Owner index to try first (round-robin), when all consumers have one priority.
     cursor: usize,
+    /// The subscribed consumers do not all have one priority.
+    prioritized: bool,
+    /// Counts the deliveries of a prioritized drain (`Owner::served`).
+    clock: u64,
+    /// Subscribed owners in the order a prioritized drain tries them; reused.
+    order: Vec<usize>,
 }
 
 impl Groups {
@@ -106,6 +122,9 @@ impl Groups {
             at: HashMap::new(),
             len: 0,
             cursor: 0,
+            prioritized: false,
+            clock: 0,
+            order: Vec::new(),
         }
     }
 
@@ -507,6 +526,8 @@ impl Groups {
             consumer: Arc::downgrade(consumer),
             gone: false,
             suspect: false,
+            priority: consumer.priority,
+            served: 0,
             groups: 0,
             heads: BTreeSet::new(),
         };
@@ -520,6 +541,7 @@ impl Groups {
                 self.owners.len() - 1
             }
         };
+        self.prioritized = self.priorities_differ();
         let unowned: Vec<usize> = self
             .slots
             .iter()
@@ -566,7 +588,15 @@ impl Groups {
         if let Some(w) = self.owners[o].as_mut() {
             w.gone = true;
         }
+        self.prioritized = self.priorities_differ();
         self.release_gone(o);
+    }
+
+    /// True when the subscribed consumers do not all have one priority.
+    fn priorities_differ(&self) -> bool {
+        let mut live = self.owners.iter().flatten().filter(|w| !w.gone);
+        let first = live.next().map(|w| w.priority);
+        live.any(|w| Some(w.priority) != first)
     }
 
     /// Hands on the groups of departed owner `o` that have nothing in flight; all of them
@@ -600,9 +630,10 @@ impl Groups {
         }
     }
 
-    /// Hands ready messages to subscribed consumers with credit, round-robin: each takes the
-    /// oldest of its groups' heads and the loose head. `deliver` hands a message to a
-    /// consumer, or gives it back when the consumer's connection is gone.
+    /// Hands ready messages to subscribed consumers with credit, round-robin (by priority
+    /// first when they differ, see [`Groups::drain_by_priority`]): each takes the oldest of
+    /// its groups' heads and the loose head. `deliver` hands a message to a consumer, or
+    /// gives it back when the consumer's connection is gone.
     /// `queue_idle`: the queue has no unacked delivery (see [`Groups::forget_inflight`]).
     pub fn drain(
         &mut self,
@@ -611,6 +642,10 @@ impl Groups {
     ) {
         if queue_idle {
             self.forget_inflight();
+        }
+        if self.prioritized {
+            self.drain_by_priority(&mut deliver);
+            return;
         }
         let n = self.owners.len();
         let mut idle = 0;
@@ -625,6 +660,50 @@ impl Groups {
             }
             o += 1;
         }
+    }
+
+    /// [`Groups::drain`] when the consumers' priorities differ: each message goes to the
+    /// first consumer that takes one, trying them by priority, highest first, and among
+    /// equals the one served longest ago first (RabbitMQ's round-robin within a priority).
+    fn drain_by_priority(
+        &mut self,
+        deliver: &mut impl FnMut(&Arc<Consumer>, Ready) -> Result<(), Ready>,
+    ) {
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(
+            self.owners
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.as_ref().is_some_and(|w| !w.gone))
+                .map(|(o, _)| o),
+        );
+        order.sort_by_key(|&o| {
+            self.owners[o]
+                .as_ref()
+                .map(|w| (Reverse(w.priority), w.served))
+        });
+        'messages: while self.len > 0 {
+            for i in 0..order.len() {
+                if !self.deliver_one(order[i], deliver) {
+                    continue;
+                }
+                self.clock += 1;
+                let priority = self.owners[order[i]].as_mut().map(|w| {
+                    w.served = self.clock;
+                    w.priority
+                });
+                // Behind the others of its priority.
+                let level = order[i..]
+                    .iter()
+                    .take_while(|&&o| self.owners[o].as_ref().map(|w| w.priority) == priority)
+                    .count();
+                order[i..i + level].rotate_left(1);
+                continue 'messages;
+            }
+            break;
+        }
+        self.order = order;
     }
 
     /// One delivery to owner `o`, if it has a message and credit.

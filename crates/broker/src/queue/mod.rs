@@ -4,8 +4,9 @@
 //! Every message gets a per-queue sequence number when it is enqueued; the ready list stays
 //! sorted by it, so a requeued message goes back to its original position. Delivery is a
 //! push under that lock: when a message arrives or credit frees up, the queue hands ready
-//! messages round-robin to consumers that have credit ([`Consumer::try_acquire`]), through
-//! their channel's sink. Unacked deliveries live on the channel; the queue only counts them.
+//! messages to consumers that have credit ([`Consumer::try_acquire`]), through their
+//! channel's sink: to those of the highest priority (`x-priority`) first, round-robin among
+//! equals ([`Levels`]). Unacked deliveries live on the channel; the queue only counts them.
 //! A queue with one active consumer (the common case) first takes the messages it can
 //! deliver, then hands them to the channel together ([`ChannelShared::deliver_all`]): one
 //! send to the connection's writer rather than one per message.
@@ -35,7 +36,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use crate::channel::ChannelShared;
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, Levels};
 use crate::error::{BrokerError, Resource};
 use crate::ids::{ConnectionId, DeliveryTag};
 use crate::memory::MemoryMonitor;
@@ -115,13 +116,16 @@ struct QueueState {
     /// In delivery order: FIFO by seq, by priority, or by group (`ready.rs`).
     ready: ReadyList,
     next_seq: u64,
+    /// Sorted by priority, highest first, in arrival order within a priority; with single
+    /// active consumer the active one (the first) keeps its place ([`waiting_position`]).
     consumers: Vec<Arc<Consumer>>,
     /// Single active consumer: a former active consumer left with deliveries unsettled; the
     /// next one gets nothing until the queue's unacked count (kept under this lock, unlike
     /// the consumer's own credit count) is back to zero, so the requeued messages go first.
     fading: bool,
-    /// Index of the consumer to try first for the next message (round-robin).
-    cursor: usize,
+    /// The consumers' priority levels, with the round-robin turn in each (not used with
+    /// single active consumer).
+    levels: Levels,
     /// Deliveries from this queue that are not yet acked, on any channel.
     unacked: usize,
     had_consumer: bool,
@@ -825,10 +829,11 @@ impl Queue {
     }
 
     /// A delivery to `consumer` timed out and is about to be requeued: it should go to
-    /// another consumer first. Round-robin tries `consumer` last; on a single-active-consumer
-    /// queue the next waiting consumer becomes active (the timed-out one goes to the back of
-    /// the line, and the new one starts once the old one's deliveries are back); on a grouped
-    /// queue the consumer's groups move away (`groups.rs`).
+    /// another consumer first. Its priority level tries `consumer` last (a consumer alone at
+    /// the highest level with credit still gets it); on a single-active-consumer queue the
+    /// next waiting consumer becomes active (the timed-out one goes to the back of the line
+    /// of its priority, and the new one starts once the old one's deliveries are back); on a
+    /// grouped queue the consumer's groups move away (`groups.rs`).
     pub(crate) fn rotate_past(&self, consumer: &Arc<Consumer>) {
         let mut st = self.state.lock();
         let Some(at) = st.consumers.iter().position(|c| Arc::ptr_eq(c, consumer)) else {
@@ -840,11 +845,12 @@ impl Queue {
         if st.args.single_active_consumer {
             if at == 0 && st.consumers.len() > 1 {
                 let active = st.consumers.remove(0);
-                st.consumers.push(active);
+                let line = waiting_position(&st.consumers, active.priority);
+                st.consumers.insert(line, active);
                 st.fading = true;
             }
         } else {
-            st.cursor = (at + 1) % st.consumers.len();
+            st.levels.try_last(at);
         }
     }
 
@@ -860,9 +866,12 @@ impl Queue {
     }
 
     /// Registers a consumer. `on_registered` runs under the queue lock after validation,
-    /// before the first delivery can happen. On a single-active-consumer queue it waits
-    /// (counted as a consumer, as RabbitMQ) until the consumers registered before it are
-    /// gone; a grouped queue gives it its share of the idle groups.
+    /// before the first delivery can happen. It goes after the consumers of its priority and
+    /// above, before those of a lower one. On a single-active-consumer queue it waits
+    /// (counted as a consumer, as RabbitMQ) until the active consumer and those ahead of it
+    /// in line are gone: as in RabbitMQ 3.10, a consumer of a higher priority does not take
+    /// over from the active one, it only goes ahead of the waiting consumers of a lower
+    /// priority. A grouped queue gives it its share of the idle groups.
     ///
     /// # Errors
     /// `NotFound` for a deleted queue; `AccessRefused` "... in exclusive use" for an
@@ -886,7 +895,12 @@ impl Queue {
             )));
         }
         on_registered();
-        st.consumers.push(Arc::clone(consumer));
+        let at = if st.args.single_active_consumer {
+            waiting_position(&st.consumers, consumer.priority)
+        } else {
+            st.levels.insert(consumer.priority)
+        };
+        st.consumers.insert(at, Arc::clone(consumer));
         st.had_consumer = true;
         st.exclusive_consumer |= consumer.exclusive;
         if let Some(groups) = st.ready.groups_mut() {
@@ -904,11 +918,8 @@ impl Queue {
         let mut st = self.state.lock();
         if let Some(at) = st.consumers.iter().position(|c| Arc::ptr_eq(c, consumer)) {
             st.consumers.remove(at);
-            if at < st.cursor {
-                st.cursor -= 1;
-            }
-            if st.cursor >= st.consumers.len() {
-                st.cursor = 0;
+            if !st.args.single_active_consumer {
+                st.levels.remove(at);
             }
             if consumer.exclusive {
                 st.exclusive_consumer = false;
@@ -1163,6 +1174,14 @@ fn hand_over(st: &mut QueueState, qs: Option<&QueueStore>) {
     recycle(items);
 }
 
+/// Where a consumer of `priority` joins a single-active-consumer queue's `consumers`: the
+/// active one (the first) keeps its place, the waiting ones are in line by priority, then
+/// arrival (RabbitMQ 3.10 makes the first of the highest priority active next).
+fn waiting_position(consumers: &[Arc<Consumer>], priority: i64) -> usize {
+    let active = consumers.len().min(1);
+    active + consumers[active..].partition_point(|c| c.priority >= priority)
+}
+
 /// Keeps an emptied `QueueState::outgoing` for the next drain on this thread.
 fn recycle(items: Vec<Ready>) {
     if items.capacity() <= SPARE_MAX {
@@ -1206,8 +1225,9 @@ fn drain(st: &mut QueueState, qs: Option<&QueueStore>) {
     }
 }
 
-/// Hands ready messages to consumers with credit until one side runs out: round-robin over
-/// the consumers; with single active consumer to the first registered only, once no former
+/// Hands ready messages to consumers with credit until one side runs out: to the highest
+/// priority level with credit, round-robin within it ([`Levels`]); with single active
+/// consumer to the first registered only, once no former
 /// active consumer has deliveries left to settle; on a grouped queue each consumer takes
 /// the messages of its own groups and those without a group (`groups.rs`). What goes to a
 /// sole active consumer is only taken, into `outgoing`, for [`hand_over`], unless it is one
@@ -1218,7 +1238,7 @@ fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
         ready,
         consumers,
         fading,
-        cursor,
+        levels,
         unacked,
         marked,
         counters,
@@ -1273,17 +1293,12 @@ fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
                 ready.insert(item);
             }
         }
-    } else {
-        let consumers = &consumers[..active];
-        let n = consumers.len();
-        while !ready.is_empty() && n > 0 {
-            let Some(index) = (0..n)
-                .map(|i| (*cursor + i) % n)
-                .find(|&i| consumers[i].try_acquire())
-            else {
+    } else if active > 1 {
+        // Not single active consumer: the levels cover every consumer.
+        while !ready.is_empty() {
+            let Some(index) = levels.pick(|i| consumers[i].try_acquire()) else {
                 break;
             };
-            *cursor = (index + 1) % n;
             let consumer = &consumers[index];
             let Some(item) = ready.pop_front() else {
                 consumer.release(1);

@@ -55,6 +55,7 @@ impl VHost {
                     no_ack: consumer.no_ack,
                     exclusive: consumer.exclusive,
                     prefetch: consumer.prefetch,
+                    priority: consumer.priority,
                     unacked: consumer.unacked.load(Ordering::Relaxed),
                     oldest_unacked_age: oldest.map(|t| now.saturating_duration_since(t)),
                 });
