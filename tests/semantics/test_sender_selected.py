@@ -76,3 +76,26 @@ def test_a_cc_or_bcc_header_that_is_not_an_array_is_406(conn, name):
             f'{{unacceptable_type_in_header,"{header}",longstr}}'
         )
     assert conn.channel().queue_declare(q, passive=True).method.message_count == 0
+
+
+@pytest.mark.lockgate_only  # the delayed exchange is a plugin the test node does not run
+@pytest.mark.parametrize("tx", [False, True], ids=["plain", "transaction"])
+def test_a_delayed_publish_with_a_cc_that_is_not_an_array_is_406_at_basic_publish(
+        conn, name, tx):
+    x = name("delayed-cc")
+    admin = conn.channel()
+    admin.exchange_declare(x, "x-delayed-message", arguments={"x-delayed-type": "direct"})
+    q = name("delayed-cc-q")
+    admin.queue_declare(q)
+    admin.queue_bind(q, x, "k")
+    ch = conn.channel()
+    if tx:
+        ch.tx_select()
+    headers = {"x-delay": 60_000, "CC": q}
+    ch.basic_publish(x, "k", b"bad", pika.BasicProperties(headers=headers))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare(q, passive=True)
+    assert (e.value.reply_code, e.value.reply_text) == (
+        406, 'PRECONDITION_FAILED - invalid message: {unacceptable_type_in_header,"CC",longstr}')
+    admin.queue_delete(q)
+    admin.exchange_delete(x)

@@ -1154,6 +1154,7 @@ impl VHost {
         }
         // A delayed exchange holds a message with `x-delay` and routes it when due.
         if let Some(delay) = exchange.requested_delay(&message) {
+            sender_selected::check(&message)?;
             let (memory, store) = (&self.memory, self.store.as_ref());
             let commit = exchange.hold_delayed(self, message, delay, memory, store);
             return Ok(Published::routed(PublishOutcome::Routed(1), commit));
@@ -1210,6 +1211,7 @@ impl VHost {
         message: &mut Message,
     ) -> Result<Option<Vec<Arc<Queue>>>, BrokerError> {
         if exchange.requested_delay(message).is_some() {
+            sender_selected::check(message)?;
             return Ok(None);
         }
         let cc = sender_selected::take_routes(message)?;

@@ -318,8 +318,8 @@ impl Timed for DelayedMessages {
         };
         let mut queues = Vec::new();
         for mut held in due {
-            // Held with its `BCC` header, which routes only now. A delayed publish is not
-            // checked for malformed `CC`/`BCC` headers: such a header adds no keys here.
+            // Held with its `BCC` header, which routes only now; malformed `CC`/`BCC`
+            // headers were refused at basic.publish.
             let cc = sender_selected::take_routes(&mut held.message).unwrap_or_default();
             vhost.route(&exchange, &held.message, &cc, &mut queues);
             enqueue(held.message, &queues, store.as_ref());

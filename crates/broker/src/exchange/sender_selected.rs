@@ -9,7 +9,7 @@
 //! flags, then a scan of the encoded properties for the two keys, tell so before anything is
 //! decoded.
 
-use lockgate_wire::FieldValue;
+use lockgate_wire::{FieldTable, FieldValue};
 
 use crate::error::BrokerError;
 use crate::message::Message;
@@ -22,8 +22,7 @@ const HEADERS_FLAG: u8 = 0x20;
 /// allocated, for a message without them); `BCC` is removed from `message`.
 ///
 /// # Errors
-/// `PreconditionFailed` "invalid message: {unacceptable_type_in_header,"CC",longstr}" for a
-/// `CC` or `BCC` header that is not an array, as RabbitMQ's channel answers.
+/// As [`check`].
 pub(crate) fn take_routes(message: &mut Message) -> Result<Vec<String>, BrokerError> {
     if !may_select(message.header_raw()) {
         return Ok(Vec::new());
@@ -32,6 +31,33 @@ pub(crate) fn take_routes(message: &mut Message) -> Result<Vec<String>, BrokerEr
     let Some(headers) = properties.headers.as_mut() else {
         return Ok(Vec::new());
     };
+    let keys = routes_in(headers)?;
+    if headers.remove("BCC").is_some() {
+        message
+            .set_properties(&properties)
+            .map_err(|e| BrokerError::precondition_failed(format_args!("invalid message: {e}")))?;
+    }
+    Ok(keys)
+}
+
+/// Refuses a message whose `CC` or `BCC` header is not an array, as RabbitMQ's channel does at
+/// basic.publish whatever the exchange (a delayed exchange routes on them later).
+///
+/// # Errors
+/// `PreconditionFailed` "invalid message: {unacceptable_type_in_header,"CC",longstr}" for a
+/// `CC` or `BCC` header that is not an array, as RabbitMQ's channel answers.
+pub(crate) fn check(message: &Message) -> Result<(), BrokerError> {
+    if !may_select(message.header_raw()) {
+        return Ok(());
+    }
+    match message.properties().headers {
+        Some(headers) => routes_in(&headers).map(drop),
+        None => Ok(()),
+    }
+}
+
+/// The long strings of the `CC` and `BCC` arrays in `headers`.
+fn routes_in(headers: &FieldTable) -> Result<Vec<String>, BrokerError> {
     let mut keys = Vec::new();
     for name in ["CC", "BCC"] {
         match headers.get(name) {
@@ -49,11 +75,6 @@ pub(crate) fn take_routes(message: &mut Message) -> Result<Vec<String>, BrokerEr
                 )))
             }
         }
-    }
-    if headers.remove("BCC").is_some() {
-        message
-            .set_properties(&properties)
-            .map_err(|e| BrokerError::precondition_failed(format_args!("invalid message: {e}")))?;
     }
     Ok(keys)
 }
