@@ -6,8 +6,9 @@ use std::sync::Arc;
 use lockgate_wire::{basic, channel, exchange, queue, BasicProperties, FieldTable, Method};
 use tokio::sync::mpsc;
 
-use crate::channel_inner::{unexpected, ChannelInner};
+use crate::channel_inner::{unexpected, ChannelHolder, ChannelInner};
 use crate::confirm::Confirmation;
+use crate::connection::Holder;
 use crate::error::{Error, Result};
 use crate::inbox::inbox;
 use crate::message::{Acker, Consumer, Delivery, GetMessage, Properties, Returns};
@@ -26,14 +27,25 @@ use crate::recovery::{
 /// at a time; publishing does not wait for them. A channel closed by the
 /// broker (e.g. after a 404) reports that error on every later call; open a
 /// new one to continue: the connection stays usable.
+///
+/// Its handles, consumers and deliveries keep it (and its connection) open;
+/// once the last of them is dropped, the channel is closed (`channel.close`
+/// 200) without waiting for the broker's answer, and the broker requeues its
+/// unacknowledged deliveries.
 #[derive(Clone, Debug)]
 pub struct Channel {
     inner: Arc<ChannelInner>,
+    holder: Arc<ChannelHolder>,
 }
 
 impl Channel {
-    pub(crate) fn from_inner(inner: Arc<ChannelInner>) -> Self {
-        Self { inner }
+    /// `connection` is the connection's holder, `None` for recovery's own
+    /// channels (they do not keep the connection open).
+    pub(crate) fn from_inner(inner: Arc<ChannelInner>, connection: Option<Arc<Holder>>) -> Self {
+        Self {
+            holder: ChannelHolder::new(inner.clone(), connection),
+            inner,
+        }
     }
 
     fn record(&self, f: impl FnOnce(&mut Topology)) {
@@ -56,6 +68,10 @@ impl Channel {
         }
         self.record(change);
         Ok(())
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<ChannelInner> {
+        &self.inner
     }
 
     /// The channel number.
@@ -450,7 +466,7 @@ impl Channel {
         options: ConsumeOptions,
         arguments: FieldTable,
     ) -> Result<Consumer> {
-        let (tx, rx) = inbox();
+        let (tx, rx) = inbox(!options.no_ack);
         let tag = self
             .inner
             .consume(
@@ -471,7 +487,7 @@ impl Channel {
                 arguments,
             })
         });
-        Ok(Consumer::new(tag, self.clone(), rx))
+        Ok(Consumer::new(tag, self.clone(), rx, options.no_ack))
     }
 
     /// Cancels a consumer (`basic.cancel`); its stream ends once the broker
@@ -517,7 +533,7 @@ impl Channel {
                         properties: Properties::new(content.header),
                         body: content.body,
                         acker: Acker {
-                            channel: self.inner.clone(),
+                            holder: self.holder.clone(),
                             epoch,
                         },
                     },

@@ -5,21 +5,22 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
 use lockgate_wire::{
-    basic, confirm, encode_publish, BasicProperties, ContentHeader, FieldTable, Method, PublishRef,
+    basic, channel, confirm, encode_publish, BasicProperties, ContentHeader, FieldTable, Method,
+    PublishRef,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::confirm::Confirmation;
-use crate::connection::{channel_open, ConnInner};
+use crate::connection::{channel_open, ConnInner, Holder};
 use crate::error::{Error, Result};
-use crate::inbox::DeliverySender;
+use crate::inbox::{DeliverySender, Sent};
 use crate::io::Link;
 use crate::message::{Delivery, ReturnedMessage};
 use crate::options::{ConsumeOptions, PublishOptions};
@@ -48,7 +49,6 @@ struct PendingCall {
 }
 
 /// Outstanding publisher confirms of a channel in confirm mode.
-#[derive(Default)]
 struct Confirms {
     next: u64,
     pending: BTreeMap<u64, oneshot::Sender<Result<()>>>,
@@ -76,6 +76,8 @@ struct ChannelState {
     confirms: Option<Confirms>,
     returns: Option<mpsc::UnboundedSender<ReturnedMessage>>,
     settings: ChannelSettings,
+    /// The application's hold on the channel, lent to each delivery.
+    holder: Weak<ChannelHolder>,
 }
 
 /// Shared state of one channel.
@@ -91,6 +93,56 @@ impl fmt::Debug for ChannelInner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel").field("id", &self.id).finish()
     }
+}
+
+/// The application's hold on a channel, shared by its
+/// [`Channel`](crate::Channel) handles, its consumers and its deliveries.
+/// When the last of them goes, the channel is closed: left open, it would keep
+/// its number and, on the broker, its unacknowledged deliveries for the life of
+/// the connection. The reader and recovery tasks hold the channel's state, not
+/// this.
+pub(crate) struct ChannelHolder {
+    pub(crate) channel: Arc<ChannelInner>,
+    /// Keeps the connection open; `None` for recovery's own channels.
+    _connection: Option<Arc<Holder>>,
+}
+
+impl ChannelHolder {
+    pub(crate) fn new(channel: Arc<ChannelInner>, connection: Option<Arc<Holder>>) -> Arc<Self> {
+        let holder = Arc::new(Self {
+            channel,
+            _connection: connection,
+        });
+        holder.channel.lock().holder = Arc::downgrade(&holder);
+        holder
+    }
+}
+
+impl fmt::Debug for ChannelHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.channel, f)
+    }
+}
+
+impl Drop for ChannelHolder {
+    fn drop(&mut self) {
+        // Runs before `_connection` goes: the channel's close precedes the
+        // connection's when this was the connection's last handle too.
+        self.channel.close_unheld();
+    }
+}
+
+/// What became of a delivery handed to [`ChannelInner::on_delivery`].
+pub(crate) enum Delivered {
+    /// Queued; wake the consumer with this waker (if it is not awake).
+    Queued(Option<Waker>),
+    /// Not made: no such consumer, or the channel has no holder left.
+    Dropped,
+    /// Refused by a consumer whose stream is gone (and which is being
+    /// cancelled). The caller gives it back to the broker when `requeue`, and
+    /// drops it outside the channel's lock: it may hold the channel's last
+    /// handle.
+    Unclaimed { delivery: Delivery, requeue: bool },
 }
 
 /// Longest AMQP short string.
@@ -112,6 +164,38 @@ fn next_confirmation(confirms: &mut Option<Confirms>) -> Confirmation {
 
 pub(crate) fn unexpected(method: &Method, expected: &str) -> Error {
     Error::UnexpectedFrame(format!("{} instead of {expected}", method.name()))
+}
+
+impl ChannelState {
+    /// Sends `basic.cancel` once for consumer `tag`, whose stream is gone (it
+    /// was dropped, or its `basic_consume` call was abandoned). Until the
+    /// cancel-ok, which no one awaits, its deliveries are refused by its stream
+    /// and given back ([`Delivered::Unclaimed`]). Returns the consumer's sender
+    /// when nothing can be sent (recovering, or the writer is gone): the
+    /// broker's consumer went with the socket.
+    fn cancel_unread(&mut self, id: u16, tag: &str) -> Option<DeliverySender> {
+        let tx = self.consumers.get_mut(tag)?;
+        if tx.cancelling {
+            return None;
+        }
+        tx.cancelling = true;
+        let cancel = Method::BasicCancel(basic::Cancel {
+            consumer_tag: tag.into(),
+            nowait: false,
+        });
+        let sent = self.link.as_ref().map(|link| link.send_method(id, cancel));
+        if matches!(sent, Some(Ok(Append::Done))) {
+            // Queued with its send, as `call` does: replies match calls in order.
+            let (reply, _) = oneshot::channel();
+            self.rpc.push_back(PendingCall {
+                reply,
+                consumer: None,
+            });
+            None
+        } else {
+            self.consumers.remove(tag)
+        }
+    }
 }
 
 impl ChannelInner {
@@ -154,6 +238,7 @@ impl ChannelInner {
     ) -> Result<Reply> {
         let _serial = self.rpc_lock.lock().await;
         let (tx, rx) = oneshot::channel();
+        let selects_confirms = matches!(method, Method::ConfirmSelect(_));
         {
             let mut st = self.lock();
             if let Some(e) = &st.closed {
@@ -167,6 +252,14 @@ impl ChannelInner {
             // lock to hand the reply over.
             if link.send_method(self.id, method)? == Append::Closed {
                 return Err(st.closed.clone().unwrap_or(Error::Disconnected));
+            }
+            if selects_confirms {
+                // The broker numbers every publish after confirm.select, even one
+                // queued by another task before select-ok is back: number from here.
+                st.confirms.get_or_insert_with(|| Confirms {
+                    next: 1,
+                    pending: BTreeMap::new(),
+                });
             }
             st.rpc.push_back(PendingCall {
                 reply: tx,
@@ -235,12 +328,7 @@ impl ChannelInner {
         let method = Method::ConfirmSelect(confirm::Select { nowait: false });
         match self.call(method, None, via).await?.method {
             Method::ConfirmSelectOk(_) => {
-                let mut st = self.lock();
-                st.settings.confirm = true;
-                let confirms = st.confirms.get_or_insert_with(Confirms::default);
-                if confirms.next == 0 {
-                    confirms.next = 1;
-                }
+                self.lock().settings.confirm = true;
                 Ok(())
             }
             other => Err(unexpected(&other, "confirm.select-ok")),
@@ -339,6 +427,50 @@ impl ChannelInner {
         self.lock().closed.is_some()
     }
 
+    /// Whether the application still holds the channel (a handle, a consumer
+    /// or a delivery).
+    pub(crate) fn is_held(&self) -> bool {
+        self.lock().holder.strong_count() > 0
+    }
+
+    /// No handle is left: sends `channel.close` 200 without waiting (the
+    /// reader forgets the channel at its close-ok), or forgets the channel at
+    /// once when the connection is recovering or gone.
+    fn close_unheld(self: &Arc<Self>) {
+        let st = self.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        let close = Method::ChannelClose(channel::Close {
+            reply_code: 200,
+            reply_text: "OK".into(),
+            class_id: 0,
+            method_id: 0,
+        });
+        let sent = st
+            .link
+            .as_ref()
+            .map(|link| link.send_method(self.id, close));
+        drop(st);
+        if !matches!(sent, Some(Ok(Append::Done))) {
+            self.conn.channel_closed(self, Error::ClientClosed);
+        }
+    }
+
+    /// The application dropped consumer `tag`'s stream: cancels the consumer
+    /// so that the broker stops delivering to it (see
+    /// [`ChannelState::cancel_unread`]).
+    pub(crate) fn cancel_dropped(&self, tag: &str) {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        let gone = st.cancel_unread(self.id, tag);
+        drop(st);
+        drop(gone);
+        self.conn.forget_consumer(tag);
+    }
+
     // ---- called by the reader task ----
 
     pub(crate) fn on_reply(&self, reply: Reply) {
@@ -392,29 +524,50 @@ impl ChannelInner {
         }
     }
 
-    /// Queues a delivery for its consumer; returns the consumer's waker when
-    /// it needs waking (the reader wakes it once the read is dispatched).
-    pub(crate) fn on_delivery(&self, delivery: Delivery) -> Option<Waker> {
-        let st = self.lock();
+    /// Makes the delivery for `consumer_tag` (lending it the channel's
+    /// holder) and queues it for its consumer; the reader wakes the returned
+    /// waker once the read is dispatched.
+    pub(crate) fn on_delivery(
+        &self,
+        consumer_tag: &str,
+        delivery: impl FnOnce(Arc<ChannelHolder>) -> Delivery,
+    ) -> Delivered {
+        let mut st = self.lock();
         // One consumer per channel is the common case: skip hashing the tag.
         let tx = match st.consumers.len() {
             1 => st
                 .consumers
                 .iter()
                 .next()
-                .filter(|(tag, _)| tag.as_str() == &*delivery.consumer_tag)
+                .filter(|(tag, _)| tag.as_str() == consumer_tag)
                 .map(|(_, tx)| tx),
-            _ => st.consumers.get(&*delivery.consumer_tag),
+            _ => st.consumers.get(consumer_tag),
         };
-        match tx {
-            Some(tx) => tx.send(Ok(delivery)),
-            None => {
-                debug!(
-                    channel = self.id,
-                    "delivery for an unknown consumer dropped"
-                );
-                None
-            }
+        let Some(tx) = tx else {
+            debug!(
+                channel = self.id,
+                "delivery for an unknown consumer dropped"
+            );
+            return Delivered::Dropped;
+        };
+        // No holder: the application let go of the channel, which is closing
+        // (the broker requeues the delivery).
+        let Some(holder) = st.holder.upgrade() else {
+            return Delivered::Dropped;
+        };
+        let requeue = tx.acks;
+        let sent = tx.send(Ok(delivery(holder)));
+        if matches!(sent, Sent::Refused(_)) {
+            // A stream no one reads: a `basic_consume` abandoned after it was
+            // sent, or a dropped consumer (cancelled already). Given back while
+            // the consumer is still on the broker, the delivery would come
+            // straight back.
+            drop(st.cancel_unread(self.id, consumer_tag));
+        }
+        match sent {
+            Sent::Queued(waker) => Delivered::Queued(waker),
+            Sent::Refused(Ok(delivery)) => Delivered::Unclaimed { delivery, requeue },
+            Sent::Refused(Err(_)) => Delivered::Dropped,
         }
     }
 

@@ -35,8 +35,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An AMQP connection: one TCP socket, served by a reader and a writer task.
 ///
 /// `Connection` is a cheap handle (clone it freely). Open [`Channel`]s on it to
-/// do anything useful; close it with [`Connection::close`] (dropping the
-/// handles does not close the socket while channels or consumers are alive).
+/// do anything useful; close it with [`Connection::close`]. Dropping the
+/// handles does not close the socket while channels or consumers are alive;
+/// once the last of them goes, the connection closes (`connection.close`
+/// 200) without waiting for the broker's answer.
 ///
 /// # Examples
 ///
@@ -55,6 +57,35 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct Connection {
     inner: Arc<ConnInner>,
+    holder: Arc<Holder>,
+}
+
+/// The application's hold on a connection, shared by its [`Connection`] and
+/// [`Channel`] handles (and so by its consumers). The reader, writer and
+/// recovery tasks hold the connection's state but not this: when the last
+/// handle goes, the connection is closed rather than left running with no
+/// one to use it.
+#[derive(Debug)]
+pub(crate) struct Holder {
+    inner: Arc<ConnInner>,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let Ok(Some(session)) = self.inner.start_close() else {
+            return;
+        };
+        // Bound the wait for close-ok as `close` does. Without a runtime the
+        // connection's tasks are gone already.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let ended = session.stop.cancelled();
+                if tokio::time::timeout(CLOSE_TIMEOUT, ended).await.is_err() {
+                    session.stop.cancel();
+                }
+            });
+        }
+    }
 }
 
 /// Values agreed in `connection.tune`.
@@ -141,7 +172,10 @@ impl Connection {
             closed,
         });
         inner.start_session(established);
-        Ok(Connection { inner })
+        let holder = Arc::new(Holder {
+            inner: inner.clone(),
+        });
+        Ok(Connection { inner, holder })
     }
 
     /// Opens a new channel.
@@ -165,12 +199,15 @@ impl Connection {
             st.channels.insert(id, ch.clone());
             ch
         };
+        // Made before open-ok arrives: if this future is dropped meanwhile, the
+        // channel's drop closes it rather than leaving it open with no handle.
+        let channel = Channel::from_inner(ch.clone(), Some(self.holder.clone()));
         if let Err(e) = ch.open(None).await {
             self.inner.channel_closed(&ch, e.clone());
             return Err(e);
         }
         debug!(channel = ch.id, "channel opened");
-        Ok(Channel::from_inner(ch))
+        Ok(channel)
     }
 
     /// Closes the connection cleanly (`connection.close` 200, then waits for
@@ -182,35 +219,10 @@ impl Connection {
     /// The connection's error if the broker had already closed it.
     pub async fn close(&self) -> Result<()> {
         let mut closed = self.inner.closed.subscribe();
-        let session = {
-            let mut st = self.inner.lock_state();
-            match &st.status {
-                Status::Closed(Error::ClientClosed) => return Ok(()),
-                Status::Closed(e) => return Err(e.clone()),
-                Status::Closing => None,
-                Status::Recovering => {
-                    drop(st);
-                    self.inner.finish(Error::ClientClosed);
-                    return Ok(());
-                }
-                Status::Open => {
-                    st.status = Status::Closing;
-                    st.session.clone()
-                }
-            }
-        };
-        if let Some(session) = session {
-            let close = Method::ConnectionClose(connection::Close {
-                reply_code: 200,
-                reply_text: "OK".into(),
-                class_id: 0,
-                method_id: 0,
-            });
-            let sent = session.link.send_method(0, close);
-            if !matches!(sent, Ok(Append::Done))
-                || tokio::time::timeout(CLOSE_TIMEOUT, closed.wait_for(|c| *c))
-                    .await
-                    .is_err()
+        if let Some(session) = self.inner.start_close()? {
+            if tokio::time::timeout(CLOSE_TIMEOUT, closed.wait_for(|c| *c))
+                .await
+                .is_err()
             {
                 session.stop.cancel();
             }
@@ -295,6 +307,47 @@ impl ConnInner {
     /// Whether declarations must be recorded for recovery.
     pub(crate) fn records_topology(&self) -> bool {
         self.options.recovery.is_some()
+    }
+
+    /// Starts closing on the application's behalf: sends `connection.close`
+    /// 200 when open (returning the session that waits for `close-ok`), ends
+    /// a recovery, and does nothing when closing or closed already.
+    ///
+    /// # Errors
+    ///
+    /// The connection's error if something else closed it.
+    fn start_close(&self) -> Result<Option<Session>> {
+        let session = {
+            let mut st = self.lock_state();
+            match &st.status {
+                Status::Closed(Error::ClientClosed) | Status::Closing => return Ok(None),
+                Status::Closed(e) => return Err(e.clone()),
+                Status::Recovering => {
+                    drop(st);
+                    self.finish(Error::ClientClosed);
+                    return Ok(None);
+                }
+                Status::Open => {
+                    st.status = Status::Closing;
+                    st.session.clone()
+                }
+            }
+        };
+        let Some(session) = session else {
+            return Ok(None);
+        };
+        let close = Method::ConnectionClose(connection::Close {
+            reply_code: 200,
+            reply_text: "OK".into(),
+            class_id: 0,
+            method_id: 0,
+        });
+        if matches!(session.link.send_method(0, close), Ok(Append::Done)) {
+            Ok(Some(session))
+        } else {
+            session.stop.cancel();
+            Ok(None)
+        }
     }
 
     pub(crate) fn channel(&self, id: u16) -> Option<Arc<ChannelInner>> {
@@ -572,9 +625,12 @@ async fn negotiate(options: &ConnectionOptions) -> Result<Established> {
         insist: false,
     };
     send(&mut write, &codec, Method::ConnectionOpen(open)).await?;
-    if tune.frame_max != 0 {
-        frames.decoder_mut().set_frame_max(tune.frame_max);
-    }
+    // The broker's frames are not held to frame_max: RabbitMQ (and lockgate) send
+    // a content header whole however large it is (a publisher with a larger
+    // frame_max, headers the broker added), and refusing it would cost the
+    // connection at every redelivery. The decoder still reserves only a bounded
+    // amount ahead of the octets that arrive.
+    frames.decoder_mut().set_frame_max(0);
     match next_method(&mut frames).await? {
         Method::ConnectionOpenOk(_) => {}
         Method::ConnectionClose(close) => {

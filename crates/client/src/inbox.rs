@@ -42,10 +42,24 @@ impl Inbox {
     }
 }
 
+/// What became of an item handed to [`DeliverySender::send`].
+pub(crate) enum Sent {
+    /// Queued; the stream's waker when this item is the first it has not seen.
+    Queued(Option<Waker>),
+    /// The stream was dropped: the item back, for the caller to drop outside
+    /// its own locks (a delivery may hold its channel's last handle).
+    Refused(Item),
+}
+
 /// The reader's end of a consumer's inbox. Dropping it ends the stream
 /// (after what was already queued).
 pub(crate) struct DeliverySender {
     inbox: Arc<Inbox>,
+    /// The consumer acknowledges its deliveries (it is not `no_ack`): one its
+    /// dropped stream refuses must be given back to the broker.
+    pub(crate) acks: bool,
+    /// A `basic.cancel` for the consumer is on its way (its stream is gone).
+    pub(crate) cancelling: bool,
 }
 
 /// The stream's end of a consumer's inbox.
@@ -55,12 +69,14 @@ pub(crate) struct DeliveryReceiver {
     local: VecDeque<Item>,
 }
 
-/// A connected sender and receiver.
-pub(crate) fn inbox() -> (DeliverySender, DeliveryReceiver) {
+/// A connected sender and receiver; `acks` as [`DeliverySender::acks`].
+pub(crate) fn inbox(acks: bool) -> (DeliverySender, DeliveryReceiver) {
     let inbox = Arc::new(Inbox::default());
     (
         DeliverySender {
             inbox: inbox.clone(),
+            acks,
+            cancelling: false,
         },
         DeliveryReceiver {
             inbox,
@@ -70,24 +86,24 @@ pub(crate) fn inbox() -> (DeliverySender, DeliveryReceiver) {
 }
 
 impl DeliverySender {
-    /// Queues `item`. Returns the stream's waker when this item is the first
-    /// it has not seen: the caller wakes it (typically once its whole batch
-    /// is queued).
+    /// Queues `item`. Hands back the stream's waker when this item is the
+    /// first it has not seen: the caller wakes it (typically once its whole
+    /// batch is queued).
     #[must_use = "the consumer waits until its waker is woken"]
     #[inline]
-    pub(crate) fn send(&self, item: Item) -> Option<Waker> {
+    pub(crate) fn send(&self, item: Item) -> Sent {
         let mut st = self.inbox.lock();
         if st.dropped {
             debug!("delivery for a dropped consumer");
-            return None;
+            return Sent::Refused(item);
         }
         st.items.push_back(item);
-        st.waker.take()
+        Sent::Queued(st.waker.take())
     }
 
     /// Queues `item` and wakes the stream at once.
     pub(crate) fn send_now(&self, item: Item) {
-        if let Some(waker) = self.send(item) {
+        if let Sent::Queued(Some(waker)) = self.send(item) {
             waker.wake();
         }
     }
@@ -130,11 +146,29 @@ impl DeliveryReceiver {
     }
 }
 
-impl Drop for DeliveryReceiver {
-    fn drop(&mut self) {
+impl DeliveryReceiver {
+    /// Stops the stream, as dropping it does, and returns what it had not
+    /// yielded.
+    pub(crate) fn close(&mut self) -> VecDeque<Item> {
         let mut st = self.inbox.lock();
         st.dropped = true;
-        st.items.clear();
+        let mut unseen = std::mem::take(&mut self.local);
+        unseen.append(&mut st.items);
+        unseen
+    }
+}
+
+impl Drop for DeliveryReceiver {
+    fn drop(&mut self) {
+        let items = {
+            let mut st = self.inbox.lock();
+            st.dropped = true;
+            std::mem::take(&mut st.items)
+        };
+        // Dropped outside the lock: a delivery may hold its channel's last
+        // handle, whose drop closes the channel, and the reader queues
+        // deliveries while it holds the channel's lock.
+        drop(items);
     }
 }
 
@@ -149,10 +183,16 @@ mod tests {
 
     #[test]
     fn the_first_unseen_item_hands_back_the_waker_and_the_stream_ends_after_the_sender() {
-        let (tx, mut rx) = inbox();
+        let (tx, mut rx) = inbox(true);
         assert!(recv(&mut rx).is_pending());
-        assert!(tx.send(Err(crate::Error::Nacked)).is_some());
-        assert!(tx.send(Err(crate::Error::Disconnected)).is_none());
+        assert!(matches!(
+            tx.send(Err(crate::Error::Nacked)),
+            Sent::Queued(Some(_))
+        ));
+        assert!(matches!(
+            tx.send(Err(crate::Error::Disconnected)),
+            Sent::Queued(None)
+        ));
         assert!(matches!(
             recv(&mut rx),
             Poll::Ready(Some(Err(crate::Error::Nacked)))
@@ -167,9 +207,12 @@ mod tests {
 
     #[test]
     fn items_for_a_dropped_stream_are_discarded() {
-        let (tx, rx) = inbox();
+        let (tx, rx) = inbox(true);
         drop(rx);
-        assert!(tx.send(Err(crate::Error::Nacked)).is_none());
+        assert!(matches!(
+            tx.send(Err(crate::Error::Nacked)),
+            Sent::Refused(Err(crate::Error::Nacked))
+        ));
         assert!(tx.inbox.lock().items.is_empty());
     }
 }

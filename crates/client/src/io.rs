@@ -33,7 +33,7 @@ use tokio_util::codec::{Decoder, FramedParts, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
-use crate::channel_inner::{ChannelInner, Content, Reply};
+use crate::channel_inner::{ChannelInner, Content, Delivered, Reply};
 use crate::connection::ConnInner;
 use crate::error::{CloseReason, Error, Result};
 use crate::message::{Acker, Delivery, Properties, ReturnedMessage};
@@ -271,7 +271,8 @@ fn deliver(
     header: ContentHeader,
     body: Bytes,
 ) {
-    let delivery = Delivery {
+    let consumer_tag = d.consumer_tag.clone();
+    let delivery = |holder| Delivery {
         consumer_tag: d.consumer_tag,
         delivery_tag: d.delivery_tag,
         redelivered: d.redelivered,
@@ -279,13 +280,16 @@ fn deliver(
         routing_key: d.routing_key,
         properties: Properties::new(header),
         body,
-        acker: Acker {
-            channel: ch.clone(),
-            epoch,
-        },
+        acker: Acker { holder, epoch },
     };
-    if let Some(waker) = ch.on_delivery(delivery) {
-        wakers.push(waker);
+    match ch.on_delivery(&consumer_tag, delivery) {
+        Delivered::Queued(Some(waker)) => wakers.push(waker),
+        Delivered::Queued(None) | Delivered::Dropped => {}
+        Delivered::Unclaimed { delivery, requeue } => {
+            if requeue {
+                delivery.requeue_unseen();
+            }
+        }
     }
 }
 

@@ -14,14 +14,15 @@ use lockgate_wire::{basic, BasicProperties, ContentHeader, Method};
 use tokio::sync::mpsc;
 
 use crate::channel::Channel;
-use crate::channel_inner::ChannelInner;
+use crate::channel_inner::ChannelHolder;
 use crate::error::Result;
 use crate::inbox::DeliveryReceiver;
 
-/// What a delivery needs to acknowledge itself.
+/// What a delivery needs to acknowledge itself: its channel, which it keeps
+/// open.
 #[derive(Clone)]
 pub(crate) struct Acker {
-    pub(crate) channel: Arc<ChannelInner>,
+    pub(crate) holder: Arc<ChannelHolder>,
     /// The session the delivery came on; its tag is void on any other.
     pub(crate) epoch: u64,
 }
@@ -32,7 +33,8 @@ pub(crate) struct Acker {
 /// [`ack`](Delivery::ack), [`nack`](Delivery::nack) or
 /// [`reject`](Delivery::reject) (or a `multiple` variant on a later delivery).
 /// After automatic recovery, settling a delivery from before the reconnection
-/// is a no-op: the broker has already requeued it.
+/// is a no-op: the broker has already requeued it. A delivery keeps its channel
+/// open, like a [`Channel`] handle.
 ///
 /// The names are shared (`Arc<str>`): a consumer's deliveries share its tag,
 /// and those that repeat the previous one's exchange and routing key share
@@ -130,7 +132,10 @@ impl fmt::Debug for Delivery {
 
 impl Delivery {
     async fn settle(&self, method: Method) -> Result<()> {
-        self.acker.channel.send(method, Some(self.acker.epoch))
+        self.acker
+            .holder
+            .channel
+            .send(method, Some(self.acker.epoch))
     }
 
     /// Acknowledges this delivery (`basic.ack`).
@@ -190,6 +195,21 @@ impl Delivery {
         .await
     }
 
+    /// Gives back a delivery the application never saw (its consumer's stream
+    /// was dropped). Nothing to do when the channel is closed: the broker has
+    /// requeued it then.
+    pub(crate) fn requeue_unseen(&self) {
+        let reject = Method::BasicReject(basic::Reject {
+            delivery_tag: self.delivery_tag,
+            requeue: true,
+        });
+        let _ = self
+            .acker
+            .holder
+            .channel
+            .send(reject, Some(self.acker.epoch));
+    }
+
     /// Rejects this delivery with the spec's `basic.reject`.
     ///
     /// # Errors
@@ -235,8 +255,14 @@ pub struct ReturnedMessage {
 /// Items are `Ok(Delivery)`; if the broker closes the channel or the
 /// connection fails, the stream yields that error once and ends. It ends
 /// quietly after a cancel (by the application or the broker) or a close by
-/// the application. Dropping it does not cancel the consumer: call
-/// [`Consumer::cancel`].
+/// the application.
+///
+/// Dropping it cancels the consumer (`basic.cancel`, not awaited) and gives
+/// back (`basic.reject` with requeue) the deliveries it received but did not
+/// yield, and those that arrive before the broker's cancel-ok; deliveries it
+/// yielded are the application's to settle. It keeps its channel open (as
+/// its deliveries do): when it was the last handle, dropping it closes the
+/// channel.
 ///
 /// ```no_run
 /// # async fn demo(channel: lockgate_client::Channel) -> lockgate_client::Result<()> {
@@ -258,6 +284,8 @@ pub struct Consumer {
     tag: String,
     channel: Channel,
     deliveries: DeliveryReceiver,
+    /// Consumed with `no_ack`: its deliveries are settled already.
+    no_ack: bool,
 }
 
 impl fmt::Debug for Consumer {
@@ -270,11 +298,17 @@ impl fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    pub(crate) fn new(tag: String, channel: Channel, deliveries: DeliveryReceiver) -> Self {
+    pub(crate) fn new(
+        tag: String,
+        channel: Channel,
+        deliveries: DeliveryReceiver,
+        no_ack: bool,
+    ) -> Self {
         Self {
             tag,
             channel,
             deliveries,
+            no_ack,
         }
     }
 
@@ -296,6 +330,20 @@ impl Consumer {
     /// The channel's error if it is closed.
     pub async fn cancel(&self) -> Result<()> {
         self.channel.basic_cancel(&self.tag).await
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let unseen = self.deliveries.close();
+        // Cancelled before the unseen deliveries go back: the broker must not
+        // deliver them to this consumer again.
+        self.channel.inner().cancel_dropped(&self.tag);
+        if !self.no_ack {
+            for delivery in unseen.into_iter().flatten() {
+                delivery.requeue_unseen();
+            }
+        }
     }
 }
 

@@ -218,7 +218,7 @@ async fn temporary_channel(conn: &Arc<ConnInner>, link: &Link) -> Result<Channel
         conn.channel_closed(&ch, e.clone());
         return Err(e);
     }
-    Ok(Channel::from_inner(ch))
+    Ok(Channel::from_inner(ch, None))
 }
 
 /// The temporary channel, re-opened if an error closed it.
@@ -235,6 +235,12 @@ async fn restore(conn: &Arc<ConnInner>, session: &Session) -> Result<()> {
         conn.lock_state().channels.values().cloned().collect();
     channels.sort_by_key(|c| c.id);
     for ch in channels.iter().filter(|c| !c.is_closed()) {
+        if !ch.is_held() {
+            // Dropped by the application; its channel.close went with the old
+            // socket. Forgetting it also forgets its consumers.
+            conn.channel_closed(ch, Error::ClientClosed);
+            continue;
+        }
         ch.open(Some(link)).await?;
         let settings = ch.settings();
         if let Some(n) = settings.prefetch_global {

@@ -1103,3 +1103,83 @@ async fn multi_frame_publishes_on_many_channels_keep_order_and_bytes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_header_frame_larger_than_the_consumers_frame_max_is_received() {
+    let broker = common::TestBroker::start();
+    within(async {
+        // The publisher's frame_max allows a 20 KiB header; the broker sends a header frame
+        // whole (as RabbitMQ does), so the consumer's 8 KiB frame_max does not bound it.
+        let publisher = Connection::connect(&broker.uri()).await.unwrap();
+        let uri = format!("{}?frame_max=8192", broker.uri());
+        let consuming = Connection::connect(&uri).await.unwrap();
+        let ch = consuming.open_channel().await.unwrap();
+        let queue = unique("q");
+        declare_queue(&ch, &queue).await;
+        let mut consumer = ch
+            .basic_consume(&queue, "", ConsumeOptions::default(), no_args())
+            .await
+            .unwrap();
+        let mut headers = FieldTable::default();
+        headers.insert("big", FieldValue::LongString(vec![b'h'; 20_000].into()));
+        let properties = BasicProperties {
+            headers: Some(headers.clone()),
+            ..BasicProperties::default()
+        };
+        let pch = publisher.open_channel().await.unwrap();
+        pch.basic_publish(
+            "",
+            &queue,
+            PublishOptions::default(),
+            &properties,
+            &b"body"[..],
+        )
+        .await
+        .unwrap();
+        let d = consumer.next().await.unwrap().unwrap();
+        assert_eq!(d.properties.headers.as_ref(), Some(&headers));
+        assert_eq!(&d.body[..], b"body");
+        d.ack().await.unwrap();
+        assert!(consuming.is_open());
+        consuming.close().await.unwrap();
+        publisher.close().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dropped_consumers_unread_deliveries_go_to_the_next_consumer() {
+    let broker = common::TestBroker::start();
+    within(async {
+        let conn = Connection::connect(&broker.uri()).await.unwrap();
+        let ch = conn.open_channel().await.unwrap();
+        let queue = unique("q");
+        declare_queue(&ch, &queue).await;
+        for n in 1..=5 {
+            publish(&ch, "", &queue, &n.to_string()).await;
+        }
+        let mut first = ch
+            .basic_consume(&queue, "", ConsumeOptions::default(), no_args())
+            .await
+            .unwrap();
+        let kept = first.next().await.unwrap().unwrap();
+        // The channel stays open (and so do the deliveries it holds unacked).
+        drop(first);
+        let mut second = ch
+            .basic_consume(&queue, "", ConsumeOptions::default(), no_args())
+            .await
+            .unwrap();
+        let mut bodies = Vec::new();
+        for _ in 0..4 {
+            let d = second.next().await.unwrap().unwrap();
+            bodies.push(String::from_utf8(d.body.to_vec()).unwrap());
+            d.ack().await.unwrap();
+        }
+        bodies.push(String::from_utf8(kept.body.to_vec()).unwrap());
+        bodies.sort();
+        assert_eq!(bodies, ["1", "2", "3", "4", "5"]);
+        kept.ack().await.unwrap();
+        conn.close().await.unwrap();
+    })
+    .await;
+}

@@ -502,3 +502,372 @@ async fn deliveries_read_whole_or_octet_by_octet_are_the_same() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_publish_made_while_confirm_select_is_pending_is_confirmed() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (selecting, selected) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let select = tokio::spawn({
+                let ch = ch.clone();
+                async move { ch.confirm_select().await }
+            });
+            // confirm.select is on the wire: the broker numbers this publish 1.
+            selected.await.unwrap();
+            let confirmation = ch
+                .basic_publish(
+                    "",
+                    "q",
+                    PublishOptions::default(),
+                    BasicProperties::default(),
+                    "m",
+                )
+                .await
+                .unwrap();
+            assert!(confirmation.is_requested());
+            select.await.unwrap().unwrap();
+            confirmation.await.unwrap();
+            conn.close().await.unwrap();
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::ConfirmSelect(_)));
+        selecting.send(()).unwrap();
+        assert!(matches!(fake.recv().await.1, Method::BasicPublish(_)));
+        fake.send(ch, Method::ConfirmSelectOk(confirm::SelectOk {}))
+            .await;
+        fake.send(
+            ch,
+            Method::BasicAck(basic::Ack {
+                delivery_tag: 1,
+                multiple: false,
+            }),
+        )
+        .await;
+        fake.closed().await;
+        client.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_connection() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            drop(conn);
+            // A channel keeps its connection open.
+            ch.queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .unwrap();
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
+        fake.send(
+            ch,
+            Method::QueueDeclareOk(lockgate_wire::queue::DeclareOk {
+                queue: "q".into(),
+                message_count: 0,
+                consumer_count: 0,
+            }),
+        )
+        .await;
+        client.await.unwrap();
+        // The channel's last handle went first.
+        assert!(matches!(fake.recv().await, (id, Method::ChannelClose(_)) if id == ch));
+        fake.closed().await;
+        // The client lets go of the socket: its reader and writer are gone.
+        assert!(matches!(fake.frames.next().await, None | Some(Err(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_of_a_channel_closes_it() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let mut consumer = ch
+                .basic_consume(
+                    "q",
+                    "ctag",
+                    ConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            // Its consumer, then its delivery, keep the channel open.
+            drop(ch);
+            let delivery = consumer.next().await.unwrap().unwrap();
+            drop(consumer);
+            delivery.ack().await.unwrap();
+            drop(delivery);
+            conn.close().await.unwrap();
+        });
+        let (mut fake, ch) = Fake::consuming(&listener).await;
+        let header = ContentHeader::new(BASIC_CLASS_ID, 1, BasicProperties::default()).unwrap();
+        let deliver = DeliverRef {
+            consumer_tag: "ctag",
+            delivery_tag: 1,
+            redelivered: false,
+            exchange: "",
+            routing_key: "q",
+        };
+        let mut raw = bytes::BytesMut::new();
+        encode_delivery(&mut raw, ch, &deliver, &header, b"m", 131_072).unwrap();
+        fake.frames.get_mut().write_all(&raw).await.unwrap();
+        // Dropping the consumer cancels it; its delivery is still the application's.
+        assert!(matches!(fake.recv().await, (id, Method::BasicCancel(_)) if id == ch));
+        assert!(matches!(fake.recv().await, (id, Method::BasicAck(_)) if id == ch));
+        let (id, close) = fake.recv().await;
+        assert_eq!(id, ch);
+        assert!(
+            matches!(&close, Method::ChannelClose(c) if c.reply_code == 200),
+            "{close:?}"
+        );
+        fake.send(
+            ch,
+            Method::BasicCancelOk(basic::CancelOk {
+                consumer_tag: "ctag".into(),
+            }),
+        )
+        .await;
+        fake.send(ch, Method::ChannelCloseOk(channel::CloseOk {}))
+            .await;
+        fake.closed().await;
+        client.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_abandoned_channel_open_closes_the_channel() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (opening, opened) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let open = tokio::spawn({
+                let conn = conn.clone();
+                async move { conn.open_channel().await }
+            });
+            // channel.open is on the wire; give up waiting for open-ok.
+            opened.await.unwrap();
+            open.abort();
+            assert!(open.await.unwrap_err().is_cancelled());
+            conn.close().await.unwrap();
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let (ch, open) = fake.recv().await;
+        assert!(matches!(open, Method::ChannelOpen(_)), "{open:?}");
+        opening.send(()).unwrap();
+        let (id, close) = fake.recv().await;
+        assert!(
+            matches!(&close, Method::ChannelClose(c) if c.reply_code == 200 && id == ch),
+            "{close:?} on {id}"
+        );
+        fake.send(ch, Method::ChannelOpenOk(channel::OpenOk::default()))
+            .await;
+        fake.send(ch, Method::ChannelCloseOk(channel::CloseOk {}))
+            .await;
+        fake.closed().await;
+        client.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_channel_dropped_before_the_connection_is_lost_is_not_recovered() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
+                .unwrap()
+                .with_recovery(lockgate_client::RecoveryConfig::default());
+            let conn = Connection::connect_with(options).await.unwrap();
+            drop(conn.open_channel().await.unwrap());
+            conn
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let dropped = fake.open_channel().await;
+        assert!(matches!(fake.recv().await, (id, Method::ChannelClose(_)) if id == dropped));
+        let conn = client.await.unwrap();
+        // The connection is lost before the channel's close-ok.
+        drop(fake);
+        let mut fake = Fake::accept(&listener, 0).await;
+        // Recovery opens its own channel for the topology, and not the dropped one.
+        let (id, open) = fake.recv().await;
+        assert!(matches!(open, Method::ChannelOpen(_)), "{open:?}");
+        assert_ne!(id, dropped);
+        fake.send(id, Method::ChannelOpenOk(channel::OpenOk::default()))
+            .await;
+        assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == id));
+        fake.send(id, Method::ChannelCloseOk(channel::CloseOk {}))
+            .await;
+        drop(conn);
+    })
+    .await;
+}
+
+/// Frames of a one-octet delivery of `delivery_tag` to "ctag" on channel `ch`.
+fn delivery_frames(ch: u16, delivery_tag: u64) -> bytes::BytesMut {
+    let header = ContentHeader::new(BASIC_CLASS_ID, 1, BasicProperties::default()).unwrap();
+    let deliver = DeliverRef {
+        consumer_tag: "ctag",
+        delivery_tag,
+        redelivered: false,
+        exchange: "",
+        routing_key: "q",
+    };
+    let mut raw = bytes::BytesMut::new();
+    encode_delivery(&mut raw, ch, &deliver, &header, b"m", 131_072).unwrap();
+    raw
+}
+
+#[tokio::test]
+async fn dropping_a_consumer_cancels_it_and_gives_back_what_it_did_not_yield() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let mut consumer = ch
+                .basic_consume(
+                    "q",
+                    "ctag",
+                    ConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let first = consumer.next().await.unwrap().unwrap();
+            first.ack().await.unwrap();
+            // Its qos-ok follows delivery 2 on the socket: delivery 2 is in the stream now.
+            ch.basic_qos(0, lockgate_client::QosOptions::default())
+                .await
+                .unwrap();
+            drop(consumer);
+            // Answered after delivery 3 and the cancel-ok.
+            ch.basic_qos(0, lockgate_client::QosOptions::default())
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        });
+        let (mut fake, ch) = Fake::consuming(&listener).await;
+        let mut both = delivery_frames(ch, 1);
+        both.extend_from_slice(&delivery_frames(ch, 2));
+        fake.frames.get_mut().write_all(&both).await.unwrap();
+        assert!(matches!(fake.recv().await.1, Method::BasicAck(a) if a.delivery_tag == 1));
+        assert!(matches!(fake.recv().await.1, Method::BasicQos(_)));
+        fake.send(ch, Method::BasicQosOk(basic::QosOk {})).await;
+        let (_, cancel) = fake.recv().await;
+        assert!(
+            matches!(&cancel, Method::BasicCancel(c) if c.consumer_tag == "ctag" && !c.nowait),
+            "{cancel:?}"
+        );
+        let requeued = |m: &Method, tag| {
+            matches!(m, Method::BasicReject(r) if r.delivery_tag == tag && r.requeue)
+        };
+        let (_, reject) = fake.recv().await;
+        assert!(requeued(&reject, 2), "{reject:?}");
+        assert!(matches!(fake.recv().await.1, Method::BasicQos(_)));
+        // A delivery sent before the broker took the cancel goes back too.
+        fake.frames
+            .get_mut()
+            .write_all(&delivery_frames(ch, 3))
+            .await
+            .unwrap();
+        fake.send(
+            ch,
+            Method::BasicCancelOk(basic::CancelOk {
+                consumer_tag: "ctag".into(),
+            }),
+        )
+        .await;
+        fake.send(ch, Method::BasicQosOk(basic::QosOk {})).await;
+        let (_, reject) = fake.recv().await;
+        assert!(requeued(&reject, 3), "{reject:?}");
+        fake.closed().await;
+        client.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_abandoned_consume_is_cancelled_before_its_delivery_goes_back() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (consuming, consumed) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let consume = tokio::spawn({
+                let ch = ch.clone();
+                async move {
+                    ch.basic_consume(
+                        "q",
+                        "ctag",
+                        ConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                }
+            });
+            // basic.consume is on the wire; give up waiting for consume-ok.
+            consumed.await.unwrap();
+            consume.abort();
+            assert!(consume.await.unwrap_err().is_cancelled());
+            // Answered after the consume-ok and its delivery.
+            ch.basic_qos(0, lockgate_client::QosOptions::default())
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::BasicConsume(_)));
+        consuming.send(()).unwrap();
+        assert!(matches!(fake.recv().await.1, Method::BasicQos(_)));
+        fake.send(
+            ch,
+            Method::BasicConsumeOk(basic::ConsumeOk {
+                consumer_tag: "ctag".into(),
+            }),
+        )
+        .await;
+        fake.frames
+            .get_mut()
+            .write_all(&delivery_frames(ch, 1))
+            .await
+            .unwrap();
+        fake.send(ch, Method::BasicQosOk(basic::QosOk {})).await;
+        let (_, cancel) = fake.recv().await;
+        assert!(
+            matches!(&cancel, Method::BasicCancel(c) if c.consumer_tag == "ctag"),
+            "{cancel:?}"
+        );
+        let (_, reject) = fake.recv().await;
+        assert!(
+            matches!(&reject, Method::BasicReject(r) if r.delivery_tag == 1 && r.requeue),
+            "{reject:?}"
+        );
+        fake.send(
+            ch,
+            Method::BasicCancelOk(basic::CancelOk {
+                consumer_tag: "ctag".into(),
+            }),
+        )
+        .await;
+        fake.closed().await;
+        client.await.unwrap();
+    })
+    .await;
+}

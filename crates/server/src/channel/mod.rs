@@ -382,13 +382,17 @@ impl Channel {
     fn expect_method(&self) -> Result<(), AmqpError> {
         match self.content {
             Content::Idle => Ok(()),
+            // As RabbitMQ's rabbit_command_assembler: the error names the publish whose
+            // content the frame broke.
             Content::Header(_) => Err(AmqpError::unexpected_frame(format!(
                 "expected content header for class {BASIC_CLASS_ID}, got non content header \
                  frame instead"
-            ))),
+            ))
+            .on(60, 40)),
             Content::Body { .. } => Err(AmqpError::unexpected_frame(
                 "expected content body, got non content body frame instead",
-            )),
+            )
+            .on(60, 40)),
         }
     }
 
@@ -408,7 +412,8 @@ impl Channel {
             Content::Body { .. } => {
                 return Err(AmqpError::unexpected_frame(
                     "expected content body, got non content body frame instead",
-                ))
+                )
+                .on(60, 40))
             }
         };
         self.check_header(HeaderRef::from(&header))?;
@@ -488,7 +493,8 @@ impl Channel {
                 Content::Header(_) => AmqpError::unexpected_frame(format!(
                     "expected content header for class {BASIC_CLASS_ID}, got non content header \
                      frame instead"
-                )),
+                ))
+                .on(60, 40),
                 _ => AmqpError::unexpected_frame(
                     "expected method frame, got non method frame instead",
                 ),
