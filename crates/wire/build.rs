@@ -481,8 +481,8 @@ fn gen_methods(classes: &[ClassSpec]) -> String {
     for (c, m, v) in &all {
         let _ = writeln!(
             out,
-            "            ({}, {}) => {}::{}::decode_args(&mut r).map(Method::{v}).map_err(|e| e.in_method(\"{}.{}\")),",
-            c.id, m.id, c.name, m.rust, c.name, m.name
+            "            ({}, {}) => {}::{}::decode_args(&mut r).map(Method::{v}).map_err(|e| e.in_method(\"{}.{}\", {}, {})),",
+            c.id, m.id, c.name, m.rust, c.name, m.name, c.id, m.id
         );
     }
     let ids: Vec<String> = classes.iter().map(|c| c.id.to_string()).collect();

@@ -155,6 +155,10 @@ pub enum WireError {
     Method {
         /// The method's spec name (`basic.publish`).
         method: &'static str,
+        /// The method's class id.
+        class_id: u16,
+        /// The method's id within its class.
+        method_id: u16,
         /// What went wrong.
         #[source]
         source: Box<WireError>,
@@ -228,7 +232,8 @@ impl WireError {
     }
 
     /// The (class id, method id) of the method that failed to decode, when known, for the
-    /// `class-id` / `method-id` of the `connection.close` a server sends.
+    /// `class-id` / `method-id` of the `connection.close` a server sends (RabbitMQ names the
+    /// method whose arguments it "cannot decode").
     #[must_use]
     pub fn method_ids(&self) -> Option<(u16, u16)> {
         match self {
@@ -239,15 +244,27 @@ impl WireError {
             | WireError::UnknownMethod {
                 class_id,
                 method_id,
+            }
+            | WireError::Method {
+                class_id,
+                method_id,
+                ..
             } => Some((*class_id, *method_id)),
             _ => None,
         }
     }
 
     /// Wraps a decode error with the method it happened in.
-    pub(crate) fn in_method(self, method: &'static str) -> WireError {
+    pub(crate) fn in_method(
+        self,
+        method: &'static str,
+        class_id: u16,
+        method_id: u16,
+    ) -> WireError {
         WireError::Method {
             method,
+            class_id,
+            method_id,
             source: Box::new(self),
         }
     }

@@ -323,9 +323,12 @@ fn shortstr_running_past_the_end_is_rejected() {
     let payload = b"\x00\x32\x00\x28\x00\x00\xc8abc";
     let err = Method::decode(payload).unwrap_err();
     assert!(
-        matches!(&err, WireError::Method { method: "queue.delete", source } if matches!(**source, WireError::Truncated { need: 200, have: 3, .. })),
+        matches!(&err, WireError::Method { method: "queue.delete", source, .. } if matches!(**source, WireError::Truncated { need: 200, have: 3, .. })),
         "{err}"
     );
+    // RabbitMQ's connection.close names the method it "cannot decode".
+    assert_eq!(err.method_ids(), Some((50, 40)));
+    assert_eq!(err.reply_code(), reply_code::FRAME_ERROR);
 }
 
 #[test]

@@ -334,7 +334,10 @@ async fn serve_halves(
     let frame_max = ctx.config.limits.frame_max;
     let (out, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer::run(write_half, rx, frame_max).in_current_span());
-    let framed = FramedRead::with_capacity(read_half, FrameCodec::new(frame_max), READ_START);
+    // Until tune-ok, frames are held to the spec's minimum frame_max, as RabbitMQ does: a peer
+    // that has not logged in cannot make us reserve the configured frame_max (or, with 0,
+    // more) for a frame it declares.
+    let framed = FramedRead::with_capacity(read_half, FrameCodec::default(), READ_START);
 
     let mut release = ReleaseOnUnwind {
         broker: &ctx.broker,
@@ -384,7 +387,8 @@ struct Connection {
     memory_alarm: bool,
     disk_alarm: bool,
     blocked_sent: bool,
-    /// A basic.publish read while the memory alarm is on, processed once it clears.
+    /// A frame that publishes (see [`publishes`]), read while an alarm is on, processed once it
+    /// clears.
     held: Option<Frame>,
     /// A queue with overflow `block` this connection's last publish filled: nothing more
     /// is read until it has room (the receiver turns true).
@@ -492,10 +496,11 @@ impl Connection {
             return End::Done;
         }
         let code = error.reply_code();
-        self.close_with(AmqpError::new(
-            code,
-            format!("{} - {error}", code_name(code)),
-        ));
+        let mut close = AmqpError::new(code, format!("{} - {error}", code_name(code)));
+        if let Some((class_id, method_id)) = error.method_ids() {
+            close = close.on(class_id, method_id);
+        }
+        self.close_with(close);
         // The stream is out of sync: nothing more can be decoded, so do not wait for close-ok.
         self.closing = None;
         End::Done
@@ -682,7 +687,7 @@ impl Connection {
                             // blocked.
                             liveness.received();
                         }
-                        if liveness.tick() {
+                        if liveness.tick(self.framed.read_buffer().len()) {
                             let timeout_secs = heartbeat.as_secs() * 2;
                             info!(timeout_secs, "missed heartbeats from client, closing");
                             return End::Abort;
@@ -833,7 +838,7 @@ impl Connection {
                 Err(self.close_on_wire_error(&e))
             }
             Some(Ok(frame)) => {
-                if self.memory_blocked && self.closing.is_none() && is_publish(&frame) {
+                if self.memory_blocked && self.closing.is_none() && publishes(&frame) {
                     self.block_publisher(frame);
                     return Ok(());
                 }
@@ -910,7 +915,8 @@ impl Connection {
         }
     }
 
-    /// Holds a basic.publish read while the alarm is on: nothing more is read until it clears.
+    /// Holds a frame that publishes (see [`publishes`]) read while the alarm is on: nothing more
+    /// is read until it clears.
     fn block_publisher(&mut self, frame: Frame) {
         debug!(
             memory = self.memory_alarm,
@@ -1304,12 +1310,17 @@ impl Connection {
     }
 }
 
-fn is_publish(frame: &Frame) -> bool {
+/// Whether an alarm holds `frame`: a basic.publish, and the content frames of a publish already
+/// started. As RabbitMQ (`rabbit_reader:post_process_frame`): otherwise a publisher that
+/// announced large bodies on many channels (up to max_message_size on each) would go on
+/// filling memory, past the alarm, until they are complete.
+fn publishes(frame: &Frame) -> bool {
     matches!(
         frame,
         Frame::Method {
             method: Method::BasicPublish(_),
             ..
-        }
+        } | Frame::Header { .. }
+            | Frame::Body { .. }
     )
 }

@@ -509,6 +509,39 @@ async fn a_blocked_publisher_is_held_however_it_is_read() {
 }
 
 #[tokio::test]
+async fn an_alarm_holds_the_content_of_a_publish_already_started() {
+    let (mut connection, _rx) = connection(full());
+    let mut liveness = Liveness::default();
+    let publish = Publish {
+        split: &[2],
+        ..Publish::default()
+    };
+    let mut started = setup();
+    publish.write_method(&mut started);
+    let mut whole = Vec::new();
+    publish.write(&mut whole);
+    let mut method = Vec::new();
+    publish.write_method(&mut method);
+    let content = &whole[method.len()..];
+
+    let mut buffer = BytesMut::from(&started[..]);
+    while let Ok(true) = connection.on_frames_in(&mut buffer, &mut liveness, None) {}
+    assert!(buffer.is_empty() && connection.held.is_none());
+    connection.memory_blocked = true;
+    buffer.extend_from_slice(content);
+    assert!(matches!(
+        connection.on_frames_in(&mut buffer, &mut liveness, None),
+        Ok(true)
+    ));
+    assert!(
+        matches!(connection.held, Some(Frame::Header { .. })),
+        "the header is held"
+    );
+    assert!(!buffer.is_empty(), "the body frames are left unread");
+    assert_eq!(messages_in(&connection, "q"), Some(0));
+}
+
+#[tokio::test]
 async fn a_whole_publish_takes_the_fast_path_and_a_partial_one_is_left() {
     let (mut connection, _rx) = connection(full());
     let mut liveness = Liveness::default();
