@@ -30,7 +30,12 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 T = TypeVar("T")
 
 
-def eventually(cond: Callable[[], T], timeout: float = 5.0, interval: float = 0.02,
+# How long a condition expected within milliseconds may take on a loaded machine before a test
+# fails: generous, since it costs nothing while the condition comes on time.
+WAIT = 20.0
+
+
+def eventually(cond: Callable[[], T], timeout: float = WAIT, interval: float = 0.02,
                message: str = "condition") -> T:
     """Poll `cond` until it returns a truthy value, and return that value.
 
@@ -157,7 +162,7 @@ class LockgateProcess:
         with self._lock:
             return "".join(self._lines[since:])
 
-    def wait_for_log(self, pattern: str, timeout: float = 5.0, since: int = 0) -> str:
+    def wait_for_log(self, pattern: str, timeout: float = WAIT, since: int = 0) -> str:
         rx = re.compile(pattern)
 
         def find():
@@ -180,7 +185,10 @@ class LockgateProcess:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout=timeout)
+        """Waits for the process to exit and for its log to hold everything it wrote."""
+        status = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)
+        return status
 
     def stop(self) -> Optional[int]:
         """SIGTERM, then SIGKILL after 10s. Returns the exit status."""
@@ -249,7 +257,7 @@ class Collector:
         return len(self.messages)
 
 
-def pump(conns, cond: Callable[[], T], timeout: float = 5.0, message: str = "condition") -> T:
+def pump(conns, cond: Callable[[], T], timeout: float = WAIT, message: str = "condition") -> T:
     """Run the I/O loop of every connection in `conns` until `cond()` is truthy."""
     if not isinstance(conns, (list, tuple)):
         conns = [conns]

@@ -113,7 +113,8 @@ def test_dashboard_shows_what_the_api_says_and_updates_live(env):
             value = float(browser.eval(CARDS_JS)["publish_rate"])
             return value if value > 0 else None
 
-        eventually(rate_shown, timeout=20, interval=0.5, message="publish rate on the page")
+        # Two samples of the 5 s rate sampler, then a page refresh.
+        eventually(rate_shown, timeout=30, interval=0.5, message="publish rate on the page")
         api_rate = api.get("/api/overview")["message_stats"]["publish_details"]["rate"]
         assert api_rate > 0
         polyline = browser.eval("document.getElementById('line-publish').getAttribute('points')")

@@ -151,7 +151,7 @@ def test_policy_applies_and_a_client_argument_wins(started):
     for name in ("ttl.policy", "ttl.own", "other"):
         ch.basic_publish("", name, b"m")
     eventually(lambda: ch.queue_declare("ttl.policy", passive=True).method.message_count == 0,
-               timeout=5, message="message expired by the policy's message-ttl")
+               message="message expired by the policy's message-ttl")
     assert ch.queue_declare("ttl.own", passive=True).method.message_count == 1
     assert ch.queue_declare("other", passive=True).method.message_count == 1
     conn.close()
@@ -202,7 +202,7 @@ def test_a_policy_ttl_changed_by_a_reload_expires_messages_already_queued(starte
     mark = b.reload(HEAD + TOPOLOGY)
     b.proc.wait_for_log(r"SIGHUP: config file reloaded", since=mark, timeout=10)
     eventually(lambda: ch.queue_declare("ttl.existing", passive=True).method.message_count == 0,
-               timeout=5, message="the message queued before the reload expired by the new TTL")
+               message="the message queued before the reload expired by the new TTL")
     assert ch.basic_get("ttl.existing", auto_ack=True)[2] is None
     assert ch.queue_declare("kept.existing", passive=True).method.message_count == 1
     conn.close()

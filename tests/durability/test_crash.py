@@ -76,7 +76,9 @@ def test_confirmed_messages_survive_repeated_sigkill(tmp_path):
             delivered_flushed: set[int] = set()
             deadline = time.monotonic() + rng.uniform(0.3, 1.5)
             taken = 0
-            while time.monotonic() < deadline:
+            # Until a random moment, and on a slow machine until the cycle had some confirms.
+            while time.monotonic() < deadline or (len(publisher.confirmed) < 15
+                                                  and publisher.is_alive()):
                 method, _, body = ch.basic_get("crash", auto_ack=False)
                 if method is None:
                     time.sleep(0.005)

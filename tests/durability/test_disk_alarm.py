@@ -16,14 +16,14 @@ def test_publishers_are_blocked_below_the_free_disk_limit(tmp_path):
     p = LockgateProcess(config='[disk]\nfree_limit = "1000TB"\n', log_level="info",
                         data_dir=tmp_path / "data")
     try:
-        p.wait_for_log("disk alarm", timeout=5)
+        p.wait_for_log("disk alarm")
         conn = p.broker().connect()
         blocked = []
         conn.add_on_connection_blocked_callback(lambda _c, frame: blocked.append(frame))
         ch = conn.channel()
         ch.queue_declare("q")
         ch.basic_publish("", "q", b"held")
-        eventually(lambda: conn.process_data_events(0.05) or blocked, timeout=5,
+        eventually(lambda: conn.process_data_events(0.05) or blocked,
                    message="connection.blocked")
         assert blocked[0].method.reason == "low on disk"
         # Another connection still consumes and declares: only publishing is held.

@@ -172,7 +172,7 @@ def test_connections_channels_consumers_and_ages(api, broker):
             cs = [c for c in api.get("/api/consumers") if c["queue"]["name"] == name]
             return cs if cs and cs[0]["messages_unacknowledged"] == 4 else None
 
-        c = eventually(consumer, timeout=5)[0]
+        c = eventually(consumer)[0]
         assert c["consumer_tag"] == "ctag-1" and c["prefetch_count"] == 4
         assert c["ack_required"] is True and c["exclusive"] is False
         assert c["oldest_unacked_age_seconds"] >= 0
@@ -218,7 +218,7 @@ def test_connections_channels_consumers_and_ages(api, broker):
         assert closed.value.reply_code == 320
         assert "maintenance" in closed.value.reply_text
         eventually(lambda: not [x for x in api.get("/api/connections")
-                                if x["name"] == cinfo["name"]], timeout=5)
+                                if x["name"] == cinfo["name"]])
         # The unacked deliveries went back to the queue.
         eventually(lambda: api.get(f"/api/queues/%2F/{name}")["messages_ready"] == 10)
     finally:
@@ -245,7 +245,8 @@ def test_message_rates(api, broker):
             stats = api.get(f"/api/queues/%2F/{name}")["message_stats"]
             return stats if stats["publish_details"]["rate"] > 0 else None
 
-        stats = eventually(traffic_and_rates, timeout=15, interval=0.5)
+        # Rates need two samples of the 5 s sampler after the queue appears: ~10 s.
+        stats = eventually(traffic_and_rates, timeout=30, interval=0.5)
         assert stats["deliver_get_details"]["rate"] > 0 and stats["ack_details"]["rate"] > 0
         assert stats["publish"] >= 50 and stats["ack"] == stats["deliver_get"]
         assert api.get("/api/overview")["message_stats"]["publish_details"]["rate"] > 0
@@ -296,7 +297,7 @@ def test_memory_alarm_fails_the_alarm_and_ready_checks():
         ch.basic_publish("", name, b"x" * 10000)
         _, body, _ = eventually(
             lambda: only_if(api.request("GET", "/api/health/checks/alarms"),
-                            lambda r: r[0] == 503), timeout=5)
+                            lambda r: r[0] == 503))
         assert body["status"] == "failed" and body["alarms"][0]["resource"] == "memory"
         assert api.request("GET", "/api/health/checks/ready")[0] == 503
         assert api.get("/api/overview")["memory"]["alarm"] is True
@@ -363,7 +364,7 @@ def test_spilled_bytes_are_reported():
         # While a batch is being written it is briefly in neither list: wait for a settled view.
         info = eventually(lambda: only_if(
             api.get(f"/api/queues/%2F/{name}"),
-            lambda i: i["messages_paged_out"] > 0 and i["messages_ready"] == 600), timeout=10)
+            lambda i: i["messages_paged_out"] > 0 and i["messages_ready"] == 600))
         assert info["message_bytes_paged_out"] > 0
         assert info["message_bytes_ram"] < info["message_bytes"]
         assert info["messages_ready_ram"] + info["messages_paged_out"] == 600
@@ -413,7 +414,8 @@ def test_depth_rate_follows_a_growing_queue(api, broker):
             info = api.get(f"/api/queues/%2F/{name}")
             return info if info["messages_details"]["rate"] > 0 else None
 
-        info = eventually(growing, timeout=15, interval=0.5)
+        # Two samples of the 5 s sampler after the queue appears: ~10 s.
+        info = eventually(growing, timeout=30, interval=0.5)
         assert info["messages"] >= 20
         assert api.get("/api/overview")["queue_totals"]["messages_details"]["rate"] != 0
     finally:

@@ -70,7 +70,7 @@ def ch(server):
 
 def counted(server: Server, queue: str, field: str, metric: str, expected: int) -> None:
     """Both the API field and the metric reach `expected` (and stay exact)."""
-    eventually(lambda: server.queue(queue)[field] == expected, timeout=5,
+    eventually(lambda: server.queue(queue)[field] == expected,
                message=f"{field} == {expected} (got {server.queue(queue)[field]})")
     assert server.metric(metric, queue) == expected
 
@@ -83,7 +83,7 @@ def test_expired_and_dead_lettered(server, ch):
     for i in range(3):
         ch.basic_publish("", name, b"%d" % i)
     eventually(lambda: ch.queue_declare(dlq, passive=True).method.message_count == 3,
-               timeout=5, message="3 messages dead-lettered")
+               message="3 messages dead-lettered")
     counted(server, name, "messages_expired", "lockgate_queue_messages_expired_total", 3)
     counted(server, name, "messages_dead_lettered",
             "lockgate_queue_messages_dead_lettered_total", 3)
@@ -112,9 +112,9 @@ def test_ack_timeout_redeliveries(server, ch):
     ch.basic_consume(name, lambda c, m, p, b: deliveries.append(m.redelivered))
     # Never acked: taken back after 200 ms and delivered again (redelivered=true).
     eventually(lambda: ch.connection.process_data_events(0.05) or len(deliveries) >= 2,
-               timeout=5, message="a redelivery after the consumer timeout")
+               message="a redelivery after the consumer timeout")
     assert deliveries[:2] == [False, True]
-    eventually(lambda: server.queue(name)["ack_timeout_redeliveries"] >= 1, timeout=5,
+    eventually(lambda: server.queue(name)["ack_timeout_redeliveries"] >= 1,
                message="ack_timeout_redeliveries counted")
     assert server.metric("lockgate_queue_ack_timeout_redeliveries_total", name) >= 1
     assert server.metric("lockgate_ack_timeout_redeliveries_total") >= 1

@@ -49,7 +49,7 @@ import pika
 from lockgate_harness import Broker, settle, unique
 
 READY, UNACKED, SETTLED = "ready", "unacked", "settled"
-SYNC_TIMEOUT = 5.0
+SYNC_TIMEOUT = 20.0  # generous: a loaded machine may page spilled queues in slowly
 # The tail of the log kept in a failure message; the whole log goes to the file hunt.py writes.
 LOG_TAIL = 250
 PATTERN = bytes(range(251)) * 1000

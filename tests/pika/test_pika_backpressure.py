@@ -20,7 +20,7 @@ def publish_until_blocked(conn, ch, queue, events) -> int:
         sent += 1
         conn.process_data_events(time_limit=0)
         if not events and sent * len(BODY) >= 2 * WATERMARK:
-            pump(conn, lambda: events, timeout=5, message="connection.blocked")
+            pump(conn, lambda: events, message="connection.blocked")
     return sent
 
 

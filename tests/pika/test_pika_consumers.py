@@ -161,7 +161,7 @@ def test_reusing_a_consumer_tag_is_530(conn):
     # pika refuses a duplicate tag itself, so go below its BlockingChannel bookkeeping.
     ch._impl._send_method(pika.spec.Basic.Consume(queue=q, consumer_tag="dup"))
     with pytest.raises(pe.ConnectionClosedByBroker) as info:
-        pump(conn, lambda: False, timeout=5)
+        pump(conn, lambda: False)
     assert info.value.reply_code == 530
     assert info.value.reply_text == "NOT_ALLOWED - attempt to reuse consumer tag 'dup'"
 

@@ -166,7 +166,7 @@ def test_a_mandatory_publish_whose_queue_went_before_the_commit_is_returned_then
     ch.basic_publish("", q, b"m", mandatory=True)
     admin.queue_delete(q)
     ch.tx_commit()
-    pump(conn, lambda: returned, timeout=5, message="basic.return")
+    pump(conn, lambda: returned, message="basic.return")
     assert returned == [(312, b"m")]
 
 
@@ -192,7 +192,7 @@ def give_up_blocked(conn) -> None:
     """A connection the alarm blocks for good is not read any more: like a client with a
     blocked-connection timeout, drop it (so the broker's shutdown need not wait for it)."""
     with pytest.raises(pe.ConnectionBlockedTimeout):
-        pump(conn, lambda: False, timeout=5)
+        pump(conn, lambda: False)
 
 
 @pytest.mark.lockgate_only
@@ -210,7 +210,7 @@ def test_uncommitted_publishes_raise_the_memory_alarm(lockgate):
         sent += 1
         conn.process_data_events(time_limit=0)
         if not blocked and sent * len(BODY) >= 2 * WATERMARK:
-            pump(conn, lambda: blocked, timeout=5, message="connection.blocked")
+            pump(conn, lambda: blocked, message="connection.blocked")
     assert sent * len(BODY) >= WATERMARK
     # Its own uncommitted publishes hold the alarm on: as with RabbitMQ, it stays blocked.
     give_up_blocked(conn)
@@ -272,8 +272,8 @@ def test_returns_a_client_does_not_read_raise_the_memory_alarm(lockgate):
     probe.add_on_connection_blocked_callback(lambda *_: blocked.append(True))
     probe.add_on_connection_unblocked_callback(lambda *_: blocked.append(False))
     probe.channel().basic_publish("", "nowhere", b"p")
-    pump(probe, lambda: blocked, timeout=5, message="connection.blocked")
+    pump(probe, lambda: blocked, message="connection.blocked")
     # The client gone, its returns go with its writer: the alarm clears.
     r.close()
-    pump(probe, lambda: blocked[-1] is False, timeout=5, message="connection.unblocked")
+    pump(probe, lambda: blocked[-1] is False, message="connection.unblocked")
     probe.close()

@@ -28,12 +28,11 @@ def delay(ms):
     return pika.BasicProperties(headers={"x-delay": ms})
 
 
-def arrivals(conn, ch, q, count, timeout=5.0):
+def arrivals(conn, ch, q, count):
     """Consumes `count` messages from `q`; returns [(body, monotonic arrival time)]."""
     got = []
     ch.basic_consume(q, lambda c, m, p, b: got.append((b, time.monotonic())), auto_ack=True)
-    pump(conn, lambda: len(got) >= count, timeout=timeout,
-         message=f"{count} deliveries from {q}")
+    pump(conn, lambda: len(got) >= count, message=f"{count} deliveries from {q}")
     return got
 
 
@@ -45,7 +44,9 @@ def test_message_is_delivered_after_its_delay_not_before(conn, ch, name):
     [(body, at)] = arrivals(conn, ch, q, 1)
     assert body == b"later"
     elapsed = at - sent
-    assert 0.35 <= elapsed < 3.0, elapsed
+    # Not before its delay; the upper bound only rules out a message that waits for something
+    # else (a loaded machine may deliver it seconds late).
+    assert 0.35 <= elapsed < 10.0, elapsed
 
 
 def test_a_delayed_message_carries_a_negated_x_delay(conn, ch, name):

@@ -18,20 +18,22 @@ def test_unacked_delivery_is_requeued_for_the_next_consumer(connections, name):
     slow_conn, fast_conn = connections(), connections()
     slow = slow_conn.channel()
     q = name("timeout")
-    slow.queue_declare(q, arguments={"x-consumer-timeout": 200})
+    # Long enough for the next consumer to subscribe before the timeout, on a loaded machine.
+    slow.queue_declare(q, arguments={"x-consumer-timeout": 1000})
     slow.basic_qos(prefetch_count=1)
     hung = Collector()  # never acks
     slow.basic_consume(q, hung)
+    published = time.monotonic()
     slow.basic_publish("", q, b"job")
     pump(slow_conn, lambda: len(hung) == 1, message="first delivery")
-    started = time.monotonic()
     assert hung.messages[0][0].redelivered is False
 
     fast = fast_conn.channel()
     got = Collector(ack=True)
     fast.basic_consume(q, got)
     pump([slow_conn, fast_conn], lambda: len(got) == 1, message="redelivered to the next consumer")
-    assert time.monotonic() - started >= 0.15
+    assert time.monotonic() - published >= 0.95
+    assert len(hung) == 1
     method, props, body = got.messages[0]
     assert body == b"job"
     assert method.redelivered is True
