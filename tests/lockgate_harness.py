@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,19 @@ def drain(ch, queue: str, limit: int = 10_000) -> list[bytes]:
             return bodies
         bodies.append(body)
     raise AssertionError(f"queue {queue} did not drain within {limit} messages")
+
+
+def messages_memory(broker) -> int:
+    """The broker's counted message memory, what the memory alarm compares with the watermark,
+    read from its Prometheus endpoint (the broker needs `[metrics] listen = "127.0.0.1:0"`)."""
+    line = broker.process.wait_for_log(r"serving Prometheus metrics")
+    addr = re.search(r"metrics_addr=([0-9.]+:[0-9]+)", line)
+    assert addr, line
+    with urllib.request.urlopen(f"http://{addr.group(1)}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    used = re.search(r"^lockgate_messages_memory_bytes (\S+)$", text, re.MULTILINE)
+    assert used, text
+    return int(float(used.group(1)))
 
 
 def queue_exists(conn: pika.BlockingConnection, queue: str) -> bool:

@@ -3,13 +3,10 @@ arrives, not only once it is complete: otherwise a client could hold up to max_m
 every channel of every connection without the memory alarm ever seeing it. The charge goes with
 the connection, and a completed message is counted once."""
 
-import re
-import urllib.request
-
 import pytest
 
 import amqp_raw as raw
-from lockgate_harness import eventually, pump, queue_count
+from lockgate_harness import eventually, messages_memory, pump, queue_count
 
 pytestmark = pytest.mark.lockgate_only
 
@@ -20,23 +17,11 @@ CHANNELS = 3
 ANNOUNCED = 8 * 1024 * 1024
 
 
-def memory_used(broker) -> int:
-    """The broker's counted message memory (what the alarm compares with the watermark)."""
-    line = broker.process.wait_for_log(r"serving Prometheus metrics")
-    addr = re.search(r"metrics_addr=([0-9.]+:[0-9]+)", line)
-    assert addr, line
-    with urllib.request.urlopen(f"http://{addr.group(1)}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    used = re.search(r"^lockgate_messages_memory_bytes (\S+)$", text, re.MULTILINE)
-    assert used, text
-    return int(float(used.group(1)))
-
-
 def start_bodies(r: raw.RawConnection, per_channel: int) -> int:
     """Opens CHANNELS channels, each with a publish announcing ANNOUNCED octets, then sends
-    `per_channel` octets of each body in full frames. The publishes go first: the alarm holds a
-    connection at its next basic.publish, and every body frame must be read. Returns the
-    octets sent."""
+    `per_channel` octets of each body in full frames. Returns the octets sent. Once on, the alarm
+    holds a connection at its next publish or content frame: sized as the tests size them, the
+    octets cross the watermark only with the last frame, so every frame is read."""
     chunk = r.frame_max - 8
     for channel in range(1, CHANNELS + 1):
         r.open_channel(channel)
@@ -54,7 +39,7 @@ def test_unfinished_bodies_raise_the_memory_alarm_until_their_connection_goes(lo
     r.handshake()
     sent = start_bodies(r, WATERMARK // CHANNELS + r.frame_max)
     assert sent >= WATERMARK
-    eventually(lambda: memory_used(b) == sent, timeout=10,
+    eventually(lambda: messages_memory(b) == sent, timeout=10,
                message=f"the {sent} octets of unfinished bodies counted")
     # Another publisher is blocked by the alarm, and told so.
     probe = b.connect()
@@ -71,7 +56,7 @@ def test_unfinished_bodies_raise_the_memory_alarm_until_their_connection_goes(lo
         assert r.expect_connection_close().reply_code == 505
         r.close()
     pump(probe, lambda: blocked[-1] is False, timeout=10, message="connection.unblocked")
-    eventually(lambda: memory_used(b) == 0, timeout=10, message="the charge released")
+    eventually(lambda: messages_memory(b) == 0, timeout=10, message="the charge released")
     probe.close()
 
 
@@ -90,14 +75,14 @@ def test_a_body_completed_is_counted_once_and_released_with_its_message(lockgate
         half = 4 * chunk
         for at in range(0, half, chunk):
             r.send(raw.body_frame(1, body[at:at + chunk]))
-        eventually(lambda: memory_used(b) == half, timeout=10, message="half the body counted")
+        eventually(lambda: messages_memory(b) == half, timeout=10, message="half the body counted")
         for at in range(half, size, chunk):
             r.send(raw.body_frame(1, body[at:at + chunk]))
         eventually(lambda: queue_count(conn, "q") == 1, timeout=10, message="the message queued")
         # The message's own charge (body and properties), not the parts as well.
-        used = memory_used(b)
+        used = messages_memory(b)
         assert size <= used < size + 64, f"{used} octets counted for a {size}-octet message"
         _, _, got = ch.basic_get("q", auto_ack=True)
         assert got == body
-        eventually(lambda: memory_used(b) == 0, timeout=10, message="the charge released")
+        eventually(lambda: messages_memory(b) == 0, timeout=10, message="the charge released")
     conn.close()

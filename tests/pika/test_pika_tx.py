@@ -20,22 +20,6 @@ WATERMARK = 1024 * 1024
 BODY = b"x" * (64 * 1024)
 
 
-@pytest.fixture
-def rawconn(broker):
-    conns = []
-
-    def connect():
-        c = raw.RawConnection(broker.host, broker.port)
-        conns.append(c)
-        c.handshake(vhost=broker.vhost, user=broker.user, password=broker.password)
-        c.open_channel(1)
-        return c
-
-    yield connect
-    for c in conns:
-        c.close()
-
-
 def publish(c: raw.RawConnection, exchange: str, routing_key: str, body: bytes = b"m") -> None:
     c.send(raw.basic_publish(1, exchange, routing_key) + raw.content_header(1, len(body))
            + raw.body_frame(1, body))
@@ -61,6 +45,7 @@ def test_a_publish_that_cannot_route_fails_at_basic_publish_and_nothing_is_commi
         ch.queue_bind(q, exchange)
     try:
         c = rawconn()
+        c.open_channel(1)
         tx_select(c)
         publish(c, "", q)
         publish(c, exchange, q)
@@ -82,6 +67,7 @@ def test_an_ack_of_an_unknown_tag_fails_at_basic_ack_and_nothing_is_committed(
     ch.queue_declare(q, auto_delete=False)
     try:
         c = rawconn()
+        c.open_channel(1)
         tx_select(c)
         publish(c, "", q)
         c.send(raw.method_frame(1, *BASIC_ACK, struct.pack(">QB", 99, 0)))

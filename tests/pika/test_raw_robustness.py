@@ -10,52 +10,18 @@ accept either. The `lockgate_only` cases say why lockgate differs."""
 
 from __future__ import annotations
 
-import re
 import socket
 import struct
 import threading
 import time
-import urllib.request
 
 import pytest
 
 import amqp_raw as raw
-from lockgate_harness import drain, eventually, queue_exists, unique
+from lockgate_harness import drain, eventually, messages_memory, queue_exists, unique
 
 TUNE_OK = (10, 31)
 OPEN_OK = (10, 41)
-
-
-@pytest.fixture
-def witness(conn):
-    """A pika channel with a queue: after each raw case it must still work."""
-    ch = conn.channel()
-    q = ch.queue_declare("", exclusive=True).method.queue
-
-    def check():
-        assert conn.is_open and ch.is_open
-        ch.basic_publish("", q, b"still here")
-        assert drain(ch, q) == [b"still here"]
-
-    check()
-    return check
-
-
-@pytest.fixture
-def rawconn(broker):
-    conns = []
-
-    def connect(handshake=True, timeout=10.0, **kwargs):
-        c = raw.RawConnection(broker.host, broker.port, timeout=timeout)
-        conns.append(c)
-        if handshake:
-            c.handshake(vhost=broker.vhost, user=broker.user, password=broker.password,
-                        **kwargs)
-        return c
-
-    yield connect
-    for c in conns:
-        c.close()
 
 
 def replies(c: raw.RawConnection) -> list[raw.Frame]:
@@ -529,18 +495,6 @@ WATERMARK = 1024 * 1024
 METRICS = '[metrics]\nlisten = "127.0.0.1:0"\n'
 
 
-def memory_used(broker) -> int:
-    """The broker's counted message memory (what the alarm compares with the watermark)."""
-    line = broker.process.wait_for_log(r"serving Prometheus metrics")
-    addr = re.search(r"metrics_addr=([0-9.]+:[0-9]+)", line)
-    assert addr, line
-    with urllib.request.urlopen(f"http://{addr.group(1)}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    used = re.search(r"^lockgate_messages_memory_bytes (\S+)$", text, re.MULTILINE)
-    assert used, text
-    return int(float(used.group(1)))
-
-
 @pytest.mark.lockgate_only
 def test_the_memory_alarm_stops_reading_bodies_already_announced(lockgate):
     """Publishes announced on many channels, then their bodies: once the alarm is on, the
@@ -575,13 +529,13 @@ def test_the_memory_alarm_stops_reading_bodies_already_announced(lockgate):
                 sent += len(frames)
         except (TimeoutError, socket.timeout):
             pass
-        eventually(lambda: memory_used(b) >= WATERMARK, message="the alarm's watermark reached")
-        used = memory_used(b)
+        eventually(lambda: messages_memory(b) >= WATERMARK, message="the alarm's watermark reached")
+        used = messages_memory(b)
         assert used < 2 * WATERMARK, f"{used} octets of partial bodies read past the alarm"
         # Other connections are served meanwhile (their publishes wait for the alarm).
         assert wch.queue_declare(wq, passive=True).method.message_count == 0
     finally:
         c.close()
-    eventually(lambda: memory_used(b) == 0, message="the partial bodies released")
+    eventually(lambda: messages_memory(b) == 0, message="the partial bodies released")
     witness.close()
     assert b.process.alive()

@@ -9,38 +9,6 @@ import time
 import pytest
 
 import amqp_raw as raw
-from lockgate_harness import drain
-
-
-@pytest.fixture
-def witness(conn):
-    """A pika channel with a queue: after each raw case it must still work."""
-    ch = conn.channel()
-    q = ch.queue_declare("", exclusive=True).method.queue
-
-    def check():
-        assert conn.is_open and ch.is_open
-        ch.basic_publish("", q, b"still here")
-        assert drain(ch, q) == [b"still here"]
-
-    check()
-    return check
-
-
-@pytest.fixture
-def rawconn(broker):
-    conns = []
-
-    def connect(handshake=True):
-        c = raw.RawConnection(broker.host, broker.port)
-        conns.append(c)
-        if handshake:
-            c.handshake(vhost=broker.vhost, user=broker.user, password=broker.password)
-        return c
-
-    yield connect
-    for c in conns:
-        c.close()
 
 
 @pytest.mark.parametrize("greeting", [

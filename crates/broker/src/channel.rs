@@ -964,12 +964,10 @@ mod tests {
 
     #[test]
     fn acked_deliveries_do_not_keep_their_timeout_deadlines() {
-        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
         let args: FieldTable = [("x-consumer-timeout".to_owned(), FieldValue::I64(1_800_000))]
             .into_iter()
             .collect();
-        v.declare_queue(ConnectionId(1), "q", QueueFlags::default(), args)
-            .unwrap();
+        let v = vhost_with_queue(args);
         let mut ch = Channel::discarding(&v);
         ch.consume("q", "c", false, false, &FieldTable::default(), |_| {})
             .unwrap();
@@ -984,17 +982,18 @@ mod tests {
         assert!(st.timeouts.len() <= 1025, "{} deadlines", st.timeouts.len());
     }
 
+    /// A broker's vhost "/" with a queue "q" declared with `arguments`.
+    fn vhost_with_queue(arguments: FieldTable) -> Arc<VHost> {
+        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
+        v.declare_queue(ConnectionId(1), "q", QueueFlags::default(), arguments)
+            .unwrap();
+        v
+    }
+
     /// A channel consuming from "q", whose consumer timeout a policy set to `ms`, with
     /// `count` deliveries outstanding (tags 1..=count).
     fn delivered_under_timeout(ms: u64, count: u64) -> (Arc<VHost>, Channel) {
-        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
-        v.declare_queue(
-            ConnectionId(1),
-            "q",
-            QueueFlags::default(),
-            FieldTable::default(),
-        )
-        .unwrap();
+        let v = vhost_with_queue(FieldTable::default());
         set_timeout(&v, ms);
         let mut ch = Channel::discarding(&v);
         ch.consume("q", "c", false, false, &FieldTable::default(), |_| {})
@@ -1067,14 +1066,7 @@ mod tests {
 
     #[test]
     fn settlements_held_by_a_transaction_go_back_in_tag_order_on_rollback() {
-        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
-        v.declare_queue(
-            ConnectionId(1),
-            "q",
-            QueueFlags::default(),
-            FieldTable::default(),
-        )
-        .unwrap();
+        let v = vhost_with_queue(FieldTable::default());
         let mut ch = Channel::discarding(&v);
         let header = ContentHeader::new(60, 1, BasicProperties::default()).unwrap();
         for _ in 0..5 {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use lockgate_client::{
-    BasicProperties, Connection, ConsumeOptions, Delivery, Error, FieldTable, PublishOptions,
-    QueueDeclareOptions,
+    BasicProperties, Channel, Connection, ConsumeOptions, Consumer, Delivery, Error, FieldTable,
+    PublishOptions, QueueDeclareOptions,
 };
 use lockgate_wire::{
     basic, channel, confirm, connection, encode_delivery, ContentHeader, DeliverRef, Frame,
@@ -134,6 +134,17 @@ async fn listener() -> (TcpListener, String) {
     (listener, uri)
 }
 
+/// Consumes queue "q" as "ctag" on `ch`: the consumer [`Fake::consuming`] expects.
+async fn consume_q(ch: &Channel) -> lockgate_client::Result<Consumer> {
+    ch.basic_consume(
+        "q",
+        "ctag",
+        ConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// A client that consumes queue "q" as "ctag" on a new channel, keeps what `keep` takes of
 /// its first `n` deliveries, then closes the connection (see [`Fake::consuming`]).
 fn consume<T: Send + 'static>(
@@ -144,15 +155,7 @@ fn consume<T: Send + 'static>(
     tokio::spawn(async move {
         let conn = Connection::connect(&uri).await.unwrap();
         let ch = conn.open_channel().await.unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                "q",
-                "ctag",
-                ConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let mut consumer = consume_q(&ch).await.unwrap();
         let mut got = Vec::new();
         for _ in 0..n {
             got.push(keep(consumer.next().await.unwrap().unwrap()));
@@ -595,15 +598,7 @@ async fn dropping_the_last_handle_of_a_channel_closes_it() {
         let client = tokio::spawn(async move {
             let conn = Connection::connect(&uri).await.unwrap();
             let ch = conn.open_channel().await.unwrap();
-            let mut consumer = ch
-                .basic_consume(
-                    "q",
-                    "ctag",
-                    ConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
+            let mut consumer = consume_q(&ch).await.unwrap();
             // Its consumer, then its delivery, keep the channel open.
             drop(ch);
             let delivery = consumer.next().await.unwrap().unwrap();
@@ -613,17 +608,11 @@ async fn dropping_the_last_handle_of_a_channel_closes_it() {
             conn.close().await.unwrap();
         });
         let (mut fake, ch) = Fake::consuming(&listener).await;
-        let header = ContentHeader::new(BASIC_CLASS_ID, 1, BasicProperties::default()).unwrap();
-        let deliver = DeliverRef {
-            consumer_tag: "ctag",
-            delivery_tag: 1,
-            redelivered: false,
-            exchange: "",
-            routing_key: "q",
-        };
-        let mut raw = bytes::BytesMut::new();
-        encode_delivery(&mut raw, ch, &deliver, &header, b"m", 131_072).unwrap();
-        fake.frames.get_mut().write_all(&raw).await.unwrap();
+        fake.frames
+            .get_mut()
+            .write_all(&delivery_frames(ch, 1))
+            .await
+            .unwrap();
         // Dropping the consumer cancels it; its delivery is still the application's.
         assert!(matches!(fake.recv().await, (id, Method::BasicCancel(_)) if id == ch));
         assert!(matches!(fake.recv().await, (id, Method::BasicAck(_)) if id == ch));
@@ -739,15 +728,7 @@ async fn dropping_a_consumer_cancels_it_and_gives_back_what_it_did_not_yield() {
         let client = tokio::spawn(async move {
             let conn = Connection::connect(&uri).await.unwrap();
             let ch = conn.open_channel().await.unwrap();
-            let mut consumer = ch
-                .basic_consume(
-                    "q",
-                    "ctag",
-                    ConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
+            let mut consumer = consume_q(&ch).await.unwrap();
             let first = consumer.next().await.unwrap().unwrap();
             first.ack().await.unwrap();
             // Its qos-ok follows delivery 2 on the socket: delivery 2 is in the stream now.
@@ -811,15 +792,7 @@ async fn an_abandoned_consume_is_cancelled_before_its_delivery_goes_back() {
             let ch = conn.open_channel().await.unwrap();
             let consume = tokio::spawn({
                 let ch = ch.clone();
-                async move {
-                    ch.basic_consume(
-                        "q",
-                        "ctag",
-                        ConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                }
+                async move { consume_q(&ch).await }
             });
             // basic.consume is on the wire; give up waiting for consume-ok.
             consumed.await.unwrap();
