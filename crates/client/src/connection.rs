@@ -124,6 +124,9 @@ pub(crate) struct ConnInner {
     pub(crate) topology: Mutex<Topology>,
     next_epoch: AtomicU64,
     closed: watch::Sender<bool>,
+    /// The reason of the broker's `connection.blocked`, until `connection.unblocked` or a new
+    /// session.
+    pub(crate) blocked: watch::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for ConnInner {
@@ -157,6 +160,7 @@ impl Connection {
     pub async fn connect_with(options: ConnectionOptions) -> Result<Connection> {
         let established = handshake(&options).await?;
         let (closed, _) = watch::channel(false);
+        let (blocked, _) = watch::channel(None);
         let inner = Arc::new(ConnInner {
             options,
             state: Mutex::new(ConnState {
@@ -170,6 +174,7 @@ impl Connection {
             topology: Mutex::new(Topology::default()),
             next_epoch: AtomicU64::new(1),
             closed,
+            blocked,
         });
         inner.start_session(established);
         let holder = Arc::new(Holder {
@@ -242,6 +247,29 @@ impl Connection {
         match &self.inner.lock_state().status {
             Status::Closed(e) => Some(e.clone()),
             _ => None,
+        }
+    }
+
+    /// Why the broker has blocked publishing on this connection, or `None`: the reason of its
+    /// `connection.blocked` (sent while one of its resource alarms is on, e.g. `"low on
+    /// memory"`), until `connection.unblocked`. Publishes are not refused meanwhile: they wait,
+    /// and with them every call on the connection.
+    pub fn blocked(&self) -> Option<String> {
+        self.inner.blocked.borrow().clone()
+    }
+
+    /// Waits until the broker does not block this connection (at once when it does not).
+    ///
+    /// # Errors
+    ///
+    /// The connection's error when it closes first.
+    pub async fn unblocked(&self) -> Result<()> {
+        let mut blocked = self.inner.blocked.subscribe();
+        let mut closed = self.inner.closed.subscribe();
+        tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => Err(self.close_error().unwrap_or(Error::ClientClosed)),
+            _ = blocked.wait_for(Option::is_none) => Ok(()),
         }
     }
 
@@ -379,6 +407,9 @@ impl ConnInner {
             st.tune = tune;
             st.server_properties = server_properties;
         }
+        // A new socket starts unblocked: the broker sends connection.blocked again if an alarm
+        // is still on when this session publishes.
+        self.blocked.send_replace(None);
         // One span per socket, so the tasks' events carry the peer and session.
         let span = info_span!(
             "amqp_connection",

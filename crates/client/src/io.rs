@@ -683,10 +683,12 @@ impl Reader {
             Method::ConnectionCloseOk(_) => Err(Error::ClientClosed),
             Method::ConnectionBlocked(b) => {
                 info!(reason = %b.reason, "broker blocked publishing on this connection");
+                self.conn.blocked.send_replace(Some(b.reason.to_string()));
                 Ok(None)
             }
             Method::ConnectionUnblocked(_) => {
                 info!("broker unblocked the connection");
+                self.conn.blocked.send_replace(None);
                 Ok(None)
             }
             other => Err(Error::UnexpectedFrame(format!(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use lockgate_client::{
     BasicProperties, Channel, Connection, ConsumeOptions, Consumer, Delivery, Error, FieldTable,
     PublishOptions, QueueDeclareOptions,
@@ -839,6 +839,44 @@ async fn an_abandoned_consume_is_cancelled_before_its_delivery_goes_back() {
             }),
         )
         .await;
+        fake.closed().await;
+        client.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connection_blocked_and_unblocked_reach_the_application() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (unblock, unblocked) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            assert_eq!(conn.blocked(), None);
+            // The broker sends connection.blocked before open-ok: read by the time it opens.
+            let _ch = conn.open_channel().await.unwrap();
+            assert_eq!(conn.blocked().as_deref(), Some("low on memory"));
+            assert!(conn.unblocked().now_or_never().is_none());
+            unblock.send(()).unwrap();
+            conn.unblocked().await.unwrap();
+            assert_eq!(conn.blocked(), None);
+            conn.close().await.unwrap();
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let (ch, open) = fake.recv().await;
+        assert!(matches!(open, Method::ChannelOpen(_)), "{open:?}");
+        fake.send(
+            0,
+            Method::ConnectionBlocked(connection::Blocked {
+                reason: "low on memory".into(),
+            }),
+        )
+        .await;
+        fake.send(ch, Method::ChannelOpenOk(channel::OpenOk::default()))
+            .await;
+        unblocked.await.unwrap();
+        fake.send(0, Method::ConnectionUnblocked(connection::Unblocked {}))
+            .await;
         fake.closed().await;
         client.await.unwrap();
     })
