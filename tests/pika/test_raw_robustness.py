@@ -135,6 +135,13 @@ def test_content_on_a_channel_never_opened_is_505(rawconn, witness, frame):
 # --- content out of step with its header -----------------------------------------------------
 
 
+def assert_empty_then_delete(conn, q: str) -> None:
+    """Nothing was routed to `q` (a message broken off half way is dropped); deletes it."""
+    ch = conn.channel()
+    assert drain(ch, q) == []
+    ch.queue_delete(q)
+
+
 def test_a_method_before_the_announced_body_is_complete_is_505(rawconn, witness, conn, name):
     q = name("partial")
     conn.channel().queue_declare(q)
@@ -146,10 +153,7 @@ def test_a_method_before_the_announced_body_is_complete_is_505(rawconn, witness,
     assert close.reply_code == 505
     assert close.reply_text.startswith("UNEXPECTED_FRAME")
     c.expect_eof()
-    # The half message was not routed.
-    ch = conn.channel()
-    assert drain(ch, q) == []
-    ch.queue_delete(q)
+    assert_empty_then_delete(conn, q)
     witness()
 
 
@@ -165,9 +169,7 @@ def test_a_body_longer_than_announced_is_501(rawconn, witness, conn, name):
     close = c.expect_connection_close()
     assert (close.reply_code, close.class_id, close.method_id) == (501, 60, 40)
     c.expect_eof()
-    ch = conn.channel()
-    assert drain(ch, q) == []
-    ch.queue_delete(q)
+    assert_empty_then_delete(conn, q)
     witness()
 
 
@@ -202,9 +204,7 @@ def test_channel_close_in_the_middle_of_content_drops_the_partial_message(rawcon
            + channel_close(1))
     c.read_method((20, 41))
     c.open_channel(1)
-    ch = conn.channel()
-    assert drain(ch, q) == []
-    ch.queue_delete(q)
+    assert_empty_then_delete(conn, q)
     witness()
 
 

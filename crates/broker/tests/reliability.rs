@@ -310,14 +310,7 @@ async fn spilled_messages_expire_too() {
     const BUDGET: u64 = 1 << 20;
     const N: usize = 4_000; // ~4 MB of bodies through a 1 MiB budget
     let dir = tempfile::tempdir().unwrap();
-    let (store, recovery) = Store::open(dir.path(), &StoreConfig::default()).unwrap();
-    let config = BrokerConfig {
-        memory_high_watermark: BUDGET,
-        ..BrokerConfig::default()
-    };
-    let broker = Broker::with_store(config, store);
-    broker.recover(&recovery).unwrap();
-    broker.spawn_spill_task().unwrap();
+    let broker = spilling_broker(dir.path(), BUDGET);
     let v = broker.vhost("/").unwrap();
     declare(&v, "q", false, &[("x-message-ttl", FieldValue::I64(1_000))]);
     let q = v.queue("q").unwrap();

@@ -10,8 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lockgate_broker::{ApplyTo, Broker, BrokerConfig, DeliveryTag, Policy, QueueFlags};
-use lockgate_store::{Store, StoreConfig};
+use lockgate_broker::{ApplyTo, DeliveryTag, Policy, QueueFlags};
 use lockgate_wire::{FieldTable, FieldValue};
 
 const BUDGET: u64 = 1 << 20;
@@ -58,14 +57,7 @@ async fn requeued_deliveries_keep_their_place(
     after: Vec<Policy>,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, recovery) = Store::open(dir.path(), &StoreConfig::default()).unwrap();
-    let config = BrokerConfig {
-        memory_high_watermark: BUDGET,
-        ..BrokerConfig::default()
-    };
-    let broker = Broker::with_store(config, store);
-    broker.recover(&recovery).unwrap();
-    broker.spawn_spill_task().unwrap();
+    let broker = spilling_broker(dir.path(), BUDGET);
     let v = broker.vhost("/").unwrap();
     v.set_policies(before);
     v.declare_queue(CONN, "q", QueueFlags::default(), arguments)

@@ -13,18 +13,6 @@ use lockgate_wire::{BasicProperties, FieldTable};
 
 const BUDGET: u64 = 1 << 20;
 
-fn spilling_broker(dir: &std::path::Path) -> Arc<Broker> {
-    let (store, recovery) = Store::open(dir, &StoreConfig::default()).unwrap();
-    let config = BrokerConfig {
-        memory_high_watermark: BUDGET,
-        ..BrokerConfig::default()
-    };
-    let broker = Broker::with_store(config, store);
-    broker.recover(&recovery).unwrap();
-    broker.spawn_spill_task().unwrap();
-    broker
-}
-
 fn body_of(i: usize) -> String {
     format!("{i:08}:{}", "x".repeat(1000))
 }
@@ -53,7 +41,7 @@ fn publish(v: &VHost, queue: &str, i: usize, persistent: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_ten_times_the_budget_keeps_order_and_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = spilling_broker(dir.path());
+    let broker = spilling_broker(dir.path(), BUDGET);
     let v = broker.vhost("/").unwrap();
     queue(&v, "q");
     const N: usize = 12_000; // ~12 MB of bodies through a 1 MiB budget
@@ -98,7 +86,7 @@ async fn a_queue_ten_times_the_budget_keeps_order_and_memory_bounded() {
 async fn spilled_persistent_messages_recover_and_spilled_transient_ones_do_not() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let broker = spilling_broker(dir.path());
+        let broker = spilling_broker(dir.path(), BUDGET);
         let v = broker.vhost("/").unwrap();
         let flags = QueueFlags {
             durable: true,
@@ -117,7 +105,7 @@ async fn spilled_persistent_messages_recover_and_spilled_transient_ones_do_not()
         broker.store().unwrap().close_async().await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let broker = spilling_broker(dir.path());
+    let broker = spilling_broker(dir.path(), BUDGET);
     let v = broker.vhost("/").unwrap();
     assert_eq!(v.queue("q").unwrap().message_count(), 3000);
     let (mut ch, sink) = channel(&v, 1);
@@ -134,7 +122,7 @@ async fn spilled_persistent_messages_recover_and_spilled_transient_ones_do_not()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_and_delete_of_a_spilled_queue_drop_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = spilling_broker(dir.path());
+    let broker = spilling_broker(dir.path(), BUDGET);
     let v = broker.vhost("/").unwrap();
     queue(&v, "q");
     for i in 0..4000 {
@@ -171,7 +159,7 @@ async fn a_publish_racing_the_purge_of_a_spilled_queue_keeps_its_stored_copy() {
     for round in 0..30 {
         let dir = tempfile::tempdir().unwrap();
         let count = {
-            let broker = spilling_broker(dir.path());
+            let broker = spilling_broker(dir.path(), BUDGET);
             let v = broker.vhost("/").unwrap();
             durable_queue(&v, "q");
             for i in 0..1500 {
@@ -207,7 +195,7 @@ async fn a_publish_racing_the_purge_of_a_spilled_queue_keeps_its_stored_copy() {
             count
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let broker = spilling_broker(dir.path());
+        let broker = spilling_broker(dir.path(), BUDGET);
         let recovered = broker
             .vhost("/")
             .unwrap()
@@ -227,7 +215,7 @@ async fn get_takes_messages_from_the_disk_tail() {
     const N: usize = 3000;
     let dir = tempfile::tempdir().unwrap();
     {
-        let broker = spilling_broker(dir.path());
+        let broker = spilling_broker(dir.path(), BUDGET);
         let v = broker.vhost("/").unwrap();
         durable_queue(&v, "q");
         for i in 0..N {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +11,7 @@ use lockgate_broker::{
     Broker, BrokerConfig, Channel, ChannelId, ConnectionId, ConsumerTag, Delivery, DeliverySink,
     Message, QueueFlags, SinkClosed, VHost,
 };
+use lockgate_store::{Store, StoreConfig};
 use lockgate_wire::{BasicProperties, ContentHeader, FieldTable};
 
 /// Collects deliveries and broker-initiated cancels; can be switched to "connection gone".
@@ -118,4 +120,18 @@ pub fn channel_on(vhost: &Arc<VHost>, conn: ConnectionId, id: u16) -> (Channel, 
 pub fn consume(ch: &mut Channel, queue: &str, tag: &str, no_ack: bool) -> ConsumerTag {
     ch.consume(queue, tag, no_ack, false, &FieldTable::default(), |_| {})
         .unwrap()
+}
+
+/// A broker on a store in `dir`, with a memory budget of `budget` bytes and its spill task
+/// running: past half the budget, long queues move their backlog to disk.
+pub fn spilling_broker(dir: &Path, budget: u64) -> Arc<Broker> {
+    let (store, recovery) = Store::open(dir, &StoreConfig::default()).unwrap();
+    let config = BrokerConfig {
+        memory_high_watermark: budget,
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::with_store(config, store);
+    broker.recover(&recovery).unwrap();
+    broker.spawn_spill_task().unwrap();
+    broker
 }
