@@ -3,12 +3,12 @@
 use std::borrow::Borrow;
 use std::sync::Arc;
 
-use lockgate_wire::{basic, channel, exchange, queue, BasicProperties, FieldTable, Method};
+use lockgate_wire::{basic, exchange, queue, BasicProperties, FieldTable, Method};
 use tokio::sync::mpsc;
 
 use crate::channel_inner::{unexpected, ChannelHolder, ChannelInner};
 use crate::confirm::Confirmation;
-use crate::connection::Holder;
+use crate::connection::{channel_close, Holder};
 use crate::error::{Error, Result};
 use crate::inbox::inbox;
 use crate::message::{Acker, Consumer, Delivery, GetMessage, Properties, Returns};
@@ -85,20 +85,24 @@ impl Channel {
     }
 
     /// Closes the channel (`channel.close` 200). Consumers on it end. Closing
-    /// a channel that this application already closed is a no-op.
+    /// a channel that this application already closed is a no-op. While the
+    /// connection recovers, the channel is closed at once (its broker side went
+    /// with the lost socket) and is not recovered.
     ///
     /// # Errors
     ///
     /// The error that closed the channel if the broker closed it first.
     pub async fn close(&self) -> Result<()> {
-        let method = Method::ChannelClose(channel::Close {
-            reply_code: 200,
-            reply_text: "OK".into(),
-            class_id: 0,
-            method_id: 0,
-        });
+        let method = channel_close();
         match self.inner.call(method, None, None).await {
             Ok(_) | Err(Error::ClientClosed) => Ok(()),
+            // Failed but not closed: the connection was lost and is recovering.
+            Err(_) if !self.inner.is_closed() => {
+                self.inner
+                    .conn
+                    .channel_closed(&self.inner, Error::ClientClosed);
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

@@ -5,20 +5,20 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
 use lockgate_wire::{
-    basic, channel, confirm, encode_publish, BasicProperties, ContentHeader, FieldTable, Method,
-    PublishRef,
+    basic, confirm, encode_publish, BasicProperties, ContentHeader, FieldTable, Method, PublishRef,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::confirm::Confirmation;
-use crate::connection::{channel_open, ConnInner, Holder};
+use crate::connection::{channel_close, channel_open, ConnInner, Holder};
 use crate::error::{Error, Result};
 use crate::inbox::{DeliverySender, Sent};
 use crate::io::Link;
@@ -87,6 +87,9 @@ pub(crate) struct ChannelInner {
     /// Serialises synchronous calls: their replies come back in order.
     rpc_lock: tokio::sync::Mutex<()>,
     state: Mutex<ChannelState>,
+    /// The session whose deliveries the channel can still settle (0 while
+    /// recovering); read without the lock by consumers, once per delivery.
+    live_epoch: AtomicU64,
 }
 
 impl fmt::Debug for ChannelInner {
@@ -204,6 +207,7 @@ impl ChannelInner {
             id,
             conn,
             rpc_lock: tokio::sync::Mutex::new(()),
+            live_epoch: AtomicU64::new(link.epoch),
             state: Mutex::new(ChannelState {
                 link: Some(link),
                 ..ChannelState::default()
@@ -239,10 +243,26 @@ impl ChannelInner {
         let _serial = self.rpc_lock.lock().await;
         let (tx, rx) = oneshot::channel();
         let selects_confirms = matches!(method, Method::ConfirmSelect(_));
+        let qos = match &method {
+            Method::BasicQos(q) => Some((q.global, q.prefetch_count)),
+            _ => None,
+        };
         {
             let mut st = self.lock();
             if let Some(e) = &st.closed {
                 return Err(e.clone());
+            }
+            if let (Method::BasicConsume(c), None) = (&method, &consumer) {
+                // A consumer restarted by recovery keeps its stream; once that is
+                // gone (dropped meanwhile), a restarted consumer would take
+                // messages no one reads. Checked under the lock the drop takes.
+                if st
+                    .consumers
+                    .get(&c.consumer_tag)
+                    .is_none_or(|tx| tx.cancelling)
+                {
+                    return Err(Error::ClientClosed);
+                }
             }
             let link = match via {
                 Some(link) => link,
@@ -260,6 +280,16 @@ impl ChannelInner {
                     next: 1,
                     pending: BTreeMap::new(),
                 });
+                // And recovery selects it again, whether or not select-ok comes back
+                // (the call abandoned, the connection lost): numbered publishes that
+                // the broker does not confirm would wait forever.
+                st.settings.confirm = true;
+            }
+            // Likewise a prefetch the broker may have applied is re-applied.
+            match qos {
+                Some((true, count)) => st.settings.prefetch_global = Some(count),
+                Some((false, count)) => st.settings.prefetch_per_consumer = Some(count),
+                None => {}
             }
             st.rpc.push_back(PendingCall {
                 reply: tx,
@@ -311,15 +341,7 @@ impl ChannelInner {
             global,
         });
         match self.call(method, None, via).await?.method {
-            Method::BasicQosOk(_) => {
-                let mut st = self.lock();
-                if global {
-                    st.settings.prefetch_global = Some(prefetch_count);
-                } else {
-                    st.settings.prefetch_per_consumer = Some(prefetch_count);
-                }
-                Ok(())
-            }
+            Method::BasicQosOk(_) => Ok(()),
             other => Err(unexpected(&other, "basic.qos-ok")),
         }
     }
@@ -327,10 +349,7 @@ impl ChannelInner {
     pub(crate) async fn confirm_select(&self, via: Option<&Link>) -> Result<()> {
         let method = Method::ConfirmSelect(confirm::Select { nowait: false });
         match self.call(method, None, via).await?.method {
-            Method::ConfirmSelectOk(_) => {
-                self.lock().settings.confirm = true;
-                Ok(())
-            }
+            Method::ConfirmSelectOk(_) => Ok(()),
             other => Err(unexpected(&other, "confirm.select-ok")),
         }
     }
@@ -427,6 +446,13 @@ impl ChannelInner {
         self.lock().closed.is_some()
     }
 
+    /// Whether a delivery that came on session `epoch` was left behind by a
+    /// lost connection the channel outlived (recovering or recovered): the
+    /// broker has requeued it, and an ack for it would be dropped.
+    pub(crate) fn is_stale(&self, epoch: u64) -> bool {
+        self.live_epoch.load(Ordering::Acquire) != epoch
+    }
+
     /// Whether the application still holds the channel (a handle, a consumer
     /// or a delivery).
     pub(crate) fn is_held(&self) -> bool {
@@ -441,12 +467,7 @@ impl ChannelInner {
         if st.closed.is_some() {
             return;
         }
-        let close = Method::ChannelClose(channel::Close {
-            reply_code: 200,
-            reply_text: "OK".into(),
-            class_id: 0,
-            method_id: 0,
-        });
+        let close = channel_close();
         let sent = st
             .link
             .as_ref()
@@ -612,10 +633,14 @@ impl ChannelInner {
     }
 
     /// The connection was lost and is being recovered: pending calls and
-    /// confirms fail, consumers stay (they resume after recovery).
+    /// confirms fail, consumers stay (they resume after recovery) but for those
+    /// being cancelled (their cancel-ok went with the socket; recovery does not
+    /// restart them).
     pub(crate) fn suspend(&self, error: &Error) {
         let mut st = self.lock();
         st.link = None;
+        self.live_epoch.store(0, Ordering::Release);
+        st.consumers.retain(|_, tx| !tx.cancelling);
         let rpc = std::mem::take(&mut st.rpc);
         let pending = st
             .confirms
@@ -631,14 +656,46 @@ impl ChannelInner {
         }
     }
 
-    /// Recovery re-opened the channel on a new session.
-    pub(crate) fn resume(&self, link: Link) {
+    /// Recovery re-opened the channel on a new session. False when the
+    /// application closed it meanwhile.
+    pub(crate) fn resume(&self, link: Link) -> bool {
         let mut st = self.lock();
-        if st.closed.is_none() {
-            st.link = Some(link);
-            if let Some(confirms) = st.confirms.as_mut() {
-                confirms.next = 1;
-            }
+        if st.closed.is_some() {
+            return false;
         }
+        self.live_epoch.store(link.epoch, Ordering::Release);
+        st.link = Some(link);
+        if let Some(confirms) = st.confirms.as_mut() {
+            confirms.next = 1;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbox::inbox;
+    use crate::outbox::Outbox;
+    use crate::uri::ConnectionOptions;
+
+    #[test]
+    fn a_consumer_cancelled_before_the_connection_was_lost_is_forgotten() {
+        let conn = ConnInner::new(ConnectionOptions::default());
+        let link = Link {
+            outbox: Arc::new(Outbox::default()),
+            epoch: 1,
+            frame_max: 0,
+        };
+        let ch = ChannelInner::new(1, conn, link);
+        let (sender, receiver) = inbox(true);
+        ch.lock().consumers.insert("ctag".into(), sender);
+        // Its stream is dropped: basic.cancel goes out, the consumer waits for cancel-ok.
+        drop(receiver);
+        ch.cancel_dropped("ctag");
+        assert!(ch.lock().consumers.contains_key("ctag"));
+        // The cancel-ok went with the socket, and recovery does not restart it.
+        ch.suspend(&Error::Disconnected);
+        assert!(ch.lock().consumers.is_empty());
     }
 }

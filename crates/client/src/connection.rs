@@ -30,7 +30,7 @@ use crate::uri::ConnectionOptions;
 /// RabbitMQ's default is accepted so a large `connection.start` still decodes).
 const INITIAL_FRAME_MAX: u32 = 131_072;
 /// How long [`Connection::close`] waits for the broker's `close-ok`.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An AMQP connection: one TCP socket, served by a reader and a writer task.
 ///
@@ -159,23 +159,7 @@ impl Connection {
     /// As [`Connection::connect`], without the URI errors.
     pub async fn connect_with(options: ConnectionOptions) -> Result<Connection> {
         let established = handshake(&options).await?;
-        let (closed, _) = watch::channel(false);
-        let (blocked, _) = watch::channel(None);
-        let inner = Arc::new(ConnInner {
-            options,
-            state: Mutex::new(ConnState {
-                status: Status::Open,
-                session: None,
-                channels: HashMap::new(),
-                tune: Tune::default(),
-                server_properties: FieldTable::default(),
-                next_channel: 1,
-            }),
-            topology: Mutex::new(Topology::default()),
-            next_epoch: AtomicU64::new(1),
-            closed,
-            blocked,
-        });
+        let inner = ConnInner::new(options);
         inner.start_session(established);
         let holder = Arc::new(Holder {
             inner: inner.clone(),
@@ -323,6 +307,27 @@ impl ConnState {
 }
 
 impl ConnInner {
+    /// An open connection without a session yet.
+    pub(crate) fn new(options: ConnectionOptions) -> Arc<Self> {
+        let (closed, _) = watch::channel(false);
+        let (blocked, _) = watch::channel(None);
+        Arc::new(ConnInner {
+            options,
+            state: Mutex::new(ConnState {
+                status: Status::Open,
+                session: None,
+                channels: HashMap::new(),
+                tune: Tune::default(),
+                server_properties: FieldTable::default(),
+                next_channel: 1,
+            }),
+            topology: Mutex::new(Topology::default()),
+            next_epoch: AtomicU64::new(1),
+            closed,
+            blocked,
+        })
+    }
+
     pub(crate) fn lock_state(&self) -> MutexGuard<'_, ConnState> {
         // A poisoned lock means a panic elsewhere; the state is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -694,5 +699,15 @@ async fn negotiate(options: &ConnectionOptions) -> Result<Established> {
 pub(crate) fn channel_open() -> Method {
     Method::ChannelOpen(channel::Open {
         out_of_band: String::new(),
+    })
+}
+
+/// `channel.close` 200, as the application closes a channel.
+pub(crate) fn channel_close() -> Method {
+    Method::ChannelClose(channel::Close {
+        reply_code: 200,
+        reply_text: "OK".into(),
+        class_id: 0,
+        method_id: 0,
     })
 }

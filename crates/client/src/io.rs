@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use lockgate_wire::{
-    basic, channel, connection, ContentHeader, DeliverOctets, DeliverRef, Frame, FrameCodec, Method,
+    basic, channel, connection, ContentHeader, DeliverOctets, DeliverRef, Frame, FrameCodec,
+    Method, FRAME_OVERHEAD,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
 use crate::channel_inner::{ChannelInner, Content, Delivered, Reply};
-use crate::connection::ConnInner;
+use crate::connection::{ConnInner, CLOSE_TIMEOUT};
 use crate::error::{CloseReason, Error, Result};
 use crate::message::{Acker, Delivery, Properties, ReturnedMessage};
 use crate::outbox::{Append, Outbox};
@@ -100,6 +101,46 @@ fn heartbeat_interval(period: Duration) -> Option<Interval> {
     })
 }
 
+/// Where the frame that octet `at` of `frames` (whole frames, back to back)
+/// falls in ends: `at` itself when a frame starts there.
+fn frame_end(frames: &[u8], at: usize) -> usize {
+    let mut end = 0;
+    while end < at {
+        let size = frames
+            .get(end + 3..end + 7)
+            .and_then(|size| <[u8; 4]>::try_from(size).ok())
+            .map_or(0, u32::from_be_bytes);
+        end += FRAME_OVERHEAD + size as usize;
+    }
+    end.min(frames.len())
+}
+
+/// The writer's last write: `rest` (what is left of the frame it was writing,
+/// or what was queued), then a close-ok when it answers the broker's
+/// `connection.close`. Bounded: a broker that stopped reading must not keep
+/// the task and its socket.
+async fn last_write(socket: &mut OwnedWriteHalf, rest: &[u8], answer_close: bool) -> Result<()> {
+    let mut close_ok = BytesMut::new();
+    if answer_close {
+        let frame = Frame::Method {
+            channel: 0,
+            method: Method::ConnectionCloseOk(connection::CloseOk {}),
+        };
+        FrameCodec::new(0).encode_frame(&frame, &mut close_ok)?;
+    }
+    let write = async {
+        socket.write_all(rest).await?;
+        socket.write_all(&close_ok).await
+    };
+    match tokio::time::timeout(CLOSE_TIMEOUT, write).await {
+        Ok(written) => Ok(written?),
+        Err(_) => {
+            debug!("the broker did not read the connection's last frames");
+            Ok(())
+        }
+    }
+}
+
 /// The writer task: takes whatever the channels appended, writes it, and
 /// sends heartbeats when idle.
 pub(crate) async fn run_writer(
@@ -117,15 +158,12 @@ pub(crate) async fn run_writer(
     let result: Result<()> = async {
         loop {
             if session.stop.is_cancelled() {
-                // Write what is already queued (a close-ok, typically), then stop.
-                // Closed first: should the peer not read it, publishers waiting
-                // for room must not wait on this write.
+                // Write what is already queued, or the close-ok owed to the
+                // broker, then stop. Closed first: should the peer not read it,
+                // publishers waiting for room must not wait on this write.
                 outbox.take(&mut buf);
-                outbox.close();
-                if !buf.is_empty() {
-                    socket.write_all(&buf).await?;
-                }
-                return Ok(());
+                let answer_close = outbox.close();
+                return last_write(&mut socket, &buf, answer_close).await;
             }
             outbox.take(&mut buf);
             if buf.is_empty() {
@@ -148,10 +186,18 @@ pub(crate) async fn run_writer(
             // Raced against the session's end: a peer that stopped reading
             // (declared dead by the reader, or the application closed) would
             // hold this write, and the publishers waiting for room, for as long
-            // as TCP keeps retrying.
+            // as TCP keeps retrying. When the broker closed the connection, the
+            // frame in progress is completed and its close-ok follows.
+            let mut unsent = &buf[..];
             tokio::select! {
-                written = socket.write_all(&buf) => written?,
-                () = &mut stop => return Ok(()),
+                written = socket.write_all_buf(&mut unsent) => written?,
+                () = &mut stop => {
+                    if outbox.close() {
+                        let at = buf.len() - unsent.len();
+                        return last_write(&mut socket, &buf[at..frame_end(&buf, at)], true).await;
+                    }
+                    return Ok(());
+                }
             }
             buf.clear();
             if buf.capacity() > WRITE_BUF_KEEP {
@@ -548,11 +594,11 @@ impl Reader {
             .map(|(_, a)| a)
     }
 
+    /// Queues a reply. When the writer has stopped it is dropped: the reader
+    /// goes on with what it read (a channel's close keeps its reason) and
+    /// learns why the socket ended at its next wait.
     fn send(&self, channel: u16, method: Method) -> Result<()> {
-        match self.link.send_method(channel, method)? {
-            Append::Done | Append::Full => Ok(()),
-            Append::Closed => Err(Error::ClientClosed),
-        }
+        self.link.send_method(channel, method).map(drop)
     }
 
     /// Handles every complete frame in `buf`, then wakes the consumers that
@@ -635,8 +681,8 @@ impl Reader {
     fn on_deferred(&mut self, deferred: Deferred) -> Result<()> {
         match deferred {
             Deferred::ConnectionClose(reason) => {
-                // Best effort: the writer drains this before it stops.
-                let _ = self.send(0, Method::ConnectionCloseOk(connection::CloseOk {}));
+                // The writer's last frame, after the one it may be writing.
+                self.link.outbox.answer_close();
                 Err(Error::ConnectionClosed(reason))
             }
             Deferred::Cancel {
@@ -815,5 +861,58 @@ impl Reader {
                 "unexpected content-bearing method dropped"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uri::ConnectionOptions;
+
+    #[test]
+    fn a_channel_close_read_after_the_writer_stopped_keeps_its_reason() {
+        let conn = ConnInner::new(ConnectionOptions::default());
+        let link = Link {
+            outbox: Arc::new(Outbox::default()),
+            epoch: 1,
+            frame_max: 0,
+        };
+        let ch = Arc::new(ChannelInner::new(1, conn.clone(), link.clone()));
+        conn.lock_state().channels.insert(1, ch.clone());
+        // The writer failed: its close-ok cannot be sent, and the reader learns
+        // why the socket ended at its next wait.
+        link.outbox.close();
+        let mut reader = Reader {
+            conn,
+            link,
+            epoch: 1,
+            wakers: Vec::new(),
+            channels: Vec::new(),
+            assemblies: Vec::new(),
+        };
+        let mut codec = FrameCodec::new(0);
+        let mut buf = BytesMut::new();
+        let close = Method::ChannelClose(channel::Close {
+            reply_code: 406,
+            reply_text: "PRECONDITION_FAILED - unknown delivery tag 7".into(),
+            class_id: 60,
+            method_id: 80,
+        });
+        codec
+            .encode_frame(
+                &Frame::Method {
+                    channel: 1,
+                    method: close,
+                },
+                &mut buf,
+            )
+            .expect("encodes");
+        let dispatched = reader.dispatch(&mut codec, &mut buf);
+        assert!(dispatched.is_ok(), "{dispatched:?}");
+        let error = ch.link().expect_err("closed");
+        assert!(
+            matches!(&error, Error::ChannelClosed(r) if r.code == 406),
+            "{error:?}"
+        );
     }
 }

@@ -6,12 +6,13 @@ use std::fmt;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
 use lockgate_wire::{basic, BasicProperties, ContentHeader, Method};
 use tokio::sync::mpsc;
+use tracing::debug;
 
 use crate::channel::Channel;
 use crate::channel_inner::ChannelHolder;
@@ -257,6 +258,10 @@ pub struct ReturnedMessage {
 /// quietly after a cancel (by the application or the broker) or a close by
 /// the application.
 ///
+/// After automatic recovery, deliveries received on the lost connection that
+/// it had not yielded yet are dropped (unless it consumes with `no_ack`): the
+/// broker has requeued them and delivers them again.
+///
 /// Dropping it cancels the consumer (`basic.cancel`, not awaited) and gives
 /// back (`basic.reject` with requeue) the deliveries it received but did not
 /// yield, and those that arrive before the broker's cancel-ok; deliveries it
@@ -351,7 +356,19 @@ impl Stream for Consumer {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.deliveries.poll_recv(cx)
+        loop {
+            let item = ready!(self.deliveries.poll_recv(cx));
+            match item {
+                // Left by a lost connection: the broker delivers it again.
+                Some(Ok(d)) if !self.no_ack && self.channel.inner().is_stale(d.acker.epoch) => {
+                    debug!(
+                        delivery_tag = d.delivery_tag,
+                        "delivery from before recovery dropped"
+                    );
+                }
+                item => return Poll::Ready(item),
+            }
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub(crate) enum Append {
 struct State {
     buf: BytesMut,
     closed: bool,
+    /// The broker closed the connection: the writer owes it a close-ok.
+    answer_close: bool,
 }
 
 /// A session's pending output, shared by its channels and its writer task.
@@ -119,13 +121,30 @@ impl Outbox {
         self.room.notify_waiters();
     }
 
-    /// The writer stopped: later appends fail and waiting publishers wake up.
-    pub(crate) fn close(&self) {
+    /// The broker closed the connection: from now on nothing is queued, and
+    /// what was queued is dropped (the broker ignores everything after its
+    /// close but the close-ok), so that the writer's last words are the
+    /// close-ok it owes ([`Outbox::close`] tells it).
+    pub(crate) fn answer_close(&self) {
         let mut st = self.lock();
         st.closed = true;
         st.buf = BytesMut::new();
+        st.answer_close = true;
         drop(st);
         self.room.notify_waiters();
+        self.ready.notify_one();
+    }
+
+    /// The writer stopped: later appends fail and waiting publishers wake up.
+    /// True, once, when the writer owes the broker a close-ok.
+    pub(crate) fn close(&self) -> bool {
+        let mut st = self.lock();
+        st.closed = true;
+        st.buf = BytesMut::new();
+        let answer_close = std::mem::take(&mut st.answer_close);
+        drop(st);
+        self.room.notify_waiters();
+        answer_close
     }
 }
 
@@ -186,7 +205,20 @@ mod tests {
         outbox.take(&mut taken);
         waiter.await.expect("room");
         assert_eq!(outbox.append(true, put(b"p")).ok(), Some(Append::Done));
-        outbox.close();
+        assert!(!outbox.close());
         assert_eq!(outbox.append(false, put(b"x")).ok(), Some(Append::Closed));
+    }
+
+    #[test]
+    fn answering_a_close_drops_what_is_queued_and_refuses_more() {
+        let outbox = Outbox::default();
+        assert_eq!(outbox.append(false, put(b"ack")).ok(), Some(Append::Done));
+        outbox.answer_close();
+        assert_eq!(outbox.append(false, put(b"x")).ok(), Some(Append::Closed));
+        let mut taken = BytesMut::new();
+        outbox.take(&mut taken);
+        assert!(taken.is_empty());
+        assert!(outbox.close());
+        assert!(!outbox.close());
     }
 }

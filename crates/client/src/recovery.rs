@@ -6,8 +6,9 @@
 //! reconnects with exponential backoff, re-opens every channel that was open
 //! (re-applying qos and confirm mode), re-declares the recorded topology on a
 //! temporary channel (server-named queues get new names, and the bindings and
-//! consumers that used them follow), and restarts the consumers with their
-//! old tags on their old channels, feeding the same [`Consumer`](crate::Consumer) streams.
+//! consumers that used them follow), gives the channels back to the
+//! application, and restarts the consumers with their old tags on their old
+//! channels, feeding the same [`Consumer`](crate::Consumer) streams.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::channel::Channel;
 use crate::channel_inner::ChannelInner;
-use crate::connection::{handshake, ConnInner, Status};
+use crate::connection::{channel_close, handshake, ConnInner, Status};
 use crate::error::{Error, Result};
 use crate::io::{Link, Session};
 use crate::options::{ConsumeOptions, ExchangeDeclareOptions, ExchangeKind, QueueDeclareOptions};
@@ -234,6 +235,7 @@ async fn restore(conn: &Arc<ConnInner>, session: &Session) -> Result<()> {
     let mut channels: Vec<Arc<ChannelInner>> =
         conn.lock_state().channels.values().cloned().collect();
     channels.sort_by_key(|c| c.id);
+    let mut reopened = Vec::new();
     for ch in channels.iter().filter(|c| !c.is_closed()) {
         if !ch.is_held() {
             // Dropped by the application; its channel.close went with the old
@@ -252,7 +254,7 @@ async fn restore(conn: &Arc<ConnInner>, session: &Session) -> Result<()> {
         if settings.confirm {
             ch.confirm_select(Some(link)).await?;
         }
-        ch.resume(link.clone());
+        reopened.push(ch);
     }
 
     let topology = conn.lock_topology().clone();
@@ -307,16 +309,28 @@ async fn restore(conn: &Arc<ConnInner>, session: &Session) -> Result<()> {
     if tmp.is_open() {
         tmp.close().await?;
     }
+    // Only now may the application use its channels again: a message published
+    // before its exchange, queue or binding is back would be lost (or close the
+    // channel with 404). Before the consumers, whose deliveries it acknowledges.
+    for ch in reopened {
+        if !ch.resume(link.clone()) {
+            // Closed by the application since it was re-opened: close it on the
+            // broker too (the reader forgets it at its close-ok).
+            link.send_method(ch.id, channel_close())?;
+        }
+    }
     for c in topology.consumers {
         let Some(ch) = conn.channel(c.channel).filter(|ch| !ch.is_closed()) else {
             continue;
         };
         let queue = queue_name(&c.queue);
-        if let Err(e) = ch
+        match ch
             .consume(&queue, &c.tag, c.options, c.arguments, None, None)
             .await
         {
-            skippable(&e, "consumer", &c.tag)?;
+            // Its stream (or its channel) was let go of meanwhile.
+            Ok(_) | Err(Error::ClientClosed) => {}
+            Err(e) => skippable(&e, "consumer", &c.tag)?,
         }
     }
     Ok(())

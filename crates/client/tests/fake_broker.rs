@@ -882,3 +882,437 @@ async fn connection_blocked_and_unblocked_reach_the_application() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn close_ok_follows_the_frame_being_written_when_the_broker_closes() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            // More than the socket buffers on both sides hold: the writer is still
+            // writing it when the broker's close arrives.
+            let body = vec![7u8; 32 << 20];
+            ch.basic_publish(
+                "",
+                "q",
+                PublishOptions::default(),
+                BasicProperties::default(),
+                &body[..],
+            )
+            .await
+            .unwrap();
+            // Queued behind the message, and never answered.
+            ch.basic_qos(1, lockgate_client::QosOptions::default())
+                .await
+                .unwrap_err()
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::BasicPublish(_)));
+        fake.send(
+            0,
+            Method::ConnectionClose(connection::Close {
+                reply_code: 320,
+                reply_text: "CONNECTION_FORCED - shutdown".into(),
+                class_id: 0,
+                method_id: 0,
+            }),
+        )
+        .await;
+        // Whole frames (the body frame in progress completed), then close-ok, then
+        // the end of the stream.
+        let mut body_frames = 0;
+        loop {
+            match fake.frames.next().await {
+                Some(Ok(Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionCloseOk(_),
+                })) => break,
+                Some(Ok(Frame::Header { .. } | Frame::Body { .. })) => body_frames += 1,
+                other => panic!("{other:?} after {body_frames} content frames"),
+            }
+        }
+        assert!(body_frames < (32 << 20) / 131_072, "{body_frames}");
+        assert!(matches!(fake.frames.next().await, None | Some(Err(_))));
+        let error = client.await.unwrap();
+        assert_eq!(error.reply_code(), Some(320), "{error}");
+        assert!(matches!(error, Error::ConnectionClosed(_)), "{error}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_recovered_channel_is_usable_only_once_its_topology_is_back() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (declaring, declared) = tokio::sync::oneshot::channel();
+        let (publishing, published) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
+                .unwrap()
+                .with_recovery(lockgate_client::RecoveryConfig::default());
+            let conn = Connection::connect_with(options).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            ch.queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .unwrap();
+            // Recovery is re-declaring the queue: a message published now would
+            // reach no queue (and be confirmed all the same).
+            declared.await.unwrap();
+            let publish = ch
+                .basic_publish(
+                    "",
+                    "q",
+                    PublishOptions::default(),
+                    BasicProperties::default(),
+                    "m",
+                )
+                .await;
+            publishing.send(()).unwrap();
+            (conn, ch, publish)
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        let (_, declare) = fake.recv().await;
+        assert!(matches!(declare, Method::QueueDeclare(_)), "{declare:?}");
+        let declare_ok = Method::QueueDeclareOk(lockgate_wire::queue::DeclareOk {
+            queue: "q".into(),
+            message_count: 0,
+            consumer_count: 0,
+        });
+        fake.send(ch, declare_ok.clone()).await;
+        drop(fake);
+        let mut fake = Fake::accept(&listener, 0).await;
+        // The application's channel is re-opened, then the topology re-declared on
+        // recovery's own channel.
+        assert_eq!(fake.open_channel().await, ch);
+        let tmp = fake.open_channel().await;
+        let (at, declare) = fake.recv().await;
+        assert!(
+            at == tmp && matches!(declare, Method::QueueDeclare(_)),
+            "{declare:?} on {at}"
+        );
+        declaring.send(()).unwrap();
+        published.await.unwrap();
+        fake.send(tmp, declare_ok).await;
+        let (at, close) = fake.recv().await;
+        assert!(
+            at == tmp && matches!(close, Method::ChannelClose(_)),
+            "{close:?} on {at}"
+        );
+        fake.send(tmp, Method::ChannelCloseOk(channel::CloseOk {}))
+            .await;
+        let (conn, ch, publish) = client.await.unwrap();
+        assert!(matches!(publish, Err(Error::Disconnected)), "{publish:?}");
+        drop((ch, conn));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deliveries_left_from_a_lost_connection_are_not_yielded_after_recovery() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (recovered_tx, recovered) = tokio::sync::oneshot::channel();
+        let (took_tx, took) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
+                .unwrap()
+                .with_recovery(lockgate_client::RecoveryConfig::default());
+            let conn = Connection::connect_with(options).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let mut consumer = consume_q(&ch).await.unwrap();
+            let first = consumer.next().await.unwrap().unwrap();
+            assert_eq!((first.delivery_tag, first.redelivered), (1, false));
+            took_tx.send(()).unwrap();
+            recovered.await.unwrap();
+            // Delivery 2 of the lost connection is the broker's again (it redelivers it):
+            // yielded, it would be processed twice, its ack ignored.
+            let next = consumer.next().await.unwrap().unwrap();
+            let seen = (next.delivery_tag, next.redelivered);
+            next.ack().await.unwrap();
+            (conn, ch, consumer, seen)
+        });
+        let (mut fake, ch) = Fake::consuming(&listener).await;
+        let mut both = delivery_frames(ch, 1);
+        both.extend_from_slice(&delivery_frames(ch, 2));
+        fake.frames.get_mut().write_all(&both).await.unwrap();
+        took.await.unwrap();
+        drop(fake);
+        let mut fake = Fake::accept(&listener, 0).await;
+        assert_eq!(fake.open_channel().await, ch);
+        // Recovery's own channel: nothing was declared.
+        let tmp = fake.open_channel().await;
+        assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == tmp));
+        fake.send(tmp, Method::ChannelCloseOk(channel::CloseOk {}))
+            .await;
+        assert!(matches!(fake.recv().await, (at, Method::BasicConsume(_)) if at == ch));
+        fake.send(
+            ch,
+            Method::BasicConsumeOk(basic::ConsumeOk {
+                consumer_tag: "ctag".into(),
+            }),
+        )
+        .await;
+        let mut again = delivery_frames(ch, 1);
+        // Redelivered: the redelivered flag is the octet after the delivery tag.
+        let consumer_tag_end = 7 + 4 + 1 + "ctag".len();
+        again[consumer_tag_end + 8] = 1;
+        fake.frames.get_mut().write_all(&again).await.unwrap();
+        recovered_tx.send(()).unwrap();
+        let (conn, ch, consumer, seen) = client.await.unwrap();
+        assert_eq!(seen, (1, true));
+        let (_, ack) = fake.recv().await;
+        assert!(
+            matches!(&ack, Method::BasicAck(a) if a.delivery_tag == 1),
+            "{ack:?}"
+        );
+        drop((consumer, ch, conn));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn confirm_mode_selected_before_a_lost_connection_is_recovered() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
+                .unwrap()
+                .with_recovery(lockgate_client::RecoveryConfig::default());
+            let conn = Connection::connect_with(options).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            // Lost before select-ok: the broker may or may not have taken it, and
+            // the channel numbers its publishes from here on.
+            assert!(ch.confirm_select().await.is_err());
+            (conn, ch)
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::ConfirmSelect(_)));
+        drop(fake);
+        let (conn, channel) = client.await.unwrap();
+        let mut fake = Fake::accept(&listener, 0).await;
+        assert_eq!(fake.open_channel().await, ch);
+        // Re-selected: otherwise its numbered publishes would never be confirmed.
+        let (at, select) = fake.recv().await;
+        assert!(
+            at == ch && matches!(select, Method::ConfirmSelect(_)),
+            "{select:?} on {at}"
+        );
+        drop((channel, conn));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_prefetch_set_before_a_lost_connection_is_recovered() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
+                .unwrap()
+                .with_recovery(lockgate_client::RecoveryConfig::default());
+            let conn = Connection::connect_with(options).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            // Lost before qos-ok: the broker may have applied it.
+            assert!(ch
+                .basic_qos(10, lockgate_client::QosOptions::default())
+                .await
+                .is_err());
+            (conn, ch)
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::BasicQos(_)));
+        drop(fake);
+        let (conn, channel) = client.await.unwrap();
+        let mut fake = Fake::accept(&listener, 0).await;
+        assert_eq!(fake.open_channel().await, ch);
+        // Re-applied: without it the recovered consumers get every message at once.
+        let (at, qos) = fake.recv().await;
+        assert!(
+            at == ch && matches!(&qos, Method::BasicQos(q) if q.prefetch_count == 10 && !q.global),
+            "{qos:?} on {at}"
+        );
+        drop((channel, conn));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_channel_closed_while_the_connection_recovers_stays_closed() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (closed_tx, closed) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
+                .unwrap()
+                .with_recovery(lockgate_client::RecoveryConfig::default());
+            let conn = Connection::connect_with(options).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let _consumer = consume_q(&ch).await.unwrap();
+            // Never answered: it fails when the connection is lost.
+            assert!(ch
+                .queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .is_err());
+            // Its broker side went with the socket: closed, it is not recovered.
+            let close = ch.close().await;
+            closed_tx.send(()).unwrap();
+            (conn, ch, close)
+        });
+        let (mut fake, ch) = Fake::consuming(&listener).await;
+        assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
+        drop(fake);
+        closed.await.unwrap();
+        let mut fake = Fake::accept(&listener, 0).await;
+        // Only recovery's own channel is opened, and no consumer restarted.
+        let tmp = fake.open_channel().await;
+        assert_ne!(tmp, ch);
+        assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == tmp));
+        fake.send(tmp, Method::ChannelCloseOk(channel::CloseOk {}))
+            .await;
+        let (conn, channel, close) = client.await.unwrap();
+        assert!(close.is_ok(), "{close:?}");
+        assert!(!channel.is_open());
+        drop((channel, conn));
+        // Then the connection's close (or the end of the socket), not a basic.consume.
+        let next = fake.frames.next().await;
+        assert!(
+            matches!(
+                next,
+                None | Some(Err(_))
+                    | Some(Ok(Frame::Method {
+                        method: Method::ConnectionClose(_),
+                        ..
+                    }))
+            ),
+            "{next:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_channel_closed_while_recovery_restores_the_topology_is_closed_on_the_broker() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (declaring, declared) = tokio::sync::oneshot::channel();
+        let (closing, closed) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
+                .unwrap()
+                .with_recovery(lockgate_client::RecoveryConfig::default());
+            let conn = Connection::connect_with(options).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            ch.queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .unwrap();
+            // Recovery has re-opened the channel and is re-declaring the queue.
+            declared.await.unwrap();
+            let close = ch.close().await;
+            closing.send(()).unwrap();
+            (conn, ch, close)
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
+        let declare_ok = Method::QueueDeclareOk(lockgate_wire::queue::DeclareOk {
+            queue: "q".into(),
+            message_count: 0,
+            consumer_count: 0,
+        });
+        fake.send(ch, declare_ok.clone()).await;
+        drop(fake);
+        let mut fake = Fake::accept(&listener, 0).await;
+        assert_eq!(fake.open_channel().await, ch);
+        let tmp = fake.open_channel().await;
+        assert!(matches!(fake.recv().await, (at, Method::QueueDeclare(_)) if at == tmp));
+        declaring.send(()).unwrap();
+        closed.await.unwrap();
+        fake.send(tmp, declare_ok).await;
+        assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == tmp));
+        fake.send(tmp, Method::ChannelCloseOk(channel::CloseOk {}))
+            .await;
+        // The channel re-opened on the broker is closed there too.
+        let (at, close) = fake.recv().await;
+        assert!(
+            at == ch && matches!(&close, Method::ChannelClose(c) if c.reply_code == 200),
+            "{close:?} on {at}"
+        );
+        fake.send(ch, Method::ChannelCloseOk(channel::CloseOk {}))
+            .await;
+        let (conn, channel, close) = client.await.unwrap();
+        assert!(close.is_ok(), "{close:?}");
+        drop((channel, conn));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_consumer_dropped_while_the_connection_recovers_is_not_restarted() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (drop_tx, drop_rx) = tokio::sync::oneshot::channel();
+        let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
+                .unwrap()
+                .with_recovery(lockgate_client::RecoveryConfig::default());
+            let conn = Connection::connect_with(options).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let first = consume_q(&ch).await.unwrap();
+            let second = ch
+                .basic_consume(
+                    "q",
+                    "kept",
+                    ConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            drop_rx.await.unwrap();
+            drop(first);
+            dropped_tx.send(()).unwrap();
+            (conn, ch, second)
+        });
+        let (mut fake, ch) = Fake::consuming(&listener).await;
+        assert!(matches!(fake.recv().await.1, Method::BasicConsume(_)));
+        fake.send(
+            ch,
+            Method::BasicConsumeOk(basic::ConsumeOk {
+                consumer_tag: "kept".into(),
+            }),
+        )
+        .await;
+        drop(fake);
+        let mut fake = Fake::accept(&listener, 0).await;
+        assert_eq!(fake.open_channel().await, ch);
+        let tmp = fake.open_channel().await;
+        assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == tmp));
+        // While the connection recovers, the application drops its first consumer.
+        drop_tx.send(()).unwrap();
+        dropped.await.unwrap();
+        fake.send(tmp, Method::ChannelCloseOk(channel::CloseOk {}))
+            .await;
+        // Only the consumer it kept is restarted: the other would take messages that
+        // no one reads, and hold them unacknowledged.
+        let (at, consume) = fake.recv().await;
+        assert!(
+            at == ch && matches!(&consume, Method::BasicConsume(c) if c.consumer_tag == "kept"),
+            "{consume:?} on {at}"
+        );
+        fake.send(
+            ch,
+            Method::BasicConsumeOk(basic::ConsumeOk {
+                consumer_tag: "kept".into(),
+            }),
+        )
+        .await;
+        let (conn, channel, kept) = client.await.unwrap();
+        drop((kept, channel, conn));
+    })
+    .await;
+}
