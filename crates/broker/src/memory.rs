@@ -43,6 +43,11 @@ impl MemoryMonitor {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Bytes at or above which the alarm is raised; 0 when it is disabled.
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark
+    }
+
     pub fn blocked(&self) -> bool {
         *self.blocked.borrow()
     }

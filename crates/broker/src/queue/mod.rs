@@ -367,15 +367,7 @@ impl Queue {
         if ttl_changed {
             self.reschedule_expiry(&mut st);
         }
-        {
-            let QueueState {
-                ready,
-                consumers,
-                max_delivered,
-                ..
-            } = &mut *st;
-            ready.reshape(&args, consumers, *max_delivered);
-        }
+        st.reshape();
         self.apply_timeout(&args);
         self.touch_locked(&mut st);
         let mut dead = Vec::new();

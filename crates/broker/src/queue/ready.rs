@@ -21,6 +21,9 @@
 //! which files each under its priority or group. A priority level whose in-memory head is
 //! empty while it still has messages on disk ([`ReadyList::set_spilled`]) stops delivery of
 //! the lower levels until it is paged in, so spilling never changes the delivery order.
+//! A reshape with messages on disk keeps in the new shape only those before the first seq
+//! on disk ([`ReadyList::reshape`]); the rest is filed as the old disk tails are re-filed
+//! (`spill.rs`), and a priority list delivers nothing meanwhile ([`ReadyList::set_refiling`]).
 
 use std::collections::VecDeque;
 use std::ops::Index;
@@ -55,6 +58,8 @@ struct Levels {
     /// Per level: the highest seq taken from it (delivered, got or dropped); its disk tail
     /// starts after it, so that a requeued message always sorts before the tail.
     popped: Vec<Option<u64>>,
+    /// A reshape's re-filing runs: nothing is delivered ([`ReadyList::set_refiling`]).
+    refiling: bool,
 }
 
 impl Default for ReadyList {
@@ -80,7 +85,9 @@ impl ReadyList {
     }
 
     /// Changes the shape when the arguments changed (a policy set or removed
-    /// `max-priority` or `group-header`): every message is filed again. A new grouped list
+    /// `max-priority` or `group-header`): every message is filed again, except those from
+    /// seq `hold_from` on, which are returned (in seq order) for the caller to file once the
+    /// disk tails are re-filed (`spill.rs`). `None` when the shape stays. A new grouped list
     /// starts with `consumers` and no group; deliveries in flight are not tracked by it. A
     /// new priority list's levels start with what was taken before (see
     /// [`Levels::inherit_popped`]; `delivered` is the queue's highest delivered seq), so that
@@ -90,7 +97,8 @@ impl ReadyList {
         arguments: &QueueArguments,
         consumers: &[Arc<Consumer>],
         delivered: Option<u64>,
-    ) {
+        hold_from: Option<u64>,
+    ) -> Option<VecDeque<Ready>> {
         let same = match (&self.inner, ReadyList::new(arguments).inner) {
             (Inner::Fifo(_), Inner::Fifo(_)) => true,
             (Inner::Priority(a), Inner::Priority(b)) => a.levels.len() == b.levels.len(),
@@ -98,23 +106,25 @@ impl ReadyList {
             _ => false,
         };
         if same {
-            return;
+            return None;
         }
-        let spilled: Vec<usize> = (0..self.lanes()).filter(|&l| self.is_spilled(l)).collect();
         let old = self.take();
         *self = ReadyList::new(arguments);
         if let Inner::Priority(levels) = &mut self.inner {
             levels.inherit_popped(&old.inner, delivered);
-        }
-        for lane in spilled {
-            self.set_spilled(lane, true);
         }
         if let Inner::Grouped(g) = &mut self.inner {
             for consumer in consumers {
                 g.add_consumer(consumer);
             }
         }
-        self.extend(old.iter_owned());
+        let (mut held, kept): (Vec<Ready>, Vec<Ready>) = old
+            .iter_owned()
+            .into_iter()
+            .partition(|r| hold_from.is_some_and(|from| r.seq >= from));
+        self.extend(kept);
+        held.sort_unstable_by_key(|r| r.seq);
+        Some(held.into())
     }
 
     /// An empty list of the same shape (a priority list remembers what was taken from each
@@ -361,10 +371,13 @@ impl ReadyList {
         }
     }
 
-    fn is_spilled(&self, lane: usize) -> bool {
-        match &self.inner {
-            Inner::Priority(p) => p.spilled.get(lane).copied().unwrap_or(false),
-            _ => false,
+    /// Holds back (or resumes) the delivery of a priority list while a reshape re-files the
+    /// disk tails of the old shape (`spill.rs`): any message still there may outrank every
+    /// one in memory. No-op for the other shapes: re-filing feeds their one lane in seq
+    /// order, behind everything in memory.
+    pub fn set_refiling(&mut self, refiling: bool) {
+        if let Inner::Priority(p) = &mut self.inner {
+            p.refiling = refiling;
         }
     }
 
@@ -451,6 +464,7 @@ impl Levels {
             top: 0,
             spilled: vec![false; n],
             popped: vec![None; n],
+            refiling: false,
         }
     }
 
@@ -492,9 +506,12 @@ impl Levels {
 
     /// The level delivery takes from next: the highest one holding messages, unless a
     /// higher one has an empty head and messages on disk (`None`: they go first, once paged
-    /// in).
+    /// in), or a re-filing runs.
     #[inline]
     fn next_level(&self) -> Option<usize> {
+        if self.refiling {
+            return None;
+        }
         for level in (0..=self.top).rev() {
             if !self.levels[level].is_empty() {
                 return Some(level);
@@ -734,11 +751,11 @@ mod tests {
             list.push_back(item(seq, p, None));
         }
         assert_eq!(seqs(&list), [0, 1, 2]);
-        list.reshape(&args(Some(5), None), &[], None);
+        list.reshape(&args(Some(5), None), &[], None, None);
         assert_eq!(seqs(&list), [1, 0, 2]);
-        list.reshape(&args(Some(5), None), &[], None);
+        list.reshape(&args(Some(5), None), &[], None, None);
         assert_eq!(seqs(&list), [1, 0, 2]);
-        list.reshape(&args(None, None), &[], None);
+        list.reshape(&args(None, None), &[], None, None);
         assert_eq!(seqs(&list), [0, 1, 2]);
     }
 
@@ -749,7 +766,7 @@ mod tests {
         for seq in [0, 1, 5, 6] {
             list.push_back(item(seq, None, None));
         }
-        list.reshape(&args(Some(1), None), &[], Some(4));
+        list.reshape(&args(Some(1), None), &[], Some(4), None);
         assert_eq!(list.spill_cut(0, None, 0, 0), Some(5));
         // A priority list's marks follow the priorities they were taken from: level 1 held
         // priorities 1 and up, so new levels 1 and 3 start after what it gave out.
@@ -766,7 +783,7 @@ mod tests {
         }
         assert_eq!(list.pop_front().map(|r| r.seq), Some(1));
         assert_eq!(list.pop_front().map(|r| r.seq), Some(2));
-        list.reshape(&args(Some(3), None), &[], Some(2));
+        list.reshape(&args(Some(3), None), &[], Some(2), None);
         list.insert(item(1, Some(3), None));
         list.insert(item(2, Some(1), None));
         assert_eq!(list.spill_cut(3, None, 0, 0), Some(4));

@@ -32,15 +32,34 @@
 //! overtaken by its pages), so what waits behind it stays in memory. So a message still on disk after a restart is delivered
 //! after every message in memory, whatever its priority, and FIFO within a priority holds.
 //!
+//! A policy that changes the queue's shape (`max-priority`, `group-header`) changes its
+//! lanes, and a disk tail of the old shape holds messages of several new lanes. So a reshape
+//! with a disk tail *re-files*: the old tails become the sources of one [`Refile`], and the
+//! new lanes start with the in-memory messages before the first seq on disk. The sources are
+//! paged in merged seq order (a page per source at most in memory, as a look-ahead), and each
+//! message, and each one held in memory behind them (the old shape's in-memory messages from
+//! that seq on, and arrivals meanwhile), is filed under its new lane once nothing still on
+//! disk comes before it: into the lane's head, or behind its own disk tail if it has one. The
+//! new lanes spill as usual meanwhile, so what was read goes back to disk, per lane, when
+//! memory is short: a page is read only while memory is below the spill threshold, or once
+//! the spill task has looked at the queue since the last page. A priority queue delivers
+//! nothing until the re-filing is done (any message still on disk may outrank those in
+//! memory); a FIFO or grouped queue delivers its head meanwhile, as the sources only feed
+//! its lane behind it. So a reshape keeps FIFO within each priority and puts every message
+//! at its priority, wherever it was. A spill write or page-in in flight during a reshape
+//! finds its tail among the sources when it ends.
+//!
 //! The store I/O runs on the spill task, never under the queue lock: these functions only
 //! move messages between the lists and account for them.
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockgate_store::{QueueId, Store, StoredRef};
 
+use super::ready::insert_sorted;
 use super::{drain, Queue, QueueState, Ready};
 use crate::vhost::VHost;
 
@@ -90,12 +109,69 @@ struct Lane {
     id: Option<QueueId>,
 }
 
+/// A reshape's re-filing of the old shape's disk tails into the new lanes (module doc).
+#[derive(Default)]
+struct Refile {
+    /// The old disk tails, paged in merged seq order.
+    sources: Vec<Source>,
+    /// Messages in memory after everything still in `sources` (seq order): the old shape's
+    /// from the first seq on disk on, and those arrived since.
+    held: VecDeque<Ready>,
+    /// A page was read since the spill task last ranked the queue for spilling.
+    read: bool,
+}
+
+/// One disk tail being re-filed.
+struct Source {
+    disk: DiskTail,
+    /// Arrival times of its messages that can expire (seq order), restored on page-in.
+    arrivals: VecDeque<(u64, Instant)>,
+    /// Read, not filed yet: it comes after a message still in another source.
+    buffer: VecDeque<Ready>,
+}
+
+impl Source {
+    /// No message of it is left with a seq below this one.
+    fn position(&self) -> u64 {
+        self.buffer.front().map_or(self.disk.from_seq, |r| r.seq)
+    }
+
+    fn exhausted(&self) -> bool {
+        self.buffer.is_empty() && (self.disk.count == 0 || self.disk.from_seq >= self.disk.end_seq)
+    }
+}
+
+impl Refile {
+    /// The source to file from (or read) next: the one furthest behind.
+    fn next(&self) -> Option<usize> {
+        (0..self.sources.len()).min_by_key(|&i| self.sources[i].position())
+    }
+
+    /// Every message still in a source has this seq or more.
+    fn position(&self) -> u64 {
+        self.sources
+            .iter()
+            .map(Source::position)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The messages read or held, not filed yet.
+    fn waiting(&self) -> impl Iterator<Item = &Ready> + '_ {
+        let buffers = self.sources.iter().flat_map(|s| s.buffer.iter());
+        self.held.iter().chain(buffers)
+    }
+}
+
 /// A queue's lanes with their disk tails. See the module doc.
 #[derive(Default)]
 pub(crate) struct Tails {
     lanes: Vec<Lane>,
-    /// Lanes with a disk tail: with none, the message path pays one comparison.
+    /// Lanes with a disk tail, and one more while a re-filing runs: with none, the message
+    /// path pays one comparison.
     spilled: usize,
+    /// The re-filing of a reshape, while it runs.
+    refile: Option<Box<Refile>>,
     /// `basic.get` calls waiting for a spill or page-in of the queue to finish.
     waiting_gets: usize,
     /// Lane 0's disk tail is the one recovery left, holding messages of every lane: it is
@@ -128,26 +204,50 @@ impl Tails {
         self.disks().map(|d| d.bytes).sum()
     }
 
-    /// Messages waiting behind a disk tail, in memory.
+    /// Messages waiting behind a disk tail, in memory (a re-filing's too).
     pub fn pending_len(&self) -> usize {
-        self.lanes.iter().map(|l| l.pending.len()).sum()
+        let refile = self.refile.iter().map(|r| {
+            let buffers: usize = r.sources.iter().map(|s| s.buffer.len()).sum();
+            r.held.len() + buffers
+        });
+        self.lanes
+            .iter()
+            .map(|l| l.pending.len())
+            .chain(refile)
+            .sum()
     }
 
-    /// The messages waiting behind a disk tail.
+    /// The messages waiting behind a disk tail (a re-filing's too).
     pub fn pending(&self) -> impl Iterator<Item = &Ready> + '_ {
-        self.lanes.iter().flat_map(|l| l.pending.iter())
+        let refile = self.refile.iter().flat_map(|r| r.waiting());
+        self.lanes
+            .iter()
+            .flat_map(|l| l.pending.iter())
+            .chain(refile)
     }
 
     /// Removes the waiting message `seq` if `pred` holds for it.
     pub fn remove_pending(&mut self, seq: u64, pred: impl Fn(&Ready) -> bool) -> Option<Ready> {
-        self.lanes.iter_mut().find_map(|l| {
-            let at = l.pending.partition_point(|r| r.seq < seq);
-            if l.pending.get(at).is_some_and(&pred) {
-                l.pending.remove(at)
+        let lanes = self.lanes.iter_mut().map(|l| &mut l.pending);
+        let refile = self.refile.iter_mut().flat_map(|r| {
+            let buffers = r.sources.iter_mut().map(|s| &mut s.buffer);
+            std::iter::once(&mut r.held).chain(buffers)
+        });
+        lanes.chain(refile).find_map(|list| {
+            let at = list.partition_point(|r| r.seq < seq);
+            if list.get(at).is_some_and(&pred) {
+                list.remove(at)
             } else {
                 None
             }
         })
+    }
+
+    /// The first seq on disk, re-filing included.
+    fn first_on_disk(&self) -> Option<u64> {
+        let refile = self.refile.iter().map(|r| r.position());
+        let lanes = self.lanes.iter().filter_map(|l| l.disk.as_ref());
+        lanes.map(|d| d.from_seq).chain(refile).min()
     }
 
     /// Takes everything out (purge, delete): the disk tails to remove from the store and the
@@ -159,6 +259,23 @@ impl Tails {
         self.recovered = false;
         let mut disks = Vec::new();
         let mut pending = Vec::new();
+        if let Some(refile) = self.refile.take() {
+            let Refile {
+                sources, mut held, ..
+            } = *refile;
+            for source in sources {
+                held.extend(source.buffer);
+                disks.push(source.disk);
+            }
+            // Their stored copies go with a tail's purge (by range from a tail kept under
+            // `durable`, one by one below it).
+            if let Some(disk) = disks.first_mut() {
+                let waiting = held.iter();
+                disk.copied
+                    .extend(waiting.filter_map(|r| Some((r.stored?, r.redelivered))));
+            }
+            pending.extend(held);
+        }
         for lane in &mut self.lanes {
             if let Some(mut disk) = lane.disk.take() {
                 if Some(disk.id) != durable {
@@ -180,7 +297,9 @@ impl Tails {
     }
 
     fn disks(&self) -> impl Iterator<Item = &DiskTail> + '_ {
-        self.lanes.iter().filter_map(|l| l.disk.as_ref())
+        let refile = self.refile.iter().flat_map(|r| r.sources.iter());
+        let lanes = self.lanes.iter().filter_map(|l| l.disk.as_ref());
+        lanes.chain(refile.map(|s| &s.disk))
     }
 
     fn lane_mut(&mut self, lane: usize) -> &mut Lane {
@@ -213,6 +332,31 @@ impl DiskTail {
             0
         };
         self.store.remove_from(self.id, from).ticket()
+    }
+
+    /// Gives the messages of a page their stored copies and redelivered flags back (a
+    /// priority level of a durable queue), and accounts for them leaving the disk: `complete`
+    /// when nothing before `end_seq` is left after them.
+    fn paged(&mut self, paged: &mut [Ready], complete: bool) {
+        for item in paged.iter_mut() {
+            while self.copied.front().is_some_and(|(r, _)| r.seq < item.seq) {
+                self.copied.pop_front();
+            }
+            if self.copied.front().is_some_and(|(r, _)| r.seq == item.seq) {
+                if let Some((stored, redelivered)) = self.copied.pop_front() {
+                    item.stored = Some(stored);
+                    item.redelivered = redelivered;
+                }
+            }
+        }
+        let bytes: u64 = paged.iter().map(|r| r.size).sum();
+        match paged.last() {
+            _ if complete => self.from_seq = self.end_seq,
+            Some(last) => self.from_seq = last.seq + 1,
+            None => {}
+        }
+        self.count = self.count.saturating_sub(paged.len());
+        self.bytes = self.bytes.saturating_sub(bytes);
     }
 
     /// Queue deleted: removes its spilled records unless they are kept under `durable`, the
@@ -287,6 +431,10 @@ impl QueueState {
 
     #[inline(never)]
     fn hold_behind_tail_slow(&mut self, item: Ready) -> Option<Ready> {
+        if let Some(refile) = &mut self.tails.refile {
+            insert_sorted(&mut refile.held, item);
+            return None;
+        }
         let lane = if self.tails.recovered {
             0
         } else {
@@ -294,11 +442,191 @@ impl QueueState {
         };
         match self.tails.lanes.get_mut(lane) {
             Some(l) if l.disk.is_some() => {
-                super::ready::insert_sorted(&mut l.pending, item);
+                insert_sorted(&mut l.pending, item);
                 None
             }
             _ => Some(item),
         }
+    }
+
+    /// Files the messages into the shape the arguments ask for, after a policy changed them
+    /// (see the module doc): with a disk tail, they are re-filed. A spill write or page-in in
+    /// flight finds its tail among the sources when it ends.
+    pub(super) fn reshape(&mut self) {
+        let hold_from = self.tails.first_on_disk();
+        let args = Arc::clone(&self.args);
+        let reshaped = self
+            .ready
+            .reshape(&args, &self.consumers, self.max_delivered, hold_from);
+        let (Some(held), Some(_)) = (reshaped, hold_from) else {
+            return;
+        };
+        let mut refile = self.tails.refile.take().unwrap_or_default();
+        refile.held.extend(held);
+        for lane in std::mem::take(&mut self.tails.lanes) {
+            refile.held.extend(lane.pending);
+            if let Some(disk) = lane.disk {
+                refile.sources.push(Source {
+                    disk,
+                    arrivals: lane.arrivals,
+                    buffer: VecDeque::new(),
+                });
+            }
+        }
+        refile
+            .held
+            .make_contiguous()
+            .sort_unstable_by_key(|r| r.seq);
+        self.tails.refile = Some(refile);
+        self.tails.spilled = 1;
+        self.tails.recovered = false;
+        self.ready.set_refiling(true);
+    }
+
+    /// Files what the re-filing may file now: the messages read and held that no message
+    /// still on disk comes before. Ends it once every source is read.
+    fn advance_refile(&mut self) {
+        let Some(mut refile) = self.tails.refile.take() else {
+            return;
+        };
+        let mut filed = Vec::new();
+        loop {
+            refile.sources.retain(|s| !s.exhausted());
+            let Some(next) = refile.next() else { break };
+            let bound = (0..refile.sources.len())
+                .filter(|&i| i != next)
+                .map(|i| refile.sources[i].position())
+                .min()
+                .unwrap_or(u64::MAX);
+            let buffer = &mut refile.sources[next].buffer;
+            if buffer.is_empty() {
+                break;
+            }
+            // Seqs are unique: a bound equal to the front is another source's lower bound.
+            while buffer.front().is_some_and(|r| r.seq <= bound) {
+                filed.extend(buffer.pop_front());
+            }
+        }
+        let position = refile.position();
+        while refile.held.front().is_some_and(|r| r.seq < position) {
+            filed.extend(refile.held.pop_front());
+        }
+        if refile.sources.is_empty() {
+            filed.extend(refile.held.drain(..));
+            self.tails.spilled -= 1;
+            self.ready.set_refiling(false);
+        } else {
+            self.tails.refile = Some(refile);
+        }
+        filed.sort_unstable_by_key(|r| r.seq);
+        for item in filed {
+            self.file(item);
+        }
+    }
+
+    /// A spill write to a tail that became source `source` failed: its messages stay in
+    /// memory, filed like those held once nothing on disk comes before them.
+    fn unspill_source(&mut self, source: usize, items: Vec<Ready>, range: &Range<u64>, bytes: u64) {
+        let Some(refile) = self.tails.refile.as_mut() else {
+            return;
+        };
+        let s = &mut refile.sources[source];
+        s.arrivals.retain(|(seq, _)| !range.contains(seq));
+        let disk = &mut s.disk;
+        disk.count -= items.len().min(disk.count);
+        disk.bytes = disk.bytes.saturating_sub(bytes);
+        disk.end_seq = range.start;
+        disk.copied.retain(|(r, _)| r.seq < range.start);
+        for item in items {
+            insert_sorted(&mut refile.held, item);
+        }
+        self.advance_refile();
+    }
+
+    /// Files a message under its lane: behind the lane's disk tail if it has one, else in
+    /// the ready list.
+    fn file(&mut self, item: Ready) {
+        let lane = self.ready.lane_of(&item);
+        match self.tails.lanes.get_mut(lane) {
+            Some(l) if l.disk.is_some() => insert_sorted(&mut l.pending, item),
+            _ => self.ready.insert(item),
+        }
+    }
+
+    /// The next page of a re-filing, if it runs and may read: memory is below the spill
+    /// threshold (`room`), or the spill task ranked the queue since the last page.
+    fn refile_request(&mut self, max: usize, room: bool) -> Option<PageRequest> {
+        let refile = self.tails.refile.as_mut()?;
+        if !room && refile.read {
+            return None;
+        }
+        let source = refile.next()?;
+        let disk = &refile.sources[source].disk;
+        // A page per source may wait in memory: they share a head's budget.
+        let budget = disk.head_bytes / refile.sources.len() as u64;
+        let average = (disk.bytes / disk.count.max(1) as u64).max(1);
+        let fits = usize::try_from(budget / average).unwrap_or(usize::MAX);
+        let request = PageRequest {
+            store: disk.store.clone(),
+            id: disk.id,
+            from_seq: disk.from_seq,
+            end_seq: disk.end_seq,
+            max: fits.clamp(1, max),
+            lane: 0,
+            epoch: self.epoch,
+        };
+        refile.read = true;
+        Some(request)
+    }
+
+    /// The re-filing's source a page-in or spill of tail `id` is about, `matches` telling
+    /// its disk tail.
+    fn source_of(&self, id: QueueId, matches: impl Fn(&DiskTail) -> bool) -> Option<usize> {
+        let refile = self.tails.refile.as_ref()?;
+        (0..refile.sources.len()).find(|&i| {
+            let disk = &refile.sources[i].disk;
+            disk.id == id && matches(disk)
+        })
+    }
+
+    /// Files a page read from source `source` of the re-filing.
+    fn finish_refile_page(
+        &mut self,
+        queue: &Queue,
+        request: &PageRequest,
+        source: usize,
+        mut paged: Vec<Ready>,
+    ) {
+        let Some(s) = self
+            .tails
+            .refile
+            .as_mut()
+            .and_then(|r| r.sources.get_mut(source))
+        else {
+            return;
+        };
+        // TTL restore works on a lane's arrivals: lend the source's to a spare lane.
+        let arrivals = std::mem::take(&mut s.arrivals);
+        let spare = self.tails.lanes.len();
+        *self.tails.arrivals_mut(spare) = arrivals;
+        queue.restore_arrivals(self, spare, &mut paged);
+        let arrivals = std::mem::take(self.tails.arrivals_mut(spare));
+        self.tails.lanes.truncate(spare);
+        let Some(s) = self
+            .tails
+            .refile
+            .as_mut()
+            .and_then(|r| r.sources.get_mut(source))
+        else {
+            return;
+        };
+        s.arrivals = arrivals;
+        // A short page read everything before the end.
+        let complete = paged.len() < request.max;
+        s.disk.paged(&mut paged, complete);
+        self.counters.ready_bytes += paged.iter().map(|r| r.size).sum::<u64>();
+        s.buffer.extend(paged);
+        self.advance_refile();
     }
 
     /// The lane to page in next: the first, in delivery order, with a disk tail and a head
@@ -325,7 +653,10 @@ impl QueueState {
     /// Wakes the spill task when a head runs low and a disk tail waits.
     #[inline]
     pub(super) fn request_page_in(&mut self) {
-        if self.tails.on_disk() && !self.want_page && self.lane_to_page().is_some() {
+        if self.tails.on_disk()
+            && !self.want_page
+            && (self.tails.refile.is_some() || self.lane_to_page().is_some())
+        {
             if let Some(wake) = &self.wake {
                 self.want_page = true;
                 wake.notify_one();
@@ -333,11 +664,15 @@ impl QueueState {
         }
     }
 
-    /// [`Queue::page_request`] under the lock.
-    fn page_request_locked(&mut self, max: usize) -> Option<PageRequest> {
+    /// [`Queue::page_request`] under the lock; `room`: memory is below the spill threshold.
+    fn page_request_locked(&mut self, max: usize, room: bool) -> Option<PageRequest> {
         self.want_page = false;
         if self.deleted || self.busy {
             return None;
+        }
+        if let Some(request) = self.refile_request(max, room) {
+            self.busy = true;
+            return Some(request);
         }
         let lane = self.lane_to_page()?;
         let (head_len, head_bytes) = self.head_of(lane);
@@ -380,20 +715,23 @@ impl QueueState {
 }
 
 impl Queue {
-    /// Messages kept in memory beyond the heads, which a spill could move to disk.
+    /// Messages kept in memory beyond the heads, which a spill could move to disk. The spill
+    /// task asks before it spills: a re-filing may read its next page (see the module doc).
     pub(crate) fn spillable(&self) -> usize {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        if let Some(refile) = &mut st.tails.refile {
+            refile.read = false;
+        }
         if st.tails.holds_spill(st.ready.lanes()) {
             return 0;
         }
         (0..st.ready.lanes())
             .map(|lane| match st.tails.lanes.get(lane) {
                 Some(Lane {
-                    disk: Some(disk),
+                    disk: Some(_),
                     pending,
                     ..
-                }) if Some(disk.id) == self.lane_id(&st, lane) => pending.len(),
-                Some(Lane { disk: Some(_), .. }) => 0,
+                }) => pending.len(),
                 _ => st.ready.lane_len(lane),
             })
             .sum()
@@ -409,12 +747,20 @@ impl Queue {
         self.state.lock().tails.on_disk()
     }
 
-    /// The store id a lane spills under, if it has one yet: a durable FIFO or grouped
-    /// queue's own id, else the lane's spill id.
+    /// The store id a lane spills under, if it has one yet: its disk tail's; else a durable
+    /// FIFO or grouped queue's own id, unless a re-filing runs; else the lane's spill id.
+    ///
+    /// A re-filing's source may be kept under the queue's own id, and a page-in takes every
+    /// spilled record of its id it reads, beyond its tail's end too: so while one runs, the
+    /// lane spills under an id of its own, as a priority level does.
     fn lane_id(&self, st: &QueueState, lane: usize) -> Option<QueueId> {
-        match (&self.store, st.ready.lanes()) {
-            (Some(qs), 1) => Some(qs.id),
-            _ => st.tails.lanes.get(lane).and_then(|l| l.id),
+        let l = st.tails.lanes.get(lane);
+        if let Some(disk) = l.and_then(|l| l.disk.as_ref()) {
+            return Some(disk.id);
+        }
+        match (&self.store, st.ready.lanes(), &st.tails.refile) {
+            (Some(qs), 1, None) => Some(qs.id),
+            _ => l.and_then(|l| l.id),
         }
     }
 
@@ -455,14 +801,13 @@ impl Queue {
             .count();
         let head_bytes = head_bytes / used.max(1) as u64;
         for lane in 0..lanes {
-            let own = self.lane_id(st, lane);
             let (items, created) = match st.tails.lanes.get_mut(lane) {
                 Some(Lane {
-                    disk: Some(disk),
+                    disk: Some(_),
                     pending,
                     ..
                 }) => {
-                    if Some(disk.id) != own || pending.is_empty() {
+                    if pending.is_empty() {
                         continue;
                     }
                     let n = batch_len(pending, max, max_bytes);
@@ -563,6 +908,7 @@ impl Queue {
             lane,
             epoch,
             created,
+            id: batch_id,
             ..
         } = batch;
         let range = match (items.first(), items.last()) {
@@ -584,6 +930,20 @@ impl Queue {
         // The write failed (disk full): keep the messages in memory, in order.
         let bytes: u64 = items.iter().map(|r| r.size).sum();
         st.counters.ready_bytes += bytes;
+        let own = |d: &DiskTail| d.id == batch_id && d.end_seq == range.end;
+        if !st
+            .tails
+            .lanes
+            .get(lane)
+            .and_then(|l| l.disk.as_ref())
+            .is_some_and(own)
+        {
+            // A reshape made the tail a re-filing's source.
+            if let Some(source) = st.source_of(batch_id, own) {
+                st.unspill_source(source, items, &range, bytes);
+            }
+            return None;
+        }
         let l = st.tails.lane_mut(lane);
         l.arrivals.retain(|(seq, _)| !range.contains(seq));
         if created {
@@ -607,51 +967,30 @@ impl Queue {
     /// A page-in to run when a head is low and a disk tail waits; marks the queue busy.
     /// At most `max` messages, and no more than fit in the lane's head byte budget.
     pub(crate) fn page_request(&self, max: usize) -> Option<PageRequest> {
-        self.state.lock().page_request_locked(max)
+        let room = self.below_spill_threshold();
+        self.state.lock().page_request_locked(max, room)
+    }
+
+    /// The broker's memory is below the spill task's threshold (half the high watermark).
+    fn below_spill_threshold(&self) -> bool {
+        let watermark = self.memory.high_watermark();
+        watermark == 0 || self.memory.used() <= watermark / 2
     }
 
     /// Ends a page-in: appends the messages read (`None` when the read failed) to the head
-    /// and shrinks the disk tail; once it is empty, the lane's `pending` follows them.
+    /// and shrinks the disk tail; once it is empty, the lane's `pending` follows them. A
+    /// re-filing's page is filed instead (see the module doc).
     pub(crate) fn finish_page(&self, request: &PageRequest, paged: Option<Vec<Ready>>) {
         let mut guard = self.state.lock();
         let st = &mut *guard;
         st.busy = false;
         self.wake_gets(st);
-        if st.epoch != request.epoch {
-            return;
-        }
-        let Some(mut paged) = paged else {
-            return;
-        };
-        let lane = request.lane;
-        self.restore_arrivals(st, lane, &mut paged);
-        let Some(disk) = st.tails.lanes[lane].disk.as_mut() else {
-            return;
-        };
-        for item in &mut paged {
-            while disk.copied.front().is_some_and(|(r, _)| r.seq < item.seq) {
-                disk.copied.pop_front();
+        if let (true, Some(paged)) = (st.epoch == request.epoch, paged) {
+            // A re-filing's page, or a lane's whose tail a reshape made a source meanwhile.
+            match st.source_of(request.id, |d| d.from_seq == request.from_seq) {
+                Some(source) => st.finish_refile_page(self, request, source, paged),
+                None => self.file_page(st, request, paged),
             }
-            if disk.copied.front().is_some_and(|(r, _)| r.seq == item.seq) {
-                if let Some((stored, redelivered)) = disk.copied.pop_front() {
-                    item.stored = Some(stored);
-                    item.redelivered = redelivered;
-                }
-            }
-        }
-        let n = paged.len();
-        let bytes: u64 = paged.iter().map(|r| r.size).sum();
-        if let Some(last) = paged.last() {
-            disk.from_seq = last.seq + 1;
-        }
-        disk.count = disk.count.saturating_sub(n);
-        disk.bytes = disk.bytes.saturating_sub(bytes);
-        // An empty page means nothing is left in the range, whatever the count said.
-        let emptied = disk.count == 0 || n == 0 || disk.from_seq >= disk.end_seq;
-        st.counters.ready_bytes += bytes;
-        st.ready.extend(paged);
-        if emptied {
-            st.close_tail(lane);
         }
         // Messages that expired on disk go before anything is delivered.
         let mut dead = Vec::new();
@@ -659,6 +998,26 @@ impl Queue {
         drain(st, self.store.as_ref());
         drop(guard);
         self.dead_letter(dead);
+    }
+
+    /// [`Queue::finish_page`] of a lane's own disk tail.
+    fn file_page(&self, st: &mut QueueState, request: &PageRequest, mut paged: Vec<Ready>) {
+        let lane = request.lane;
+        self.restore_arrivals(st, lane, &mut paged);
+        let disk = st.tails.lanes.get_mut(lane).and_then(|l| l.disk.as_mut());
+        let Some(disk) = disk.filter(|d| d.id == request.id && d.from_seq == request.from_seq)
+        else {
+            return;
+        };
+        disk.paged(&mut paged, false);
+        let n = paged.len();
+        // An empty page means nothing is left in the range, whatever the count said.
+        let emptied = disk.count == 0 || n == 0 || disk.from_seq >= disk.end_seq;
+        st.counters.ready_bytes += paged.iter().map(|r| r.size).sum::<u64>();
+        st.ready.extend(paged);
+        if emptied {
+            st.close_tail(lane);
+        }
     }
 
     /// Wakes the `basic.get` calls waiting for the queue to be free of spill work.
@@ -692,7 +1051,8 @@ impl Queue {
                     return true;
                 }
                 if !st.busy {
-                    let Some(request) = st.page_request_locked(GET_PAGE) else {
+                    let room = self.below_spill_threshold();
+                    let Some(request) = st.page_request_locked(GET_PAGE, room) else {
                         return false;
                     };
                     drop(st);
@@ -757,7 +1117,7 @@ impl Queue {
 mod tests {
     use bytes::Bytes;
     use lockgate_store::{SpillRecord, StoreConfig};
-    use lockgate_wire::{BasicProperties, ContentHeader, FieldTable};
+    use lockgate_wire::{BasicProperties, ContentHeader, FieldTable, FieldValue};
 
     use super::*;
     use crate::message::Message;
@@ -827,5 +1187,149 @@ mod tests {
             .expect("the page's first message");
         assert_eq!(&ok.message.body()[..8], b"00000010");
         assert_eq!(ok.message_count, 989);
+    }
+
+    /// Writes a spill batch as the spill task does (transient bodies only, unless copied).
+    async fn write(store: &Store, queue: &Queue, batch: SpillBatch) {
+        let records: Vec<SpillRecord> = batch
+            .items
+            .iter()
+            .filter(|r| r.stored.is_none() || batch.copy_persistent)
+            .map(|r| SpillRecord {
+                seq: r.seq,
+                header: crate::durable::message_header(&r.message),
+                body: r.message.body_bytes(),
+            })
+            .collect();
+        store.spill_async(batch.id, records).await.expect("spilled");
+        assert!(queue.finish_spill(batch, true).is_none());
+    }
+
+    /// A durable FIFO queue with transient messages on disk (kept under its own store id)
+    /// is made a grouped queue, and its one lane spills again while the re-filing runs: a
+    /// page-in of that lane's new tail must not read (and take) the re-filing's records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_spilled_while_re_filing_keeps_apart_from_the_sources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        // Always over the spill threshold: one re-filing page per ranking.
+        let config = BrokerConfig {
+            memory_high_watermark: 1,
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::with_store(config, store.clone());
+        let vhost = broker.vhost("/").expect("vhost");
+        let flags = QueueFlags {
+            durable: true,
+            ..QueueFlags::default()
+        };
+        vhost
+            .declare_queue(ConnectionId(1), "q", flags, FieldTable::default())
+            .expect("declare");
+        for i in 0..1000u16 {
+            let body = format!("{i:08}");
+            let header = ContentHeader::new(60, body.len() as u64, BasicProperties::default())
+                .expect("header");
+            let message = Message::new(String::new(), "q".into(), header, Bytes::from(body));
+            vhost.publish(false, message).expect("publish");
+        }
+        let queue = vhost.queue("q").expect("queue");
+        let spill = |queue: &Queue| queue.take_spill(&store, 10, u64::MAX, usize::MAX, u64::MAX);
+        write(&store, &queue, spill(&queue).expect("a batch")).await;
+        let definition = [(
+            "group-header".to_owned(),
+            FieldValue::LongString("k".into()),
+        )]
+        .into_iter()
+        .collect();
+        let policy = crate::Policy::new("/", "p", "^q$", crate::ApplyTo::Queues, 0, definition)
+            .expect("policy");
+        vhost.set_policies(vec![policy]);
+        let request = queue.page_request(100).expect("a re-filing page");
+        queue.finish_page(&request, crate::spill::page_in_blocking(&vhost, &request));
+        write(&store, &queue, spill(&queue).expect("the lane spills")).await;
+        while queue.has_disk_tail() {
+            let request = queue.page_request(512).expect("a page");
+            queue.finish_page(&request, crate::spill::page_in_blocking(&vhost, &request));
+            queue.spillable();
+        }
+        let mut channel = Channel::discarding(&vhost);
+        let got: Vec<u16> = std::iter::from_fn(|| channel.get("q", true).expect("get"))
+            .map(|ok| {
+                let body = std::str::from_utf8(ok.message.body()).expect("utf-8");
+                body.parse().expect("index")
+            })
+            .collect();
+        assert_eq!(got, (0..1000).collect::<Vec<u16>>());
+    }
+
+    /// A policy makes a FIFO queue a priority queue while a page-in of its disk tail runs:
+    /// the page comes back to the tail, now a re-filing's source, and is filed by priority;
+    /// nothing is delivered until the whole tail is re-filed, then everything comes in
+    /// priority order, FIFO within a priority.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reshape_during_a_page_in_files_the_page_by_priority() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let broker = Broker::with_store(BrokerConfig::default(), store.clone());
+        let vhost = broker.vhost("/").expect("vhost");
+        vhost
+            .declare_queue(
+                ConnectionId(1),
+                "q",
+                QueueFlags::default(),
+                FieldTable::default(),
+            )
+            .expect("declare");
+        for i in 0..1000u16 {
+            let properties = BasicProperties {
+                priority: Some(u8::try_from(i % 3).expect("priority")),
+                ..BasicProperties::default()
+            };
+            let body = format!("{i:08}");
+            let header = ContentHeader::new(60, body.len() as u64, properties).expect("header");
+            let message = Message::new(String::new(), "q".into(), header, Bytes::from(body));
+            vhost.publish(false, message).expect("publish");
+        }
+        let queue = vhost.queue("q").expect("queue");
+        let batch = queue
+            .take_spill(&store, 10, u64::MAX, usize::MAX, u64::MAX)
+            .expect("a batch");
+        let records: Vec<SpillRecord> = batch
+            .items
+            .iter()
+            .map(|r| SpillRecord {
+                seq: r.seq,
+                header: crate::durable::message_header(&r.message),
+                body: r.message.body_bytes(),
+            })
+            .collect();
+        store.spill_async(batch.id, records).await.expect("spilled");
+        assert!(queue.finish_spill(batch, true).is_none());
+        let request = queue.page_request(100).expect("a page-in");
+        let definition = [("max-priority".to_owned(), FieldValue::I64(2))]
+            .into_iter()
+            .collect();
+        let policy = crate::Policy::new("/", "p", "^q$", crate::ApplyTo::Queues, 0, definition)
+            .expect("policy");
+        vhost.set_policies(vec![policy]);
+        let paged = crate::spill::page_in_blocking(&vhost, &request);
+        queue.finish_page(&request, paged);
+        let mut channel = Channel::discarding(&vhost);
+        while queue.has_disk_tail() {
+            assert!(queue.state.lock().ready.front().is_none(), "held back");
+            let request = queue.page_request(100).expect("the next page");
+            let paged = crate::spill::page_in_blocking(&vhost, &request);
+            queue.finish_page(&request, paged);
+        }
+        let got: Vec<u16> = std::iter::from_fn(|| channel.get("q", true).expect("get"))
+            .map(|ok| {
+                let body = std::str::from_utf8(ok.message.body()).expect("utf-8");
+                body.parse().expect("index")
+            })
+            .collect();
+        let mut expected: Vec<u16> = (0..1000).collect();
+        expected.sort_by_key(|&i| (std::cmp::Reverse(i % 3), i));
+        assert_eq!(got, expected);
     }
 }
