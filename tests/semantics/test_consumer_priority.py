@@ -128,3 +128,18 @@ def test_a_priority_that_is_not_an_integer_is_refused(conn, ch, name):
         ch.basic_consume(q, Collector(), arguments={"x-priority": "high"})
     assert err.value.reply_code == 406
     assert "invalid arg 'x-priority'" in err.value.reply_text
+
+
+@pytest.mark.lockgate_only
+def test_a_delivery_the_consumer_timeout_takes_back_goes_to_a_lower_priority_first(
+        conn, ch, name):
+    # lockgate's consumer timeout requeues (RabbitMQ closes the channel): the message goes to
+    # another consumer first, whatever the priorities, not back to the one that did not ack.
+    q = name("cprio-timeout")
+    ch.queue_declare(q, arguments={"x-consumer-timeout": 200})
+    _, high = consumer(conn, q, prefetch=1, priority=5, ack=False)
+    _, low = consumer(conn, q, auto_ack=True)
+    ch.basic_publish("", q, b"m")
+    pump(conn, lambda: len(low) == 1, message="taken back and delivered to the lower priority")
+    assert high.bodies == [b"m"]
+    assert low.bodies == [b"m"]

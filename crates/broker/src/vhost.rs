@@ -1220,8 +1220,9 @@ impl VHost {
         Ok(Some(queues))
     }
 
-    /// Commits a transaction's publish to the queues [`VHost::route_held`] found for it,
-    /// leaving out those deleted since.
+    /// Commits a transaction's publish to the queues [`VHost::route_held`] found for it. As
+    /// RabbitMQ, which keeps their names and looks them up at commit: one deleted since is
+    /// left out, unless a queue was declared again under its name, which takes the message.
     pub fn publish_held(
         &self,
         exchange: &Arc<Exchange>,
@@ -1229,7 +1230,25 @@ impl VHost {
         message: Message,
         mut queues: Vec<Arc<Queue>>,
     ) -> Published {
-        queues.retain(|q| !q.is_deleted());
+        let mut replaced = false;
+        queues.retain_mut(|q| {
+            if !q.is_deleted() {
+                return true;
+            }
+            match self.queue(q.name()) {
+                Some(again) if !again.is_deleted() => {
+                    *q = again;
+                    replaced = true;
+                    true
+                }
+                _ => false,
+            }
+        });
+        if replaced {
+            // Each queue once, even if one was declared again while the publish was routed.
+            queues.sort_unstable_by_key(|q| Arc::as_ptr(q) as usize);
+            queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
         self.deliver_routed(exchange, mandatory, message, &queues)
     }
 

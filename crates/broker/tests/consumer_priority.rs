@@ -10,6 +10,7 @@ use std::sync::Arc;
 use common::*;
 use lockgate_broker::{Channel, DeliveryTag, QueueFlags, VHost};
 use lockgate_wire::{BasicProperties, FieldTable, FieldValue};
+use proptest::prelude::*;
 
 fn declare(vh: &VHost, arguments: &[(&str, FieldValue)]) {
     let table: FieldTable = arguments
@@ -222,4 +223,332 @@ fn loose_messages_of_a_grouped_queue_go_to_the_higher_priority_first() {
         split == [["a0", "a2"], ["b1", "b3"]] || split == [["b1", "b3"], ["a0", "a2"]],
         "{split:?}"
     );
+}
+
+#[test]
+fn a_delivery_that_timed_out_goes_to_a_lower_priority_consumer_first() {
+    // The consumer timeout takes a delivery back from a consumer that does not ack (it may
+    // hang for good) for another consumer: a lower priority one too, or the message would
+    // bounce on the one that does not ack for as long as it stays subscribed.
+    let vh = vhost();
+    declare(&vh, &[("x-consumer-timeout", FieldValue::I32(50))]);
+    let (_high, high_sink) = consumer(&vh, 1, 1, Some(FieldValue::I32(5)));
+    let (_low, low_sink) = consumer(&vh, 2, 0, None);
+    publish(&vh, 0..1);
+    assert_eq!(high_sink.bodies(), ["0"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while low_sink.count() + high_sink.count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "taken back within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(low_sink.bodies(), ["0"]);
+    assert_eq!(high_sink.count(), 1);
+    // New messages go to the higher priority again.
+    publish(&vh, 1..2);
+    assert_eq!(high_sink.bodies(), ["0", "1"]);
+}
+
+#[test]
+fn a_loose_delivery_that_timed_out_goes_to_a_lower_priority_consumer_first() {
+    // As above, on a grouped queue: a message without the group header.
+    let vh = vhost();
+    declare(
+        &vh,
+        &[
+            ("x-consumer-timeout", FieldValue::I32(50)),
+            ("x-group-header", FieldValue::LongString("key".into())),
+        ],
+    );
+    let (_high, high_sink) = consumer(&vh, 1, 1, Some(FieldValue::I32(5)));
+    let (_low, low_sink) = consumer(&vh, 2, 0, None);
+    publish(&vh, 0..1);
+    assert_eq!(high_sink.bodies(), ["0"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while low_sink.count() + high_sink.count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "taken back within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(low_sink.bodies(), ["0"]);
+    assert_eq!(high_sink.count(), 1);
+}
+
+/// One step of [`priorities_match_the_model`].
+#[derive(Clone, Debug)]
+enum Op {
+    Publish(u32),
+    /// Channel, priority, per-consumer prefetch (1..=3).
+    Subscribe(usize, i64, u16),
+    Cancel(usize),
+    Close(usize),
+    /// Settles the channel's oldest outstanding delivery: ack, or nack with requeue.
+    Settle(usize, bool),
+    Flow(usize, bool),
+    /// Channel-wide prefetch (0 = none), as basic.qos global=true.
+    Global(usize, u16),
+    /// Acks the channel's oldest outstanding delivery inside a transaction.
+    Hold(usize),
+    /// tx.commit (true) or tx.rollback of what the channel holds.
+    Commit(usize, bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ch = 0..4usize;
+    prop_oneof![
+        3 => (1..6u32).prop_map(Op::Publish),
+        2 => (ch.clone(), -1..3i64, 1..4u16).prop_map(|(c, p, n)| Op::Subscribe(c, p, n)),
+        1 => ch.clone().prop_map(Op::Cancel),
+        1 => ch.clone().prop_map(Op::Close),
+        4 => (ch.clone(), any::<bool>()).prop_map(|(c, a)| Op::Settle(c, a)),
+        1 => (ch.clone(), any::<bool>()).prop_map(|(c, a)| Op::Flow(c, a)),
+        1 => (ch.clone(), 0..3u16).prop_map(|(c, n)| Op::Global(c, n)),
+        2 => ch.clone().prop_map(Op::Hold),
+        1 => (ch, any::<bool>()).prop_map(|(c, commit)| Op::Commit(c, commit)),
+    ]
+}
+
+/// A channel of the model: its consumer (priority, prefetch), if subscribed, the tags of its
+/// deliveries not settled yet, oldest first, and of those an open transaction acked.
+struct Model {
+    ch: Channel,
+    sink: Arc<TestSink>,
+    consumer: Option<(i64, u16)>,
+    outstanding: Vec<u64>,
+    held: Vec<u64>,
+    flowing: bool,
+    global: u16,
+}
+
+impl Model {
+    /// Whether its consumer could take one more delivery.
+    fn has_credit(&self) -> bool {
+        let Some((_, prefetch)) = self.consumer else {
+            return false;
+        };
+        // An ack not committed gives no credit back.
+        let held = self.outstanding.len() + self.held.len();
+        self.flowing
+            && held < usize::from(prefetch)
+            && (self.global == 0 || held < usize::from(self.global))
+    }
+}
+
+/// The queue [`run`] drives.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Plain,
+    /// `x-group-header`: messages keyed a, b or none, in turn.
+    Grouped,
+    SingleActive,
+}
+
+fn run(kind: Kind, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let broker = broker();
+    let vh = broker.vhost("/").unwrap();
+    match kind {
+        Kind::Plain => declare(&vh, &[]),
+        Kind::Grouped => declare(
+            &vh,
+            &[("x-group-header", FieldValue::LongString("key".into()))],
+        ),
+        Kind::SingleActive => sac(&vh),
+    }
+    let q = vh.queue("q").unwrap();
+    let mut channels: Vec<Option<Model>> = (0..4).map(|_| None).collect();
+    let mut next_id = 1u16;
+    let mut published = 0u32;
+    let mut acked = 0usize;
+    for op in ops {
+        match op {
+            Op::Publish(n) => {
+                for i in published..published + n {
+                    let headers: FieldTable = ["a", "b"]
+                        .get(i as usize % 3)
+                        .map(|key| ("key".to_owned(), FieldValue::LongString((*key).into())))
+                        .into_iter()
+                        .collect();
+                    let properties = BasicProperties {
+                        headers: Some(headers),
+                        ..BasicProperties::default()
+                    };
+                    vh.publish(false, message_with("", "q", &i.to_string(), properties))
+                        .unwrap();
+                }
+                published += n;
+            }
+            Op::Subscribe(c, priority, prefetch) => {
+                let slot = channels[c].get_or_insert_with(|| {
+                    let (ch, sink) = channel(&vh, next_id);
+                    next_id += 1;
+                    Model {
+                        ch,
+                        sink,
+                        consumer: None,
+                        outstanding: Vec::new(),
+                        held: Vec::new(),
+                        flowing: true,
+                        global: 0,
+                    }
+                });
+                if slot.consumer.is_none() {
+                    slot.ch.qos(prefetch, false);
+                    let arguments: FieldTable =
+                        [("x-priority".to_owned(), FieldValue::I64(priority))]
+                            .into_iter()
+                            .collect();
+                    slot.ch
+                        .consume("q", "c", false, false, &arguments, |_| {})
+                        .unwrap();
+                    slot.consumer = Some((priority, prefetch));
+                }
+            }
+            Op::Cancel(c) => {
+                if let Some(m) = channels[c].as_mut() {
+                    if m.consumer.take().is_some() {
+                        assert!(m.ch.cancel("c"));
+                    }
+                }
+            }
+            Op::Close(c) => drop(channels[c].take()),
+            Op::Settle(c, ack) => {
+                if let Some(m) = channels[c].as_mut().filter(|m| !m.outstanding.is_empty()) {
+                    let tag = DeliveryTag(m.outstanding.remove(0));
+                    if ack {
+                        m.ch.ack(tag, false).unwrap();
+                        acked += 1;
+                    } else {
+                        m.ch.nack(tag, false, true).unwrap();
+                    }
+                }
+            }
+            Op::Flow(c, active) => {
+                if let Some(m) = channels[c].as_mut() {
+                    m.ch.flow(active);
+                    m.flowing = active;
+                }
+            }
+            Op::Global(c, n) => {
+                if let Some(m) = channels[c].as_mut() {
+                    m.ch.qos(n, true);
+                    m.global = n;
+                }
+            }
+            Op::Hold(c) => {
+                if let Some(m) = channels[c].as_mut().filter(|m| !m.outstanding.is_empty()) {
+                    let tag = m.outstanding.remove(0);
+                    m.ch.hold_ack(DeliveryTag(tag), false).unwrap();
+                    m.held.push(tag);
+                }
+            }
+            Op::Commit(c, commit) => {
+                if let Some(m) = channels[c].as_mut() {
+                    if commit {
+                        acked += m.ch.commit_held();
+                        m.held.clear();
+                    } else {
+                        m.ch.rollback_held();
+                        m.outstanding.append(&mut m.held);
+                        m.outstanding.sort_unstable();
+                    }
+                }
+            }
+        }
+        // Who got what during this step.
+        let mut lowest_served = None;
+        for m in channels.iter_mut().flatten() {
+            let got = m.sink.take();
+            if let (false, Some((priority, _))) = (got.is_empty(), m.consumer) {
+                lowest_served = Some(lowest_served.map_or(priority, |p: i64| p.min(priority)));
+            }
+            m.outstanding.extend(got.iter().map(|d| d.delivery_tag.0));
+        }
+        if kind != Kind::Plain {
+            // Groups stick to their consumer, and only the active consumer takes messages.
+            continue;
+        }
+        // A waiting message means nobody can take one; a message that went to a priority
+        // means every consumer above it is full.
+        let waiting = q.message_count() > 0;
+        for m in channels.iter().flatten() {
+            let Some((priority, _)) = m.consumer else {
+                continue;
+            };
+            prop_assert!(
+                !(m.has_credit() && (waiting || lowest_served.is_some_and(|p| priority > p))),
+                "priority {} consumer with credit left idle (waiting: {}, served down to {:?})",
+                priority,
+                waiting,
+                lowest_served
+            );
+        }
+    }
+    // Nothing is stuck: with every channel flowing and acking all it gets, the consumers
+    // left (or a new one) take every message.
+    let mut models: Vec<Model> = channels.into_iter().flatten().collect();
+    if !models.iter().any(|m| m.consumer.is_some()) {
+        let (mut ch, sink) = channel(&vh, next_id);
+        ch.consume("q", "c", false, false, &FieldTable::default(), |_| {})
+            .unwrap();
+        models.push(Model {
+            ch,
+            sink,
+            consumer: Some((0, 0)),
+            outstanding: Vec::new(),
+            held: Vec::new(),
+            flowing: true,
+            global: 0,
+        });
+    }
+    for m in &mut models {
+        m.ch.flow(true);
+        acked += m.ch.commit_held();
+        m.held.clear();
+    }
+    for round in 0.. {
+        for m in &mut models {
+            m.outstanding
+                .extend(m.sink.take().iter().map(|d| d.delivery_tag.0));
+        }
+        if q.message_count() == 0 && models.iter().all(|m| m.outstanding.is_empty()) {
+            break;
+        }
+        prop_assert!(round < 1000, "{} messages stuck", q.message_count());
+        for m in &mut models {
+            if let Some(&last) = m.outstanding.last() {
+                acked += m.ch.ack(DeliveryTag(last), true).unwrap();
+                m.outstanding.clear();
+            }
+        }
+    }
+    prop_assert_eq!(acked, published as usize);
+    drop(models);
+    vh.purge_queue(CONN, "q").unwrap();
+    prop_assert_eq!(broker.memory_used(), 0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn priorities_match_the_model(ops in prop::collection::vec(op(), 1..80)) {
+        run(Kind::Plain, ops)?;
+    }
+
+    #[test]
+    fn no_message_is_stuck_on_a_grouped_queue(ops in prop::collection::vec(op(), 1..80)) {
+        run(Kind::Grouped, ops)?;
+    }
+
+    #[test]
+    fn no_message_is_stuck_with_single_active_consumer(
+        ops in prop::collection::vec(op(), 1..80),
+    ) {
+        run(Kind::SingleActive, ops)?;
+    }
 }

@@ -635,16 +635,19 @@ impl Groups {
     /// its groups' heads and the loose head. `deliver` hands a message to a consumer, or
     /// gives it back when the consumer's connection is gone.
     /// `queue_idle`: the queue has no unacked delivery (see [`Groups::forget_inflight`]).
+    /// `passed_over`: a consumer whose delivery timed out and is being requeued, tried after
+    /// the others when priorities differ.
     pub fn drain(
         &mut self,
         queue_idle: bool,
+        passed_over: Option<&Weak<Consumer>>,
         mut deliver: impl FnMut(&Arc<Consumer>, Ready) -> Result<(), Ready>,
     ) {
         if queue_idle {
             self.forget_inflight();
         }
         if self.prioritized {
-            self.drain_by_priority(&mut deliver);
+            self.drain_by_priority(passed_over, &mut deliver);
             return;
         }
         let n = self.owners.len();
@@ -664,9 +667,11 @@ impl Groups {
 
     /// [`Groups::drain`] when the consumers' priorities differ: each message goes to the
     /// first consumer that takes one, trying them by priority, highest first, and among
-    /// equals the one served longest ago first (RabbitMQ's round-robin within a priority).
+    /// equals the one served longest ago first (RabbitMQ's round-robin within a priority);
+    /// `passed_over` last of all.
     fn drain_by_priority(
         &mut self,
+        passed_over: Option<&Weak<Consumer>>,
         deliver: &mut impl FnMut(&Arc<Consumer>, Ready) -> Result<(), Ready>,
     ) {
         let mut order = std::mem::take(&mut self.order);
@@ -678,25 +683,26 @@ impl Groups {
                 .filter(|(_, w)| w.as_ref().is_some_and(|w| !w.gone))
                 .map(|(o, _)| o),
         );
-        order.sort_by_key(|&o| {
-            self.owners[o]
-                .as_ref()
-                .map(|w| (Reverse(w.priority), w.served))
-        });
+        // (passed over, priority): the consumers taking turns, in the order tried.
+        let rank = |w: &Owner| {
+            let passed = passed_over.is_some_and(|p| Weak::ptr_eq(&w.consumer, p));
+            (passed, Reverse(w.priority))
+        };
+        order.sort_by_key(|&o| self.owners[o].as_ref().map(|w| (rank(w), w.served)));
         'messages: while self.len > 0 {
             for i in 0..order.len() {
                 if !self.deliver_one(order[i], deliver) {
                     continue;
                 }
                 self.clock += 1;
-                let priority = self.owners[order[i]].as_mut().map(|w| {
+                let turn = self.owners[order[i]].as_mut().map(|w| {
                     w.served = self.clock;
-                    w.priority
+                    rank(w)
                 });
-                // Behind the others of its priority.
+                // Behind the others it takes turns with.
                 let level = order[i..]
                     .iter()
-                    .take_while(|&&o| self.owners[o].as_ref().map(|w| w.priority) == priority)
+                    .take_while(|&&o| self.owners[o].as_ref().map(rank) == turn)
                     .count();
                 order[i..i + level].rotate_left(1);
                 continue 'messages;

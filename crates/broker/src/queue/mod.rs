@@ -26,6 +26,7 @@ pub(crate) mod spill;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -126,6 +127,10 @@ struct QueueState {
     /// The consumers' priority levels, with the round-robin turn in each (not used with
     /// single active consumer).
     levels: Levels,
+    /// A consumer whose delivery timed out and is being requeued: until it is, the levels
+    /// (and a grouped queue's drain by priority) try every other consumer, of any priority,
+    /// before it ([`Queue::rotate_past`]).
+    passed_over: Option<Weak<Consumer>>,
     /// Deliveries from this queue that are not yet acked, on any channel.
     unacked: usize,
     had_consumer: bool,
@@ -776,6 +781,9 @@ impl Queue {
         }
         self.expire_overdue(&mut st, &mut dead);
         drain(&mut st, self.store.as_ref());
+        if cause == Return::Timeout {
+            st.passed_over = None;
+        }
         self.trim(&mut st, &mut dead);
         self.refresh_room(&st);
         drop(st);
@@ -821,11 +829,13 @@ impl Queue {
     }
 
     /// A delivery to `consumer` timed out and is about to be requeued: it should go to
-    /// another consumer first. Its priority level tries `consumer` last (a consumer alone at
-    /// the highest level with credit still gets it); on a single-active-consumer queue the
-    /// next waiting consumer becomes active (the timed-out one goes to the back of the line
-    /// of its priority, and the new one starts once the old one's deliveries are back); on a
-    /// grouped queue the consumer's groups move away (`groups.rs`).
+    /// another consumer first. Until it is requeued, every other consumer is tried before
+    /// `consumer`, whatever the priorities (a consumer that does not ack would otherwise get
+    /// it back for as long as it is the highest with credit), and its level tries it last
+    /// from then on. On a single-active-consumer queue the next waiting consumer becomes
+    /// active (the timed-out one goes to the back of the line of its priority, and the new
+    /// one starts once the old one's deliveries are back); on a grouped queue the
+    /// consumer's groups move away (`groups.rs`).
     pub(crate) fn rotate_past(&self, consumer: &Arc<Consumer>) {
         let mut st = self.state.lock();
         let Some(at) = st.consumers.iter().position(|c| Arc::ptr_eq(c, consumer)) else {
@@ -843,6 +853,7 @@ impl Queue {
             }
         } else {
             st.levels.try_last(at);
+            st.passed_over = Some(Arc::downgrade(consumer));
         }
     }
 
@@ -1231,6 +1242,7 @@ fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
         consumers,
         fading,
         levels,
+        passed_over,
         unacked,
         marked,
         counters,
@@ -1257,7 +1269,9 @@ fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
         qs,
     };
     if let Some(groups) = ready.groups_mut() {
-        groups.drain(idle, |consumer, item| tally.deliver(consumer, item));
+        groups.drain(idle, passed_over.as_ref(), |consumer, item| {
+            tally.deliver(consumer, item)
+        });
     } else if active == 1 {
         let consumer = &consumers[0];
         // The first taken waits here until a second one is: a drain of one (prefetch 1, a
@@ -1287,8 +1301,16 @@ fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
         }
     } else if active > 1 {
         // Not single active consumer: the levels cover every consumer.
+        let passed = passed_over.as_ref().map(Weak::as_ptr);
         while !ready.is_empty() {
-            let Some(index) = levels.pick(|i| consumers[i].try_acquire()) else {
+            let Some(index) = passed
+                .and_then(|p| {
+                    levels.pick(|i| {
+                        !ptr::eq(Arc::as_ptr(&consumers[i]), p) && consumers[i].try_acquire()
+                    })
+                })
+                .or_else(|| levels.pick(|i| consumers[i].try_acquire()))
+            else {
                 break;
             };
             let consumer = &consumers[index];

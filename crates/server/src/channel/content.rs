@@ -19,42 +19,42 @@ pub(super) enum Content {
 }
 
 /// A body arriving in one frame stays the `Bytes` split off the read buffer; bodies split over
-/// several frames are copied into one buffer. A small body is not copied here: the broker's
-/// `Message` copies it into its own storage (so that a backlog of small messages does not keep
-/// whole read chunks alive) and drops the slice.
+/// several frames are copied into one buffer, from their first frame on (a slice kept until the
+/// next frame would hold the whole read chunk it was split off). A small body is not copied
+/// here: the broker's `Message` copies it into its own storage (so that a backlog of small
+/// messages does not keep whole read chunks alive) and drops the slice.
 ///
 /// A body in several frames is charged to the memory watermark as its frames arrive: a client
-/// may hold up to `max_message_size` per channel this way, on every channel. The charge goes
-/// when the body is taken, before the message built from it is charged by the broker (never
-/// counted twice), or with the channel. A body in one frame is never pushed here, so the usual
-/// publish pays nothing for it.
+/// may hold up to `max_message_size` per channel this way, on every channel. The buffer is
+/// reserved for twice what has arrived (up to 1 MiB, and the whole body when that is less),
+/// not for what the peer announced, and doubles as it fills: it never holds more than twice
+/// its charge. The charge goes when the body is taken, before the message built from it is
+/// charged by the broker (never counted twice), or with the channel. A body in one frame is
+/// never pushed here, so the usual publish pays nothing for it.
 pub(super) enum Body {
     Empty,
-    One(Bytes, MemoryCharge),
     Many(BytesMut, MemoryCharge),
 }
 
 impl Body {
-    /// Appends a fragment of a body of `total` octets, charged to `vhost`'s memory.
-    pub(super) fn push(&mut self, fragment: Bytes, total: u64, vhost: &VHost) {
-        *self = match std::mem::replace(self, Self::Empty) {
+    /// Appends `fragment`, the first of the `remaining` octets the body still expects,
+    /// charged to `vhost`'s memory.
+    pub(super) fn push(&mut self, fragment: &[u8], remaining: u64, vhost: &VHost) {
+        match self {
             Self::Empty => {
-                let charge = vhost.charge_memory(fragment.len() as u64);
-                Self::One(fragment, charge)
-            }
-            Self::One(first, mut charge) => {
-                // The announced size is the peer's word: reserve at most 1 MiB up front.
-                let reserve = usize::try_from(total.min(1 << 20)).unwrap_or(first.len());
+                // The announced size is the peer's word: tiny frames of a large body must not
+                // hold a large buffer charged for a few octets.
+                let reserve = usize::try_from(remaining.min(1 << 20))
+                    .unwrap_or(fragment.len())
+                    .min(2 * fragment.len());
                 let mut buf = BytesMut::with_capacity(reserve);
-                buf.extend_from_slice(&first);
-                buf.extend_from_slice(&fragment);
-                charge.set(buf.len() as u64);
-                Self::Many(buf, charge)
+                buf.extend_from_slice(fragment);
+                let charge = vhost.charge_memory(buf.len() as u64);
+                *self = Self::Many(buf, charge);
             }
-            Self::Many(mut buf, mut charge) => {
-                buf.extend_from_slice(&fragment);
+            Self::Many(buf, charge) => {
+                buf.extend_from_slice(fragment);
                 charge.set(buf.len() as u64);
-                Self::Many(buf, charge)
             }
         }
     }
@@ -63,7 +63,6 @@ impl Body {
     pub(super) fn into_bytes(self) -> Bytes {
         match self {
             Self::Empty => Bytes::new(),
-            Self::One(b, _) => b,
             Self::Many(b, _) => b.freeze(),
         }
     }

@@ -513,7 +513,7 @@ impl Channel {
             // A body in one frame, the usual case, is that frame.
             Body::Empty if *remaining == 0 => payload,
             body => {
-                body.push(payload, *remaining + len, &self.vhost);
+                body.push(&payload, *remaining + len, &self.vhost);
                 if *remaining > 0 {
                     return Ok(());
                 }

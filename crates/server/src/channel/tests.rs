@@ -251,6 +251,44 @@ fn a_body_in_several_frames_is_charged_as_it_arrives_and_once_queued() {
 }
 
 #[test]
+fn a_body_in_several_frames_holds_no_more_than_twice_its_charge() {
+    // Tiny frames of a large announced body: the buffer they are copied into is not sized by
+    // the announcement, which would hold a large buffer charged for a few octets.
+    let broker = Broker::new(BrokerConfig::default());
+    let (mut channel, mut rx) = channel_of(&broker, 64 << 20);
+    declare(&mut channel, &mut rx, "q");
+    publish_header(&mut channel, "q", 32 << 20).unwrap();
+    channel.on_body(Bytes::from_static(&[1])).unwrap();
+    channel.on_body(Bytes::from_static(&[2])).unwrap();
+    let Content::Body {
+        body: Body::Many(buffer, _),
+        ..
+    } = &channel.content
+    else {
+        panic!("a body in several frames is buffered");
+    };
+    assert_eq!(broker.memory_used(), 2);
+    assert!(buffer.capacity() <= 4, "{} octets held", buffer.capacity());
+    channel.close();
+    drop(channel);
+    assert_eq!(broker.memory_used(), 0);
+}
+
+#[test]
+fn a_body_in_several_frames_keeps_no_read_buffer_alive() {
+    let broker = Broker::new(BrokerConfig::default());
+    let (mut channel, mut rx) = channel_of(&broker, 64 << 20);
+    declare(&mut channel, &mut rx, "q");
+    publish_header(&mut channel, "q", 32 << 20).unwrap();
+    // A frame of one octet, split off a 64 KiB read buffer: the rest of that buffer is the
+    // connection's to reuse, not pinned by a partial body charged one octet.
+    let read = Bytes::from(vec![7; 64 * 1024]);
+    channel.on_body(read.slice(..1)).unwrap();
+    assert!(read.is_unique(), "the partial body holds the read buffer");
+    assert_eq!(broker.memory_used(), 1);
+}
+
+#[test]
 fn an_empty_body_is_published_at_the_header() {
     let (mut channel, mut rx) = channel(1024);
     declare(&mut channel, &mut rx, "q");
