@@ -86,6 +86,19 @@ section "cargo build"
 cargo build --workspace
 
 section "cargo test"
+# The property tests draw their cases from PROPTEST_RNG_SEED. In CI it is fixed, so the gate that
+# lands a change checks the same cases every time; elsewhere each run draws a new seed (more cases
+# explored over time). Either way the seed is printed: `PROPTEST_RNG_SEED=<seed> scripts/test.sh`
+# replays a failure.
+if [ -z "${PROPTEST_RNG_SEED:-}" ]; then
+    if [ "${CI:-}" = true ]; then
+        PROPTEST_RNG_SEED=20261123
+    else
+        PROPTEST_RNG_SEED=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+    fi
+fi
+export PROPTEST_RNG_SEED
+echo "PROPTEST_RNG_SEED=$PROPTEST_RNG_SEED"
 cargo test --workspace
 
 LOCKGATE_BIN="${LOCKGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/lockgate}"
