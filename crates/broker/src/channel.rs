@@ -52,6 +52,10 @@ struct Deliveries {
     timed_out: BTreeSet<u64>,
     /// The close-channel timeout action was reported to the sink.
     timeout_reported: bool,
+    /// Tags a transaction holds settled (out of `unacked` until commit or rollback): their
+    /// deadlines stay in `timeouts`; one the timer found due meanwhile is kept here as the
+    /// instant it fired, for a rollback to put back.
+    held: HashMap<u64, Option<Instant>>,
 }
 
 /// The `basic.deliver` of `item` to `consumer` as delivery `tag`.
@@ -75,14 +79,14 @@ impl Deliveries {
     /// timeout now: a policy that changed it applies to later deliveries only (see
     /// [`Queue::set_arguments`]), and no deadline moves earlier than the scheduled wake.
     fn compact_timeouts(&mut self) {
-        if self.timeouts.len() <= 2 * self.unacked.len() + 1024 {
+        if self.timeouts.len() <= 2 * (self.unacked.len() + self.held.len()) + 1024 {
             return;
         }
         let mut old = std::mem::take(&mut self.timeouts);
         // Every key `pop_due` yields at the earliest deadline is due exactly then.
         while let Some(at) = old.next() {
             for tag in old.pop_due(at) {
-                if self.unacked.get(tag).is_some() {
+                if self.unacked.get(tag).is_some() || self.held.contains_key(&tag) {
                     self.timeouts.push(at, tag);
                 }
             }
@@ -219,7 +223,11 @@ impl ChannelShared {
         let Some((ms, _)) = queue.consumer_timeout() else {
             return;
         };
-        let at = now + Duration::from_millis(ms);
+        self.push_deadline(st, tag, now + Duration::from_millis(ms));
+    }
+
+    /// Schedules the consumer timeout of delivery `tag` at `at`.
+    fn push_deadline(&self, st: &mut Deliveries, tag: u64, at: Instant) {
         st.timeouts.push(at, tag);
         if st.timer_at.is_none_or(|t| at < t) {
             st.timer_at = Some(at);
@@ -375,6 +383,7 @@ impl Channel {
                 timer_at: None,
                 timed_out: BTreeSet::new(),
                 timeout_reported: false,
+                held: HashMap::new(),
             }),
             consumers: Mutex::new(HashMap::new()),
             global_prefetch: AtomicU32::new(0),
@@ -462,6 +471,7 @@ impl Channel {
             prefetch: self.consumer_prefetch,
             unacked: AtomicU32::new(0),
             priority,
+            arguments: arguments.clone(),
         });
         // Registered on the channel first, so that a concurrent queue deletion that cancels
         // the consumer finds it here.
@@ -580,11 +590,10 @@ impl Channel {
         };
         take_locked(&mut st, tag, multiple, &mut self.settling)?;
         // (A late single settlement of a timed-out tag takes nothing: the zip is empty.)
-        self.held.extend(
-            tags.into_iter()
-                .zip(self.settling.drain(..))
-                .map(|(tag, entry)| Held { tag, entry, how }),
-        );
+        for (tag, entry) in tags.into_iter().zip(self.settling.drain(..)) {
+            st.held.insert(tag, None);
+            self.held.push(Held { tag, entry, how });
+        }
         Ok(())
     }
 
@@ -592,6 +601,7 @@ impl Channel {
     /// [`Channel::hold_nack`], in the order those came. Returns how many were acked.
     pub fn commit_held(&mut self) -> usize {
         let mut acked = 0;
+        self.shared.deliveries.lock().held.clear();
         let mut held = std::mem::take(&mut self.held).into_iter().peekable();
         while let Some(first) = held.next() {
             let how = first.how;
@@ -608,7 +618,8 @@ impl Channel {
     }
 
     /// tx.rollback: the held deliveries are unacked again under their tags, as RabbitMQ
-    /// puts them back in its unacked queue. A consumer timeout counts from their delivery.
+    /// puts them back in its unacked queue. Each keeps the consumer-timeout deadline it got
+    /// at delivery (one that came due while held fires now).
     pub fn rollback_held(&mut self) {
         if self.held.is_empty() {
             return;
@@ -627,12 +638,8 @@ impl Channel {
             st.unacked.push(tag, entry);
         }
         for tag in restored {
-            if let Some((queue, at)) = st
-                .unacked
-                .get(tag)
-                .map(|e| (Arc::clone(e.queue()), e.delivered_at))
-            {
-                self.shared.watch_timeout(&mut st, &queue, tag, at);
+            if let Some(Some(at)) = st.held.remove(&tag) {
+                self.shared.push_deadline(&mut st, tag, at);
             }
         }
     }
@@ -742,6 +749,7 @@ impl Channel {
             consumer.queue.touch();
         }
         // What an open transaction settled was never settled: requeued with the rest.
+        self.shared.deliveries.lock().held.clear();
         self.settling.extend(self.held.drain(..).map(|h| h.entry));
         self.requeue_all_unacked();
     }
@@ -884,6 +892,9 @@ impl Timed for ChannelShared {
             for tag in due {
                 let Some(timeout) = st.unacked.get(tag).map(|e| e.queue().consumer_timeout())
                 else {
+                    if let Some(due) = st.held.get_mut(&tag) {
+                        *due = Some(now);
+                    }
                     continue;
                 };
                 match timeout {
@@ -1094,5 +1105,24 @@ mod tests {
         assert_eq!(ch.unacked_count(), 0);
         assert_eq!(ch.commit_held(), 3);
         assert_eq!(v.queue("q").unwrap().snapshot().acked, 5);
+    }
+
+    #[test]
+    fn a_deadline_that_came_due_while_held_fires_after_a_rollback() {
+        let (v, mut ch) = delivered_under_timeout(1000, 1);
+        ch.hold_ack(DeliveryTag(1), false).unwrap();
+        // The timer comes by while the transaction holds tag 1: nothing to take back yet.
+        let fired = Instant::now() + Duration::from_secs(2);
+        ch.shared.fire(fired);
+        assert_eq!(v.queue("q").unwrap().snapshot().timeout_redelivered, 0);
+        set_timeout(&v, 3_600_000);
+        ch.rollback_held();
+        assert_eq!(ch.unacked_count(), 1);
+        // Due already: not an hour from its delivery.
+        let next = ch.shared.deliveries.lock().timeouts.next();
+        assert_eq!(next, Some(fired));
+        ch.shared.fire(fired);
+        assert_eq!(v.queue("q").unwrap().snapshot().timeout_redelivered, 1);
+        assert!(ch.shared.deliveries.lock().unacked.get(1).is_none());
     }
 }

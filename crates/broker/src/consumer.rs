@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use lockgate_wire::FieldTable;
+
 use crate::channel::ChannelShared;
 use crate::ids::ConsumerTag;
 use crate::queue::Queue;
@@ -27,6 +29,8 @@ pub(crate) struct Consumer {
     /// `x-priority` (default 0): while it has credit, a consumer gets messages before the
     /// queue's consumers of a lower priority ([`Levels`]).
     pub priority: i64,
+    /// The `basic.consume` arguments as the client sent them (listed by the management API).
+    pub arguments: FieldTable,
 }
 
 impl Consumer {

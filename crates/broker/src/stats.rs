@@ -90,7 +90,7 @@ pub struct QueueSnapshot {
 }
 
 /// A consumer at one instant.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConsumerSnapshot {
     /// Its tag.
     pub tag: ConsumerTag,
@@ -108,6 +108,8 @@ pub struct ConsumerSnapshot {
     pub prefetch: u32,
     /// Its `x-priority` (0 when not given).
     pub priority: i64,
+    /// The `basic.consume` arguments as the client sent them.
+    pub arguments: FieldTable,
     /// Deliveries to it not yet acknowledged.
     pub unacked: u32,
     /// Age of its oldest unacknowledged delivery.

@@ -28,9 +28,14 @@ impl Timed for Queue {
             }
             let more = self.expire_due(&mut st, now, EXPIRE_BATCH, &mut dead);
             let due: Vec<u64> = st.retry.pop_due(now).collect();
+            // A message back from the delay that a consumer timeout started goes to another
+            // consumer first, as when it was requeued ([`Queue::rotate_past`]); one consumer
+            // is passed over per wake (the last one found).
+            let mut passed_over = None;
             for seq in due {
                 if let Some(item) = st.delayed.remove(&seq) {
                     insert_ready(&mut st, item);
+                    passed_over = st.retry_passed_over.remove(&seq).or(passed_over);
                 }
             }
             let expires = st.args.expires.map(Duration::from_millis);
@@ -44,7 +49,11 @@ impl Timed for Queue {
             }
             if !more {
                 // (With a backlog, expired messages may still stand before live ones.)
+                let before = passed_over.map(|p| st.passed_over.replace(p));
                 drain(&mut st, self.store.as_ref());
+                if let Some(before) = before {
+                    st.passed_over = before;
+                }
             }
             self.refresh_room(&st);
             if more {
@@ -98,6 +107,7 @@ fn take_expired(st: &mut QueueState, seq: u64, now: Instant) -> Option<Ready> {
     }
     // Held aside by its retry delay: it expires there too (its retry deadline is then skipped).
     if st.delayed.get(&seq).is_some_and(expired) {
+        st.retry_passed_over.remove(&seq);
         return st.delayed.remove(&seq);
     }
     None

@@ -24,7 +24,7 @@ mod ready;
 pub(crate) mod spill;
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -131,6 +131,9 @@ struct QueueState {
     /// (and a grouped queue's drain by priority) try every other consumer, of any priority,
     /// before it ([`Queue::rotate_past`]).
     passed_over: Option<Weak<Consumer>>,
+    /// Delayed messages (by seq) that a consumer timeout took back, with the consumer that
+    /// timed out: passed over again when their retry delay ends (`expiry.rs`).
+    retry_passed_over: HashMap<u64, Weak<Consumer>>,
     /// Deliveries from this queue that are not yet acked, on any channel.
     unacked: usize,
     had_consumer: bool,
@@ -724,6 +727,10 @@ impl Queue {
         let args = Arc::clone(&st.args);
         let mut dead = Vec::new();
         let now = Instant::now();
+        let passed_over = match cause {
+            Return::Timeout => st.passed_over.clone(),
+            _ => None,
+        };
         for (seq, message, stored) in items {
             let returns = message.returns().saturating_add(1);
             if cause == Return::Timeout {
@@ -773,6 +780,9 @@ impl Queue {
                     let at = now + retry_delay(delay, args.retry_delay_max, returns);
                     st.ready.settled(seq);
                     st.delayed.insert(seq, item);
+                    if let Some(consumer) = &passed_over {
+                        st.retry_passed_over.insert(seq, consumer.clone());
+                    }
                     st.retry.push(at, seq);
                     self.arm(&mut st, at);
                 }
@@ -1054,6 +1064,7 @@ impl Queue {
             st.counters.ready_bytes = 0;
             st.body_bytes = 0;
             let delayed = std::mem::take(&mut st.delayed);
+            st.retry_passed_over.clear();
             st.epoch += 1;
             let durable = self.store.as_ref().map(|qs| qs.id);
             let (disks, pending) = st.tails.take(durable);
@@ -1118,6 +1129,7 @@ impl Queue {
             let count = saturate(st.total_ready());
             let dropped = st.ready.take();
             st.delayed.clear();
+            st.retry_passed_over.clear();
             self.refresh_room(&st);
             let durable = self.store.as_ref().map(|qs| qs.id);
             // Spilled messages (a durable queue's own go with it below).

@@ -56,6 +56,7 @@ impl VHost {
                     exclusive: consumer.exclusive,
                     prefetch: consumer.prefetch,
                     priority: consumer.priority,
+                    arguments: consumer.arguments.clone(),
                     unacked: consumer.unacked.load(Ordering::Relaxed),
                     oldest_unacked_age: oldest.map(|t| now.saturating_duration_since(t)),
                 });

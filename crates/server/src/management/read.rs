@@ -351,22 +351,12 @@ fn consumer_json(vhost: &str, s: &ConsumerSnapshot, c: Option<&ConnectionEntry>)
         "ack_required": !s.no_ack,
         "exclusive": s.exclusive,
         "prefetch_count": s.prefetch,
-        "arguments": consumer_arguments(s.priority),
+        "arguments": table_to_json(&s.arguments),
         "active": true,
         "activity_status": "up",
         "messages_unacknowledged": s.unacked,
         "oldest_unacked_age_seconds": seconds(s.oldest_unacked_age),
     })
-}
-
-/// A consumer's `arguments` as RabbitMQ lists them; lockgate keeps only `x-priority`, shown
-/// when it is not the default 0.
-fn consumer_arguments(priority: i64) -> Value {
-    if priority == 0 {
-        json!({})
-    } else {
-        json!({ "x-priority": priority })
-    }
 }
 
 /// `GET /api/overview`.
