@@ -19,6 +19,9 @@ use lockgate_broker::{
 /// does. After `limit` deliveries (in total) it refuses everything: the connection is gone.
 struct Batches {
     batches: Mutex<Vec<Vec<Delivery>>>,
+    /// Deliveries in `batches`, readable without taking its lock (a test polling the sum of
+    /// the batches under the lock would hold up the deliveries it waits for).
+    delivered: AtomicUsize,
     cancelled: Mutex<Vec<ConsumerTag>>,
     limit: AtomicUsize,
 }
@@ -27,6 +30,7 @@ impl Batches {
     fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             batches: Mutex::new(Vec::new()),
+            delivered: AtomicUsize::new(0),
             cancelled: Mutex::new(Vec::new()),
             limit: AtomicUsize::new(limit),
         })
@@ -56,6 +60,7 @@ impl DeliverySink for Batches {
             return Err(SinkClosed(delivery));
         }
         self.batches.lock().unwrap().push(vec![delivery]);
+        self.delivered.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -63,7 +68,9 @@ impl DeliverySink for Batches {
         if self.take(deliveries.len()).is_err() {
             return Err(SinkClosedAll(deliveries));
         }
+        let n = deliveries.len();
         self.batches.lock().unwrap().push(deliveries);
+        self.delivered.fetch_add(n, Ordering::SeqCst);
         Ok(())
     }
 
@@ -236,7 +243,7 @@ fn deliveries_across_threads_keep_the_queue_order_and_consecutive_tags() {
     let mut acked = 0;
     while acked < TOTAL {
         assert!(Instant::now() < deadline, "stalled at {acked}");
-        let delivered: usize = sink.batches.lock().unwrap().iter().map(Vec::len).sum();
+        let delivered = sink.delivered.load(Ordering::SeqCst);
         if delivered >= acked + 100 || (delivered == TOTAL && delivered > acked) {
             let through = if delivered == TOTAL {
                 TOTAL
