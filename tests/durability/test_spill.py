@@ -72,6 +72,20 @@ def spilled_bytes(url: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def queue_state(url: str) -> str:
+    """What /metrics says about queue "spill" and the broker's alarms and spill calls: for the
+    report of a consumer that stopped receiving."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError as e:
+        return f"/metrics failed: {e}"
+    wanted = re.compile(r'^(rabbitmq_queue_\w+\{[^}]*queue="spill"[^}]*\}|'
+                        r'rabbitmq_alarms_\w+|lockgate_messages_memory_bytes|'
+                        r'lockgate_store_oldest_write_seconds\{[^}]*\}) ')
+    return "; ".join(line for line in text.splitlines() if wanted.match(line))
+
+
 def priority(i: int) -> int:
     # 0..3 and one above the maximum (counts as 3), in a pattern that keeps every level busy.
     return [0, 1, 3, 2, 9][i % 5]
@@ -154,7 +168,8 @@ def run(tmp_path, size: int, arguments: dict | None,
                         quiet += 1
                         if quiet == 30:
                             with lock:
-                                gave_up.append(f"consumer {n}: nothing for 30 s at {total[0]}")
+                                gave_up.append(f"consumer {n}: nothing for 30 s at {total[0]}, "
+                                               f"broker: {queue_state(url)}")
                             break
                         continue
                     quiet = 0
@@ -217,6 +232,10 @@ def run(tmp_path, size: int, arguments: dict | None,
         assert not errors, errors
         assert not damaged, f"damaged messages: {damaged[:10]}"
         got = sorted(i for r in received for i in r)
+        if gave_up:
+            warnings = [line for line in p.log().splitlines() if " WARN " in line
+                        or " ERROR " in line or "panicked" in line]
+            gave_up.append(f"broker warnings: {warnings[-20:]}")
         assert got == list(range(count)), \
             f"{len(got)} of {count} messages, or duplicates; {gave_up}"
         # Blocked, if at all, only once more than the budget had gone to disk: spilling, not the

@@ -167,6 +167,20 @@ def test_store_group_commit_metrics(server):
         conn.close()
 
 
+def test_disk_figures_come_from_a_probe_that_answered(server):
+    # Free space and the store's size ask the file system, so a probe measures them off the
+    # request path; on a healthy disk it answers within the scrape. (A hung one is tested in
+    # the server's unit tests, holding the probe with a store failpoint: the scrape answers
+    # with the last figures and lockgate_disk_probe_stale 1.)
+    _, url = server
+    samples, types = scrape(url)
+    assert types["lockgate_disk_probe_stale"] == "gauge"
+    assert value(samples, "lockgate_disk_probe_stale") == 0
+    assert 0 <= value(samples, "lockgate_disk_probe_age_seconds") < 60
+    assert value(samples, "rabbitmq_disk_space_available_bytes") > 0
+    assert value(samples, "lockgate_store_size_bytes") > 0
+
+
 def test_unknown_path_is_404(server):
     _, url = server
     with pytest.raises(urllib.error.HTTPError) as info:

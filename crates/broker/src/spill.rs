@@ -13,6 +13,9 @@
 //!    watermark, RabbitMQ's default paging ratio), ranks every queue by its in-memory
 //!    backlog, takes batches from the longest (everything beyond a head of `HEAD_COUNT`
 //!    messages / `head_bytes`) and writes them, until usage is below 80 % of the threshold.
+//!    After each batch it pages in again (step 1): while publishers outpace the disk, memory
+//!    stays above the target and the spilling goes on for as long as they publish, and the
+//!    consumers of spilled queues must not wait for it to end.
 //!
 //! So a broker with thousands of idle queues and memory below the threshold does no work
 //! per queue at all; with some queues spilled, a pass costs one check per spilled queue.
@@ -137,28 +140,7 @@ fn all_queues(b: &Broker) -> Vec<(Arc<VHost>, Arc<Queue>)> {
 /// One pass: page in the queues with a disk tail, then spill if over the threshold.
 async fn pass(b: &Broker, store: &Store, tails: &mut Tails, failing: &mut bool) -> PassReport {
     let mut report = PassReport::default();
-    let known: Vec<(usize, Arc<VHost>, Arc<Queue>)> = tails
-        .queues
-        .iter()
-        .filter_map(|(&key, (v, q))| Some((key, v.upgrade()?, q.upgrade()?)))
-        .collect();
-    tails
-        .queues
-        .retain(|key, _| known.iter().any(|(k, _, _)| k == key));
-    for (key, vhost, queue) in &known {
-        report.examined += 1;
-        // One page per lane at most (a priority queue has a tail per level).
-        for _ in 0..queue.lanes() {
-            let Some(request) = queue.page_request(PAGE) else {
-                break;
-            };
-            let paged = page_in(vhost, &request).await;
-            queue.finish_page(&request, paged);
-        }
-        if !queue.has_disk_tail() {
-            tails.queues.remove(key);
-        }
-    }
+    page_ins(tails, &mut report).await;
     report.active = !tails.queues.is_empty();
     let threshold = b.config().memory_high_watermark / 2;
     if threshold == 0 || b.memory_used() <= threshold {
@@ -206,16 +188,47 @@ async fn pass(b: &Broker, store: &Store, tails: &mut Tails, failing: &mut bool) 
             }
             let (id, ok) = (batch.id, written.is_ok());
             if let Some(range) = queue.finish_spill(batch, ok) {
-                // Purged or deleted while writing: drop what was written for it.
-                let store = store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.discard_spilled(id, range)).await;
+                // Purged or deleted while writing: drop what was written for it. A discard
+                // that fails stays owed by the store, which retries it with its next spill
+                // call (and clears its spill tree at the next start).
+                if let Err(e) = store.discard_spilled_async(id, range).await {
+                    warn!(error = %e, queue = queue.name(), "discarding the spilled messages of a purged or deleted queue failed: retried with the next spill");
+                }
             }
             if !ok {
                 return report;
             }
+            page_ins(tails, &mut report).await;
         }
     }
     report
+}
+
+/// Step 1 of a pass: pages in the queues with a disk tail whose head runs low (one page per
+/// lane at most), and forgets those whose tail is gone.
+async fn page_ins(tails: &mut Tails, report: &mut PassReport) {
+    let known: Vec<(usize, Arc<VHost>, Arc<Queue>)> = tails
+        .queues
+        .iter()
+        .filter_map(|(&key, (v, q))| Some((key, v.upgrade()?, q.upgrade()?)))
+        .collect();
+    tails
+        .queues
+        .retain(|key, _| known.iter().any(|(k, _, _)| k == key));
+    for (key, vhost, queue) in &known {
+        report.examined += 1;
+        // One page per lane at most (a priority queue has a tail per level).
+        for _ in 0..queue.lanes() {
+            let Some(request) = queue.page_request(PAGE) else {
+                break;
+            };
+            let paged = page_in(vhost, &request).await;
+            queue.finish_page(&request, paged);
+        }
+        if !queue.has_disk_tail() {
+            tails.queues.remove(key);
+        }
+    }
 }
 
 /// Writes a batch: transient bodies to the spill tree; persistent ones are in the store
@@ -554,6 +567,52 @@ mod tests {
         }
 
         fn consumer_cancelled(&self, _: &ConsumerTag) {}
+    }
+
+    /// A pass spilling a long backlog (publishers outpacing the disk keep it going for as
+    /// long as they publish) pages in between its batches: a consumer of a spilled queue
+    /// keeps getting messages during the pass, not one page at its start. (Before, the
+    /// consumer of test_spill.py's queue got nothing while the publisher ran, and gave up
+    /// after 30 s on a loaded machine.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_spill_pages_in_between_its_batches() {
+        let (_dir, store, broker, vhost) = setup(&[], false);
+        vhost
+            .declare_queue(
+                ConnectionId(1),
+                "backlog",
+                QueueFlags::default(),
+                FieldTable::default(),
+            )
+            .expect("declare");
+        for i in 0..3000 {
+            publish_with(&vhost, i, BasicProperties::default());
+        }
+        let mut tails = Tails::default();
+        let mut failing = false;
+        pass(&broker, &store, &mut tails, &mut failing).await;
+        assert!(vhost.queue("q").expect("q").has_disk_tail());
+        for i in 0..3000 {
+            publish(&vhost, "backlog", i);
+        }
+        let sink = Arc::new(Collect::default());
+        let mut channel = Channel::new(
+            Arc::clone(&vhost),
+            ConnectionId(1),
+            ChannelId(1),
+            Arc::clone(&sink) as Arc<dyn DeliverySink>,
+        );
+        channel
+            .consume("q", "c", true, false, &FieldTable::default(), |_| {})
+            .expect("consume");
+        let head = sink.0.lock().len();
+        assert!(head > 0, "the head is delivered at once");
+        pass(&broker, &store, &mut tails, &mut failing).await;
+        let during = sink.0.lock().len() - head;
+        assert!(
+            during > 4 * head,
+            "{during} messages paged in during the pass, the head was {head}"
+        );
     }
 
     /// Closes the store and starts a broker on it again, recovered, with the test budget.

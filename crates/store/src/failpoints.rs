@@ -1,5 +1,6 @@
-//! Fault injection for tests (feature `failpoints`): make the writer fail for one store, or
-//! hold its writer or its spill calls.
+//! Fault injection for tests (feature `failpoints`): make the writer or the discards of
+//! spilled messages fail for one store, or hold its writer, its spill calls or its size
+//! measurement.
 //!
 //! A failpoint is armed for a store directory, so tests running in parallel do not see each
 //! other's faults.
@@ -24,6 +25,14 @@ pub const STALL: &str = "stall";
 /// counted as running that does not return, as on a hung disk.
 pub const SPILL_STALL: &str = "spill-stall";
 
+/// Fails every removal of spilled messages ([`crate::Store::discard_spilled`], and the retries
+/// of the discards that failed before) before anything is removed.
+pub const DISCARD: &str = "discard";
+
+/// Holds [`crate::Store::size_on_disk`] as it starts, until disarmed: the engine measuring
+/// its files on a volume that stopped answering.
+pub const SIZE_STALL: &str = "size-stall";
+
 static ARMED: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
 
 /// Threads held right now: by which failpoint, for which store.
@@ -42,7 +51,8 @@ pub fn disarm(name: &'static str, path: &Path) {
 }
 
 /// True while a thread of the store at `path` is held by failpoint `name` ([`STALL`]: the
-/// writer, which takes nothing; [`SPILL_STALL`]: a spill call).
+/// writer, which takes nothing; [`SPILL_STALL`]: a spill call; [`SIZE_STALL`]: a size
+/// measurement).
 pub fn held(name: &'static str, path: &Path) -> bool {
     let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
     held.iter().any(|(n, p)| *n == name && p == path)

@@ -102,6 +102,9 @@
 //! good), and the spill calls flush the engine every 4 MiB of spill traffic (sled reclaims a
 //! segment only after it was flushed).
 //!
+//! A discard that fails (a purged queue's spilled records) is owed: the next spill call
+//! retries it before doing its own work, and the next start clears the tree anyway.
+//!
 //! Spill calls bypass the writer, so [`Store::oldest_write_wait`] does not see them; a call
 //! that never returns (a hung disk) shows in [`Store::oldest_spill_wait`] instead.
 //!

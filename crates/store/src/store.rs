@@ -119,6 +119,9 @@ struct Inner {
     spill_unflushed: AtomicU64,
     /// The spill calls running now (they bypass the writer, so its wait does not cover them).
     spill_calls: InFlight,
+    /// Seq ranges of spilled records a failed [`Store::discard_spilled`] left behind: the
+    /// next spill call retries them.
+    owed_discards: Mutex<Vec<(QueueId, Range<u64>)>>,
     queues: Mutex<Registry>,
     /// Delivered watermarks as found at open: what "redelivered" means for recovered entries.
     recovered_marks: HashMap<QueueId, u64>,
@@ -194,6 +197,7 @@ impl Store {
                 next_queue: AtomicU64::new(opened.next_queue),
                 spill_unflushed: AtomicU64::new(0),
                 spill_calls: InFlight::default(),
+                owed_discards: Mutex::new(Vec::new()),
                 queues: Mutex::new(opened.registry),
                 recovered_marks: opened.recovered_marks,
             }),
@@ -648,11 +652,35 @@ impl Store {
     /// Drops spilled transient messages of `queue` with seq in `seqs` (purge, TTL, a deleted
     /// non-durable queue: pass `0..u64::MAX`). Returns how many were dropped. Blocks.
     ///
+    /// A discard that fails is owed, not forgotten: every later spill call (of any queue)
+    /// first retries the discards owed, until the retry succeeds, and the next start clears
+    /// the whole spill tree anyway. So the records of a purged queue neither fill the disk for
+    /// the rest of the run nor come back after a restart.
+    ///
     /// # Errors
-    /// [`StoreError::Io`] on failure.
+    /// [`StoreError::Io`] on failure (the range is then owed, as above).
     pub fn discard_spilled(&self, queue: QueueId, seqs: Range<u64>) -> Result<u64> {
         let _running = self.spill_call();
+        self.remove_spilled(queue, seqs.clone()).inspect_err(|_| {
+            lock(&self.inner.owed_discards).push((queue, seqs));
+        })
+    }
+
+    /// [`Store::discard_spilled`] on a blocking thread.
+    ///
+    /// # Errors
+    /// As [`Store::discard_spilled`].
+    pub async fn discard_spilled_async(&self, queue: QueueId, seqs: Range<u64>) -> Result<u64> {
+        let store = self.clone();
+        self.blocking(move || store.discard_spilled(queue, seqs))
+            .await
+    }
+
+    /// Removes the spilled records of `queue` with seq in `seqs`; returns how many messages.
+    fn remove_spilled(&self, queue: QueueId, seqs: Range<u64>) -> Result<u64> {
         let io = |e| StoreError::io(&self.inner.path, "discarding spilled messages", e);
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::check(crate::failpoints::DISCARD, &self.inner.path)?;
         let mut batch = sled::Batch::default();
         let mut n = 0;
         let mut bytes = 0;
@@ -671,12 +699,29 @@ impl Store {
         Ok(n)
     }
 
+    /// Retries the discards owed (see [`Store::discard_spilled`]); those failing again stay
+    /// owed. Taken out of the list while they run, so that concurrent spill calls do not
+    /// wait for them.
+    fn settle_owed_discards(&self) {
+        let owed = std::mem::take(&mut *lock(&self.inner.owed_discards));
+        if owed.is_empty() {
+            return;
+        }
+        let failed: Vec<_> = owed
+            .into_iter()
+            .filter(|(queue, seqs)| self.remove_spilled(*queue, seqs.clone()).is_err())
+            .collect();
+        lock(&self.inner.owed_discards).extend(failed);
+    }
+
     /// Counts a spill call as running (for [`Store::oldest_spill_wait`]) until the guard is
-    /// dropped.
+    /// dropped, after retrying the discards owed: before the call reads or writes anything,
+    /// so that a page-in never returns a message whose discard failed.
     fn spill_call(&self) -> Running<'_> {
         let running = self.inner.spill_calls.start();
         #[cfg(feature = "failpoints")]
         crate::failpoints::hold(crate::failpoints::SPILL_STALL, &self.inner.path);
+        self.settle_owed_discards();
         running
     }
 
@@ -697,11 +742,14 @@ impl Store {
             .map_err(|e| StoreError::io(&self.inner.path, "flushing spilled messages", e))
     }
 
-    /// Bytes the engine uses on disk (all trees).
+    /// Bytes the engine uses on disk (all trees). Blocks: it asks the file system for the
+    /// size of the engine's files, which on a volume that stopped answering never returns.
     ///
     /// # Errors
     /// [`StoreError::Io`] on failure.
     pub fn size_on_disk(&self) -> Result<u64> {
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::hold(crate::failpoints::SIZE_STALL, &self.inner.path);
         self.inner
             .db
             .size_on_disk()

@@ -306,3 +306,49 @@ fn a_panicked_writer_leaves_no_write_waiting() {
     assert_failed_with_nothing_waiting(&store);
     failpoints::disarm(failpoints::PANIC, dir.path());
 }
+
+/// A discard that fails (the spilled records of a queue purged while they were written) is
+/// owed, not forgotten: the next spill call, of another queue here, drops the records before
+/// doing its own work, so they leave the disk during the run.
+#[test]
+fn a_failed_discard_is_retried_by_the_next_spill_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path());
+    let purged = store.transient_queue_id();
+    let other = store.transient_queue_id();
+    let records: Vec<_> = (0..10).map(spill_record).collect();
+    store.spill(purged, &records).expect("spill");
+    failpoints::arm(failpoints::DISCARD, dir.path());
+    assert!(store.discard_spilled(purged, 0..10).is_err());
+    // Still failing: the retry fails too, and the call does its own work regardless.
+    store.spill(other, &[spill_record(0)]).expect("spill");
+    failpoints::disarm(failpoints::DISCARD, dir.path());
+    store.spill(other, &[spill_record(1)]).expect("spill");
+    store.close().expect("close");
+    drop(store);
+    let (_, recovery) = open(dir.path());
+    assert_eq!(
+        recovery.spilled_discarded, 2,
+        "only the other queue's records were left on disk"
+    );
+}
+
+/// A discard still owed at a restart: the purged messages do not come back, the spill tree is
+/// cleared at startup.
+#[test]
+fn a_discard_owed_at_a_restart_brings_nothing_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path());
+    let (durable, c) = store.put_queue(b"q", b"");
+    c.wait_blocking().expect("commit");
+    let records: Vec<_> = (0..10).map(spill_record).collect();
+    store.spill(durable, &records).expect("spill");
+    failpoints::arm(failpoints::DISCARD, dir.path());
+    assert!(store.discard_spilled(durable, 0..10).is_err());
+    failpoints::disarm(failpoints::DISCARD, dir.path());
+    store.close().expect("close");
+    drop(store);
+    let (store, recovery) = open(dir.path());
+    assert_eq!(recovery.spilled_discarded, 10);
+    assert_eq!(store.page_in(durable, 0, 100).expect("page in"), []);
+}

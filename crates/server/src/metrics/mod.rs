@@ -12,9 +12,15 @@
 //!
 //! Cheap by construction: the hot path only bumps sharded atomics ([`GlobalCounters`]);
 //! everything else is read when Prometheus scrapes.
+//!
+//! A scrape answers when the data volume does not: everything it reads is in memory, except
+//! the free disk space and the store's size, which a probe measures off the request path
+//! ([`probe`]); when the probe hangs, the last figures are shown with
+//! `lockgate_disk_probe_stale 1`.
 
 mod config;
 pub mod counters;
+mod probe;
 mod render;
 
 use std::net::SocketAddr;
@@ -31,6 +37,7 @@ use tracing::{error, info};
 
 pub use self::config::MetricsConfig;
 pub use self::counters::{Counter, GlobalCounters};
+use self::probe::{DiskProbe, PROBE_WAIT};
 use crate::connection::ServerContext;
 
 /// The exposition format's content type.
@@ -68,6 +75,20 @@ pub async fn serve(ctx: Arc<ServerContext>, listener: TcpListener) {
     }
 }
 
+/// What a scrape reads: the server, and the probe of its disk figures.
+#[derive(Clone)]
+struct Scrape {
+    ctx: Arc<ServerContext>,
+    disk: Arc<DiskProbe>,
+}
+
+impl Scrape {
+    fn new(ctx: Arc<ServerContext>) -> Self {
+        let disk = DiskProbe::new(ctx.config.data_dir.clone(), ctx.broker.store().cloned());
+        Scrape { ctx, disk }
+    }
+}
+
 /// `GET` (and `HEAD`) `/metrics` and `/metrics/per-object` (the same: every metric is per
 /// object already); 404 elsewhere, 405 for other methods.
 fn router(ctx: Arc<ServerContext>) -> Router {
@@ -75,20 +96,15 @@ fn router(ctx: Arc<ServerContext>) -> Router {
         .route("/metrics", get(metrics))
         .route("/metrics/per-object", get(metrics))
         .fallback(not_found)
-        .with_state(ctx)
+        .with_state(Scrape::new(ctx))
 }
 
-/// Rendered on the blocking pool: it asks the file system for the data directory's free space
-/// and the store's size, and on a volume that stopped answering those calls never return. On
-/// an async worker each scrape would then take a worker away from the connections for good.
-async fn metrics(State(ctx): State<Arc<ServerContext>>) -> Response {
-    match tokio::task::spawn_blocking(move || render::render(&ctx)).await {
-        Ok(body) => text(StatusCode::OK, body),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("rendering the metrics failed: {e}\n"),
-        ),
-    }
+/// Waits for the disk figures at most [`PROBE_WAIT`], then renders on this worker: nothing
+/// else it reads touches the data volume (the queues' figures are behind short locks that no
+/// store call is made under, the store's behind the writer's).
+async fn metrics(State(scrape): State<Scrape>) -> Response {
+    let disk = scrape.disk.read(PROBE_WAIT).await;
+    text(StatusCode::OK, render::render(&scrape.ctx, &disk))
 }
 
 async fn not_found() -> Response {
@@ -110,4 +126,96 @@ pub async fn start(ctx: &Arc<ServerContext>) -> anyhow::Result<Option<SocketAddr
     let addr = listener.local_addr().ok();
     tokio::spawn(serve(Arc::clone(ctx), listener));
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use lockgate_broker::{Broker, BrokerConfig};
+    use lockgate_store::{failpoints, Store, StoreConfig};
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use super::probe::tests::Stall;
+    use super::*;
+    use crate::config::Config;
+
+    /// Far beyond [`PROBE_WAIT`]: a scrape that takes this long never answers.
+    const NEVER: Duration = Duration::from_secs(30);
+
+    async fn scrape(state: &Scrape) -> String {
+        let response = tokio::time::timeout(NEVER, metrics(State(state.clone())))
+            .await
+            .expect("the scrape answered");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a body");
+        String::from_utf8(body.to_vec()).expect("text")
+    }
+
+    /// The unlabelled sample `name`, if present.
+    fn sample(body: &str, name: &str) -> Option<f64> {
+        let prefix = format!("{name} ");
+        let line = body.lines().find_map(|l| l.strip_prefix(&prefix))?;
+        Some(line.parse().expect("a number"))
+    }
+
+    /// A scrape answers while the data volume stops answering (the store's size measurement
+    /// held by a failpoint, as on a hung disk): with the disk figures last measured, flagged
+    /// stale and ageing, and fresh ones again once the disk answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scrape_answers_with_the_last_disk_figures_while_the_disk_hangs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let broker = Broker::with_store(BrokerConfig::default(), store);
+        let state = Scrape::new(Arc::new(ServerContext::new(
+            Arc::new(config),
+            broker,
+            CancellationToken::new(),
+            watch::channel(false).1,
+        )));
+        let healthy = scrape(&state).await;
+        assert_eq!(sample(&healthy, "lockgate_disk_probe_stale"), Some(0.0));
+        let size = sample(&healthy, "lockgate_store_size_bytes").expect("the store size");
+        let free = sample(&healthy, "rabbitmq_disk_space_available_bytes").expect("free space");
+
+        let healthy_at = Instant::now();
+        let stall = Stall::arm(dir.path());
+        let hung = scrape(&state).await;
+        assert_eq!(sample(&hung, "lockgate_disk_probe_stale"), Some(1.0));
+        assert_eq!(sample(&hung, "lockgate_store_size_bytes"), Some(size));
+        assert_eq!(
+            sample(&hung, "rabbitmq_disk_space_available_bytes"),
+            Some(free)
+        );
+        assert!(
+            sample(&hung, "rabbitmq_connections").is_some(),
+            "the rest is there"
+        );
+        let deadline = Instant::now() + NEVER;
+        while !failpoints::held(failpoints::SIZE_STALL, dir.path()) {
+            assert!(Instant::now() < deadline, "the probe was not held");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The figures measured before the hang, at least as old as it (to the millisecond
+        // shown).
+        let hang = healthy_at.elapsed().as_secs_f64();
+        let again = scrape(&state).await;
+        assert_eq!(sample(&again, "lockgate_disk_probe_stale"), Some(1.0));
+        let age = sample(&again, "lockgate_disk_probe_age_seconds").expect("an age");
+        assert!(
+            age + 0.001 >= hang,
+            "figures {age} s old, the hang {hang} s"
+        );
+
+        drop(stall);
+        while sample(&scrape(&state).await, "lockgate_disk_probe_stale") != Some(0.0) {
+            assert!(Instant::now() < deadline, "the figures stayed stale");
+        }
+    }
 }

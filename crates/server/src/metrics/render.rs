@@ -7,6 +7,7 @@ use lockgate_store::Store;
 
 use crate::connection::ServerContext;
 use crate::metrics::counters::Counter;
+use crate::metrics::probe::DiskReading;
 
 /// Writes metric families: `# HELP`, `# TYPE`, then samples.
 struct Exposition {
@@ -129,8 +130,8 @@ fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
 }
 
-/// Renders every metric.
-pub fn render(ctx: &ServerContext) -> String {
+/// Renders every metric; the figures that ask the file system come from `disk`.
+pub(super) fn render(ctx: &ServerContext, disk: &DiskReading) -> String {
     let mut e = Exposition {
         out: String::with_capacity(8192),
     };
@@ -398,14 +399,7 @@ pub fn render(ctx: &ServerContext) -> String {
         "is 1 if free disk space watermark alarm is in effect",
         u8::from(*ctx.disk_alarm.borrow()),
     );
-    if let Ok(free) = crate::disk::available_space(&ctx.config.data_dir) {
-        e.single(
-            "rabbitmq_disk_space_available_bytes",
-            "gauge",
-            "Disk space available in bytes",
-            free,
-        );
-    }
+    disk_figures(&mut e, disk);
 
     if let Some(store) = ctx.broker.store() {
         let m = store.metrics();
@@ -464,16 +458,46 @@ pub fn render(ctx: &ServerContext) -> String {
             m.backpressure_waits,
         );
         store_waits(&mut e, store);
-        if let Ok(size) = store.size_on_disk() {
-            e.single(
-                "lockgate_store_size_bytes",
-                "gauge",
-                "Size of the store on disk",
-                size,
-            );
-        }
     }
     e.out
+}
+
+/// The figures a probe measured on the file system (see `probe.rs`), with how old they are
+/// and whether the latest probe has not returned: on a volume that stopped answering they
+/// are the last ones measured.
+fn disk_figures(e: &mut Exposition, disk: &DiskReading) {
+    e.single(
+        "lockgate_disk_probe_stale",
+        "gauge",
+        "1 when the latest probe of the data directory (free space, store size) has not \
+         returned in time (a hung or overloaded disk): the disk figures shown are older",
+        u8::from(disk.stale),
+    );
+    let Some(figures) = disk.figures else {
+        return;
+    };
+    e.single(
+        "lockgate_disk_probe_age_seconds",
+        "gauge",
+        "Age of the disk figures shown (free space, store size): since their probe returned",
+        format!("{:.3}", figures.measured.elapsed().as_secs_f64()),
+    );
+    if let Some(free) = figures.free {
+        e.single(
+            "rabbitmq_disk_space_available_bytes",
+            "gauge",
+            "Disk space available in bytes",
+            free,
+        );
+    }
+    if let Some(size) = figures.store_size {
+        e.single(
+            "lockgate_store_size_bytes",
+            "gauge",
+            "Size of the store on disk",
+            size,
+        );
+    }
 }
 
 /// How long the oldest store write not done yet has waited, per kind of write.
