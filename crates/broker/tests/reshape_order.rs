@@ -155,6 +155,30 @@ async fn a_grouped_queue_whose_group_policy_goes_keeps_requeues_before_its_disk_
 
 /// Publishes message `i` with priority `i % PRIORITIES` (`None` for 0), persistent and
 /// waited for when `persistent`.
+/// Declares "q" (durable when `persistent`), publishes the backlog and waits until part of
+/// it is on disk and memory is back below the spill threshold.
+async fn spilled_backlog(
+    broker: &lockgate_broker::Broker,
+    persistent: bool,
+) -> std::sync::Arc<lockgate_broker::Queue> {
+    let v = broker.vhost("/").unwrap();
+    let flags = QueueFlags {
+        durable: persistent,
+        ..QueueFlags::default()
+    };
+    v.declare_queue(CONN, "q", flags, FieldTable::default())
+        .unwrap();
+    let q = v.queue("q").unwrap();
+    for i in 0..BACKLOG {
+        send_prioritised(&v, i, persistent);
+    }
+    until("a spill below the threshold", || {
+        q.snapshot().spilled > 0 && broker.memory_used() <= BUDGET / 2
+    })
+    .await;
+    q
+}
+
 fn send_prioritised(v: &lockgate_broker::VHost, i: usize, persistent: bool) {
     let priority = u8::try_from(i % PRIORITIES).unwrap();
     let properties = BasicProperties {
@@ -202,20 +226,7 @@ async fn spilled_messages_keep_their_order_across_a_reshape(
     let broker = spilling_broker(dir.path(), BUDGET);
     let v = broker.vhost("/").unwrap();
     v.set_policies(before);
-    let flags = QueueFlags {
-        durable: persistent,
-        ..QueueFlags::default()
-    };
-    v.declare_queue(CONN, "q", flags, FieldTable::default())
-        .unwrap();
-    let q = v.queue("q").unwrap();
-    for i in 0..BACKLOG {
-        send_prioritised(&v, i, persistent);
-    }
-    until("a spill below the threshold", || {
-        q.snapshot().spilled > 0 && broker.memory_used() <= BUDGET / 2
-    })
-    .await;
+    let q = spilled_backlog(&broker, persistent).await;
     v.set_policies(after);
     for i in BACKLOG..BACKLOG + AFTER {
         send_prioritised(&v, i, persistent);
@@ -346,20 +357,7 @@ async fn a_reshaped_durable_queue_keeps_its_order_across_a_restart() {
     {
         let broker = spilling_broker(dir.path(), BUDGET);
         let v = broker.vhost("/").unwrap();
-        let flags = QueueFlags {
-            durable: true,
-            ..QueueFlags::default()
-        };
-        v.declare_queue(CONN, "q", flags, FieldTable::default())
-            .unwrap();
-        let q = v.queue("q").unwrap();
-        for i in 0..BACKLOG {
-            send_prioritised(&v, i, true);
-        }
-        until("a spill below the threshold", || {
-            q.snapshot().spilled > 0 && broker.memory_used() <= BUDGET / 2
-        })
-        .await;
+        spilled_backlog(&broker, true).await;
         v.set_policies(max_priority(4));
         for i in BACKLOG..BACKLOG + AFTER {
             send_prioritised(&v, i, true);

@@ -1155,17 +1155,7 @@ mod tests {
         let batch = queue
             .take_spill(&store, 10, u64::MAX, usize::MAX, u64::MAX)
             .expect("a batch");
-        let records: Vec<SpillRecord> = batch
-            .items
-            .iter()
-            .map(|r| SpillRecord {
-                seq: r.seq,
-                header: crate::durable::message_header(&r.message),
-                body: r.message.body_bytes(),
-            })
-            .collect();
-        store.spill_async(batch.id, records).await.expect("spilled");
-        assert!(queue.finish_spill(batch, true).is_none());
+        write(&store, &queue, batch).await;
         let mut channel = Channel::discarding(&vhost);
         for i in 0..10 {
             let ok = channel.get("q", true).expect("get").expect("the head");
@@ -1295,17 +1285,7 @@ mod tests {
         let batch = queue
             .take_spill(&store, 10, u64::MAX, usize::MAX, u64::MAX)
             .expect("a batch");
-        let records: Vec<SpillRecord> = batch
-            .items
-            .iter()
-            .map(|r| SpillRecord {
-                seq: r.seq,
-                header: crate::durable::message_header(&r.message),
-                body: r.message.body_bytes(),
-            })
-            .collect();
-        store.spill_async(batch.id, records).await.expect("spilled");
-        assert!(queue.finish_spill(batch, true).is_none());
+        write(&store, &queue, batch).await;
         let request = queue.page_request(100).expect("a page-in");
         let definition = [("max-priority".to_owned(), FieldValue::I64(2))]
             .into_iter()
