@@ -427,11 +427,22 @@ impl Channel {
     /// With `mandatory`, a message that reaches no queue comes back on
     /// [`Channel::returns`] (and, in confirm mode, is still acked).
     ///
+    /// While the broker has paused the channel (`channel.flow` with `active`
+    /// false), a publish waits, as the RabbitMQ Java client's does: it returns
+    /// once the broker resumes the channel (`channel.flow` with `active` true),
+    /// and nothing of it is sent before. The channel's other methods (acks,
+    /// declarations) do not wait. RabbitMQ and lockgate do not pause channels
+    /// (they block the connection: see
+    /// [`Connection::blocked`](crate::Connection::blocked)); other brokers and
+    /// proxies may. Dropping the waiting future publishes nothing.
+    ///
     /// # Errors
     ///
-    /// The channel's error if it is closed; [`Error::Disconnected`] while the
-    /// connection recovers. A publish to a missing exchange closes the channel
-    /// with 404, reported on the next call (and on pending confirmations).
+    /// The channel's error if it is closed (also when it closes while the
+    /// publish waits); [`Error::Disconnected`] while the connection recovers
+    /// (or when it is lost while the publish waits). A publish to a missing
+    /// exchange closes the channel with 404, reported on the next call (and on
+    /// pending confirmations).
     pub async fn basic_publish(
         &self,
         exchange: &str,

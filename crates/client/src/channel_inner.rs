@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use std::task::Waker;
@@ -14,7 +15,8 @@ use bytes::{Bytes, BytesMut};
 use lockgate_wire::{
     basic, confirm, encode_publish, BasicProperties, ContentHeader, FieldTable, Method, PublishRef,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::debug;
 
 use crate::confirm::Confirmation;
@@ -24,7 +26,7 @@ use crate::inbox::{DeliverySender, Sent};
 use crate::io::Link;
 use crate::message::{Delivery, ReturnedMessage};
 use crate::options::{ConsumeOptions, PublishOptions};
-use crate::outbox::Append;
+use crate::outbox::{Append, Outbox};
 
 /// The reply to a synchronous method, with its content for `basic.get-ok`.
 #[derive(Debug)]
@@ -78,6 +80,8 @@ struct ChannelState {
     settings: ChannelSettings,
     /// The application's hold on the channel, lent to each delivery.
     holder: Weak<ChannelHolder>,
+    /// The broker sent `channel.flow` with `active` false: publishes wait.
+    flow_paused: bool,
 }
 
 /// Shared state of one channel.
@@ -90,6 +94,11 @@ pub(crate) struct ChannelInner {
     /// The session whose deliveries the channel can still settle (0 while
     /// recovering); read without the lock by consumers, once per delivery.
     live_epoch: AtomicU64,
+    /// Removed from the connection's channels: its number may belong to a new
+    /// channel, which the reader must look up rather than use its cached slot.
+    forgotten: AtomicBool,
+    /// Wakes the publishers waiting while `flow_paused`.
+    flow: Notify,
 }
 
 impl fmt::Debug for ChannelInner {
@@ -146,6 +155,16 @@ pub(crate) enum Delivered {
     /// drops it outside the channel's lock: it may hold the channel's last
     /// handle.
     Unclaimed { delivery: Delivery, requeue: bool },
+}
+
+/// What a publish waits for before it tries again.
+enum Wait<'a> {
+    /// Room in the outbox.
+    Room(Arc<Outbox>),
+    /// `channel.flow` with `active` true (or the channel's end).
+    Flow(Pin<Box<Notified<'a>>>),
+    /// The end of the session whose writer stopped.
+    Ended(Link),
 }
 
 /// Longest AMQP short string.
@@ -208,6 +227,8 @@ impl ChannelInner {
             conn,
             rpc_lock: tokio::sync::Mutex::new(()),
             live_epoch: AtomicU64::new(link.epoch),
+            forgotten: AtomicBool::new(false),
+            flow: Notify::new(),
             state: Mutex::new(ChannelState {
                 link: Some(link),
                 ..ChannelState::default()
@@ -232,6 +253,15 @@ impl ChannelInner {
         self.lock().closed.clone().unwrap_or(Error::Disconnected)
     }
 
+    /// The error to report when `link`'s outbox refused a frame: its writer
+    /// stopped, and the session is ending. The reader records why right after
+    /// (on the channel when the connection is finished: the broker's close,
+    /// the socket error); until it has, the channel does not know.
+    async fn ended_error(&self, link: &Link) -> Error {
+        link.ended.cancelled().await;
+        self.current_error()
+    }
+
     /// Sends a synchronous method and waits for its reply. `via` is the link
     /// of a session being recovered (the channel's own link is unset then).
     pub(crate) async fn call(
@@ -247,7 +277,7 @@ impl ChannelInner {
             Method::BasicQos(q) => Some((q.global, q.prefetch_count)),
             _ => None,
         };
-        {
+        let ended = {
             let mut st = self.lock();
             if let Some(e) = &st.closed {
                 return Err(e.clone());
@@ -271,38 +301,52 @@ impl ChannelInner {
             // Queued before the reply can be read: the reader needs this
             // lock to hand the reply over.
             if link.send_method(self.id, method)? == Append::Closed {
-                return Err(st.closed.clone().unwrap_or(Error::Disconnected));
-            }
-            if selects_confirms {
-                // The broker numbers every publish after confirm.select, even one
-                // queued by another task before select-ok is back: number from here.
-                st.confirms.get_or_insert_with(|| Confirms {
-                    next: 1,
-                    pending: BTreeMap::new(),
+                Some(link.clone())
+            } else {
+                if selects_confirms {
+                    // The broker numbers every publish after confirm.select, even one
+                    // queued by another task before select-ok is back: number from here.
+                    st.confirms.get_or_insert_with(|| Confirms {
+                        next: 1,
+                        pending: BTreeMap::new(),
+                    });
+                    // And recovery selects it again, whether or not select-ok comes back
+                    // (the call abandoned, the connection lost): numbered publishes that
+                    // the broker does not confirm would wait forever.
+                    st.settings.confirm = true;
+                }
+                // Likewise a prefetch the broker may have applied is re-applied.
+                match qos {
+                    Some((true, count)) => st.settings.prefetch_global = Some(count),
+                    Some((false, count)) => st.settings.prefetch_per_consumer = Some(count),
+                    None => {}
+                }
+                st.rpc.push_back(PendingCall {
+                    reply: tx,
+                    consumer,
                 });
-                // And recovery selects it again, whether or not select-ok comes back
-                // (the call abandoned, the connection lost): numbered publishes that
-                // the broker does not confirm would wait forever.
-                st.settings.confirm = true;
+                None
             }
-            // Likewise a prefetch the broker may have applied is re-applied.
-            match qos {
-                Some((true, count)) => st.settings.prefetch_global = Some(count),
-                Some((false, count)) => st.settings.prefetch_per_consumer = Some(count),
-                None => {}
-            }
-            st.rpc.push_back(PendingCall {
-                reply: tx,
-                consumer,
-            });
+        };
+        match ended {
+            Some(link) => Err(self.ended_error(&link).await),
+            None => rx.await.unwrap_or_else(|_| Err(self.current_error())),
         }
-        rx.await.unwrap_or_else(|_| Err(self.current_error()))
     }
 
     /// Sends an asynchronous method (ack, nack, reject). With `epoch`, a
     /// method meant for an earlier session is dropped: its delivery tag means
     /// nothing to the new one (the broker has requeued that delivery).
-    pub(crate) fn send(&self, method: Method, epoch: Option<u64>) -> Result<()> {
+    pub(crate) async fn send(&self, method: Method, epoch: Option<u64>) -> Result<()> {
+        match self.send_now(method, epoch)? {
+            Some(ended) => Err(self.ended_error(&ended).await),
+            None => Ok(()),
+        }
+    }
+
+    /// [`ChannelInner::send`] without waiting: `Some(link)` when the method was
+    /// not sent because that session's writer has stopped.
+    pub(crate) fn send_now(&self, method: Method, epoch: Option<u64>) -> Result<Option<Link>> {
         let st = self.lock();
         if let Some(e) = &st.closed {
             return Err(e.clone());
@@ -313,11 +357,11 @@ impl ChannelInner {
                 channel = self.id,
                 "acknowledgement from before recovery dropped"
             );
-            return Ok(());
+            return Ok(None);
         }
         match link.send_method(self.id, method)? {
-            Append::Done | Append::Full => Ok(()),
-            Append::Closed => Err(st.closed.clone().unwrap_or(Error::Disconnected)),
+            Append::Done | Append::Full => Ok(None),
+            Append::Closed => Ok(Some(link.clone())),
         }
     }
 
@@ -403,7 +447,7 @@ impl ChannelInner {
         loop {
             // The message is encoded, queued and numbered under the channel's
             // lock, so the broker sees messages in sequence-number order.
-            let outbox = {
+            let wait = {
                 let mut guard = self.lock();
                 let st = &mut *guard;
                 if let Some(e) = &st.closed {
@@ -411,21 +455,41 @@ impl ChannelInner {
                 }
                 let link = st.link.as_ref().ok_or(Error::Disconnected)?;
                 if *epoch.get_or_insert(link.epoch) != link.epoch {
-                    // Recovered while waiting for room: the caller decides
-                    // whether to publish again on the new session.
+                    // Recovered while waiting: the caller decides whether to
+                    // publish again on the new session.
                     return Err(Error::Disconnected);
                 }
-                let encode = |buf: &mut BytesMut| {
-                    encode_publish(buf, self.id, &publish, properties, body, link.frame_max)
-                        .map_err(|e| Error::InvalidArgument(e.to_string()))
-                };
-                match link.outbox.append(true, encode)? {
-                    Append::Done => return Ok(next_confirmation(&mut st.confirms)),
-                    Append::Closed => return Err(st.closed.clone().unwrap_or(Error::Disconnected)),
-                    Append::Full => link.outbox.clone(),
+                if st.flow_paused {
+                    // Registered under the lock that resuming takes.
+                    let mut resumed = Box::pin(self.flow.notified());
+                    resumed.as_mut().enable();
+                    Wait::Flow(resumed)
+                } else {
+                    let encode = |buf: &mut BytesMut| {
+                        encode_publish(buf, self.id, &publish, properties, body, link.frame_max)
+                            .map_err(|e| Error::InvalidArgument(e.to_string()))
+                    };
+                    match link.outbox.append(true, encode)? {
+                        Append::Done => return Ok(next_confirmation(&mut st.confirms)),
+                        Append::Closed => Wait::Ended(link.clone()),
+                        Append::Full => Wait::Room(link.outbox.clone()),
+                    }
                 }
             };
-            outbox.room().await;
+            match wait {
+                Wait::Room(outbox) => outbox.room().await,
+                Wait::Flow(resumed) => resumed.await,
+                Wait::Ended(link) => return Err(self.ended_error(&link).await),
+            }
+        }
+    }
+
+    /// `channel.flow` from the broker: while it is not `active`, publishes
+    /// wait (the channel's other methods do not).
+    pub(crate) fn set_flow(&self, active: bool) {
+        self.lock().flow_paused = !active;
+        if active {
+            self.flow.notify_waiters();
         }
     }
 
@@ -451,6 +515,17 @@ impl ChannelInner {
     /// broker has requeued it, and an ack for it would be dropped.
     pub(crate) fn is_stale(&self, epoch: u64) -> bool {
         self.live_epoch.load(Ordering::Acquire) != epoch
+    }
+
+    /// Whether the connection no longer lists the channel (its number may be
+    /// another channel's now).
+    pub(crate) fn is_forgotten(&self) -> bool {
+        self.forgotten.load(Ordering::Acquire)
+    }
+
+    /// The connection removed the channel from its list.
+    pub(crate) fn forget(&self) {
+        self.forgotten.store(true, Ordering::Release);
     }
 
     /// Whether the application still holds the channel (a handle, a consumer
@@ -615,10 +690,12 @@ impl ChannelInner {
         st.closed = Some(error.clone());
         st.link = None;
         st.returns = None;
+        st.flow_paused = false;
         let rpc = std::mem::take(&mut st.rpc);
         let confirms = st.confirms.take();
         let consumers = std::mem::take(&mut st.consumers);
         drop(st);
+        self.flow.notify_waiters();
         for call in rpc {
             let _ = call.reply.send(Err(error.clone()));
         }
@@ -639,6 +716,8 @@ impl ChannelInner {
     pub(crate) fn suspend(&self, error: &Error) {
         let mut st = self.lock();
         st.link = None;
+        // The channel re-opened on a new socket starts with its flow active.
+        st.flow_paused = false;
         self.live_epoch.store(0, Ordering::Release);
         st.consumers.retain(|_, tx| !tx.cancelling);
         let rpc = std::mem::take(&mut st.rpc);
@@ -648,6 +727,7 @@ impl ChannelInner {
             .map(|c| std::mem::take(&mut c.pending))
             .unwrap_or_default();
         drop(st);
+        self.flow.notify_waiters();
         for call in rpc {
             let _ = call.reply.send(Err(error.clone()));
         }
@@ -682,12 +762,7 @@ mod tests {
     #[test]
     fn a_consumer_cancelled_before_the_connection_was_lost_is_forgotten() {
         let conn = ConnInner::new(ConnectionOptions::default());
-        let link = Link {
-            outbox: Arc::new(Outbox::default()),
-            epoch: 1,
-            frame_max: 0,
-        };
-        let ch = ChannelInner::new(1, conn, link);
+        let ch = ChannelInner::new(1, conn, Link::new(Arc::new(Outbox::default()), 1, 0));
         let (sender, receiver) = inbox(true);
         ch.lock().consumers.insert("ctag".into(), sender);
         // Its stream is dropped: basic.cancel goes out, the consumer waits for cancel-ok.

@@ -72,20 +72,43 @@ pub(crate) struct Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        let Ok(Some(session)) = self.inner.start_close() else {
+        let closing = self.inner.start_close();
+        // Without a runtime the connection's tasks are gone already.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        // Bound the wait for close-ok as `close` does. Without a runtime the
-        // connection's tasks are gone already.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let ended = session.stop.cancelled();
-                if tokio::time::timeout(CLOSE_TIMEOUT, ended).await.is_err() {
-                    session.stop.cancel();
-                }
-            });
+        match closing {
+            // Bound the wait for close-ok as `close` does.
+            Ok(Closing::Sent(session)) => {
+                runtime.spawn(async move {
+                    let ended = session.stop.cancelled();
+                    if tokio::time::timeout(CLOSE_TIMEOUT, ended).await.is_err() {
+                        session.stop.cancel();
+                    }
+                });
+            }
+            // Once it has ended, a connection no one holds is not recovered.
+            Ok(Closing::Ending(link)) => {
+                let inner = self.inner.clone();
+                runtime.spawn(async move {
+                    link.ended.cancelled().await;
+                    let _ = inner.start_close();
+                });
+            }
+            Ok(Closing::Done) | Err(_) => {}
         }
     }
+}
+
+/// What [`ConnInner::start_close`] did.
+enum Closing {
+    /// Sent `connection.close`: the session waits for close-ok.
+    Sent(Session),
+    /// Nothing: the session is ending on its own (its writer stopped), and the
+    /// connection has yet to record why.
+    Ending(Link),
+    /// Nothing more to do: closed, or closing already.
+    Done,
 }
 
 /// Values agreed in `connection.tune`.
@@ -207,18 +230,7 @@ impl Connection {
     ///
     /// The connection's error if the broker had already closed it.
     pub async fn close(&self) -> Result<()> {
-        let mut closed = self.inner.closed.subscribe();
-        if let Some(session) = self.inner.start_close()? {
-            if tokio::time::timeout(CLOSE_TIMEOUT, closed.wait_for(|c| *c))
-                .await
-                .is_err()
-            {
-                session.stop.cancel();
-            }
-        }
-        // Ignore the result: it fails only if the state is gone, i.e. closed.
-        let _ = closed.wait_for(|c| *c).await;
-        Ok(())
+        self.inner.close().await
     }
 
     /// Whether the connection is open (not closed, closing or recovering).
@@ -342,32 +354,52 @@ impl ConnInner {
         self.options.recovery.is_some()
     }
 
+    /// [`Connection::close`].
+    pub(crate) async fn close(&self) -> Result<()> {
+        let mut closed = self.closed.subscribe();
+        loop {
+            match self.start_close()? {
+                Closing::Sent(session) => {
+                    if tokio::time::timeout(CLOSE_TIMEOUT, closed.wait_for(|c| *c))
+                        .await
+                        .is_err()
+                    {
+                        session.stop.cancel();
+                    }
+                    break;
+                }
+                // Then the connection's error is known (or it is recovering).
+                Closing::Ending(link) => link.ended.cancelled().await,
+                Closing::Done => break,
+            }
+        }
+        // Ignore the result: it fails only if the state is gone, i.e. closed.
+        let _ = closed.wait_for(|c| *c).await;
+        Ok(())
+    }
+
     /// Starts closing on the application's behalf: sends `connection.close`
-    /// 200 when open (returning the session that waits for `close-ok`), ends
-    /// a recovery, and does nothing when closing or closed already.
+    /// 200 when open, ends a recovery, and does nothing when closing or closed
+    /// already.
     ///
     /// # Errors
     ///
     /// The connection's error if something else closed it.
-    fn start_close(&self) -> Result<Option<Session>> {
-        let session = {
-            let mut st = self.lock_state();
-            match &st.status {
-                Status::Closed(Error::ClientClosed) | Status::Closing => return Ok(None),
-                Status::Closed(e) => return Err(e.clone()),
-                Status::Recovering => {
-                    drop(st);
-                    self.finish(Error::ClientClosed);
-                    return Ok(None);
-                }
-                Status::Open => {
-                    st.status = Status::Closing;
-                    st.session.clone()
-                }
+    fn start_close(&self) -> Result<Closing> {
+        let mut st = self.lock_state();
+        match &st.status {
+            Status::Closed(Error::ClientClosed) | Status::Closing => return Ok(Closing::Done),
+            Status::Closed(e) => return Err(e.clone()),
+            Status::Recovering => {
+                drop(st);
+                self.finish(Error::ClientClosed);
+                return Ok(Closing::Done);
             }
-        };
-        let Some(session) = session else {
-            return Ok(None);
+            Status::Open => {}
+        }
+        let Some(session) = st.session.clone() else {
+            st.status = Status::Closing;
+            return Ok(Closing::Done);
         };
         let close = Method::ConnectionClose(connection::Close {
             reply_code: 200,
@@ -375,11 +407,21 @@ impl ConnInner {
             class_id: 0,
             method_id: 0,
         });
-        if matches!(session.link.send_method(0, close), Ok(Append::Done)) {
-            Ok(Some(session))
-        } else {
-            session.stop.cancel();
-            Ok(None)
+        // Sent under the state lock: the session cannot end (and be taken for
+        // one the application closed) between the send and the status.
+        match session.link.send_method(0, close) {
+            Ok(Append::Done | Append::Full) => {
+                st.status = Status::Closing;
+                Ok(Closing::Sent(session))
+            }
+            // The broker's close, or a socket error, ends it: that is its error.
+            Ok(Append::Closed) => Ok(Closing::Ending(session.link)),
+            Err(_) => {
+                st.status = Status::Closing;
+                drop(st);
+                session.stop.cancel();
+                Ok(Closing::Done)
+            }
         }
     }
 
@@ -397,11 +439,11 @@ impl ConnInner {
         } = established;
         let outbox = Arc::new(Outbox::default());
         let session = Session {
-            link: Link {
-                outbox: outbox.clone(),
-                epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
-                frame_max: tune.frame_max,
-            },
+            link: Link::new(
+                outbox.clone(),
+                self.next_epoch.fetch_add(1, Ordering::Relaxed),
+                tune.frame_max,
+            ),
             stop: CancellationToken::new(),
             failure: Arc::default(),
         };
@@ -497,6 +539,7 @@ impl ConnInner {
                 st.channels.remove(&ch.id);
             }
         }
+        ch.forget();
         self.lock_topology().forget_channel(ch.id);
         ch.finish(error);
     }

@@ -54,9 +54,23 @@ pub(crate) struct Link {
     /// The session's negotiated frame_max (0 = none): publishers encode
     /// their frames against it.
     pub(crate) frame_max: u32,
+    /// Cancelled once the session has ended and the connection has recorded
+    /// why (its channels are failed or suspended). A call that finds the
+    /// outbox closed waits for it, so that it reports that error (the broker's
+    /// close, the socket error) rather than [`Error::Disconnected`].
+    pub(crate) ended: CancellationToken,
 }
 
 impl Link {
+    pub(crate) fn new(outbox: Arc<Outbox>, epoch: u64, frame_max: u32) -> Self {
+        Self {
+            outbox,
+            epoch,
+            frame_max,
+            ended: CancellationToken::new(),
+        }
+    }
+
     /// Queues one method frame (never held back by publishes).
     ///
     /// # Errors
@@ -416,6 +430,7 @@ enum Deferred {
         reason: CloseReason,
     },
     Flow {
+        channel: Arc<ChannelInner>,
         id: u16,
         active: bool,
     },
@@ -448,6 +463,9 @@ pub(crate) async fn run_reader(
     heartbeat: Duration,
     session: Session,
 ) {
+    // Should the task be dropped (its runtime shut down) before it ends the
+    // session, the calls waiting for the session's end still return.
+    let _ended = session.link.ended.clone().drop_guard();
     let FramedParts {
         io: mut socket,
         read_buf: mut buf,
@@ -502,19 +520,28 @@ pub(crate) async fn run_reader(
             }
         }
     };
-    session.stop.cancel();
-    reader.conn.session_ended(reader.epoch, error);
+    end(&reader.conn, &session, error);
 }
 
-/// The reader's slot for channel `id`, made on first use; `None` for a channel the
-/// connection does not know.
+/// Ends a session whose reader stopped: stops the writer, has the connection
+/// fail or suspend the channels with `error`, then wakes the calls that found
+/// the outbox closed meanwhile, to report what the connection recorded.
+fn end(conn: &Arc<ConnInner>, session: &Session, error: Error) {
+    session.stop.cancel();
+    conn.session_ended(session.link.epoch, error);
+    session.link.ended.cancel();
+}
+
+/// The reader's slot for channel `id`, made on first use (and anew once the
+/// connection has forgotten its channel: the number may be another channel's
+/// by now); `None` for a channel the connection does not know.
 fn slot<'a>(
     channels: &'a mut Vec<Option<Slot>>,
     conn: &ConnInner,
     id: u16,
 ) -> Option<&'a mut Slot> {
     let at = usize::from(id);
-    if !matches!(channels.get(at), Some(Some(_))) {
+    if !matches!(channels.get(at), Some(Some(slot)) if !slot.channel.is_forgotten()) {
         let channel = conn.channel(id)?;
         if channels.len() <= at {
             channels.resize_with(at + 1, || None);
@@ -713,8 +740,21 @@ impl Reader {
                     .channel_closed(&channel, Error::ChannelClosed(reason));
                 Ok(())
             }
-            Deferred::Flow { id, active } => {
-                self.send(id, Method::ChannelFlowOk(channel::FlowOk { active }))
+            Deferred::Flow {
+                channel: ch,
+                id,
+                active,
+            } => {
+                // Paused before flow-ok, so that no publish follows it; resumed
+                // after it, so that the broker reads flow-ok first.
+                if !active {
+                    ch.set_flow(false);
+                }
+                self.send(id, Method::ChannelFlowOk(channel::FlowOk { active }))?;
+                if active {
+                    ch.set_flow(true);
+                }
+                Ok(())
             }
         }
     }
@@ -805,6 +845,7 @@ impl Reader {
             }
             Method::ChannelFlow(flow) => {
                 return Ok(Some(Deferred::Flow {
+                    channel: ch,
                     id,
                     active: flow.active,
                 }));
@@ -867,52 +908,123 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::Status;
+    use crate::options::PublishOptions;
     use crate::uri::ConnectionOptions;
+    use lockgate_wire::BasicProperties;
 
-    #[test]
-    fn a_channel_close_read_after_the_writer_stopped_keeps_its_reason() {
-        let conn = ConnInner::new(ConnectionOptions::default());
-        let link = Link {
-            outbox: Arc::new(Outbox::default()),
-            epoch: 1,
-            frame_max: 0,
+    /// A session of `conn` with no socket behind it (the test plays its
+    /// reader's part), with channel 1 open on it.
+    fn session(conn: &Arc<ConnInner>) -> (Session, Reader, Arc<ChannelInner>) {
+        let session = Session {
+            link: Link::new(Arc::new(Outbox::default()), 1, 0),
+            stop: CancellationToken::new(),
+            failure: Arc::default(),
         };
-        let ch = Arc::new(ChannelInner::new(1, conn.clone(), link.clone()));
-        conn.lock_state().channels.insert(1, ch.clone());
-        // The writer failed: its close-ok cannot be sent, and the reader learns
-        // why the socket ended at its next wait.
-        link.outbox.close();
-        let mut reader = Reader {
-            conn,
-            link,
-            epoch: 1,
+        let ch = Arc::new(ChannelInner::new(1, conn.clone(), session.link.clone()));
+        {
+            let mut st = conn.lock_state();
+            st.session = Some(session.clone());
+            st.channels.insert(1, ch.clone());
+        }
+        let reader = Reader {
+            conn: conn.clone(),
+            link: session.link.clone(),
+            epoch: session.link.epoch,
             wakers: Vec::new(),
             channels: Vec::new(),
             assemblies: Vec::new(),
         };
+        (session, reader, ch)
+    }
+
+    /// Has `reader` read `method` on `channel`.
+    fn read(reader: &mut Reader, channel: u16, method: Method) -> Result<()> {
         let mut codec = FrameCodec::new(0);
         let mut buf = BytesMut::new();
+        codec
+            .encode_frame(&Frame::Method { channel, method }, &mut buf)
+            .expect("encodes");
+        reader.dispatch(&mut codec, &mut buf)
+    }
+
+    /// A connection (with channel 1) whose reader has just read the broker's
+    /// `connection.close` 320 and closed the outbox (only the close-ok owed is
+    /// written), but has yet to end the session (see [`end`]): the channel does
+    /// not know why yet. Returns the error that ends the session.
+    fn closed_by_the_broker() -> (Arc<ConnInner>, Session, Arc<ChannelInner>, Error) {
+        let conn = ConnInner::new(ConnectionOptions::default());
+        let (session, mut reader, ch) = session(&conn);
+        let close = Method::ConnectionClose(connection::Close {
+            reply_code: 320,
+            reply_text: "CONNECTION_FORCED - shutdown".into(),
+            class_id: 0,
+            method_id: 0,
+        });
+        let closed = read(&mut reader, 0, close).expect_err("ends the session");
+        (conn, session, ch, closed)
+    }
+
+    #[test]
+    fn a_channel_close_read_after_the_writer_stopped_keeps_its_reason() {
+        let conn = ConnInner::new(ConnectionOptions::default());
+        let (session, mut reader, ch) = session(&conn);
+        // The writer failed: its close-ok cannot be sent, and the reader learns
+        // why the socket ended at its next wait.
+        session.link.outbox.close();
         let close = Method::ChannelClose(channel::Close {
             reply_code: 406,
             reply_text: "PRECONDITION_FAILED - unknown delivery tag 7".into(),
             class_id: 60,
             method_id: 80,
         });
-        codec
-            .encode_frame(
-                &Frame::Method {
-                    channel: 1,
-                    method: close,
-                },
-                &mut buf,
-            )
-            .expect("encodes");
-        let dispatched = reader.dispatch(&mut codec, &mut buf);
+        let dispatched = read(&mut reader, 1, close);
         assert!(dispatched.is_ok(), "{dispatched:?}");
         let error = ch.link().expect_err("closed");
         assert!(
             matches!(&error, Error::ChannelClosed(r) if r.code == 406),
             "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_racing_the_brokers_close_report_it() {
+        let (conn, session, ch, closed) = closed_by_the_broker();
+        let properties = BasicProperties::default();
+        let mut publish =
+            Box::pin(ch.publish("", "q", PublishOptions::default(), &properties, b"m"));
+        let mut call = Box::pin(ch.qos(1, false, None));
+        let ack = Method::BasicAck(basic::Ack {
+            delivery_tag: 1,
+            multiple: false,
+        });
+        let mut settle = Box::pin(ch.send(ack, None));
+        assert!(futures::poll!(&mut publish).is_pending());
+        assert!(futures::poll!(&mut call).is_pending());
+        assert!(futures::poll!(&mut settle).is_pending());
+        end(&conn, &session, closed);
+        let errors = [publish.await.map(drop), call.await, settle.await];
+        assert!(
+            errors
+                .iter()
+                .all(|e| matches!(e, Err(Error::ConnectionClosed(r)) if r.code == 320)),
+            "{errors:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_while_the_broker_closes_reports_the_brokers_close() {
+        let (conn, session, _ch, closed) = closed_by_the_broker();
+        let mut close = Box::pin(conn.close());
+        assert!(futures::poll!(&mut close).is_pending());
+        end(&conn, &session, closed);
+        let error = close.await.expect_err("closed by the broker");
+        assert_eq!(error.reply_code(), Some(320), "{error:?}");
+        // And so for everyone else: not taken for a close by the application.
+        let status = conn.lock_state().status.clone();
+        assert!(
+            matches!(&status, Status::Closed(Error::ConnectionClosed(r)) if r.code == 320),
+            "{status:?}"
         );
     }
 }

@@ -137,6 +137,7 @@ impl Delivery {
             .holder
             .channel
             .send(method, Some(self.acker.epoch))
+            .await
     }
 
     /// Acknowledges this delivery (`basic.ack`).
@@ -208,7 +209,7 @@ impl Delivery {
             .acker
             .holder
             .channel
-            .send(reject, Some(self.acker.epoch));
+            .send_now(reject, Some(self.acker.epoch));
     }
 
     /// Rejects this delivery with the spec's `basic.reject`.

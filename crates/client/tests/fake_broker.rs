@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use lockgate_client::{
-    BasicProperties, Channel, Connection, ConsumeOptions, Consumer, Delivery, Error, FieldTable,
-    PublishOptions, QueueDeclareOptions,
+    BasicProperties, Channel, Confirmation, Connection, ConsumeOptions, Consumer, Delivery, Error,
+    FieldTable, PublishOptions, QueueDeclareOptions,
 };
 use lockgate_wire::{
     basic, channel, confirm, connection, encode_delivery, ContentHeader, DeliverRef, Frame,
@@ -100,14 +100,65 @@ impl Fake {
         let mut fake = Fake::accept(listener, 0).await;
         let ch = fake.open_channel().await;
         assert!(matches!(fake.recv().await.1, Method::BasicConsume(_)));
-        fake.send(
-            ch,
-            Method::BasicConsumeOk(basic::ConsumeOk {
-                consumer_tag: "ctag".into(),
-            }),
-        )
-        .await;
+        fake.consume_ok(ch, "ctag").await;
         (fake, ch)
+    }
+
+    /// Sends `channel.flow` and reads its flow-ok.
+    async fn flow(&mut self, ch: u16, active: bool) {
+        self.send(ch, Method::ChannelFlow(channel::Flow { active }))
+            .await;
+        let (at, flow_ok) = self.recv().await;
+        assert!(
+            at == ch && matches!(&flow_ok, Method::ChannelFlowOk(ok) if ok.active == active),
+            "{flow_ok:?} on {at}"
+        );
+    }
+
+    /// Accepts the client again after it lost its connection, and answers its
+    /// re-opening of channel `ch`.
+    async fn reconnected(listener: &TcpListener, ch: u16) -> Fake {
+        let mut fake = Fake::accept(listener, 0).await;
+        assert_eq!(fake.open_channel().await, ch);
+        fake
+    }
+
+    /// [`Fake::reconnected`], then answers the opening of recovery's own channel
+    /// (for the topology), whose number it returns.
+    async fn recovering(listener: &TcpListener, ch: u16) -> (Fake, u16) {
+        let mut fake = Fake::reconnected(listener, ch).await;
+        let tmp = fake.open_channel().await;
+        (fake, tmp)
+    }
+
+    /// The broker side of [`declared_q`] up to recovery's re-declaration of
+    /// queue "q" (not answered): answers the declaration, drops the connection,
+    /// then as [`Fake::recovering`]. Returns the application's channel and
+    /// recovery's.
+    async fn redeclaring_q(listener: &TcpListener) -> (Fake, u16, u16) {
+        let mut fake = Fake::accept(listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
+        fake.send(ch, declare_ok("q")).await;
+        drop(fake);
+        let (mut fake, tmp) = Fake::recovering(listener, ch).await;
+        let (at, declare) = fake.recv().await;
+        assert!(
+            at == tmp && matches!(declare, Method::QueueDeclare(_)),
+            "{declare:?} on {at}"
+        );
+        (fake, ch, tmp)
+    }
+
+    /// The broker side of a call that the lost connection leaves unanswered:
+    /// answers `channel.open`, reads the call, drops the connection, then as
+    /// [`Fake::reconnected`]. Returns the channel and the call.
+    async fn lost_during_a_call(listener: &TcpListener) -> (Fake, u16, Method) {
+        let mut fake = Fake::accept(listener, 0).await;
+        let ch = fake.open_channel().await;
+        let (_, call) = fake.recv().await;
+        drop(fake);
+        (Fake::reconnected(listener, ch).await, ch, call)
     }
 
     /// Answers the client's `connection.close`.
@@ -115,6 +166,28 @@ impl Fake {
         let (_, close) = self.recv().await;
         assert!(matches!(close, Method::ConnectionClose(_)));
         self.send(0, Method::ConnectionCloseOk(connection::CloseOk {}))
+            .await;
+    }
+
+    /// Answers the client's `basic.consume` on channel `ch` with consumer tag `tag`.
+    async fn consume_ok(&mut self, ch: u16, tag: &str) {
+        self.send(
+            ch,
+            Method::BasicConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag.into(),
+            }),
+        )
+        .await;
+    }
+
+    /// Answers the client's `channel.close` 200 of channel `ch`.
+    async fn close_channel(&mut self, ch: u16) {
+        let (at, close) = self.recv().await;
+        assert!(
+            at == ch && matches!(&close, Method::ChannelClose(c) if c.reply_code == 200),
+            "{close:?} on {at}"
+        );
+        self.send(ch, Method::ChannelCloseOk(channel::CloseOk {}))
             .await;
     }
 
@@ -126,6 +199,47 @@ impl Fake {
             .await;
         ch
     }
+}
+
+/// Connects with automatic recovery (default settings) and opens a channel.
+async fn recovering_channel(uri: &str) -> (Connection, Channel) {
+    let options = lockgate_client::ConnectionOptions::from_uri(uri)
+        .unwrap()
+        .with_recovery(lockgate_client::RecoveryConfig::default());
+    let conn = Connection::connect_with(options).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// Publishes `body` to queue "q" (through the default exchange).
+async fn publish(ch: &Channel, body: &[u8]) -> lockgate_client::Result<Confirmation> {
+    ch.basic_publish(
+        "",
+        "q",
+        PublishOptions::default(),
+        BasicProperties::default(),
+        body,
+    )
+    .await
+}
+
+/// A client with recovery that declared queue "q" on its channel (see
+/// [`Fake::redeclaring_q`]).
+async fn declared_q(uri: &str) -> (Connection, Channel) {
+    let (conn, ch) = recovering_channel(uri).await;
+    ch.queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    (conn, ch)
+}
+
+/// `queue.declare-ok` for `queue`, empty.
+fn declare_ok(queue: &str) -> Method {
+    Method::QueueDeclareOk(lockgate_wire::queue::DeclareOk {
+        queue: queue.into(),
+        message_count: 0,
+        consumer_count: 0,
+    })
 }
 
 async fn listener() -> (TcpListener, String) {
@@ -208,16 +322,7 @@ async fn multiple_ack_resolves_a_range_and_nack_is_an_error() {
             ch.confirm_select().await.unwrap();
             let mut confirmations = Vec::new();
             for i in 0..5u8 {
-                let c = ch
-                    .basic_publish(
-                        "",
-                        "q",
-                        PublishOptions::default(),
-                        BasicProperties::default(),
-                        vec![i],
-                    )
-                    .await
-                    .unwrap();
+                let c = publish(&ch, &[i]).await.unwrap();
                 confirmations.push(c);
             }
             let results = futures::future::join_all(confirmations).await;
@@ -316,15 +421,7 @@ async fn an_abandoned_call_does_not_steal_the_next_reply() {
         let ch = fake.open_channel().await;
         assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
         assert!(matches!(fake.recv().await.1, Method::QueuePurge(_)));
-        fake.send(
-            ch,
-            Method::QueueDeclareOk(lockgate_wire::queue::DeclareOk {
-                queue: "slow".into(),
-                message_count: 0,
-                consumer_count: 0,
-            }),
-        )
-        .await;
+        fake.send(ch, declare_ok("slow")).await;
         fake.send(
             ch,
             Method::QueuePurgeOk(lockgate_wire::queue::PurgeOk { message_count: 7 }),
@@ -394,16 +491,7 @@ async fn a_publisher_waiting_for_room_fails_once_a_silent_broker_is_declared_dea
             // client's buffer, then a publish waits for room until missed heartbeats end
             // the session.
             let error = loop {
-                let publish = ch
-                    .basic_publish(
-                        "",
-                        "q",
-                        PublishOptions::default(),
-                        BasicProperties::default(),
-                        &body[..],
-                    )
-                    .await;
-                if let Err(e) = publish {
+                if let Err(e) = publish(&ch, &body[..]).await {
                     break e;
                 }
             };
@@ -520,16 +608,7 @@ async fn a_publish_made_while_confirm_select_is_pending_is_confirmed() {
             });
             // confirm.select is on the wire: the broker numbers this publish 1.
             selected.await.unwrap();
-            let confirmation = ch
-                .basic_publish(
-                    "",
-                    "q",
-                    PublishOptions::default(),
-                    BasicProperties::default(),
-                    "m",
-                )
-                .await
-                .unwrap();
+            let confirmation = publish(&ch, b"m").await.unwrap();
             assert!(confirmation.is_requested());
             select.await.unwrap().unwrap();
             confirmation.await.unwrap();
@@ -572,15 +651,7 @@ async fn dropping_the_last_handle_closes_the_connection() {
         let mut fake = Fake::accept(&listener, 0).await;
         let ch = fake.open_channel().await;
         assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
-        fake.send(
-            ch,
-            Method::QueueDeclareOk(lockgate_wire::queue::DeclareOk {
-                queue: "q".into(),
-                message_count: 0,
-                consumer_count: 0,
-            }),
-        )
-        .await;
+        fake.send(ch, declare_ok("q")).await;
         client.await.unwrap();
         // The channel's last handle went first.
         assert!(matches!(fake.recv().await, (id, Method::ChannelClose(_)) if id == ch));
@@ -678,11 +749,8 @@ async fn a_channel_dropped_before_the_connection_is_lost_is_not_recovered() {
     within(async {
         let (listener, uri) = listener().await;
         let client = tokio::spawn(async move {
-            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
-                .unwrap()
-                .with_recovery(lockgate_client::RecoveryConfig::default());
-            let conn = Connection::connect_with(options).await.unwrap();
-            drop(conn.open_channel().await.unwrap());
+            let (conn, ch) = recovering_channel(&uri).await;
+            drop(ch);
             conn
         });
         let mut fake = Fake::accept(&listener, 0).await;
@@ -698,9 +766,7 @@ async fn a_channel_dropped_before_the_connection_is_lost_is_not_recovered() {
         assert_ne!(id, dropped);
         fake.send(id, Method::ChannelOpenOk(channel::OpenOk::default()))
             .await;
-        assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == id));
-        fake.send(id, Method::ChannelCloseOk(channel::CloseOk {}))
-            .await;
+        fake.close_channel(id).await;
         drop(conn);
     })
     .await;
@@ -809,13 +875,7 @@ async fn an_abandoned_consume_is_cancelled_before_its_delivery_goes_back() {
         assert!(matches!(fake.recv().await.1, Method::BasicConsume(_)));
         consuming.send(()).unwrap();
         assert!(matches!(fake.recv().await.1, Method::BasicQos(_)));
-        fake.send(
-            ch,
-            Method::BasicConsumeOk(basic::ConsumeOk {
-                consumer_tag: "ctag".into(),
-            }),
-        )
-        .await;
+        fake.consume_ok(ch, "ctag").await;
         fake.frames
             .get_mut()
             .write_all(&delivery_frames(ch, 1))
@@ -893,15 +953,7 @@ async fn close_ok_follows_the_frame_being_written_when_the_broker_closes() {
             // More than the socket buffers on both sides hold: the writer is still
             // writing it when the broker's close arrives.
             let body = vec![7u8; 32 << 20];
-            ch.basic_publish(
-                "",
-                "q",
-                PublishOptions::default(),
-                BasicProperties::default(),
-                &body[..],
-            )
-            .await
-            .unwrap();
+            publish(&ch, &body[..]).await.unwrap();
             // Queued behind the message, and never answered.
             ch.basic_qos(1, lockgate_client::QosOptions::default())
                 .await
@@ -949,62 +1001,26 @@ async fn a_recovered_channel_is_usable_only_once_its_topology_is_back() {
         let (declaring, declared) = tokio::sync::oneshot::channel();
         let (publishing, published) = tokio::sync::oneshot::channel();
         let client = tokio::spawn(async move {
-            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
-                .unwrap()
-                .with_recovery(lockgate_client::RecoveryConfig::default());
-            let conn = Connection::connect_with(options).await.unwrap();
-            let ch = conn.open_channel().await.unwrap();
-            ch.queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
-                .await
-                .unwrap();
+            let (conn, ch) = declared_q(&uri).await;
             // Recovery is re-declaring the queue: a message published now would
             // reach no queue (and be confirmed all the same).
             declared.await.unwrap();
-            let publish = ch
-                .basic_publish(
-                    "",
-                    "q",
-                    PublishOptions::default(),
-                    BasicProperties::default(),
-                    "m",
-                )
-                .await;
+            let published = publish(&ch, b"m").await;
             publishing.send(()).unwrap();
-            (conn, ch, publish)
+            (conn, ch, published)
         });
-        let mut fake = Fake::accept(&listener, 0).await;
-        let ch = fake.open_channel().await;
-        let (_, declare) = fake.recv().await;
-        assert!(matches!(declare, Method::QueueDeclare(_)), "{declare:?}");
-        let declare_ok = Method::QueueDeclareOk(lockgate_wire::queue::DeclareOk {
-            queue: "q".into(),
-            message_count: 0,
-            consumer_count: 0,
-        });
-        fake.send(ch, declare_ok.clone()).await;
-        drop(fake);
-        let mut fake = Fake::accept(&listener, 0).await;
         // The application's channel is re-opened, then the topology re-declared on
         // recovery's own channel.
-        assert_eq!(fake.open_channel().await, ch);
-        let tmp = fake.open_channel().await;
-        let (at, declare) = fake.recv().await;
-        assert!(
-            at == tmp && matches!(declare, Method::QueueDeclare(_)),
-            "{declare:?} on {at}"
-        );
+        let (mut fake, _, tmp) = Fake::redeclaring_q(&listener).await;
         declaring.send(()).unwrap();
         published.await.unwrap();
-        fake.send(tmp, declare_ok).await;
-        let (at, close) = fake.recv().await;
+        fake.send(tmp, declare_ok("q")).await;
+        fake.close_channel(tmp).await;
+        let (conn, ch, published) = client.await.unwrap();
         assert!(
-            at == tmp && matches!(close, Method::ChannelClose(_)),
-            "{close:?} on {at}"
+            matches!(published, Err(Error::Disconnected)),
+            "{published:?}"
         );
-        fake.send(tmp, Method::ChannelCloseOk(channel::CloseOk {}))
-            .await;
-        let (conn, ch, publish) = client.await.unwrap();
-        assert!(matches!(publish, Err(Error::Disconnected)), "{publish:?}");
         drop((ch, conn));
     })
     .await;
@@ -1017,11 +1033,7 @@ async fn deliveries_left_from_a_lost_connection_are_not_yielded_after_recovery()
         let (recovered_tx, recovered) = tokio::sync::oneshot::channel();
         let (took_tx, took) = tokio::sync::oneshot::channel();
         let client = tokio::spawn(async move {
-            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
-                .unwrap()
-                .with_recovery(lockgate_client::RecoveryConfig::default());
-            let conn = Connection::connect_with(options).await.unwrap();
-            let ch = conn.open_channel().await.unwrap();
+            let (conn, ch) = recovering_channel(&uri).await;
             let mut consumer = consume_q(&ch).await.unwrap();
             let first = consumer.next().await.unwrap().unwrap();
             assert_eq!((first.delivery_tag, first.redelivered), (1, false));
@@ -1040,21 +1052,11 @@ async fn deliveries_left_from_a_lost_connection_are_not_yielded_after_recovery()
         fake.frames.get_mut().write_all(&both).await.unwrap();
         took.await.unwrap();
         drop(fake);
-        let mut fake = Fake::accept(&listener, 0).await;
-        assert_eq!(fake.open_channel().await, ch);
-        // Recovery's own channel: nothing was declared.
-        let tmp = fake.open_channel().await;
-        assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == tmp));
-        fake.send(tmp, Method::ChannelCloseOk(channel::CloseOk {}))
-            .await;
+        let (mut fake, tmp) = Fake::recovering(&listener, ch).await;
+        // Nothing was declared.
+        fake.close_channel(tmp).await;
         assert!(matches!(fake.recv().await, (at, Method::BasicConsume(_)) if at == ch));
-        fake.send(
-            ch,
-            Method::BasicConsumeOk(basic::ConsumeOk {
-                consumer_tag: "ctag".into(),
-            }),
-        )
-        .await;
+        fake.consume_ok(ch, "ctag").await;
         let mut again = delivery_frames(ch, 1);
         // Redelivered: the redelivered flag is the octet after the delivery tag.
         let consumer_tag_end = 7 + 4 + 1 + "ctag".len();
@@ -1078,23 +1080,15 @@ async fn confirm_mode_selected_before_a_lost_connection_is_recovered() {
     within(async {
         let (listener, uri) = listener().await;
         let client = tokio::spawn(async move {
-            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
-                .unwrap()
-                .with_recovery(lockgate_client::RecoveryConfig::default());
-            let conn = Connection::connect_with(options).await.unwrap();
-            let ch = conn.open_channel().await.unwrap();
+            let (conn, ch) = recovering_channel(&uri).await;
             // Lost before select-ok: the broker may or may not have taken it, and
             // the channel numbers its publishes from here on.
             assert!(ch.confirm_select().await.is_err());
             (conn, ch)
         });
-        let mut fake = Fake::accept(&listener, 0).await;
-        let ch = fake.open_channel().await;
-        assert!(matches!(fake.recv().await.1, Method::ConfirmSelect(_)));
-        drop(fake);
+        let (mut fake, ch, select) = Fake::lost_during_a_call(&listener).await;
+        assert!(matches!(select, Method::ConfirmSelect(_)), "{select:?}");
         let (conn, channel) = client.await.unwrap();
-        let mut fake = Fake::accept(&listener, 0).await;
-        assert_eq!(fake.open_channel().await, ch);
         // Re-selected: otherwise its numbered publishes would never be confirmed.
         let (at, select) = fake.recv().await;
         assert!(
@@ -1111,11 +1105,7 @@ async fn a_prefetch_set_before_a_lost_connection_is_recovered() {
     within(async {
         let (listener, uri) = listener().await;
         let client = tokio::spawn(async move {
-            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
-                .unwrap()
-                .with_recovery(lockgate_client::RecoveryConfig::default());
-            let conn = Connection::connect_with(options).await.unwrap();
-            let ch = conn.open_channel().await.unwrap();
+            let (conn, ch) = recovering_channel(&uri).await;
             // Lost before qos-ok: the broker may have applied it.
             assert!(ch
                 .basic_qos(10, lockgate_client::QosOptions::default())
@@ -1123,13 +1113,9 @@ async fn a_prefetch_set_before_a_lost_connection_is_recovered() {
                 .is_err());
             (conn, ch)
         });
-        let mut fake = Fake::accept(&listener, 0).await;
-        let ch = fake.open_channel().await;
-        assert!(matches!(fake.recv().await.1, Method::BasicQos(_)));
-        drop(fake);
+        let (mut fake, ch, qos) = Fake::lost_during_a_call(&listener).await;
+        assert!(matches!(qos, Method::BasicQos(_)), "{qos:?}");
         let (conn, channel) = client.await.unwrap();
-        let mut fake = Fake::accept(&listener, 0).await;
-        assert_eq!(fake.open_channel().await, ch);
         // Re-applied: without it the recovered consumers get every message at once.
         let (at, qos) = fake.recv().await;
         assert!(
@@ -1147,11 +1133,7 @@ async fn a_channel_closed_while_the_connection_recovers_stays_closed() {
         let (listener, uri) = listener().await;
         let (closed_tx, closed) = tokio::sync::oneshot::channel();
         let client = tokio::spawn(async move {
-            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
-                .unwrap()
-                .with_recovery(lockgate_client::RecoveryConfig::default());
-            let conn = Connection::connect_with(options).await.unwrap();
-            let ch = conn.open_channel().await.unwrap();
+            let (conn, ch) = recovering_channel(&uri).await;
             let _consumer = consume_q(&ch).await.unwrap();
             // Never answered: it fails when the connection is lost.
             assert!(ch
@@ -1171,9 +1153,7 @@ async fn a_channel_closed_while_the_connection_recovers_stays_closed() {
         // Only recovery's own channel is opened, and no consumer restarted.
         let tmp = fake.open_channel().await;
         assert_ne!(tmp, ch);
-        assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == tmp));
-        fake.send(tmp, Method::ChannelCloseOk(channel::CloseOk {}))
-            .await;
+        fake.close_channel(tmp).await;
         let (conn, channel, close) = client.await.unwrap();
         assert!(close.is_ok(), "{close:?}");
         assert!(!channel.is_open());
@@ -1202,48 +1182,20 @@ async fn a_channel_closed_while_recovery_restores_the_topology_is_closed_on_the_
         let (declaring, declared) = tokio::sync::oneshot::channel();
         let (closing, closed) = tokio::sync::oneshot::channel();
         let client = tokio::spawn(async move {
-            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
-                .unwrap()
-                .with_recovery(lockgate_client::RecoveryConfig::default());
-            let conn = Connection::connect_with(options).await.unwrap();
-            let ch = conn.open_channel().await.unwrap();
-            ch.queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
-                .await
-                .unwrap();
+            let (conn, ch) = declared_q(&uri).await;
             // Recovery has re-opened the channel and is re-declaring the queue.
             declared.await.unwrap();
             let close = ch.close().await;
             closing.send(()).unwrap();
             (conn, ch, close)
         });
-        let mut fake = Fake::accept(&listener, 0).await;
-        let ch = fake.open_channel().await;
-        assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
-        let declare_ok = Method::QueueDeclareOk(lockgate_wire::queue::DeclareOk {
-            queue: "q".into(),
-            message_count: 0,
-            consumer_count: 0,
-        });
-        fake.send(ch, declare_ok.clone()).await;
-        drop(fake);
-        let mut fake = Fake::accept(&listener, 0).await;
-        assert_eq!(fake.open_channel().await, ch);
-        let tmp = fake.open_channel().await;
-        assert!(matches!(fake.recv().await, (at, Method::QueueDeclare(_)) if at == tmp));
+        let (mut fake, ch, tmp) = Fake::redeclaring_q(&listener).await;
         declaring.send(()).unwrap();
         closed.await.unwrap();
-        fake.send(tmp, declare_ok).await;
-        assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == tmp));
-        fake.send(tmp, Method::ChannelCloseOk(channel::CloseOk {}))
-            .await;
+        fake.send(tmp, declare_ok("q")).await;
+        fake.close_channel(tmp).await;
         // The channel re-opened on the broker is closed there too.
-        let (at, close) = fake.recv().await;
-        assert!(
-            at == ch && matches!(&close, Method::ChannelClose(c) if c.reply_code == 200),
-            "{close:?} on {at}"
-        );
-        fake.send(ch, Method::ChannelCloseOk(channel::CloseOk {}))
-            .await;
+        fake.close_channel(ch).await;
         let (conn, channel, close) = client.await.unwrap();
         assert!(close.is_ok(), "{close:?}");
         drop((channel, conn));
@@ -1258,11 +1210,7 @@ async fn a_consumer_dropped_while_the_connection_recovers_is_not_restarted() {
         let (drop_tx, drop_rx) = tokio::sync::oneshot::channel();
         let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
         let client = tokio::spawn(async move {
-            let options = lockgate_client::ConnectionOptions::from_uri(&uri)
-                .unwrap()
-                .with_recovery(lockgate_client::RecoveryConfig::default());
-            let conn = Connection::connect_with(options).await.unwrap();
-            let ch = conn.open_channel().await.unwrap();
+            let (conn, ch) = recovering_channel(&uri).await;
             let first = consume_q(&ch).await.unwrap();
             let second = ch
                 .basic_consume(
@@ -1280,17 +1228,9 @@ async fn a_consumer_dropped_while_the_connection_recovers_is_not_restarted() {
         });
         let (mut fake, ch) = Fake::consuming(&listener).await;
         assert!(matches!(fake.recv().await.1, Method::BasicConsume(_)));
-        fake.send(
-            ch,
-            Method::BasicConsumeOk(basic::ConsumeOk {
-                consumer_tag: "kept".into(),
-            }),
-        )
-        .await;
+        fake.consume_ok(ch, "kept").await;
         drop(fake);
-        let mut fake = Fake::accept(&listener, 0).await;
-        assert_eq!(fake.open_channel().await, ch);
-        let tmp = fake.open_channel().await;
+        let (mut fake, tmp) = Fake::recovering(&listener, ch).await;
         assert!(matches!(fake.recv().await, (at, Method::ChannelClose(_)) if at == tmp));
         // While the connection recovers, the application drops its first consumer.
         drop_tx.send(()).unwrap();
@@ -1304,15 +1244,93 @@ async fn a_consumer_dropped_while_the_connection_recovers_is_not_restarted() {
             at == ch && matches!(&consume, Method::BasicConsume(c) if c.consumer_tag == "kept"),
             "{consume:?} on {at}"
         );
+        fake.consume_ok(ch, "kept").await;
+        let (conn, channel, kept) = client.await.unwrap();
+        drop((kept, channel, conn));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_channel_open_answered_with_another_method_leaves_its_number_usable() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            // One channel number: the second open takes the first one's.
+            let conn = Connection::connect(&format!("{uri}?channel_max=1"))
+                .await
+                .unwrap();
+            let error = conn.open_channel().await.unwrap_err();
+            assert!(matches!(error, Error::UnexpectedFrame(_)), "{error}");
+            let ch = conn.open_channel().await.unwrap();
+            ch.queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let (ch, open) = fake.recv().await;
+        assert!(matches!(open, Method::ChannelOpen(_)), "{open:?}");
+        fake.send(ch, Method::BasicQosOk(basic::QosOk {})).await;
+        // The replies on that number reach the new channel, not the failed one.
+        assert_eq!(fake.open_channel().await, ch);
+        assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
+        fake.send(ch, declare_ok("q")).await;
+        fake.closed().await;
+        client.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn channel_flow_holds_publishes_until_the_broker_resumes_it() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let (pause, paused) = tokio::sync::oneshot::channel();
+        let (pause_again, paused_again) = tokio::sync::oneshot::channel();
+        let (holding, held) = tokio::sync::oneshot::channel();
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            paused.await.unwrap();
+            let mut held_publish = Box::pin(publish(&ch, b"m"));
+            assert!((&mut held_publish).now_or_never().is_none());
+            // The channel's other methods are not held.
+            ch.basic_qos(1, lockgate_client::QosOptions::default())
+                .await
+                .unwrap();
+            held_publish.await.unwrap();
+            paused_again.await.unwrap();
+            // A held publish ends with the connection.
+            let mut held_publish = Box::pin(publish(&ch, b"m"));
+            assert!((&mut held_publish).now_or_never().is_none());
+            holding.send(()).unwrap();
+            held_publish.await.unwrap_err()
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        fake.flow(ch, false).await;
+        pause.send(()).unwrap();
+        assert!(matches!(fake.recv().await.1, Method::BasicQos(_)));
+        fake.send(ch, Method::BasicQosOk(basic::QosOk {})).await;
+        fake.flow(ch, true).await;
+        assert!(matches!(fake.recv().await.1, Method::BasicPublish(_)));
+        fake.flow(ch, false).await;
+        pause_again.send(()).unwrap();
+        held.await.unwrap();
         fake.send(
-            ch,
-            Method::BasicConsumeOk(basic::ConsumeOk {
-                consumer_tag: "kept".into(),
+            0,
+            Method::ConnectionClose(connection::Close {
+                reply_code: 320,
+                reply_text: "CONNECTION_FORCED - shutdown".into(),
+                class_id: 0,
+                method_id: 0,
             }),
         )
         .await;
-        let (conn, channel, kept) = client.await.unwrap();
-        drop((kept, channel, conn));
+        assert!(matches!(fake.recv().await.1, Method::ConnectionCloseOk(_)));
+        let error = client.await.unwrap();
+        assert_eq!(error.reply_code(), Some(320), "{error}");
     })
     .await;
 }
