@@ -225,16 +225,18 @@ fn loose_messages_of_a_grouped_queue_go_to_the_higher_priority_first() {
     );
 }
 
-#[test]
-fn a_delivery_that_timed_out_goes_to_a_lower_priority_consumer_first() {
-    // The consumer timeout takes a delivery back from a consumer that does not ack (it may
-    // hang for good) for another consumer: a lower priority one too, or the message would
-    // bounce on the one that does not ack for as long as it stays subscribed.
-    let vh = vhost();
-    declare(&vh, &[("x-consumer-timeout", FieldValue::I32(50))]);
-    let (_high, high_sink) = consumer(&vh, 1, 1, Some(FieldValue::I32(5)));
-    let (_low, low_sink) = consumer(&vh, 2, 0, None);
-    publish(&vh, 0..1);
+/// Declares "q" with `arguments` (a 50 ms consumer timeout among them), subscribes a
+/// consumer of priority 5 with prefetch 1 that never acks and one of no priority, publishes
+/// "0" (the first gets it) and waits until the timeout has taken it back and delivered it
+/// again. Returns the consumers (priority 5, none) with their sinks.
+fn delivered_again_after_a_timeout(
+    vh: &Arc<VHost>,
+    arguments: &[(&str, FieldValue)],
+) -> [(Channel, Arc<TestSink>); 2] {
+    declare(vh, arguments);
+    let (high, high_sink) = consumer(vh, 1, 1, Some(FieldValue::I32(5)));
+    let (low, low_sink) = consumer(vh, 2, 0, None);
+    publish(vh, 0..1);
     assert_eq!(high_sink.bodies(), ["0"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while low_sink.count() + high_sink.count() < 2 {
@@ -244,6 +246,17 @@ fn a_delivery_that_timed_out_goes_to_a_lower_priority_consumer_first() {
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    [(high, high_sink), (low, low_sink)]
+}
+
+#[test]
+fn a_delivery_that_timed_out_goes_to_a_lower_priority_consumer_first() {
+    // The consumer timeout takes a delivery back from a consumer that does not ack (it may
+    // hang for good) for another consumer: a lower priority one too, or the message would
+    // bounce on the one that does not ack for as long as it stays subscribed.
+    let vh = vhost();
+    let timeout = [("x-consumer-timeout", FieldValue::I32(50))];
+    let [(_high, high_sink), (_low, low_sink)] = delivered_again_after_a_timeout(&vh, &timeout);
     assert_eq!(low_sink.bodies(), ["0"]);
     assert_eq!(high_sink.count(), 1);
     // New messages go to the higher priority again.
@@ -255,25 +268,11 @@ fn a_delivery_that_timed_out_goes_to_a_lower_priority_consumer_first() {
 fn a_loose_delivery_that_timed_out_goes_to_a_lower_priority_consumer_first() {
     // As above, on a grouped queue: a message without the group header.
     let vh = vhost();
-    declare(
-        &vh,
-        &[
-            ("x-consumer-timeout", FieldValue::I32(50)),
-            ("x-group-header", FieldValue::LongString("key".into())),
-        ],
-    );
-    let (_high, high_sink) = consumer(&vh, 1, 1, Some(FieldValue::I32(5)));
-    let (_low, low_sink) = consumer(&vh, 2, 0, None);
-    publish(&vh, 0..1);
-    assert_eq!(high_sink.bodies(), ["0"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while low_sink.count() + high_sink.count() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "taken back within 30 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    let arguments = [
+        ("x-consumer-timeout", FieldValue::I32(50)),
+        ("x-group-header", FieldValue::LongString("key".into())),
+    ];
+    let [(_high, high_sink), (_low, low_sink)] = delivered_again_after_a_timeout(&vh, &arguments);
     assert_eq!(low_sink.bodies(), ["0"]);
     assert_eq!(high_sink.count(), 1);
 }

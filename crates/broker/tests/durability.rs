@@ -25,16 +25,6 @@ fn stop(broker: Arc<Broker>) {
     broker.store().unwrap().close().unwrap();
 }
 
-fn durable_queue(vhost: &VHost, name: &str) {
-    let flags = QueueFlags {
-        durable: true,
-        ..QueueFlags::default()
-    };
-    vhost
-        .declare_queue(CONN, name, flags, FieldTable::default())
-        .unwrap();
-}
-
 fn persistent(vhost: &VHost, queue: &str, body: &str) {
     let props = BasicProperties {
         delivery_mode: Some(2),

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -46,6 +47,17 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// The messages `sink` receives (their indexes) until it has `n` and `q` has none ready.
+async fn received(sink: &TestSink, q: &lockgate_broker::Queue, n: usize) -> Vec<usize> {
+    let mut got = Vec::new();
+    until("every message", || {
+        got.extend(sink.take().iter().map(|d| index_of(&body(&d.message))));
+        got.len() >= n && q.snapshot().ready == 0
+    })
+    .await;
+    got
 }
 
 /// Declares `q` with `arguments` under the policies `before`, delivers the first messages
@@ -160,14 +172,13 @@ async fn a_grouped_queue_whose_group_policy_goes_keeps_requeues_before_its_disk_
 async fn spilled_backlog(
     broker: &lockgate_broker::Broker,
     persistent: bool,
-) -> std::sync::Arc<lockgate_broker::Queue> {
+) -> Arc<lockgate_broker::Queue> {
     let v = broker.vhost("/").unwrap();
-    let flags = QueueFlags {
-        durable: persistent,
-        ..QueueFlags::default()
-    };
-    v.declare_queue(CONN, "q", flags, FieldTable::default())
-        .unwrap();
+    if persistent {
+        durable_queue(&v, "q");
+    } else {
+        queue(&v, "q");
+    }
     let q = v.queue("q").unwrap();
     for i in 0..BACKLOG {
         send_prioritised(&v, i, persistent);
@@ -233,12 +244,7 @@ async fn spilled_messages_keep_their_order_across_a_reshape(
     }
     let (mut ch, sink) = channel(&v, 1);
     consume(&mut ch, "q", "c", true);
-    let mut got = Vec::new();
-    until("every message", || {
-        got.extend(sink.take().iter().map(|d| index_of(&body(&d.message))));
-        got.len() >= BACKLOG + AFTER && q.snapshot().ready == 0
-    })
-    .await;
+    let got = received(&sink, &q, BACKLOG + AFTER).await;
     let mut seen = got.clone();
     seen.sort_unstable();
     seen.dedup();
@@ -301,6 +307,43 @@ async fn a_spilled_durable_fifo_queue_made_a_priority_queue_delivers_in_priority
         .await;
 }
 
+/// Publishes messages `range` in chunks of 250, each once memory is back below the spill
+/// threshold.
+async fn fill(broker: &lockgate_broker::Broker, range: std::ops::Range<usize>) {
+    let v = broker.vhost("/").unwrap();
+    for i in range {
+        send_prioritised(&v, i, false);
+        if i % 250 == 249 {
+            until("a spill below the threshold", || {
+                broker.memory_used() <= BUDGET / 2
+            })
+            .await;
+        }
+    }
+}
+
+/// A spilling broker in `dir` whose queue "q" holds messages `0..n` (`n` well past the
+/// budget: most of them on disk), and its memory alarm, watched from now on.
+async fn long_backlog(
+    dir: &std::path::Path,
+    n: usize,
+) -> (
+    Arc<lockgate_broker::Broker>,
+    Arc<lockgate_broker::VHost>,
+    Arc<lockgate_broker::Queue>,
+    tokio::sync::watch::Receiver<bool>,
+) {
+    let broker = spilling_broker(dir, BUDGET);
+    let v = broker.vhost("/").unwrap();
+    queue(&v, "q");
+    let q = v.queue("q").unwrap();
+    fill(&broker, 0..n).await;
+    assert!(q.snapshot().spilled as usize > n / 2);
+    let mut alarm = broker.memory_watch();
+    alarm.mark_unchanged();
+    (broker, v, q, alarm)
+}
+
 /// A backlog many times the memory budget, reshaped while all but its head is on disk: the
 /// re-filing reads it back a page at a time and the new levels spill again, so memory never
 /// reaches the watermark (the memory alarm is never raised), and the order holds.
@@ -308,23 +351,7 @@ async fn a_spilled_durable_fifo_queue_made_a_priority_queue_delivers_in_priority
 async fn re_filing_a_long_disk_tail_stays_within_the_memory_budget() {
     const LONG: usize = 8000;
     let dir = tempfile::tempdir().unwrap();
-    let broker = spilling_broker(dir.path(), BUDGET);
-    let v = broker.vhost("/").unwrap();
-    v.declare_queue(CONN, "q", QueueFlags::default(), FieldTable::default())
-        .unwrap();
-    let q = v.queue("q").unwrap();
-    for chunk in 0..LONG / 250 {
-        for i in chunk * 250..(chunk + 1) * 250 {
-            send_prioritised(&v, i, false);
-        }
-        until("a spill below the threshold", || {
-            broker.memory_used() <= BUDGET / 2
-        })
-        .await;
-    }
-    assert!(q.snapshot().spilled as usize > LONG / 2);
-    let mut alarm = broker.memory_watch();
-    alarm.mark_unchanged();
+    let (broker, v, q, alarm) = long_backlog(dir.path(), LONG).await;
     // Many levels: the spill task pages a queue once per level and pass.
     v.set_policies(max_priority(255));
     let (mut ch, sink) = channel(&v, 1);
@@ -371,17 +398,52 @@ async fn a_reshaped_durable_queue_keeps_its_order_across_a_restart() {
     v.set_policies(max_priority(4));
     let (mut ch, sink) = channel(&v, 1);
     consume(&mut ch, "q", "c", true);
-    let mut got = Vec::new();
-    until("every message", || {
-        got.extend(sink.take().iter().map(|d| index_of(&body(&d.message))));
-        got.len() >= BACKLOG + AFTER && q.snapshot().ready == 0
-    })
-    .await;
+    let got = received(&sink, &q, BACKLOG + AFTER).await;
     let expected = expected_order(BACKLOG + AFTER, Some(4));
     let first_wrong = got.iter().zip(&expected).position(|(g, e)| g != e);
     assert!(
         first_wrong.is_none() && got.len() == expected.len(),
         "{} messages, out of order from position {first_wrong:?}",
         got.len()
+    );
+}
+
+/// Messages published while a long disk tail is re-filed spill like any others rather than
+/// wait in memory for the re-filing to end: memory goes back below the spill threshold after
+/// each chunk while the re-filing still runs (a priority queue delivers nothing until it
+/// ends), the memory alarm is never raised, and the order holds.
+#[tokio::test]
+async fn publishing_during_a_re_filing_stays_within_the_memory_budget() {
+    const LONG: usize = 16_000;
+    /// Published during the re-filing: twice the budget.
+    const DURING: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, v, q, alarm) = long_backlog(dir.path(), LONG).await;
+    // Two levels: the re-filing reads a page or two per spill pass.
+    v.set_policies(max_priority(1));
+    let (mut ch, sink) = channel(&v, 1);
+    consume(&mut ch, "q", "c", true);
+    let mut spilled_during = 0;
+    for chunk in (LONG..LONG + DURING).step_by(100) {
+        for i in chunk..chunk + 100 {
+            send_prioritised(&v, i, false);
+        }
+        until("memory below the spill threshold", || {
+            broker.memory_used() <= BUDGET / 2 || sink.count() > 0
+        })
+        .await;
+        if sink.count() == 0 {
+            spilled_during += 100;
+        }
+    }
+    assert!(
+        spilled_during * BODY >= BUDGET as usize,
+        "only {spilled_during} of the messages published during the re-filing left memory before it ended"
+    );
+    let got = received(&sink, &q, LONG + DURING).await;
+    assert!(!alarm.has_changed().unwrap(), "the memory alarm was raised");
+    assert!(
+        got == expected_order(LONG + DURING, Some(1)),
+        "priority order, FIFO within"
     );
 }

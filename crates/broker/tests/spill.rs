@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lockgate_broker::{Broker, BrokerConfig, QueueFlags, VHost};
+use lockgate_broker::{Broker, BrokerConfig, VHost};
 use lockgate_store::{Store, StoreConfig};
-use lockgate_wire::{BasicProperties, FieldTable};
+use lockgate_wire::BasicProperties;
 
 const BUDGET: u64 = 1 << 20;
 
@@ -88,12 +88,7 @@ async fn spilled_persistent_messages_recover_and_spilled_transient_ones_do_not()
     {
         let broker = spilling_broker(dir.path(), BUDGET);
         let v = broker.vhost("/").unwrap();
-        let flags = QueueFlags {
-            durable: true,
-            ..QueueFlags::default()
-        };
-        v.declare_queue(CONN, "q", flags, FieldTable::default())
-            .unwrap();
+        durable_queue(&v, "q");
         for i in 0..6000 {
             publish(&v, "q", i, i % 2 == 0);
             if i % 500 == 499 {
@@ -143,15 +138,6 @@ async fn purge_and_delete_of_a_spilled_queue_drop_everything() {
     assert_eq!(body(&first.message), body_of(0));
     assert_eq!(v.delete_queue(CONN, "q", false, false).unwrap(), 2999);
     assert!(broker.memory_used() < BUDGET / 2);
-}
-
-fn durable_queue(v: &VHost, name: &str) {
-    let flags = QueueFlags {
-        durable: true,
-        ..QueueFlags::default()
-    };
-    v.declare_queue(CONN, name, flags, FieldTable::default())
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

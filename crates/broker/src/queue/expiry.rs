@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::deadletter::{Dead, Reason};
-use super::{drain, insert_ready, Queue, QueueState, Ready};
+use super::{drain, insert_ready, pass_over, Queue, QueueState, Ready};
 use crate::timer::{self, Deadlines, Timed};
 
 impl Timed for Queue {
@@ -27,15 +27,26 @@ impl Timed for Queue {
                 return;
             }
             let more = self.expire_due(&mut st, now, EXPIRE_BATCH, &mut dead);
-            let due: Vec<u64> = st.retry.pop_due(now).collect();
+            // With an expiry backlog there is no drain in this wake: the messages whose
+            // retry delay ended wait for the wake that ends the backlog (at once), which
+            // delivers them steered as below.
+            let due: Vec<u64> = if more {
+                Vec::new()
+            } else {
+                st.retry.pop_due(now).collect()
+            };
             // A message back from the delay that a consumer timeout started goes to another
-            // consumer first, as when it was requeued ([`Queue::rotate_past`]); one consumer
-            // is passed over per wake (the last one found).
-            let mut passed_over = None;
+            // consumer first, as when it was requeued ([`Queue::rotate_past`]): every
+            // consumer passed over then is passed over again for the drain that follows.
+            let passed_before = st.passed_over.len();
             for seq in due {
                 if let Some(item) = st.delayed.remove(&seq) {
                     insert_ready(&mut st, item);
-                    passed_over = st.retry_passed_over.remove(&seq).or(passed_over);
+                    if let Some(consumers) = st.retry_passed_over.remove(&seq) {
+                        for consumer in consumers.iter().filter_map(Weak::upgrade) {
+                            pass_over(&mut st.passed_over, &consumer);
+                        }
+                    }
                 }
             }
             let expires = st.args.expires.map(Duration::from_millis);
@@ -49,12 +60,9 @@ impl Timed for Queue {
             }
             if !more {
                 // (With a backlog, expired messages may still stand before live ones.)
-                let before = passed_over.map(|p| st.passed_over.replace(p));
                 drain(&mut st, self.store.as_ref());
-                if let Some(before) = before {
-                    st.passed_over = before;
-                }
             }
+            st.passed_over.truncate(passed_before);
             self.refresh_room(&st);
             if more {
                 // A backlog: the next batch comes at once, after other timers' due work.
@@ -222,9 +230,146 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Broker, BrokerConfig, Channel, ConnectionId, Message, QueueFlags};
+    use crate::{
+        Broker, BrokerConfig, Channel, ChannelId, ConnectionId, ConsumerTag, Delivery,
+        DeliverySink, DeliveryTag, Message, QueueFlags, SinkClosed, VHost,
+    };
     use bytes::Bytes;
     use lockgate_wire::{BasicProperties, ContentHeader, FieldTable, FieldValue};
+    use parking_lot::Mutex;
+
+    /// Collects (consumer tag, body) of each delivery.
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(String, String)>>);
+
+    impl Collect {
+        /// The bodies delivered to consumer `tag`, in order.
+        fn of(&self, tag: &str) -> Vec<String> {
+            let got = self.0.lock();
+            got.iter()
+                .filter(|(t, _)| t == tag)
+                .map(|(_, body)| body.clone())
+                .collect()
+        }
+    }
+
+    impl DeliverySink for Collect {
+        fn deliver(&self, d: Delivery) -> Result<(), SinkClosed> {
+            let body = String::from_utf8(d.message.body().to_vec()).unwrap();
+            self.0
+                .lock()
+                .push((d.consumer_tag.as_str().to_owned(), body));
+            Ok(())
+        }
+
+        fn consumer_cancelled(&self, _: &ConsumerTag) {}
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn publish(v: &VHost, body: &str, properties: BasicProperties) {
+        let header = ContentHeader::new(60, body.len() as u64, properties).unwrap();
+        let body = Bytes::from(body.to_owned());
+        let m = Message::new(String::new(), "q".into(), header, body);
+        v.publish(false, m).unwrap();
+    }
+
+    /// Queue "q" with an hour's consumer timeout (and an hour's retry delay if `retry`), the
+    /// consumers `high` of priority 5 with prefetch 1 on one channel, each given one message
+    /// ("0", "1", ...), and "low" of priority 0 without a limit on another channel. The
+    /// channels go last in the tuple: they must stay open.
+    fn hung(retry: bool, high: &[&str]) -> (Arc<VHost>, Arc<Queue>, Arc<Collect>, [Channel; 2]) {
+        let v = Broker::new(BrokerConfig::default()).vhost("/").unwrap();
+        let mut args: FieldTable = [("x-consumer-timeout".to_owned(), FieldValue::I64(3_600_000))]
+            .into_iter()
+            .collect();
+        if retry {
+            args.insert("x-retry-delay".to_owned(), FieldValue::I64(3_600_000));
+        }
+        v.declare_queue(ConnectionId(1), "q", QueueFlags::default(), args)
+            .unwrap();
+        let sink = Arc::new(Collect::default());
+        let new_channel =
+            |id| Channel::new(Arc::clone(&v), ConnectionId(1), ChannelId(id), sink.clone());
+        let (mut hung, mut low) = (new_channel(1), new_channel(2));
+        hung.qos(1, false);
+        let priority: FieldTable = [("x-priority".to_owned(), FieldValue::I32(5))]
+            .into_iter()
+            .collect();
+        for tag in high {
+            hung.consume("q", tag, false, false, &priority, |_| {})
+                .unwrap();
+        }
+        low.consume("q", "low", false, false, &FieldTable::default(), |_| {})
+            .unwrap();
+        for (n, tag) in high.iter().enumerate() {
+            publish(&v, &n.to_string(), BasicProperties::default());
+            assert_eq!(sink.of(tag), [n.to_string()]);
+        }
+        let q = v.queue("q").unwrap();
+        (v, q, sink, [hung, low])
+    }
+
+    /// Runs the consumer timeouts of consumer `tag`'s channel at `now`.
+    fn time_out(q: &Queue, tag: &str, now: Instant) {
+        let consumers = q.consumer_handles();
+        let consumer = consumers.iter().find(|c| c.tag.as_str() == tag).unwrap();
+        consumer.channel.fire(now);
+    }
+
+    #[test]
+    fn deliveries_of_consumers_timing_out_in_one_wake_go_to_another_consumer_first() {
+        let (_v, q, sink, _channels) = hung(false, &["h1", "h2"]);
+        time_out(&q, "h1", Instant::now() + 2 * HOUR);
+        assert_eq!(sink.of("low"), ["0", "1"]);
+        assert_eq!(
+            (sink.of("h1"), sink.of("h2")),
+            (vec!["0".into()], vec!["1".into()])
+        );
+    }
+
+    #[test]
+    fn deliveries_of_consumers_back_from_one_retry_delay_go_to_another_consumer_first() {
+        let (_v, q, sink, _channels) = hung(true, &["h1", "h2"]);
+        let later = Instant::now() + 2 * HOUR;
+        time_out(&q, "h1", later);
+        assert!(sink.of("low").is_empty());
+        q.fire(later + 2 * HOUR);
+        assert_eq!(sink.of("low"), ["0", "1"]);
+        assert_eq!(
+            (sink.of("h1"), sink.of("h2")),
+            (vec!["0".into()], vec!["1".into()])
+        );
+    }
+
+    #[test]
+    fn a_delivery_back_from_its_retry_delay_behind_an_expiry_backlog_goes_to_another_consumer_first(
+    ) {
+        let (v, q, sink, [_hung, mut low]) = hung(true, &["h1"]);
+        // More messages than one wake expires, held aside by their retry delay, all expiring
+        // before the delay of "0" ends.
+        let expiring = BasicProperties {
+            expiration: Some("600000".into()),
+            ..BasicProperties::default()
+        };
+        let backlog = 2 * EXPIRE_BATCH;
+        for _ in 0..backlog {
+            publish(&v, "x", expiring.clone());
+        }
+        assert_eq!(sink.of("low").len(), backlog);
+        low.nack(DeliveryTag(backlog as u64), true, true).unwrap();
+        let later = Instant::now() + 2 * HOUR;
+        time_out(&q, "h1", later);
+        for _ in 0..10 {
+            if q.snapshot().expired == backlog as u64 {
+                break;
+            }
+            q.fire(later + 2 * HOUR);
+        }
+        assert_eq!(q.snapshot().expired, backlog as u64);
+        assert_eq!(sink.of("low").last().map(String::as_str), Some("0"));
+        assert_eq!(sink.of("h1"), ["0"]);
+    }
 
     #[test]
     fn a_backlog_expires_in_batches() {

@@ -635,12 +635,12 @@ impl Groups {
     /// its groups' heads and the loose head. `deliver` hands a message to a consumer, or
     /// gives it back when the consumer's connection is gone.
     /// `queue_idle`: the queue has no unacked delivery (see [`Groups::forget_inflight`]).
-    /// `passed_over`: a consumer whose delivery timed out and is being requeued, tried after
-    /// the others when priorities differ.
+    /// `passed_over`: consumers whose deliveries timed out and are being requeued, tried
+    /// after the others when priorities differ.
     pub fn drain(
         &mut self,
         queue_idle: bool,
-        passed_over: Option<&Weak<Consumer>>,
+        passed_over: &[Weak<Consumer>],
         mut deliver: impl FnMut(&Arc<Consumer>, Ready) -> Result<(), Ready>,
     ) {
         if queue_idle {
@@ -671,7 +671,7 @@ impl Groups {
     /// `passed_over` last of all.
     fn drain_by_priority(
         &mut self,
-        passed_over: Option<&Weak<Consumer>>,
+        passed_over: &[Weak<Consumer>],
         deliver: &mut impl FnMut(&Arc<Consumer>, Ready) -> Result<(), Ready>,
     ) {
         let mut order = std::mem::take(&mut self.order);
@@ -685,7 +685,7 @@ impl Groups {
         );
         // (passed over, priority): the consumers taking turns, in the order tried.
         let rank = |w: &Owner| {
-            let passed = passed_over.is_some_and(|p| Weak::ptr_eq(&w.consumer, p));
+            let passed = passed_over.iter().any(|p| Weak::ptr_eq(&w.consumer, p));
             (passed, Reverse(w.priority))
         };
         order.sort_by_key(|&o| self.owners[o].as_ref().map(|w| (rank(w), w.served)));

@@ -127,13 +127,15 @@ struct QueueState {
     /// The consumers' priority levels, with the round-robin turn in each (not used with
     /// single active consumer).
     levels: Levels,
-    /// A consumer whose delivery timed out and is being requeued: until it is, the levels
-    /// (and a grouped queue's drain by priority) try every other consumer, of any priority,
-    /// before it ([`Queue::rotate_past`]).
-    passed_over: Option<Weak<Consumer>>,
-    /// Delayed messages (by seq) that a consumer timeout took back, with the consumer that
-    /// timed out: passed over again when their retry delay ends (`expiry.rs`).
-    retry_passed_over: HashMap<u64, Weak<Consumer>>,
+    /// The consumers whose deliveries timed out and are being requeued (one timer wake of
+    /// a channel can take back those of several): until they are, the levels (and a grouped
+    /// queue's drain by priority) try every other consumer, of any priority, before them
+    /// ([`Queue::rotate_past`]). Empty otherwise.
+    passed_over: Vec<Weak<Consumer>>,
+    /// Delayed messages (by seq) that a consumer timeout took back, with the consumers
+    /// passed over when they were taken back: passed over again when their retry delay ends
+    /// (`expiry.rs`).
+    retry_passed_over: HashMap<u64, Arc<[Weak<Consumer>]>>,
     /// Deliveries from this queue that are not yet acked, on any channel.
     unacked: usize,
     had_consumer: bool,
@@ -727,8 +729,8 @@ impl Queue {
         let args = Arc::clone(&st.args);
         let mut dead = Vec::new();
         let now = Instant::now();
-        let passed_over = match cause {
-            Return::Timeout => st.passed_over.clone(),
+        let passed_over: Option<Arc<[Weak<Consumer>]>> = match cause {
+            Return::Timeout if !st.passed_over.is_empty() => Some(st.passed_over[..].into()),
             _ => None,
         };
         for (seq, message, stored) in items {
@@ -780,8 +782,8 @@ impl Queue {
                     let at = now + retry_delay(delay, args.retry_delay_max, returns);
                     st.ready.settled(seq);
                     st.delayed.insert(seq, item);
-                    if let Some(consumer) = &passed_over {
-                        st.retry_passed_over.insert(seq, consumer.clone());
+                    if let Some(consumers) = &passed_over {
+                        st.retry_passed_over.insert(seq, Arc::clone(consumers));
                     }
                     st.retry.push(at, seq);
                     self.arm(&mut st, at);
@@ -792,7 +794,7 @@ impl Queue {
         self.expire_overdue(&mut st, &mut dead);
         drain(&mut st, self.store.as_ref());
         if cause == Return::Timeout {
-            st.passed_over = None;
+            st.passed_over.clear();
         }
         self.trim(&mut st, &mut dead);
         self.refresh_room(&st);
@@ -863,7 +865,7 @@ impl Queue {
             }
         } else {
             st.levels.try_last(at);
-            st.passed_over = Some(Arc::downgrade(consumer));
+            pass_over(&mut st.passed_over, consumer);
         }
     }
 
@@ -1197,6 +1199,16 @@ fn waiting_position(consumers: &[Arc<Consumer>], priority: i64) -> usize {
     active + consumers[active..].partition_point(|c| c.priority >= priority)
 }
 
+/// Adds `consumer` to the consumers passed over (`QueueState::passed_over`), once.
+fn pass_over(passed_over: &mut Vec<Weak<Consumer>>, consumer: &Arc<Consumer>) {
+    if !passed_over
+        .iter()
+        .any(|p| ptr::eq(p.as_ptr(), Arc::as_ptr(consumer)))
+    {
+        passed_over.push(Arc::downgrade(consumer));
+    }
+}
+
 /// Keeps an emptied `QueueState::outgoing` for the next drain on this thread.
 fn recycle(items: Vec<Ready>) {
     if items.capacity() <= SPARE_MAX {
@@ -1281,7 +1293,7 @@ fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
         qs,
     };
     if let Some(groups) = ready.groups_mut() {
-        groups.drain(idle, passed_over.as_ref(), |consumer, item| {
+        groups.drain(idle, passed_over, |consumer, item| {
             tally.deliver(consumer, item)
         });
     } else if active == 1 {
@@ -1313,15 +1325,16 @@ fn take_ready(st: &mut QueueState, qs: Option<&QueueStore>) {
         }
     } else if active > 1 {
         // Not single active consumer: the levels cover every consumer.
-        let passed = passed_over.as_ref().map(Weak::as_ptr);
+        let passed = |c: &Arc<Consumer>| {
+            passed_over
+                .iter()
+                .any(|p| ptr::eq(Arc::as_ptr(c), p.as_ptr()))
+        };
         while !ready.is_empty() {
-            let Some(index) = passed
-                .and_then(|p| {
-                    levels.pick(|i| {
-                        !ptr::eq(Arc::as_ptr(&consumers[i]), p) && consumers[i].try_acquire()
-                    })
-                })
-                .or_else(|| levels.pick(|i| consumers[i].try_acquire()))
+            let others_first = (!passed_over.is_empty())
+                .then(|| levels.pick(|i| !passed(&consumers[i]) && consumers[i].try_acquire()))
+                .flatten();
+            let Some(index) = others_first.or_else(|| levels.pick(|i| consumers[i].try_acquire()))
             else {
                 break;
             };

@@ -47,7 +47,11 @@
 //! memory); a FIFO or grouped queue delivers its head meanwhile, as the sources only feed
 //! its lane behind it. So a reshape keeps FIFO within each priority and puts every message
 //! at its priority, wherever it was. A spill write or page-in in flight during a reshape
-//! finds its tail among the sources when it ends.
+//! finds its tail among the sources when it ends. The messages held in memory spill too, as
+//! any lane's (those published meanwhile are what can grow): the first such spill makes
+//! them a source of their own, under a spill id, and later held messages past its end are
+//! appended to it; it is read back in merged seq order with the others, so they keep their
+//! place.
 //!
 //! The store I/O runs on the spill task, never under the queue lock: these functions only
 //! move messages between the lists and account for them.
@@ -68,6 +72,9 @@ pub(crate) const PAGE_LOW: usize = 256;
 
 /// Head byte budget of a queue recovered with a disk tail, until the spill task sets one.
 const RECOVERED_HEAD_BYTES: u64 = 4 << 20;
+
+/// The lane of a [`SpillBatch`] of a re-filing's held messages (none of the lanes).
+const HELD: usize = usize::MAX;
 
 /// Messages `basic.get` pages in at once when the head is empty.
 const GET_PAGE: usize = 64;
@@ -112,10 +119,11 @@ struct Lane {
 /// A reshape's re-filing of the old shape's disk tails into the new lanes (module doc).
 #[derive(Default)]
 struct Refile {
-    /// The old disk tails, paged in merged seq order.
+    /// The old disk tails (and the source of held messages), paged in merged seq order.
     sources: Vec<Source>,
-    /// Messages in memory after everything still in `sources` (seq order): the old shape's
-    /// from the first seq on disk on, and those arrived since.
+    /// Messages in memory waiting for the sources to be read past them (seq order): the old
+    /// shape's from the first seq on disk on, and those arrived since. They spill to the
+    /// source of held messages ([`Queue::take_held_spill`]).
     held: VecDeque<Ready>,
     /// A page was read since the spill task last ranked the queue for spilling.
     read: bool,
@@ -128,6 +136,9 @@ struct Source {
     arrivals: VecDeque<(u64, Instant)>,
     /// Read, not filed yet: it comes after a message still in another source.
     buffer: VecDeque<Ready>,
+    /// Made of messages the re-filing held, spilled ([`Queue::take_held_spill`]): further
+    /// held messages past its end are appended to it.
+    held: bool,
 }
 
 impl Source {
@@ -302,6 +313,11 @@ impl Tails {
         lanes.chain(refile.map(|s| &s.disk))
     }
 
+    /// Source `source` of the re-filing, while one runs.
+    fn source_mut(&mut self, source: usize) -> Option<&mut Source> {
+        self.refile.as_mut()?.sources.get_mut(source)
+    }
+
     fn lane_mut(&mut self, lane: usize) -> &mut Lane {
         if self.lanes.len() <= lane {
             self.lanes.resize_with(lane + 1, Lane::default);
@@ -311,6 +327,41 @@ impl Tails {
 }
 
 impl DiskTail {
+    /// The tail that `items` (in seq order), written under `id`, start; `head_bytes` sizes
+    /// its pages, `copy`: as in [`DiskTail::append`].
+    fn of(store: &Store, id: QueueId, items: &[Ready], head_bytes: u64, copy: bool) -> Self {
+        let from_seq = items.first().map_or(0, |r| r.seq);
+        let mut disk = Self {
+            store: store.clone(),
+            id,
+            from_seq,
+            end_seq: from_seq,
+            count: 0,
+            bytes: 0,
+            head_bytes,
+            copied: VecDeque::new(),
+        };
+        disk.append(items, copy);
+        disk
+    }
+
+    /// Accounts for `items` (in seq order) written after its end; `copy`: their persistent
+    /// messages are written too, and their stored copies kept until paged in.
+    fn append(&mut self, items: &[Ready], copy: bool) {
+        let Some(last) = items.last() else {
+            return;
+        };
+        self.count += items.len();
+        self.bytes += items.iter().map(|r| r.size).sum::<u64>();
+        self.end_seq = last.seq + 1;
+        if copy {
+            let copied = items
+                .iter()
+                .filter_map(|r| Some((r.stored?, r.redelivered)));
+            self.copied.extend(copied);
+        }
+    }
+
     /// Purge: removes its messages from the store, spilled records and persistent messages
     /// (under `durable`, the queue's store id, from its first seq on, those waiting behind it
     /// included; elsewhere by their stored copies, except those from `by_range` on, which a
@@ -357,6 +408,25 @@ impl DiskTail {
         }
         self.count = self.count.saturating_sub(paged.len());
         self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// How many of its messages `bytes` hold, at their average size.
+    fn fits(&self, bytes: u64) -> usize {
+        let average = (self.bytes / self.count.max(1) as u64).max(1);
+        usize::try_from(bytes / average).unwrap_or(usize::MAX)
+    }
+
+    /// A page-in of its first `fits` messages (1 to `max`), for `lane`.
+    fn page_request(&self, fits: usize, max: usize, lane: usize, epoch: u64) -> PageRequest {
+        PageRequest {
+            store: self.store.clone(),
+            id: self.id,
+            from_seq: self.from_seq,
+            end_seq: self.end_seq,
+            max: fits.clamp(1, max),
+            lane,
+            epoch,
+        }
     }
 
     /// Queue deleted: removes its spilled records unless they are kept under `durable`, the
@@ -470,6 +540,7 @@ impl QueueState {
                     disk,
                     arrivals: lane.arrivals,
                     buffer: VecDeque::new(),
+                    held: false,
                 });
             }
         }
@@ -564,19 +635,24 @@ impl QueueState {
         let disk = &refile.sources[source].disk;
         // A page per source may wait in memory: they share a head's budget.
         let budget = disk.head_bytes / refile.sources.len() as u64;
-        let average = (disk.bytes / disk.count.max(1) as u64).max(1);
-        let fits = usize::try_from(budget / average).unwrap_or(usize::MAX);
-        let request = PageRequest {
-            store: disk.store.clone(),
-            id: disk.id,
-            from_seq: disk.from_seq,
-            end_seq: disk.end_seq,
-            max: fits.clamp(1, max),
-            lane: 0,
-            epoch: self.epoch,
-        };
+        let request = disk.page_request(disk.fits(budget), max, 0, self.epoch);
         refile.read = true;
         Some(request)
+    }
+
+    /// Where the re-filing's held messages that may spill start (an index in `held`): those
+    /// past the end of its source of held messages, if it has one (they are appended to it),
+    /// and after the last delivery. `None` without a re-filing.
+    fn held_spill_from(&self) -> Option<usize> {
+        let refile = self.tails.refile.as_ref()?;
+        let appended = refile
+            .sources
+            .iter()
+            .filter(|s| s.held)
+            .map(|s| s.disk.end_seq);
+        let undelivered = self.max_delivered.map(|m| m + 1);
+        let from = appended.max().max(undelivered).unwrap_or(0);
+        Some(refile.held.partition_point(|r| r.seq < from))
     }
 
     /// The re-filing's source a page-in or spill of tail `id` is about, `matches` telling
@@ -597,12 +673,7 @@ impl QueueState {
         source: usize,
         mut paged: Vec<Ready>,
     ) {
-        let Some(s) = self
-            .tails
-            .refile
-            .as_mut()
-            .and_then(|r| r.sources.get_mut(source))
-        else {
+        let Some(s) = self.tails.source_mut(source) else {
             return;
         };
         // TTL restore works on a lane's arrivals: lend the source's to a spare lane.
@@ -612,12 +683,7 @@ impl QueueState {
         queue.restore_arrivals(self, spare, &mut paged);
         let arrivals = std::mem::take(self.tails.arrivals_mut(spare));
         self.tails.lanes.truncate(spare);
-        let Some(s) = self
-            .tails
-            .refile
-            .as_mut()
-            .and_then(|r| r.sources.get_mut(source))
-        else {
+        let Some(s) = self.tails.source_mut(source) else {
             return;
         };
         s.arrivals = arrivals;
@@ -678,22 +744,13 @@ impl QueueState {
         let (head_len, head_bytes) = self.head_of(lane);
         let disk = self.tails.lanes[lane].disk.as_ref()?;
         let room = disk.head_bytes.saturating_sub(head_bytes);
-        let average = (disk.bytes / disk.count.max(1) as u64).max(1);
-        let fits = usize::try_from(room / average).unwrap_or(usize::MAX);
+        let fits = disk.fits(room);
         // A head still three quarters full waits: pages come in a quarter of the budget at
         // least, not a message per ack.
         if head_len > 0 && (fits == 0 || room < disk.head_bytes / 4) {
             return None;
         }
-        let request = PageRequest {
-            store: disk.store.clone(),
-            id: disk.id,
-            from_seq: disk.from_seq,
-            end_seq: disk.end_seq,
-            max: fits.clamp(1, max),
-            lane,
-            epoch: self.epoch,
-        };
+        let request = disk.page_request(fits, max, lane, self.epoch);
         self.busy = true;
         Some(request)
     }
@@ -725,7 +782,11 @@ impl Queue {
         if st.tails.holds_spill(st.ready.lanes()) {
             return 0;
         }
-        (0..st.ready.lanes())
+        let held = match (st.held_spill_from(), &st.tails.refile) {
+            (Some(from), Some(refile)) => refile.held.len() - from,
+            _ => 0,
+        };
+        held + (0..st.ready.lanes())
             .map(|lane| match st.tails.lanes.get(lane) {
                 Some(Lane {
                     disk: Some(_),
@@ -734,7 +795,7 @@ impl Queue {
                 }) => pending.len(),
                 _ => st.ready.lane_len(lane),
             })
-            .sum()
+            .sum::<usize>()
     }
 
     /// Its lanes (see the module doc): one per priority, else one.
@@ -799,6 +860,9 @@ impl Queue {
         let used = (0..lanes)
             .filter(|&lane| st.ready.lane_len(lane) > 0)
             .count();
+        if let Some(batch) = self.take_held_spill(st, store, head_bytes, max, max_bytes) {
+            return Some(batch);
+        }
         let head_bytes = head_bytes / used.max(1) as u64;
         for lane in 0..lanes {
             let (items, created) = match st.tails.lanes.get_mut(lane) {
@@ -832,6 +896,69 @@ impl Queue {
         None
     }
 
+    /// Takes up to `max` messages (and about `max_bytes`) that a re-filing holds in memory,
+    /// to write to its source of held messages (created by the first such spill, under a
+    /// spill id of its own): like the old tails, it is read back in merged seq order, so
+    /// what arrives during a re-filing obeys the spill budget and keeps its place (see the
+    /// module doc). `head_bytes` sizes the source's pages. Marks the queue busy.
+    fn take_held_spill(
+        &self,
+        st: &mut QueueState,
+        store: &Store,
+        head_bytes: u64,
+        max: usize,
+        max_bytes: u64,
+    ) -> Option<SpillBatch> {
+        let from = st.held_spill_from()?;
+        let ttl = st.args.message_ttl;
+        let refile = st.tails.refile.as_mut()?;
+        if from == refile.held.len() {
+            return None;
+        }
+        let mut taken = refile.held.split_off(from);
+        let n = batch_len(&taken, max, max_bytes);
+        refile.held.extend(taken.split_off(n));
+        let items: Vec<Ready> = taken.into();
+        let arrivals = items
+            .iter()
+            .filter(|r| r.message.expires_at(ttl).is_some())
+            .map(|r| (r.seq, r.message.received_at()));
+        let id = match refile.sources.iter_mut().find(|s| s.held) {
+            Some(source) => {
+                let disk = &mut source.disk;
+                if disk.count == 0 || disk.from_seq >= disk.end_seq {
+                    // Read to its end: it starts again at this batch.
+                    disk.from_seq = items[0].seq;
+                }
+                disk.append(&items, true);
+                source.arrivals.extend(arrivals);
+                disk.id
+            }
+            None => {
+                let id = store.transient_queue_id();
+                refile.sources.push(Source {
+                    disk: DiskTail::of(store, id, &items, head_bytes, true),
+                    arrivals: arrivals.collect(),
+                    buffer: VecDeque::new(),
+                    held: true,
+                });
+                id
+            }
+        };
+        let bytes: u64 = items.iter().map(|r| r.size).sum();
+        st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(bytes);
+        st.busy = true;
+        Some(SpillBatch {
+            store: store.clone(),
+            id,
+            items,
+            copy_persistent: true,
+            lane: HELD,
+            epoch: st.epoch,
+            created: false,
+        })
+    }
+
     /// Accounts for `items` leaving lane `lane` for its disk tail (creating it) and marks the
     /// queue busy until [`Queue::finish_spill`].
     fn start_spill(
@@ -855,34 +982,14 @@ impl Queue {
         let bytes: u64 = items.iter().map(|r| r.size).sum();
         st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(bytes);
         Self::remember_arrivals(st, lane, &items);
-        let (first, end) = match (items.first(), items.last()) {
-            (Some(f), Some(l)) => (f.seq, l.seq + 1),
-            _ => (0, 0),
-        };
-        let copied = items
-            .iter()
-            .filter(|_| copy_persistent)
-            .filter_map(|r| Some((r.stored?, r.redelivered)));
         let l = st.tails.lane_mut(lane);
         match &mut l.disk {
             Some(disk) => {
-                disk.count += items.len();
-                disk.bytes += bytes;
-                disk.end_seq = end;
+                disk.append(&items, copy_persistent);
                 disk.head_bytes = head_bytes;
-                disk.copied.extend(copied);
             }
             None => {
-                l.disk = Some(DiskTail {
-                    store: store.clone(),
-                    id,
-                    from_seq: first,
-                    end_seq: end,
-                    count: items.len(),
-                    bytes,
-                    head_bytes,
-                    copied: copied.collect(),
-                });
+                l.disk = Some(DiskTail::of(store, id, &items, head_bytes, copy_persistent));
                 st.tails.spilled += 1;
                 st.ready.set_spilled(lane, true);
             }
@@ -1134,16 +1241,7 @@ mod tests {
             memory_high_watermark: 1 << 20,
             ..BrokerConfig::default()
         };
-        let broker = Broker::with_store(config, store.clone());
-        let vhost = broker.vhost("/").expect("vhost");
-        vhost
-            .declare_queue(
-                ConnectionId(1),
-                "q",
-                QueueFlags::default(),
-                FieldTable::default(),
-            )
-            .expect("declare");
+        let (_broker, vhost) = with_queue(&store, config, QueueFlags::default());
         for i in 0..1000 {
             let body = format!("{i:08}:{}", "x".repeat(1000));
             let header = ContentHeader::new(60, body.len() as u64, BasicProperties::default())
@@ -1179,6 +1277,20 @@ mod tests {
         assert_eq!(ok.message_count, 989);
     }
 
+    /// A broker on `store` with queue "q" declared with `flags`.
+    fn with_queue(
+        store: &Store,
+        config: BrokerConfig,
+        flags: QueueFlags,
+    ) -> (Arc<Broker>, Arc<VHost>) {
+        let broker = Broker::with_store(config, store.clone());
+        let vhost = broker.vhost("/").expect("vhost");
+        vhost
+            .declare_queue(ConnectionId(1), "q", flags, FieldTable::default())
+            .expect("declare");
+        (broker, vhost)
+    }
+
     /// Writes a spill batch as the spill task does (transient bodies only, unless copied).
     async fn write(store: &Store, queue: &Queue, batch: SpillBatch) {
         let records: Vec<SpillRecord> = batch
@@ -1207,15 +1319,11 @@ mod tests {
             memory_high_watermark: 1,
             ..BrokerConfig::default()
         };
-        let broker = Broker::with_store(config, store.clone());
-        let vhost = broker.vhost("/").expect("vhost");
         let flags = QueueFlags {
             durable: true,
             ..QueueFlags::default()
         };
-        vhost
-            .declare_queue(ConnectionId(1), "q", flags, FieldTable::default())
-            .expect("declare");
+        let (_broker, vhost) = with_queue(&store, config, flags);
         for i in 0..1000u16 {
             let body = format!("{i:08}");
             let header = ContentHeader::new(60, body.len() as u64, BasicProperties::default())
@@ -1253,25 +1361,19 @@ mod tests {
         assert_eq!(got, (0..1000).collect::<Vec<u16>>());
     }
 
-    /// A policy makes a FIFO queue a priority queue while a page-in of its disk tail runs:
-    /// the page comes back to the tail, now a re-filing's source, and is filed by priority;
-    /// nothing is delivered until the whole tail is re-filed, then everything comes in
-    /// priority order, FIFO within a priority.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_reshape_during_a_page_in_files_the_page_by_priority() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
-        let broker = Broker::with_store(BrokerConfig::default(), store.clone());
-        let vhost = broker.vhost("/").expect("vhost");
-        vhost
-            .declare_queue(
-                ConnectionId(1),
-                "q",
-                QueueFlags::default(),
-                FieldTable::default(),
-            )
-            .expect("declare");
-        for i in 0..1000u16 {
+    /// Broker on `store` with FIFO queue "q" holding messages 0..1000 of priorities `i % 3`,
+    /// all but the first 10 written to a disk tail.
+    async fn spilled_priorities(store: &Store) -> (Arc<Broker>, Arc<VHost>, Arc<Queue>) {
+        let (broker, vhost) = with_queue(store, BrokerConfig::default(), QueueFlags::default());
+        publish_prioritised(&vhost, 0..1000);
+        let queue = vhost.queue("q").expect("queue");
+        write(store, &queue, spill(store, &queue).expect("a batch")).await;
+        (broker, vhost, queue)
+    }
+
+    /// Publishes messages `range` to "q": priority `i % 3`, the number in the body.
+    fn publish_prioritised(vhost: &VHost, range: Range<u16>) {
+        for i in range {
             let properties = BasicProperties {
                 priority: Some(u8::try_from(i % 3).expect("priority")),
                 ..BasicProperties::default()
@@ -1281,35 +1383,91 @@ mod tests {
             let message = Message::new(String::new(), "q".into(), header, Bytes::from(body));
             vhost.publish(false, message).expect("publish");
         }
-        let queue = vhost.queue("q").expect("queue");
-        let batch = queue
-            .take_spill(&store, 10, u64::MAX, usize::MAX, u64::MAX)
-            .expect("a batch");
-        write(&store, &queue, batch).await;
-        let request = queue.page_request(100).expect("a page-in");
+    }
+
+    /// What the spill task takes from `queue` keeping heads of 10 messages.
+    fn spill(store: &Store, queue: &Queue) -> Option<SpillBatch> {
+        queue.take_spill(store, 10, u64::MAX, usize::MAX, u64::MAX)
+    }
+
+    /// A policy makes "q" a priority queue (levels 0 to 2).
+    fn make_priority_queue(vhost: &VHost) {
         let definition = [("max-priority".to_owned(), FieldValue::I64(2))]
             .into_iter()
             .collect();
         let policy = crate::Policy::new("/", "p", "^q$", crate::ApplyTo::Queues, 0, definition)
             .expect("policy");
         vhost.set_policies(vec![policy]);
-        let paged = crate::spill::page_in_blocking(&vhost, &request);
-        queue.finish_page(&request, paged);
-        let mut channel = Channel::discarding(&vhost);
+    }
+
+    /// Pages the re-filing in to its end, checking that nothing is deliverable meanwhile,
+    /// then takes every message with `basic.get`: they must be `0..n` in priority order,
+    /// FIFO within a priority.
+    fn re_file_and_get_in_priority_order(vhost: &Arc<VHost>, queue: &Queue, n: u16) {
         while queue.has_disk_tail() {
             assert!(queue.state.lock().ready.front().is_none(), "held back");
             let request = queue.page_request(100).expect("the next page");
-            let paged = crate::spill::page_in_blocking(&vhost, &request);
-            queue.finish_page(&request, paged);
+            queue.finish_page(&request, crate::spill::page_in_blocking(vhost, &request));
+            queue.spillable();
         }
+        let mut channel = Channel::discarding(vhost);
         let got: Vec<u16> = std::iter::from_fn(|| channel.get("q", true).expect("get"))
             .map(|ok| {
                 let body = std::str::from_utf8(ok.message.body()).expect("utf-8");
                 body.parse().expect("index")
             })
             .collect();
-        let mut expected: Vec<u16> = (0..1000).collect();
+        let mut expected: Vec<u16> = (0..n).collect();
         expected.sort_by_key(|&i| (std::cmp::Reverse(i % 3), i));
         assert_eq!(got, expected);
+    }
+
+    /// A policy makes a FIFO queue a priority queue while a page-in of its disk tail runs:
+    /// the page comes back to the tail, now a re-filing's source, and is filed by priority;
+    /// nothing is delivered until the whole tail is re-filed, then everything comes in
+    /// priority order, FIFO within a priority.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reshape_during_a_page_in_files_the_page_by_priority() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let (_broker, vhost, queue) = spilled_priorities(&store).await;
+        let request = queue.page_request(100).expect("a page-in");
+        make_priority_queue(&vhost);
+        let paged = crate::spill::page_in_blocking(&vhost, &request);
+        queue.finish_page(&request, paged);
+        re_file_and_get_in_priority_order(&vhost, &queue, 1000);
+    }
+
+    /// Messages published while a priority queue re-files its disk tail spill like any
+    /// others (to a source of their own, which a later spill appends to), rather than wait
+    /// in memory for the re-filing to end; every message then comes once, in priority order,
+    /// FIFO within a priority.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_published_during_a_re_filing_spill_and_keep_their_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let (_broker, vhost, queue) = spilled_priorities(&store).await;
+        make_priority_queue(&vhost);
+        publish_prioritised(&vhost, 1000..1500);
+        let batch = spill(&store, &queue).expect("the messages held spill");
+        assert_eq!(
+            (batch.items.len(), batch.items[0].seq),
+            (500, 1000),
+            "the messages published during the re-filing"
+        );
+        write(&store, &queue, batch).await;
+        assert_eq!(
+            queue.state.lock().tails.pending_len(),
+            0,
+            "none held in memory"
+        );
+        let request = queue.page_request(100).expect("a re-filing page");
+        queue.finish_page(&request, crate::spill::page_in_blocking(&vhost, &request));
+        queue.spillable();
+        publish_prioritised(&vhost, 1500..1600);
+        let batch = spill(&store, &queue).expect("the messages held since spill");
+        assert_eq!((batch.items.len(), batch.items[0].seq), (100, 1500));
+        write(&store, &queue, batch).await;
+        re_file_and_get_in_priority_order(&vhost, &queue, 1600);
     }
 }

@@ -101,6 +101,17 @@ pub fn queue(vhost: &VHost, name: &str) {
         .unwrap();
 }
 
+/// Declares a durable queue.
+pub fn durable_queue(vhost: &VHost, name: &str) {
+    let flags = QueueFlags {
+        durable: true,
+        ..QueueFlags::default()
+    };
+    vhost
+        .declare_queue(CONN, name, flags, FieldTable::default())
+        .unwrap();
+}
+
 /// Publishes `body` to the default exchange, routed to queue `name`.
 pub fn send(vhost: &VHost, name: &str, body: &str) {
     vhost.publish(false, message("", name, body)).unwrap();
