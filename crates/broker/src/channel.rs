@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use tracing::{debug, info};
 
 use crate::consumer::Consumer;
-use crate::error::{BrokerError, Resource};
+use crate::error::BrokerError;
 use crate::exchange::Exchange;
 use crate::ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
 use crate::message::Message;
@@ -656,18 +656,7 @@ impl Channel {
     /// `NotFound` "no exchange 'x' in vhost '/'"; `AccessRefused` "cannot publish to
     /// internal exchange 'x' in vhost '/'".
     pub fn hold_publish(&self, message: &mut Message) -> Result<Arc<Exchange>, BrokerError> {
-        let resource = || Resource::exchange(message.exchange(), self.vhost.name());
-        let exchange = self
-            .vhost
-            .exchange(message.exchange())
-            .filter(|x| !x.is_deleted())
-            .ok_or_else(|| BrokerError::not_found(resource()))?;
-        if exchange.internal() {
-            return Err(BrokerError::access_refused(format_args!(
-                "cannot publish to internal {}",
-                resource()
-            )));
-        }
+        let exchange = self.vhost.publishable_exchange(message.exchange())?;
         self.charge(message);
         Ok(exchange)
     }

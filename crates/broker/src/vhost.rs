@@ -383,18 +383,21 @@ impl VHost {
             return self.existing_exchange(name);
         }
         let kind = ExchangeKind::parse(kind)?;
-        crate::exchange::validate_arguments(kind, &arguments)?;
         if name.is_empty() {
             return Err(BrokerError::default_exchange());
         }
-        crate::exchange::check_alternate_argument(&arguments, &self.exchange_resource(name))?;
         let _topology = self.topology.lock();
         let Some(existing) = self.exchange(name) else {
+            // In RabbitMQ's order (rabbit_channel, rabbit_exchange:declare): the name, the
+            // alternate exchange's type, then the type's own arguments; an existing exchange
+            // is only compared.
             if name.starts_with("amq.") {
                 return Err(BrokerError::access_refused(format_args!(
                     "exchange name '{name}' contains reserved prefix 'amq.*'"
                 )));
             }
+            crate::exchange::check_alternate_argument(&arguments, &self.exchange_resource(name))?;
+            crate::exchange::validate_arguments(kind, &arguments)?;
             if let (Some(store), true) = (&self.store, flags.durable) {
                 drop(store.put_definition(
                     DefinitionKind::Exchange,
@@ -439,8 +442,8 @@ impl VHost {
             return Err(BrokerError::inequivalent(
                 ae,
                 &resource,
-                &describe_string(arguments.get(ae)),
-                &describe_string(existing.arguments().get(ae)),
+                &crate::queue::arguments::describe(arguments.get(ae)),
+                &crate::queue::arguments::describe(existing.arguments().get(ae)),
             ));
         }
         Ok(existing)
@@ -1093,6 +1096,26 @@ impl VHost {
         self.publish_to(&exchange, mandatory, message)
     }
 
+    /// The exchange a `basic.publish` names, if it may be published to: RabbitMQ checks this
+    /// before the message's properties.
+    ///
+    /// # Errors
+    /// `NotFound` "no exchange 'x' in vhost '/'"; `AccessRefused` "cannot publish to internal
+    /// exchange 'x' in vhost '/'".
+    pub fn publishable_exchange(&self, name: &str) -> Result<Arc<Exchange>, BrokerError> {
+        let exchange = self
+            .exchange(name)
+            .filter(|x| !x.is_deleted())
+            .ok_or_else(|| BrokerError::not_found(self.exchange_resource(name)))?;
+        if exchange.internal() {
+            return Err(BrokerError::access_refused(format_args!(
+                "cannot publish to internal {}",
+                self.exchange_resource(name)
+            )));
+        }
+        Ok(exchange)
+    }
+
     /// `basic.publish` through a cached exchange handle: routes the message (following
     /// exchange-to-exchange bindings, each queue at most once) and enqueues one shared
     /// `Arc<Message>` on every queue reached. `message.exchange()` should be the handle's name.
@@ -1433,15 +1456,4 @@ fn with_queue_type(mut arguments: FieldTable) -> FieldTable {
         );
     }
     arguments
-}
-
-fn describe_string(value: Option<&FieldValue>) -> String {
-    match value {
-        None => "none".to_owned(),
-        Some(FieldValue::LongString(s)) => format!(
-            "the value '{}' of type 'longstr'",
-            String::from_utf8_lossy(s)
-        ),
-        Some(other) => format!("the value '{other:?}'"),
-    }
 }

@@ -44,9 +44,9 @@ impl Matcher {
             },
             Some(other) => {
                 return Err(BrokerError::precondition_failed(format_args!(
-                    "Invalid x-match field type {} (value {:?}); expected longstr",
+                    "Invalid x-match field type {} (value {}); expected longstr",
                     crate::queue::arguments::type_name(other),
-                    other
+                    crate::queue::arguments::display_value(other)
                 )))
             }
         };

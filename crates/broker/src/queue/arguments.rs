@@ -82,7 +82,8 @@ pub struct QueueArguments {
     pub dedup: Option<DedupWindow>,
 }
 
-/// The arguments RabbitMQ compares when a classic queue is redeclared.
+/// The arguments RabbitMQ compares when a classic queue is redeclared, in its order (the first
+/// that differs is the one reported).
 const COMPARED: &[&str] = &[
     "x-expires",
     "x-message-ttl",
@@ -93,9 +94,9 @@ const COMPARED: &[&str] = &[
     "x-max-priority",
     "x-overflow",
     "x-queue-mode",
+    "x-single-active-consumer",
     "x-queue-version",
     "x-queue-type",
-    "x-single-active-consumer",
     "x-consumer-timeout",
     "x-consumer-timeout-action",
     "x-delivery-limit",
@@ -192,18 +193,30 @@ impl QueueArguments {
             }
         };
 
-        // The dead-letter names are type-checked with RabbitMQ's other wording.
-        let dlx_name = |key: &str| -> Result<Option<String>, BrokerError> {
-            match table.get(key) {
-                None | Some(FieldValue::LongString(_)) => string(key),
-                Some(other) => Err(BrokerError::precondition_failed(format_args!(
-                    "invalid type '{}' for arg '{key}' in {queue}",
+        // The checks go in RabbitMQ 3.10's order, so that a declaration with several bad
+        // arguments is refused for the same one. First the dead-letter exchange's type, with
+        // other wording: RabbitMQ's channel checks it before the queue's arguments.
+        let dead_letter_exchange = match table.get("x-dead-letter-exchange") {
+            None | Some(FieldValue::LongString(_)) => string("x-dead-letter-exchange")?,
+            Some(other) => {
+                return Err(BrokerError::precondition_failed(format_args!(
+                    "invalid type '{}' for arg 'x-dead-letter-exchange' in {queue}",
                     type_name(other)
-                ))),
+                )))
             }
         };
-        let dead_letter_exchange = dlx_name("x-dead-letter-exchange")?;
-        let dead_letter_routing_key = dlx_name("x-dead-letter-routing-key")?;
+        match string("x-queue-type")?.as_deref() {
+            None | Some("" | "classic" | "quorum") => {}
+            Some(other) => {
+                return Err(invalid(
+                    "x-queue-type",
+                    format!("\"unsupported queue type '{other}'\""),
+                ))
+            }
+        }
+        let expires = expiry("x-expires", false)?;
+        let message_ttl = expiry("x-message-ttl", true)?;
+        let dead_letter_routing_key = string("x-dead-letter-routing-key")?;
         // Both go out in basic.deliver as shortstrs: a longer one could never be delivered.
         for (key, name) in [
             ("x-dead-letter-exchange", &dead_letter_exchange),
@@ -219,6 +232,8 @@ impl QueueArguments {
                 "routing_key_but_no_dlx_defined".to_owned(),
             ));
         }
+        let max_length = non_negative("x-max-length")?;
+        let max_length_bytes = non_negative("x-max-length-bytes")?;
         let max_priority =
             match non_negative("x-max-priority")? {
                 None => None,
@@ -237,12 +252,12 @@ impl QueueArguments {
                 return Err(invalid("x-overflow", "invalid_overflow".to_owned()));
             }
         };
-        match string("x-queue-type")?.as_deref() {
-            None | Some("" | "classic" | "quorum") => {}
+        match string("x-queue-mode")?.as_deref() {
+            None | Some("default" | "lazy") => {}
             Some(other) => {
                 return Err(invalid(
-                    "x-queue-type",
-                    format!("{{unsupported_queue_type,<<\"{other}\">>}}"),
+                    "x-queue-mode",
+                    format!("\"unsupported queue mode '{other}'\""),
                 ))
             }
         }
@@ -290,10 +305,10 @@ impl QueueArguments {
             retry_delay_max,
             group_header: string("x-group-header")?.filter(|h| !h.is_empty()),
             dedup,
-            message_ttl: expiry("x-message-ttl", true)?,
-            expires: expiry("x-expires", false)?,
-            max_length: non_negative("x-max-length")?,
-            max_length_bytes: non_negative("x-max-length-bytes")?,
+            message_ttl,
+            expires,
+            max_length,
+            max_length_bytes,
             overflow,
             dead_letter_exchange,
             dead_letter_routing_key,
@@ -429,7 +444,7 @@ fn same_class_and_value(a: &FieldValue, b: &FieldValue) -> bool {
 }
 
 /// RabbitMQ's `val/1`: "the value '10' of type 'long'" or "none".
-fn describe(value: Option<&FieldValue>) -> String {
+pub(crate) fn describe(value: Option<&FieldValue>) -> String {
     match value {
         None => "none".to_owned(),
         Some(v) => format!(
@@ -440,7 +455,8 @@ fn describe(value: Option<&FieldValue>) -> String {
     }
 }
 
-fn display_value(value: &FieldValue) -> String {
+/// A field's value as RabbitMQ's reply texts show it (strings without quotes).
+pub(crate) fn display_value(value: &FieldValue) -> String {
     match value {
         FieldValue::LongString(b) | FieldValue::ByteArray(b) => {
             String::from_utf8_lossy(b).into_owned()

@@ -373,7 +373,7 @@ impl Channel {
             .and_then(|()| refuse_immediate(head.immediate()))
             .map_err(|e| e.on(basic::Publish::CLASS_ID, basic::Publish::METHOD_ID))?;
         let header = head.header();
-        self.check_header(header)?;
+        self.check_header(&exchange, header)?;
         let message = Message::from_parts_at(&exchange, &routing_key, header, body, received_at);
         self.publish(head.mandatory(), message)
     }
@@ -416,7 +416,7 @@ impl Channel {
                 .on(60, 40))
             }
         };
-        self.check_header(HeaderRef::from(&header))?;
+        self.check_header(&publish.exchange, HeaderRef::from(&header))?;
         if header.body_size == 0 {
             let message = Message::from_parts(
                 &publish.exchange,
@@ -436,8 +436,8 @@ impl Channel {
         Ok(())
     }
 
-    /// What a content header is checked for once a basic.publish preceded it.
-    fn check_header(&self, header: HeaderRef<'_>) -> Result<(), AmqpError> {
+    /// What a content header is checked for once a basic.publish to `exchange` preceded it.
+    fn check_header(&self, exchange: &str, header: HeaderRef<'_>) -> Result<(), AmqpError> {
         if header.class_id != BASIC_CLASS_ID {
             return Err(AmqpError::unexpected_frame(format!(
                 "expected content header for class {BASIC_CLASS_ID}, got one for class {} instead",
@@ -455,26 +455,32 @@ impl Channel {
             .on(60, 40));
         }
         let view = header.view();
-        if let Some(user_id) = view.user_id() {
+        let refused = if let Some(user_id) = view.user_id().filter(|u| **u != *self.user) {
             // As RabbitMQ (rabbit_channel:check_user_id_header): no impersonation.
-            if *user_id != *self.user {
-                return Err(AmqpError::precondition_failed(format!(
-                    "user_id property set to '{user_id}' but authenticated user was '{}'",
-                    self.user
-                ))
-                .on(60, 40));
-            }
-        }
-        if let Some(expiration) = view.expiration() {
+            format!(
+                "user_id property set to '{user_id}' but authenticated user was '{}'",
+                self.user
+            )
+        } else if let Some((expiration, why)) = view.expiration().and_then(|expiration| {
             // As RabbitMQ (rabbit_channel:check_expiration_header).
-            if let Err(why) = lockgate_broker::parse_expiration(&expiration) {
-                return Err(AmqpError::precondition_failed(format!(
-                    "invalid expiration '{expiration}': {why}"
-                ))
-                .on(60, 40));
-            }
-        }
-        Ok(())
+            lockgate_broker::parse_expiration(&expiration)
+                .err()
+                .map(|why| (expiration, why))
+        }) {
+            format!("invalid expiration '{expiration}': {why}")
+        } else if let Some(mode) = view.delivery_mode().filter(|m| !matches!(m, 1 | 2)) {
+            // As RabbitMQ (rabbit_basic:is_message_persistent).
+            format!("invalid message: {{delivery_mode_unknown,{mode}}}")
+        } else {
+            return Ok(());
+        };
+        // RabbitMQ looks the exchange up before it reads the properties: a publish that fails
+        // both gets the exchange's error.
+        let error = match self.vhost.publishable_exchange(exchange) {
+            Ok(_) => AmqpError::precondition_failed(refused),
+            Err(e) => broker_error(e),
+        };
+        Err(error.on(60, 40))
     }
 
     /// A content body frame.
