@@ -32,11 +32,11 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lockgate_store::{PagedMessage, SpillRecord, Store, StoredRef};
 use tokio::sync::Notify;
-use tracing::{error, trace, warn};
+use tracing::{error, info, trace, warn};
 
 use crate::broker::Broker;
 use crate::durable;
@@ -55,6 +55,8 @@ const WRITE_CHUNK: usize = 256;
 const WRITE_CHUNK_BYTES: u64 = 256 << 10;
 /// Messages per page-in.
 const PAGE: usize = 512;
+/// How often the spill task retries the discards the store owes, at most.
+const RETRY_OWED_EVERY: Duration = Duration::from_secs(1);
 
 impl Broker {
     /// Starts the spill task on the current tokio runtime; `None` without a store. Needed
@@ -96,6 +98,7 @@ struct PassReport {
 async fn run(broker: Weak<Broker>, store: Store, wake: Arc<Notify>) {
     let mut failing = false;
     let mut tails = Tails::default();
+    let mut owed_retried: Option<Instant> = None;
     if let Some(b) = broker.upgrade() {
         for (vhost, queue) in all_queues(&b) {
             if queue.has_disk_tail() {
@@ -113,6 +116,7 @@ async fn run(broker: Weak<Broker>, store: Store, wake: Arc<Notify>) {
             active = report.active,
             "spill pass"
         );
+        retry_owed_discards(&store, &mut owed_retried).await;
         let idle = if report.active {
             Duration::from_millis(5)
         } else {
@@ -122,6 +126,24 @@ async fn run(broker: Weak<Broker>, store: Store, wake: Arc<Notify>) {
             () = wake.notified() => {}
             () = tokio::time::sleep(idle) => {}
         }
+    }
+}
+
+/// Retries the discards the store owes (spilled records of a queue purged or deleted while
+/// they were written, whose removal failed), at most every [`RETRY_OWED_EVERY`]: every spill
+/// call retries them too, but an idle broker makes none, and their records would stay on
+/// disk until the next restart.
+async fn retry_owed_discards(store: &Store, retried: &mut Option<Instant>) {
+    if store.owed_discards() == 0 || retried.is_some_and(|at| at.elapsed() < RETRY_OWED_EVERY) {
+        return;
+    }
+    *retried = Some(Instant::now());
+    match store.retry_owed_discards_async().await {
+        Ok(0) => info!(
+            "discarding the spilled messages of purged or deleted queues succeeded on a retry"
+        ),
+        Ok(owed) => trace!(owed, "owed discards of spilled messages failed again"),
+        Err(e) => warn!(error = %e, "retrying owed discards of spilled messages failed"),
     }
 }
 
@@ -847,5 +869,38 @@ mod tests {
             (0..5000).collect::<Vec<_>>(),
             "every message once, in order"
         );
+    }
+
+    /// A discard the store owes (its removal failed) is retried on the spill task's own
+    /// tick: an idle broker makes no spill call that would retry it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_spill_task_retries_owed_discards_on_its_tick() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let broker = Broker::with_store(BrokerConfig::default(), store.clone());
+        let queue = store.transient_queue_id();
+        let records: Vec<_> = (0..10)
+            .map(|seq| SpillRecord {
+                seq,
+                header: Bytes::from_static(b"header"),
+                body: Bytes::from_static(b"body"),
+            })
+            .collect();
+        store.spill(queue, &records).expect("spill");
+        lockgate_store::failpoints::arm(lockgate_store::failpoints::DISCARD, dir.path());
+        let failed = store.discard_spilled(queue, 0..10);
+        lockgate_store::failpoints::disarm(lockgate_store::failpoints::DISCARD, dir.path());
+        assert!(failed.is_err());
+        assert_eq!(store.owed_discards(), 1);
+        let _task = broker.spawn_spill_task();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while store.owed_discards() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the discard is still owed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.page_in(queue, 0, 100).expect("page in"), []);
     }
 }

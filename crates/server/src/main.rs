@@ -51,6 +51,7 @@ mod tune;
 mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -76,7 +77,9 @@ fn main() -> std::process::ExitCode {
             warn!("glibc refused the fastbin size: frees from other threads take its arena lock");
         }
         let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-        runtime.block_on(run(config, cli.config.clone(), cli.overrides()))
+        let result = runtime.block_on(run(config, cli.config.clone(), cli.overrides()));
+        stop_runtime(runtime, BLOCKING_WAIT);
+        result
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -196,12 +199,55 @@ async fn run(
         let _ = amqps.task.await;
     }
     // Every connection is gone: write what is queued, flush, mark the shutdown clean.
-    match store.close_async().await {
-        Ok(()) => info!("store closed"),
-        Err(e) => error!(error = %e, "closing the store failed"),
-    }
+    close_store(&store, STORE_CLOSE_WAIT).await;
     info!("stopped");
     Ok(())
+}
+
+/// How long shutdown waits for the store to write what is queued, flush and close.
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the runtime waits at exit for blocking calls still running.
+const BLOCKING_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes the store, waiting at most `wait`; false when it did not finish by then. On a disk
+/// that stopped answering it never does: the broker then exits without the clean-shutdown
+/// mark, and the next start recovers as after a crash, with nothing confirmed lost (confirms
+/// follow the flush).
+async fn close_store(store: &Store, wait: Duration) -> bool {
+    match tokio::time::timeout(wait, store.close_async()).await {
+        Ok(Ok(())) => info!("store closed"),
+        Ok(Err(e)) => error!(error = %e, "closing the store failed"),
+        Err(_) => {
+            error!(
+                waited_s = wait.as_secs(),
+                oldest_write_s = store.oldest_write_wait().map(|d| d.as_secs()),
+                oldest_spill_call_s = store.oldest_spill_wait().map(|d| d.as_secs()),
+                "closing the store did not finish (a disk that stopped answering?): exiting \
+                 without it; the next start recovers as after a crash"
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// Shuts the runtime down, waiting at most `wait` for its blocking threads; true when some
+/// were still running then and were abandoned. Calls to a volume that stopped answering (a
+/// store call, the disk alarm's or the metrics' free-space check) never return, and dropping
+/// the runtime would wait for them forever.
+fn stop_runtime(runtime: tokio::runtime::Runtime, wait: Duration) -> bool {
+    let started = std::time::Instant::now();
+    runtime.shutdown_timeout(wait);
+    let abandoned = started.elapsed() >= wait;
+    if abandoned {
+        warn!(
+            waited_s = wait.as_secs(),
+            "blocking calls still running at exit were abandoned (calls to a disk that stopped \
+             answering: see the warnings above)"
+        );
+    }
+    abandoned
 }
 
 /// What SIGHUP reloads: the certificate of each TLS listener the broker started, named for
@@ -268,7 +314,51 @@ impl Signals {
 
 #[cfg(test)]
 mod tests {
-    use super::sighup_certificates;
+    use std::sync::mpsc;
+
+    use lockgate_store::{failpoints, StoreConfig};
+
+    use super::*;
+
+    /// A close held by a writer that does not finish (a hung disk) is given up after the
+    /// wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_close_that_does_not_finish_is_given_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        failpoints::arm(failpoints::STALL, dir.path());
+        // A barrier wakes the writer, which then stalls before taking anything more.
+        drop(store.sync());
+        while !failpoints::held(failpoints::STALL, dir.path()) {
+            tokio::task::yield_now().await;
+        }
+        let closed = tokio::time::timeout(
+            Duration::from_secs(30),
+            close_store(&store, Duration::from_millis(100)),
+        )
+        .await;
+        failpoints::disarm(failpoints::STALL, dir.path());
+        assert_eq!(closed, Ok(false), "the close was waited for");
+    }
+
+    /// A blocking call that never returns is abandoned when the runtime stops.
+    #[test]
+    fn stopping_the_runtime_abandons_a_hung_blocking_call() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let (release, hung) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel();
+        runtime.spawn_blocking(move || {
+            started.send(()).expect("test");
+            // Returns when the test ends (`release` dropped).
+            let _ = hung.recv();
+        });
+        running.recv().expect("the blocking call runs");
+        let (done, stopped) = mpsc::channel();
+        std::thread::spawn(move || done.send(stop_runtime(runtime, Duration::from_millis(100))));
+        let abandoned = stopped.recv_timeout(Duration::from_secs(30));
+        drop(release);
+        assert_eq!(abandoned, Ok(true), "the runtime waited for the hung call");
+    }
 
     #[test]
     fn one_sighup_handler_reloads_every_tls_listener() {

@@ -653,7 +653,8 @@ impl Store {
     /// non-durable queue: pass `0..u64::MAX`). Returns how many were dropped. Blocks.
     ///
     /// A discard that fails is owed, not forgotten: every later spill call (of any queue)
-    /// first retries the discards owed, until the retry succeeds, and the next start clears
+    /// first retries the discards owed, until the retry succeeds (and the broker's spill task
+    /// retries them on its tick: [`Store::retry_owed_discards`]), and the next start clears
     /// the whole spill tree anyway. So the records of a purged queue neither fill the disk for
     /// the rest of the run nor come back after a restart.
     ///
@@ -674,6 +675,28 @@ impl Store {
         let store = self.clone();
         self.blocking(move || store.discard_spilled(queue, seqs))
             .await
+    }
+
+    /// How many failed discards are owed (see [`Store::discard_spilled`]).
+    pub fn owed_discards(&self) -> usize {
+        lock(&self.inner.owed_discards).len()
+    }
+
+    /// Retries the discards owed, as a spill call; returns how many are still owed. Blocks.
+    /// The broker's spill task calls it on its own tick, so that an idle broker, which makes
+    /// no spill call, does not keep the records of a purged queue until its next spill call.
+    pub fn retry_owed_discards(&self) -> usize {
+        let _running = self.spill_call();
+        self.owed_discards()
+    }
+
+    /// [`Store::retry_owed_discards`] on a blocking thread.
+    ///
+    /// # Errors
+    /// The blocking task failed.
+    pub async fn retry_owed_discards_async(&self) -> Result<usize> {
+        let store = self.clone();
+        self.blocking(move || Ok(store.retry_owed_discards())).await
     }
 
     /// Removes the spilled records of `queue` with seq in `seqs`; returns how many messages.
