@@ -57,6 +57,15 @@ def eventually(cond: Callable[[], T], timeout: float = WAIT, interval: float = 0
         time.sleep(interval)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """Seeds given as "1-200", "7" or "1-5,9": the outside-CI hunters' --seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds += range(int(lo), int(hi or lo) + 1)
+    return seeds
+
+
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 

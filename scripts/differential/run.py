@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 
-from lockgate_harness import LockgateProcess  # noqa: E402
+from lockgate_harness import LockgateProcess, parse_seeds  # noqa: E402
 from ops import Names, describe, execute, generate  # noqa: E402
 from session import Session  # noqa: E402
 from wire import method  # noqa: E402
@@ -38,14 +38,6 @@ from wire import method  # noqa: E402
 GENERATED = re.compile(r"amq\.(gen|ctag)-[A-Za-z0-9_\-]+")
 # When a message was dead-lettered (x-death's `time`), in seconds: timing.
 DEATH_TIME = re.compile(r"time=T:\d+")
-
-
-def parse_seeds(text: str) -> list[int]:
-    seeds: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        seeds += range(int(lo), int(hi or lo) + 1)
-    return seeds
 
 
 def host_port(url: str) -> tuple[str, int]:

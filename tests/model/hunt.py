@@ -21,16 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from conftest import _broker_from_url  # noqa: E402
-from lockgate_harness import LockgateProcess  # noqa: E402
+from lockgate_harness import LockgateProcess, parse_seeds  # noqa: E402
 from queue_model import ModelRun, ModelViolation  # noqa: E402
-
-
-def parse_seeds(text: str) -> list[int]:
-    seeds: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        seeds += range(int(lo), int(hi or lo) + 1)
-    return seeds
 
 
 def report_hang(run: ModelRun, process, path: Path) -> None:
