@@ -33,15 +33,18 @@ def longstr(s: str | bytes) -> bytes:
     return struct.pack(">I", len(b)) + b
 
 
+# The struct format of each fixed-size field value type, by its RabbitMQ type tag.
+SCALARS = {"b": ">b", "B": ">B", "s": ">h", "u": ">H", "I": ">i", "i": ">I",
+           "l": ">q", "f": ">f", "d": ">d", "T": ">Q"}
+
+
 def value(tag: str, v) -> bytes:
     """Encode one field value with an explicit RabbitMQ type tag."""
     t = tag.encode()
     if tag == "t":
         return t + struct.pack(">B", 1 if v else 0)
-    simple = {"b": ">b", "B": ">B", "s": ">h", "u": ">H", "I": ">i", "i": ">I",
-              "l": ">q", "f": ">f", "d": ">d", "T": ">Q"}
-    if tag in simple:
-        return t + struct.pack(simple[tag], v)
+    if tag in SCALARS:
+        return t + struct.pack(SCALARS[tag], v)
     if tag == "D":
         scale, unscaled = v
         return t + struct.pack(">BI", scale, unscaled)

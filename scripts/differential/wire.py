@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from amqp_raw import method_frame, table
+from amqp_raw import SCALARS, longstr, method_frame, shortstr, table
 
 # (class, method) -> (name, argument types). Types: o octet, s short, l long, L longlong,
 # S shortstr, X longstr, b bit, T table.
@@ -83,14 +83,6 @@ PROPERTIES = [("content_type", "S"), ("content_encoding", "S"), ("headers", "T")
               ("reply_to", "S"), ("expiration", "S"), ("message_id", "S"), ("timestamp", "L"),
               ("type", "S"), ("user_id", "S"), ("app_id", "S"), ("cluster_id", "S")]
 
-_SCALARS = {"b": ">b", "B": ">B", "s": ">h", "u": ">H", "I": ">i", "i": ">I", "l": ">q",
-            "f": ">f", "d": ">d", "T": ">Q"}
-
-
-def _shortstr(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack(">B", len(b)) + b
-
 
 def encode_args(types: str, args: list) -> bytes:
     """Arguments in order; a table argument is {name: (tag, value)}."""
@@ -112,10 +104,9 @@ def encode_args(types: str, args: list) -> bytes:
         elif t == "L":
             out += struct.pack(">Q", v)
         elif t == "S":
-            out += _shortstr(v)
+            out += shortstr(v)
         elif t == "X":
-            b = v.encode() if isinstance(v, str) else v
-            out += struct.pack(">I", len(b)) + b
+            out += longstr(v)
         elif t == "T":
             out += table(v)
     if nbits:
@@ -169,8 +160,8 @@ class Reader:
 
     def value(self):
         tag = chr(self.unpack(">B"))
-        if tag in _SCALARS:
-            return tag, self.unpack(_SCALARS[tag])
+        if tag in SCALARS:
+            return tag, self.unpack(SCALARS[tag])
         if tag == "t":
             return tag, bool(self.unpack(">B"))
         if tag == "D":
