@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use lockgate_wire::{
-    basic, channel, connection, ContentHeader, DeliverOctets, DeliverRef, Frame, FrameCodec,
-    Method, FRAME_OVERHEAD,
+    basic, channel, connection, reply_code, ContentHeader, DeliverOctets, DeliverRef, Frame,
+    FrameCodec, Method, WireError, FRAME_OVERHEAD, MAX_SHORTSTR,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -130,21 +130,18 @@ fn frame_end(frames: &[u8], at: usize) -> usize {
 }
 
 /// The writer's last write: `rest` (what is left of the frame it was writing,
-/// or what was queued), then a close-ok when it answers the broker's
-/// `connection.close`. Bounded: a broker that stopped reading must not keep
+/// or what was queued), then the connection's last frame if it owes one (see
+/// [`Outbox::finish`]). Bounded: a broker that stopped reading must not keep
 /// the task and its socket.
-async fn last_write(socket: &mut OwnedWriteHalf, rest: &[u8], answer_close: bool) -> Result<()> {
-    let mut close_ok = BytesMut::new();
-    if answer_close {
-        let frame = Frame::Method {
-            channel: 0,
-            method: Method::ConnectionCloseOk(connection::CloseOk {}),
-        };
-        FrameCodec::new(0).encode_frame(&frame, &mut close_ok)?;
+async fn last_write(socket: &mut OwnedWriteHalf, rest: &[u8], last: Option<Method>) -> Result<()> {
+    let mut last_frame = BytesMut::new();
+    if let Some(method) = last {
+        let frame = Frame::Method { channel: 0, method };
+        FrameCodec::new(0).encode_frame(&frame, &mut last_frame)?;
     }
     let write = async {
         socket.write_all(rest).await?;
-        socket.write_all(&close_ok).await
+        socket.write_all(&last_frame).await
     };
     match tokio::time::timeout(CLOSE_TIMEOUT, write).await {
         Ok(written) => Ok(written?),
@@ -172,12 +169,12 @@ pub(crate) async fn run_writer(
     let result: Result<()> = async {
         loop {
             if session.stop.is_cancelled() {
-                // Write what is already queued, or the close-ok owed to the
-                // broker, then stop. Closed first: should the peer not read it,
+                // Write what is already queued, or the connection's last
+                // frame, then stop. Closed first: should the peer not read it,
                 // publishers waiting for room must not wait on this write.
                 outbox.take(&mut buf);
-                let answer_close = outbox.close();
-                return last_write(&mut socket, &buf, answer_close).await;
+                let last = outbox.close();
+                return last_write(&mut socket, &buf, last).await;
             }
             outbox.take(&mut buf);
             if buf.is_empty() {
@@ -200,15 +197,17 @@ pub(crate) async fn run_writer(
             // Raced against the session's end: a peer that stopped reading
             // (declared dead by the reader, or the application closed) would
             // hold this write, and the publishers waiting for room, for as long
-            // as TCP keeps retrying. When the broker closed the connection, the
-            // frame in progress is completed and its close-ok follows.
+            // as TCP keeps retrying. When the connection ends with a last frame
+            // (a close-ok, our close), the frame in progress is completed and
+            // that frame follows.
             let mut unsent = &buf[..];
             tokio::select! {
                 written = socket.write_all_buf(&mut unsent) => written?,
                 () = &mut stop => {
-                    if outbox.close() {
+                    if let Some(last) = outbox.close() {
                         let at = buf.len() - unsent.len();
-                        return last_write(&mut socket, &buf[at..frame_end(&buf, at)], true).await;
+                        let rest = &buf[at..frame_end(&buf, at)];
+                        return last_write(&mut socket, rest, Some(last)).await;
                     }
                     return Ok(());
                 }
@@ -488,6 +487,17 @@ pub(crate) async fn run_reader(
     let error = loop {
         // The handshake may have left frames in the buffer: dispatch first.
         if let Err(e) = reader.dispatch(&mut codec, &mut buf) {
+            if let Some(close) = protocol_violation(&e) {
+                // As lapin, and RabbitMQ's reader for a client: the broker is
+                // told why before the socket goes. Its close-ok is not awaited:
+                // the stream may have lost sync.
+                warn!(
+                    code = close.reply_code,
+                    text = %close.reply_text,
+                    "closing the connection: the broker broke the protocol"
+                );
+                reader.link.outbox.finish(Method::ConnectionClose(close));
+            }
             break e;
         }
         if buf.capacity() - buf.len() < READ_MIN_FREE {
@@ -521,6 +531,47 @@ pub(crate) async fn run_reader(
         }
     };
     end(&reader.conn, &session, error);
+}
+
+/// The `connection.close` that tells the broker how it broke the protocol, when
+/// `error` says it did: a frame that does not decode gets the reply code a
+/// broker would answer it with (501 FRAME_ERROR mostly: an oversized frame,
+/// arguments that do not decode; see [`WireError::reply_code`]), and one that
+/// decodes but comes out of order (content without its method, a body longer
+/// than announced, a channel-only method on channel 0) gets 505
+/// UNEXPECTED_FRAME. None for a bad frame-end octet or an unknown frame type:
+/// for those the spec (4.2.3) says to close "without sending any further data".
+fn protocol_violation(error: &Error) -> Option<connection::Close> {
+    let (reply_code, mut reply_text, (class_id, method_id)) = match error {
+        Error::Protocol(e)
+            if matches!(
+                **e,
+                WireError::BadFrameEnd { .. } | WireError::UnknownFrameType { .. }
+            ) =>
+        {
+            return None
+        }
+        Error::Protocol(e) => (
+            e.reply_code(),
+            e.to_string(),
+            e.method_ids().unwrap_or((0, 0)),
+        ),
+        Error::UnexpectedFrame(what) => (reply_code::UNEXPECTED_FRAME, what.clone(), (0, 0)),
+        _ => return None,
+    };
+    if reply_text.len() > MAX_SHORTSTR {
+        let mut end = MAX_SHORTSTR;
+        while !reply_text.is_char_boundary(end) {
+            end -= 1;
+        }
+        reply_text.truncate(end);
+    }
+    Some(connection::Close {
+        reply_code,
+        reply_text,
+        class_id,
+        method_id,
+    })
 }
 
 /// Ends a session whose reader stopped: stops the writer, has the connection
@@ -709,7 +760,9 @@ impl Reader {
         match deferred {
             Deferred::ConnectionClose(reason) => {
                 // The writer's last frame, after the one it may be writing.
-                self.link.outbox.answer_close();
+                self.link
+                    .outbox
+                    .finish(Method::ConnectionCloseOk(connection::CloseOk {}));
                 Err(Error::ConnectionClosed(reason))
             }
             Deferred::Cancel {

@@ -15,6 +15,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::BytesMut;
+use lockgate_wire::Method;
 use tokio::sync::Notify;
 
 use crate::error::Result;
@@ -37,8 +38,10 @@ pub(crate) enum Append {
 struct State {
     buf: BytesMut,
     closed: bool,
-    /// The broker closed the connection: the writer owes it a close-ok.
-    answer_close: bool,
+    /// The connection's last frame, for the writer to send once it has stopped: the close-ok
+    /// owed to the broker's `connection.close`, or our own `connection.close` when the broker
+    /// broke the protocol.
+    last: Option<Method>,
 }
 
 /// A session's pending output, shared by its channels and its writer task.
@@ -121,30 +124,34 @@ impl Outbox {
         self.room.notify_waiters();
     }
 
-    /// The broker closed the connection: from now on nothing is queued, and
-    /// what was queued is dropped (the broker ignores everything after its
-    /// close but the close-ok), so that the writer's last words are the
-    /// close-ok it owes ([`Outbox::close`] tells it).
-    pub(crate) fn answer_close(&self) {
+    /// The connection ends with `last`: from now on nothing is queued, and
+    /// what was queued is dropped (a broker ignores everything after its close
+    /// but the close-ok, and after ours but its close-ok), so that `last` is
+    /// the writer's last frame ([`Outbox::close`] hands it over). Nothing
+    /// changes once the outbox is closed: the writer has stopped.
+    pub(crate) fn finish(&self, last: Method) {
         let mut st = self.lock();
+        if st.closed {
+            return;
+        }
         st.closed = true;
         st.buf = BytesMut::new();
-        st.answer_close = true;
+        st.last = Some(last);
         drop(st);
         self.room.notify_waiters();
         self.ready.notify_one();
     }
 
     /// The writer stopped: later appends fail and waiting publishers wake up.
-    /// True, once, when the writer owes the broker a close-ok.
-    pub(crate) fn close(&self) -> bool {
+    /// Returns, once, the last frame the writer owes ([`Outbox::finish`]).
+    pub(crate) fn close(&self) -> Option<Method> {
         let mut st = self.lock();
         st.closed = true;
         st.buf = BytesMut::new();
-        let answer_close = std::mem::take(&mut st.answer_close);
+        let last = st.last.take();
         drop(st);
         self.room.notify_waiters();
-        answer_close
+        last
     }
 }
 
@@ -205,20 +212,24 @@ mod tests {
         outbox.take(&mut taken);
         waiter.await.expect("room");
         assert_eq!(outbox.append(true, put(b"p")).ok(), Some(Append::Done));
-        assert!(!outbox.close());
+        assert!(outbox.close().is_none());
         assert_eq!(outbox.append(false, put(b"x")).ok(), Some(Append::Closed));
     }
 
     #[test]
-    fn answering_a_close_drops_what_is_queued_and_refuses_more() {
+    fn a_last_frame_drops_what_is_queued_and_refuses_more() {
+        let close_ok = || Method::ConnectionCloseOk(lockgate_wire::connection::CloseOk {});
         let outbox = Outbox::default();
         assert_eq!(outbox.append(false, put(b"ack")).ok(), Some(Append::Done));
-        outbox.answer_close();
+        outbox.finish(close_ok());
         assert_eq!(outbox.append(false, put(b"x")).ok(), Some(Append::Closed));
         let mut taken = BytesMut::new();
         outbox.take(&mut taken);
         assert!(taken.is_empty());
-        assert!(outbox.close());
-        assert!(!outbox.close());
+        assert!(matches!(outbox.close(), Some(Method::ConnectionCloseOk(_))));
+        assert!(outbox.close().is_none());
+        // Once the writer has stopped, there is no one to send it.
+        outbox.finish(close_ok());
+        assert!(outbox.close().is_none());
     }
 }

@@ -1334,3 +1334,98 @@ async fn channel_flow_holds_publishes_until_the_broker_resumes_it() {
     })
     .await;
 }
+
+/// A frame as octets: type, channel, `payload` and a frame-end octet `end`.
+fn raw_frame(kind: u8, channel: u16, payload: &[u8], end: u8) -> Vec<u8> {
+    let mut frame = vec![kind];
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.push(end);
+    frame
+}
+
+/// A client whose `queue.declare` the broker answers with the octets `answer` makes for the
+/// channel. Returns the methods the broker reads after them, up to the end of the stream, and
+/// the call's error.
+async fn answered_with(answer: fn(u16) -> Vec<u8>) -> (Vec<Method>, Error) {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move {
+            let conn = Connection::connect(&uri).await.unwrap();
+            let ch = conn.open_channel().await.unwrap();
+            let error = ch
+                .queue_declare("q", QueueDeclareOptions::default(), FieldTable::default())
+                .await
+                .unwrap_err();
+            // The connection ends with the same error.
+            assert_eq!(
+                conn.close_error().map(|e| e.to_string()),
+                Some(error.to_string())
+            );
+            error
+        });
+        let mut fake = Fake::accept(&listener, 0).await;
+        let ch = fake.open_channel().await;
+        assert!(matches!(fake.recv().await.1, Method::QueueDeclare(_)));
+        fake.frames.get_mut().write_all(&answer(ch)).await.unwrap();
+        let mut read = Vec::new();
+        while let Some(Ok(frame)) = fake.frames.next().await {
+            if let Frame::Method { method, .. } = frame {
+                read.push(method);
+            }
+        }
+        (read, client.await.unwrap())
+    })
+    .await
+}
+
+/// The one `connection.close` in `read`: (code, class id, method id).
+fn closed_with(read: &[Method]) -> (u16, u16, u16) {
+    match read {
+        [Method::ConnectionClose(close)] => (close.reply_code, close.class_id, close.method_id),
+        other => panic!("expected one connection.close, read {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_method_that_does_not_decode_is_answered_with_connection_close_501() {
+    // queue.declare-ok (50, 11) whose counts are missing.
+    let (read, error) = answered_with(|ch| raw_frame(1, ch, b"\0\x32\0\x0b\x01q", 0xce)).await;
+    assert_eq!(closed_with(&read), (501, 50, 11));
+    assert!(matches!(error, Error::Protocol(_)), "{error}");
+}
+
+#[tokio::test]
+async fn content_without_its_method_is_answered_with_connection_close_505() {
+    let (read, error) = answered_with(|ch| {
+        let header = ContentHeader::new(BASIC_CLASS_ID, 1, BasicProperties::default()).unwrap();
+        let mut frame = bytes::BytesMut::new();
+        FrameCodec::new(0)
+            .encode_frame(
+                &Frame::Header {
+                    channel: ch,
+                    header,
+                },
+                &mut frame,
+            )
+            .unwrap();
+        frame.to_vec()
+    })
+    .await;
+    assert_eq!(closed_with(&read), (505, 0, 0));
+    assert!(matches!(error, Error::UnexpectedFrame(_)), "{error}");
+}
+
+#[tokio::test]
+async fn a_bad_frame_end_or_frame_type_ends_the_connection_without_a_word() {
+    // The spec (4.2.3): "close the connection without sending any further data on it".
+    for answer in [
+        (|ch| raw_frame(1, ch, b"\0\x32\0\x0b\x01q\0\0\0\0\0\0\0\0", 0)) as fn(u16) -> Vec<u8>,
+        |ch| raw_frame(9, ch, b"", 0xce),
+    ] {
+        let (read, error) = answered_with(answer).await;
+        assert!(read.is_empty(), "{read:?}");
+        assert!(matches!(error, Error::Protocol(_)), "{error}");
+    }
+}
