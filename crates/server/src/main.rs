@@ -148,10 +148,7 @@ async fn run(
     info!(took_ms = started.elapsed().as_millis(), "recovery done");
     // Spilling long backlogs to disk and paging them (and recovered disk tails) back in.
     broker.spawn_spill_task();
-    let disk_alarm = disk::spawn_monitor(
-        config.data_dir.clone(),
-        config.disk_free_limit_bytes(total_memory),
-    );
+    let (disk_alarm_tx, disk_alarm) = tokio::sync::watch::channel(false);
     let listener = server::bind(config.listen).await?;
     let addr = listener
         .local_addr()
@@ -169,6 +166,11 @@ async fn run(
         shutdown,
         disk_alarm,
     ));
+    disk::spawn_monitor(
+        Arc::clone(&ctx.disk),
+        config.disk_free_limit_bytes(total_memory),
+        disk_alarm_tx,
+    );
     // Freed heap goes back to the OS after bursts (connections closed, backlogs drained).
     heap::spawn(Arc::clone(&ctx));
     // Users, permissions and policies created through the API, then the config file over

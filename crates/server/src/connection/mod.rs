@@ -71,6 +71,8 @@ pub struct ServerContext {
     pub open_connections: AtomicUsize,
     /// True while free disk space is below `disk.free_limit`.
     pub disk_alarm: watch::Receiver<bool>,
+    /// The data directory's disk figures, which the disk alarm and `/metrics` read.
+    pub disk: Arc<crate::disk::DiskProbe>,
     /// Open connections, for the management API.
     pub connections: Arc<crate::management::Registry>,
     /// Permissions per user and vhost.
@@ -94,12 +96,14 @@ impl ServerContext {
         // config built without it, and an empty table refuses everyone (fails closed).
         let permissions = Permissions::from_config(&config).unwrap_or_default();
         let limits = LimitTable::from_config(&config);
+        let disk = crate::disk::DiskProbe::new(config.data_dir.clone(), broker.store().cloned());
         Self {
             config,
             broker,
             shutdown,
             open_connections: AtomicUsize::new(0),
             disk_alarm,
+            disk,
             connections: Arc::default(),
             permissions,
             limits,

@@ -14,13 +14,12 @@
 //! everything else is read when Prometheus scrapes.
 //!
 //! A scrape answers when the data volume does not: everything it reads is in memory, except
-//! the free disk space and the store's size, which a probe measures off the request path
-//! ([`probe`]); when the probe hangs, the last figures are shown with
-//! `lockgate_disk_probe_stale 1`.
+//! the free disk space and the store's size, which the disk probe the disk alarm reads too
+//! measures off the request path ([`crate::disk`]); when the probe hangs, the last figures are
+//! shown with `lockgate_disk_probe_stale 1`.
 
 mod config;
 pub mod counters;
-mod probe;
 mod render;
 
 use std::net::SocketAddr;
@@ -37,8 +36,8 @@ use tracing::{error, info};
 
 pub use self::config::MetricsConfig;
 pub use self::counters::{Counter, GlobalCounters};
-use self::probe::{DiskProbe, PROBE_WAIT};
 use crate::connection::ServerContext;
+use crate::disk::PROBE_WAIT;
 
 /// The exposition format's content type.
 const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -75,20 +74,6 @@ pub async fn serve(ctx: Arc<ServerContext>, listener: TcpListener) {
     }
 }
 
-/// What a scrape reads: the server, and the probe of its disk figures.
-#[derive(Clone)]
-struct Scrape {
-    ctx: Arc<ServerContext>,
-    disk: Arc<DiskProbe>,
-}
-
-impl Scrape {
-    fn new(ctx: Arc<ServerContext>) -> Self {
-        let disk = DiskProbe::new(ctx.config.data_dir.clone(), ctx.broker.store().cloned());
-        Scrape { ctx, disk }
-    }
-}
-
 /// `GET` (and `HEAD`) `/metrics` and `/metrics/per-object` (the same: every metric is per
 /// object already); 404 elsewhere, 405 for other methods.
 fn router(ctx: Arc<ServerContext>) -> Router {
@@ -96,15 +81,15 @@ fn router(ctx: Arc<ServerContext>) -> Router {
         .route("/metrics", get(metrics))
         .route("/metrics/per-object", get(metrics))
         .fallback(not_found)
-        .with_state(Scrape::new(ctx))
+        .with_state(ctx)
 }
 
 /// Waits for the disk figures at most [`PROBE_WAIT`], then renders on this worker: nothing
 /// else it reads touches the data volume (the queues' figures are behind short locks that no
 /// store call is made under, the store's behind the writer's).
-async fn metrics(State(scrape): State<Scrape>) -> Response {
-    let disk = scrape.disk.read(PROBE_WAIT).await;
-    text(StatusCode::OK, render::render(&scrape.ctx, &disk))
+async fn metrics(State(ctx): State<Arc<ServerContext>>) -> Response {
+    let disk = ctx.disk.read(PROBE_WAIT).await;
+    text(StatusCode::OK, render::render(&ctx, &disk))
 }
 
 async fn not_found() -> Response {
@@ -137,15 +122,15 @@ mod tests {
     use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
 
-    use super::probe::tests::Stall;
     use super::*;
     use crate::config::Config;
+    use crate::disk::tests::Stall;
 
     /// Far beyond [`PROBE_WAIT`]: a scrape that takes this long never answers.
     const NEVER: Duration = Duration::from_secs(30);
 
-    async fn scrape(state: &Scrape) -> String {
-        let response = tokio::time::timeout(NEVER, metrics(State(state.clone())))
+    async fn scrape(state: &Arc<ServerContext>) -> String {
+        let response = tokio::time::timeout(NEVER, metrics(State(Arc::clone(state))))
             .await
             .expect("the scrape answered");
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
@@ -173,12 +158,12 @@ mod tests {
             ..Config::default()
         };
         let broker = Broker::with_store(BrokerConfig::default(), store);
-        let state = Scrape::new(Arc::new(ServerContext::new(
+        let state = Arc::new(ServerContext::new(
             Arc::new(config),
             broker,
             CancellationToken::new(),
             watch::channel(false).1,
-        )));
+        ));
         let healthy = scrape(&state).await;
         assert_eq!(sample(&healthy, "lockgate_disk_probe_stale"), Some(0.0));
         let size = sample(&healthy, "lockgate_store_size_bytes").expect("the store size");

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use lockgate_store::Store;
 
 use crate::connection::ServerContext;
+use crate::disk::DiskReading;
 use crate::metrics::counters::Counter;
-use crate::metrics::probe::DiskReading;
 
 /// Writes metric families: `# HELP`, `# TYPE`, then samples.
 struct Exposition {
@@ -462,7 +462,7 @@ pub(super) fn render(ctx: &ServerContext, disk: &DiskReading) -> String {
     e.out
 }
 
-/// The figures a probe measured on the file system (see `probe.rs`), with how old they are
+/// The figures the disk probe measured on the file system (see `disk.rs`), with how old they are
 /// and whether the latest probe has not returned: on a volume that stopped answering they
 /// are the last ones measured.
 fn disk_figures(e: &mut Exposition, disk: &DiskReading) {
