@@ -170,7 +170,8 @@ impl Connection {
     ///
     /// [`Error::InvalidUri`], [`Error::Io`] when the socket cannot be opened,
     /// [`Error::ConnectionClosed`] when the broker refuses the login (403) or
-    /// the vhost (530), [`Error::Negotiation`] for other handshake failures.
+    /// the vhost (530), [`Error::Negotiation`] for other handshake failures (among them a
+    /// broker that answers with another protocol's header, such as AMQP 1.0).
     pub async fn connect(uri: &str) -> Result<Connection> {
         Self::connect_with(ConnectionOptions::from_uri(uri)?).await
     }
@@ -628,7 +629,9 @@ async fn next_method(frames: &mut FramedRead<OwnedReadHalf, FrameCodec>) -> Resu
                     "{other:?} during the handshake"
                 )))
             }
-            Some(Err(e)) => return Err(e.into()),
+            Some(Err(e)) => {
+                return Err(answered_header(frames.read_buffer()).unwrap_or_else(|| e.into()))
+            }
             None => {
                 return Err(Error::Negotiation(
                     "the broker closed the socket during the handshake".into(),
@@ -636,6 +639,19 @@ async fn next_method(frames: &mut FramedRead<OwnedReadHalf, FrameCodec>) -> Resu
             }
         }
     }
+}
+
+/// A broker that does not speak AMQP 0-9-1 answers our protocol header with the one it
+/// speaks (the spec's 4.2.2: "AMQP", then protocol id and version), which does not decode as a
+/// frame: that error, named as such, when `read` starts with one.
+fn answered_header(read: &[u8]) -> Option<Error> {
+    let version = read.strip_prefix(b"AMQP")?;
+    let version: Vec<String> = version.iter().take(4).map(u8::to_string).collect();
+    Some(Error::Negotiation(format!(
+        "the broker does not speak AMQP 0-9-1: it answered with the protocol header \
+         \"AMQP\" {}",
+        version.join(" ")
+    )))
 }
 
 async fn send(write: &mut OwnedWriteHalf, codec: &FrameCodec, method: Method) -> Result<()> {

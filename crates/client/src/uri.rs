@@ -217,7 +217,11 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // Two hex digits (from_str_radix alone would take a sign: "%+f").
             let hex = s.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -279,6 +283,8 @@ mod tests {
             "amqp://localhost:notaport",
             "amqp://localhost/a/b",
             "amqp://localhost/%zz",
+            "amqp://localhost/%+f",
+            "amqp://us%-1er@localhost",
             "amqp://localhost?heartbeat=abc",
             "amqp://localhost?heartbeat=70000",
         ] {

@@ -1429,3 +1429,22 @@ async fn a_bad_frame_end_or_frame_type_ends_the_connection_without_a_word() {
         assert!(matches!(error, Error::Protocol(_)), "{error}");
     }
 }
+
+#[tokio::test]
+async fn a_broker_answering_with_another_protocol_header_is_named_as_such() {
+    within(async {
+        let (listener, uri) = listener().await;
+        let client = tokio::spawn(async move { Connection::connect(&uri).await.unwrap_err() });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header).await.unwrap();
+        // What an AMQP 1.0 broker answers.
+        stream.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
+        let error = client.await.unwrap();
+        assert!(
+            matches!(&error, Error::Negotiation(why) if why.contains("AMQP 0-9-1") && why.ends_with("0 1 0 0")),
+            "{error}"
+        );
+    })
+    .await;
+}
