@@ -713,6 +713,14 @@ impl Channel {
         }
     }
 
+    /// Stops deliveries to this channel's consumers ahead of [`Channel::close`]. A connection
+    /// that closes all its channels stops them all first, so that what one of them requeues
+    /// is not delivered to another one that is closing too (which could never acknowledge
+    /// it; the delivery would count against `x-delivery-limit`).
+    pub fn stop_deliveries(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+
     /// Closes the channel: cancels its consumers (deleting auto-delete queues left without
     /// one), then requeues every unacked delivery at its original position with
     /// redelivered=true. Idempotent; also run on drop.

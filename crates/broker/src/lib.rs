@@ -66,6 +66,7 @@ mod vhost;
 pub use broker::{Broker, BrokerConfig};
 pub use channel::Channel;
 pub use error::BrokerError;
+pub use exchange::sender_selected::check_encoded as check_sender_selected;
 pub use exchange::{Exchange, ExchangeFlags, ExchangeKind};
 pub use ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
 pub use memory::MemoryCharge;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use lockgate_store::{Commit, DefinitionKind, Store, StoredRef};
-use lockgate_wire::{FieldTable, FieldValue};
+use lockgate_wire::FieldTable;
 use parking_lot::Mutex;
 use tracing::debug;
 
@@ -126,6 +126,12 @@ struct Incoming {
     arguments: FieldTable,
 }
 
+impl Incoming {
+    fn is(&self, source: &Arc<Exchange>, key: &str, arguments: &FieldTable) -> bool {
+        Arc::ptr_eq(&self.source, source) && self.routing_key == key && &self.arguments == arguments
+    }
+}
+
 #[derive(Default)]
 struct Topology {
     /// Bindings by destination, to remove them when the destination is deleted.
@@ -139,6 +145,18 @@ impl Topology {
         self.incoming.entry(destination).or_default().push(incoming);
     }
 
+    fn contains(
+        &self,
+        destination: &DestinationName,
+        source: &Arc<Exchange>,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
+        self.incoming
+            .get(destination)
+            .is_some_and(|list| list.iter().any(|b| b.is(source, key, arguments)))
+    }
+
     fn remove(
         &mut self,
         destination: &DestinationName,
@@ -147,9 +165,7 @@ impl Topology {
         arguments: &FieldTable,
     ) {
         if let Some(list) = self.incoming.get_mut(destination) {
-            if let Some(at) = list.iter().position(|b| {
-                Arc::ptr_eq(&b.source, source) && b.routing_key == key && &b.arguments == arguments
-            }) {
+            if let Some(at) = list.iter().position(|b| b.is(source, key, arguments)) {
                 list.swap_remove(at);
             }
             if list.is_empty() {
@@ -437,15 +453,12 @@ impl VHost {
         if existing.internal() != flags.internal {
             return Err(field("internal", &existing.internal(), &flags.internal));
         }
-        let ae = "alternate-exchange";
-        if existing.arguments().get(ae) != arguments.get(ae) {
-            return Err(BrokerError::inequivalent(
-                ae,
-                &resource,
-                &crate::queue::arguments::describe(arguments.get(ae)),
-                &crate::queue::arguments::describe(existing.arguments().get(ae)),
-            ));
-        }
+        crate::queue::arguments::assert_equivalent_args(
+            existing.arguments(),
+            &arguments,
+            &resource,
+            &["alternate-exchange"],
+        )?;
         Ok(existing)
     }
 
@@ -500,6 +513,7 @@ impl VHost {
                 self.existing_exchange(destination)
                     .map(Destination::Exchange)
             },
+            |_| Ok(()),
             routing_key,
             arguments,
         )
@@ -526,6 +540,7 @@ impl VHost {
                 self.existing_exchange(destination)
                     .map(Destination::Exchange)
             },
+            |_| Ok(()),
             routing_key,
             arguments,
         )
@@ -569,7 +584,6 @@ impl VHost {
         };
         let durable = flags.durable && !flags.exclusive;
         let owner = flags.exclusive.then_some(connection);
-        let arguments = with_queue_type(arguments);
         let mut topology = self.topology.lock();
         if let Some(queue) = self.queue(&name) {
             let resource = queue.resource();
@@ -665,7 +679,8 @@ impl VHost {
         }
         self.bind(
             exchange,
-            || self.queue_for(connection, queue).map(Destination::Queue),
+            || self.existing_queue(queue).map(Destination::Queue),
+            |destination| destination_access(destination, connection),
             routing_key,
             arguments,
         )
@@ -675,8 +690,8 @@ impl VHost {
     /// exchange or the queue is missing.
     ///
     /// # Errors
-    /// `AccessRefused` for the default exchange; `ResourceLocked` for another connection's
-    /// exclusive queue.
+    /// `AccessRefused` for the default exchange; `ResourceLocked` for a binding of another
+    /// connection's exclusive queue.
     pub fn unbind_queue(
         &self,
         connection: ConnectionId,
@@ -690,7 +705,8 @@ impl VHost {
         }
         self.unbind(
             exchange,
-            || self.queue_for(connection, queue).map(Destination::Queue),
+            || self.existing_queue(queue).map(Destination::Queue),
+            |destination| destination_access(destination, connection),
             routing_key,
             arguments,
         )
@@ -885,27 +901,34 @@ impl VHost {
     }
 
     /// `exchange.bind` and `queue.bind` once the destination's name is checked: resolves
-    /// both ends under the topology lock, source first, then adds the binding.
+    /// both ends under the topology lock, source first, then adds the binding. In RabbitMQ's
+    /// order: both ends exist, the binding is valid for the source's type, and only then
+    /// `access` (the exclusive-queue check) may refuse the destination.
     fn bind(
         &self,
         source: &str,
         destination: impl FnOnce() -> Result<Destination, BrokerError>,
+        access: impl FnOnce(&Destination) -> Result<(), BrokerError>,
         routing_key: &str,
         arguments: FieldTable,
     ) -> Result<(), BrokerError> {
         let mut topology = self.topology.lock();
         let source = self.existing_exchange(source)?;
         let destination = destination()?;
+        source.router.read().validate(routing_key, &arguments)?;
+        access(&destination)?;
         self.add_binding(&mut topology, source, destination, routing_key, arguments)
     }
 
     /// As [`VHost::bind`], for `exchange.unbind` and `queue.unbind`. A missing source or
     /// destination succeeds, as a missing binding does: RabbitMQ's unbind is idempotent
-    /// (teardown code unbinds what may already be gone).
+    /// (teardown code unbinds what may already be gone). As in RabbitMQ, `access` is asked
+    /// only about a binding that exists.
     fn unbind(
         &self,
         source: &str,
         destination: impl FnOnce() -> Result<Destination, BrokerError>,
+        access: impl FnOnce(&Destination) -> Result<(), BrokerError>,
         routing_key: &str,
         arguments: &FieldTable,
     ) -> Result<(), BrokerError> {
@@ -918,7 +941,11 @@ impl VHost {
             Err(BrokerError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.remove_binding(&mut topology, &source, &destination, routing_key, arguments);
+        let name = DestinationName::of(&destination);
+        if topology.contains(&name, &source, routing_key, arguments) {
+            access(&destination)?;
+            self.remove_binding(&mut topology, &source, &destination, routing_key, arguments);
+        }
         Ok(())
     }
 
@@ -1442,18 +1469,14 @@ fn push_persistent_checked(
     commit
 }
 
-/// Fills in `x-queue-type` = "classic" when absent or empty, as RabbitMQ stores it.
-fn with_queue_type(mut arguments: FieldTable) -> FieldTable {
-    let missing = match arguments.get("x-queue-type") {
-        None => true,
-        Some(FieldValue::LongString(s)) => s.is_empty(),
-        Some(_) => false,
-    };
-    if missing {
-        arguments.insert(
-            "x-queue-type".to_owned(),
-            FieldValue::LongString(bytes::Bytes::from_static(b"classic")),
-        );
+/// The exclusive-access check on a binding's destination: a queue may be another
+/// connection's; an exchange has no owner.
+fn destination_access(
+    destination: &Destination,
+    connection: ConnectionId,
+) -> Result<(), BrokerError> {
+    match destination {
+        Destination::Queue(queue) => queue.check_access(connection),
+        Destination::Exchange(_) => Ok(()),
     }
-    arguments
 }

@@ -173,6 +173,12 @@ impl ConsistentHashRouter {
         }
     }
 
+    /// # Errors
+    /// `PreconditionFailed` when the key is not a positive integer.
+    pub(crate) fn validate(routing_key: &str) -> Result<(), BrokerError> {
+        weight(routing_key).map(drop)
+    }
+
     /// Adds a binding whose key is its weight; `Ok(false)` when it already exists.
     ///
     /// # Errors

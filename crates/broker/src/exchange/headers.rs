@@ -129,6 +129,12 @@ impl HeadersRouter {
 
     /// # Errors
     /// `PreconditionFailed` for an invalid `x-match`, with RabbitMQ's text.
+    pub fn validate(arguments: &FieldTable) -> Result<(), BrokerError> {
+        Matcher::compile(arguments).map(drop)
+    }
+
+    /// # Errors
+    /// `PreconditionFailed` for an invalid `x-match`, with RabbitMQ's text.
     pub fn add(&mut self, binding: BindingEntry) -> Result<bool, BrokerError> {
         let matcher = Matcher::compile(&binding.arguments)?;
         if self.entries.iter().any(|e| e.binding.same(&binding)) {

@@ -295,6 +295,20 @@ impl Router {
         }
     }
 
+    /// Checks a binding's key and arguments as this exchange type would on `add`, without
+    /// adding it: RabbitMQ validates a binding before it checks the destination's exclusive
+    /// access.
+    ///
+    /// # Errors
+    /// As [`Router::add`].
+    pub fn validate(&self, routing_key: &str, arguments: &FieldTable) -> Result<(), BrokerError> {
+        match self {
+            Self::Direct(_) | Self::Fanout(_) | Self::Topic(_) => Ok(()),
+            Self::Headers(_) => HeadersRouter::validate(arguments),
+            Self::ConsistentHash(_) => ConsistentHashRouter::validate(routing_key),
+        }
+    }
+
     /// Adds a binding; `Ok(false)` when it already exists (binding is idempotent).
     ///
     /// # Errors

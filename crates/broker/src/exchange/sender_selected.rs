@@ -9,7 +9,7 @@
 //! flags, then a scan of the encoded properties for the two keys, tell so before anything is
 //! decoded.
 
-use lockgate_wire::{FieldTable, FieldValue};
+use lockgate_wire::{BasicProperties, FieldTable, FieldValue};
 
 use crate::error::BrokerError;
 use crate::message::Message;
@@ -47,12 +47,21 @@ pub(crate) fn take_routes(message: &mut Message) -> Result<Vec<String>, BrokerEr
 /// `PreconditionFailed` "invalid message: {unacceptable_type_in_header,"CC",longstr}" for a
 /// `CC` or `BCC` header that is not an array, as RabbitMQ's channel answers.
 pub(crate) fn check(message: &Message) -> Result<(), BrokerError> {
-    if !may_select(message.header_raw()) {
+    check_encoded(message.header_raw())
+}
+
+/// [`check`] on encoded property flags and list (a content header's); properties that do not
+/// decode have no headers to refuse.
+///
+/// # Errors
+/// As [`check`].
+pub fn check_encoded(raw: &[u8]) -> Result<(), BrokerError> {
+    if !may_select(raw) {
         return Ok(());
     }
-    match message.properties().headers {
-        Some(headers) => routes_in(&headers).map(drop),
-        None => Ok(()),
+    match BasicProperties::decode(raw).map(|p| p.headers) {
+        Ok(Some(headers)) => routes_in(&headers).map(drop),
+        _ => Ok(()),
     }
 }
 

@@ -206,7 +206,7 @@ impl QueueArguments {
             }
         };
         match string("x-queue-type")?.as_deref() {
-            None | Some("" | "classic" | "quorum") => {}
+            None | Some("classic" | "quorum") => {}
             Some(other) => {
                 return Err(invalid(
                     "x-queue-type",
@@ -402,7 +402,21 @@ pub(crate) fn assert_equivalent(
     received: &FieldTable,
     resource: &Resource<'_>,
 ) -> Result<(), BrokerError> {
-    for key in COMPARED {
+    assert_equivalent_args(current, received, resource, COMPARED)
+}
+
+/// RabbitMQ's `rabbit_misc:assert_args_equivalence` over `keys`, in their order (an
+/// exchange's redeclaration compares only `alternate-exchange`).
+///
+/// # Errors
+/// As [`assert_equivalent`].
+pub(crate) fn assert_equivalent_args(
+    current: &FieldTable,
+    received: &FieldTable,
+    resource: &Resource<'_>,
+    keys: &[&str],
+) -> Result<(), BrokerError> {
+    for key in keys {
         let (cur, rec) = (current.get(key), received.get(key));
         let equivalent = match (cur, rec) {
             (None, None) => true,
@@ -444,7 +458,7 @@ fn same_class_and_value(a: &FieldValue, b: &FieldValue) -> bool {
 }
 
 /// RabbitMQ's `val/1`: "the value '10' of type 'long'" or "none".
-pub(crate) fn describe(value: Option<&FieldValue>) -> String {
+fn describe(value: Option<&FieldValue>) -> String {
     match value {
         None => "none".to_owned(),
         Some(v) => format!(

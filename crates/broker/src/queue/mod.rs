@@ -411,7 +411,7 @@ impl Queue {
         self.room.subscribe()
     }
 
-    /// The declaration arguments as stored (with `x-queue-type` filled in, as RabbitMQ).
+    /// The declaration arguments as the client sent them (RabbitMQ 3.10 stores them so too).
     pub fn raw_arguments(&self) -> &FieldTable {
         &self.raw_arguments
     }

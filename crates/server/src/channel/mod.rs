@@ -164,6 +164,63 @@ fn broker_error(error: BrokerError) -> AmqpError {
     AmqpError::new(error.reply_code(), error.text())
 }
 
+/// What RabbitMQ refuses in the content header of a publish by `user` to `exchange`: a body
+/// over `max_message_size`, a `user_id` other than the publisher's, a bad `expiration`, a
+/// `delivery_mode` other than 1 or 2. The management API's publish goes through it too, as
+/// RabbitMQ's goes through a channel.
+///
+/// # Errors
+/// 406 with RabbitMQ's text; when a property is refused and the exchange is missing or
+/// internal, the exchange's 404 or 403.
+pub(crate) fn check_content(
+    vhost: &VHost,
+    user: &str,
+    max_message_size: u64,
+    exchange: &str,
+    header: HeaderRef<'_>,
+) -> Result<(), AmqpError> {
+    if header.body_size > max_message_size {
+        // As RabbitMQ (rabbit_channel:check_msg_size); a channel checks at the header, before
+        // buffering the body. The body frames that follow are ignored once it is closing.
+        return Err(AmqpError::precondition_failed(format!(
+            "message size {} is larger than configured max size {max_message_size}",
+            header.body_size
+        )));
+    }
+    let view = header.view();
+    let refused = if let Some(user_id) = view.user_id().filter(|u| **u != *user) {
+        // As RabbitMQ (rabbit_channel:check_user_id_header): no impersonation.
+        AmqpError::precondition_failed(format!(
+            "user_id property set to '{user_id}' but authenticated user was '{user}'"
+        ))
+    } else if let Some((expiration, why)) = view.expiration().and_then(|expiration| {
+        // As RabbitMQ (rabbit_channel:check_expiration_header).
+        lockgate_broker::parse_expiration(&expiration)
+            .err()
+            .map(|why| (expiration, why))
+    }) {
+        AmqpError::precondition_failed(format!("invalid expiration '{expiration}': {why}"))
+    } else if let Some(mode) = view.delivery_mode().filter(|m| !matches!(m, 1 | 2)) {
+        // As RabbitMQ (rabbit_basic:message): a `CC` or `BCC` header that is not an array
+        // is reported before the mode. The broker checks those headers at publish, but
+        // this publish ends here.
+        match lockgate_broker::check_sender_selected(header.raw) {
+            Err(e) => broker_error(e),
+            Ok(()) => AmqpError::precondition_failed(format!(
+                "invalid message: {{delivery_mode_unknown,{mode}}}"
+            )),
+        }
+    } else {
+        return Ok(());
+    };
+    // RabbitMQ looks the exchange up before it reads the properties: a publish that fails
+    // both gets the exchange's error.
+    Err(match vhost.publishable_exchange(exchange) {
+        Ok(_) => refused,
+        Err(e) => broker_error(e),
+    })
+}
+
 impl Channel {
     /// Opens the channel's broker side.
     pub fn new(init: ChannelInit) -> Self {
@@ -233,6 +290,11 @@ impl Channel {
     pub fn close(&mut self) {
         self.reply_consumer = None;
         self.broker.close();
+    }
+
+    /// See [`lockgate_broker::Channel::stop_deliveries`].
+    pub fn stop_deliveries(&self) {
+        self.broker.stop_deliveries();
     }
 
     /// Whether confirms are waiting for [`Channel::flush_confirms`].
@@ -444,43 +506,14 @@ impl Channel {
                 header.class_id
             )));
         }
-        if header.body_size > self.max_message_size {
-            // As RabbitMQ (rabbit_channel:check_msg_size); we check at the header, before
-            // buffering the body. The body frames that follow are ignored once the channel
-            // is closing.
-            return Err(AmqpError::precondition_failed(format!(
-                "message size {} is larger than configured max size {}",
-                header.body_size, self.max_message_size
-            ))
-            .on(60, 40));
-        }
-        let view = header.view();
-        let refused = if let Some(user_id) = view.user_id().filter(|u| **u != *self.user) {
-            // As RabbitMQ (rabbit_channel:check_user_id_header): no impersonation.
-            format!(
-                "user_id property set to '{user_id}' but authenticated user was '{}'",
-                self.user
-            )
-        } else if let Some((expiration, why)) = view.expiration().and_then(|expiration| {
-            // As RabbitMQ (rabbit_channel:check_expiration_header).
-            lockgate_broker::parse_expiration(&expiration)
-                .err()
-                .map(|why| (expiration, why))
-        }) {
-            format!("invalid expiration '{expiration}': {why}")
-        } else if let Some(mode) = view.delivery_mode().filter(|m| !matches!(m, 1 | 2)) {
-            // As RabbitMQ (rabbit_basic:is_message_persistent).
-            format!("invalid message: {{delivery_mode_unknown,{mode}}}")
-        } else {
-            return Ok(());
-        };
-        // RabbitMQ looks the exchange up before it reads the properties: a publish that fails
-        // both gets the exchange's error.
-        let error = match self.vhost.publishable_exchange(exchange) {
-            Ok(_) => AmqpError::precondition_failed(refused),
-            Err(e) => broker_error(e),
-        };
-        Err(error.on(60, 40))
+        check_content(
+            &self.vhost,
+            &self.user,
+            self.max_message_size,
+            exchange,
+            header,
+        )
+        .map_err(|e| e.on(60, 40))
     }
 
     /// A content body frame.

@@ -504,6 +504,7 @@ impl Connection {
         if let Some((class_id, method_id)) = error.method_ids() {
             close = close.on(class_id, method_id);
         }
+        self.close_all_channels();
         self.close_with(close);
         // The stream is out of sync: nothing more can be decoded, so do not wait for close-ok.
         self.closing = None;
@@ -1226,9 +1227,18 @@ impl Connection {
         );
     }
 
+    /// Closes every channel. What they have published and can confirm now is confirmed first,
+    /// as RabbitMQ's channels do before its connection.close or close-ok goes out. All stop
+    /// taking deliveries before any requeues its unacked ones.
     fn close_all_channels(&mut self) {
+        for slot in self.channels.values() {
+            if let Slot::Open(open) = slot {
+                open.channel.stop_deliveries();
+            }
+        }
         for (_, slot) in self.channels.drain() {
             if let Slot::Open(mut open) = slot {
+                open.channel.flush_confirms();
                 open.channel.close();
             }
         }

@@ -12,23 +12,26 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine;
 use bytes::Bytes;
 use lockgate_broker::{
-    Channel, ChannelId, ConnectionId, ConsumerTag, Delivery, DeliverySink, ExchangeFlags, Message,
-    PublishOutcome, QueueFlags, SinkClosed, VHost,
+    BrokerError, Channel, ChannelId, ConnectionId, ConsumerTag, Delivery, DeliverySink,
+    ExchangeFlags, Message, PublishOutcome, QueueFlags, SinkClosed, VHost,
 };
 use lockgate_store::Commit;
-use lockgate_wire::{ContentHeader, FieldTable, MAX_SHORTSTR};
+use lockgate_wire::{ContentHeader, FieldTable, HeaderRef, MAX_SHORTSTR};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::ApiUser;
 use super::body::JsonBody;
 use super::json::{properties_from_json, properties_to_json, table_from_json};
 use super::read::destination_type;
 use super::{Api, ApiError, ApiResult};
+use crate::channel::check_content;
+use crate::error::AmqpError;
 
 /// A request's `arguments` as a table: an object, or null or `[]` for none.
 pub(super) fn arguments(value: &Value) -> ApiResult<FieldTable> {
@@ -388,14 +391,19 @@ pub struct PublishBody {
 }
 
 /// `POST /api/exchanges/{vhost}/{name}/publish`: `{"routed": bool}`.
+///
+/// RabbitMQ's API publishes through a channel: what basic.publish refuses is a 400 whose
+/// reason is the channel's close, "406 PRECONDITION_FAILED - ...", and the same checks run
+/// here ([`check_content`], then the exchange's and the queues'). A queue that refuses the
+/// message (overflow reject-publish) is RabbitMQ's nack.
 pub async fn publish(
     State(api): State<Api>,
+    Extension(user): Extension<ApiUser>,
     Path((vhost, name)): Path<(String, String)>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<Json<Value>> {
     let v = api.vhost(&vhost)?;
     let exchange = exchange_name(&name);
-    v.exchange(exchange).ok_or_else(ApiError::not_found)?;
     let payload = match body.payload_encoding.as_deref().unwrap_or("string") {
         "string" => Bytes::from(body.payload.into_bytes()),
         "base64" => Bytes::from(
@@ -409,17 +417,31 @@ pub async fn publish(
             )))
         }
     };
-    if payload.len() as u64 > api.ctx.config.limits.max_message_size {
-        return Err(ApiError::bad_request(
-            "payload exceeds limits.max_message_size",
-        ));
-    }
     shortstr("routing key", &body.routing_key)?;
     let properties = properties_from_json(&body.properties).map_err(ApiError::bad_request)?;
     let header = ContentHeader::new(60, payload.len() as u64, properties)
         .map_err(|e| ApiError::bad_request(format!("invalid properties: {e}")))?;
+    let refused = |e: AmqpError| ApiError::bad_request(e.to_string());
+    check_content(
+        &v,
+        &user.name,
+        api.ctx.config.limits.max_message_size,
+        exchange,
+        HeaderRef::from(&header),
+    )
+    .map_err(refused)?;
+    let broker_refused = |e: BrokerError| refused(AmqpError::new(e.reply_code(), e.text()));
+    let target = v.publishable_exchange(exchange).map_err(broker_refused)?;
     let message = Message::new(exchange.to_owned(), body.routing_key, header, payload);
-    let routed = matches!(v.publish(false, message)?, PublishOutcome::Routed(n) if n > 0);
+    let published = v
+        .publish_checked(&target, false, message)
+        .map_err(broker_refused)?;
+    if published.refused {
+        return Err(ApiError::bad_request(
+            "rejected Unable to publish message. Check queue limits.",
+        ));
+    }
+    let routed = matches!(published.outcome, PublishOutcome::Routed(n) if n > 0);
     Ok(Json(json!({ "routed": routed })))
 }
 
