@@ -72,7 +72,8 @@ fn main() -> std::process::ExitCode {
         return apply::check_config(file, cli.config.as_deref());
     }
     let result = cli.load_config().and_then(|config| {
-        logging::init(&config.log)?;
+        // Dropped last in here: the lines still queued are written before the process ends.
+        let _log = logging::init(&config.log)?;
         if !heap::configure() {
             warn!("glibc refused the fastbin size: frees from other threads take its arena lock");
         }
@@ -297,6 +298,7 @@ impl Signals {
                     signal = again,
                     "second signal: exiting without waiting for the shutdown to finish"
                 );
+                logging::flush();
                 std::process::exit(1);
             }
             info!(
