@@ -120,8 +120,11 @@ struct Inner {
     /// The spill calls running now (they bypass the writer, so its wait does not cover them).
     spill_calls: InFlight,
     /// Seq ranges of spilled records a failed [`Store::discard_spilled`] left behind: the
-    /// next spill call retries them.
+    /// next spill call retries them. A range stays listed until its retry has removed it.
     owed_discards: Mutex<Vec<(QueueId, Range<u64>)>>,
+    /// Held while the owed discards are retried: one retry at a time, and spill calls that
+    /// find a range owed wait for the retry in flight.
+    settling: Mutex<()>,
     queues: Mutex<Registry>,
     /// Delivered watermarks as found at open: what "redelivered" means for recovered entries.
     recovered_marks: HashMap<QueueId, u64>,
@@ -198,6 +201,7 @@ impl Store {
                 spill_unflushed: AtomicU64::new(0),
                 spill_calls: InFlight::default(),
                 owed_discards: Mutex::new(Vec::new()),
+                settling: Mutex::new(()),
                 queues: Mutex::new(opened.registry),
                 recovered_marks: opened.recovered_marks,
             }),
@@ -723,18 +727,20 @@ impl Store {
     }
 
     /// Retries the discards owed (see [`Store::discard_spilled`]); those failing again stay
-    /// owed. Taken out of the list while they run, so that concurrent spill calls do not
-    /// wait for them.
+    /// owed. A range leaves the list only once it is removed, and a spill call that finds one
+    /// listed waits for the retry in flight: were it to go on meanwhile, a page-in could
+    /// return records the retry has not removed yet. Nothing owed (the rule): no wait.
     fn settle_owed_discards(&self) {
-        let owed = std::mem::take(&mut *lock(&self.inner.owed_discards));
-        if owed.is_empty() {
+        if lock(&self.inner.owed_discards).is_empty() {
             return;
         }
-        let failed: Vec<_> = owed
+        let _settling = lock(&self.inner.settling);
+        let owed = lock(&self.inner.owed_discards).clone();
+        let settled: Vec<_> = owed
             .into_iter()
-            .filter(|(queue, seqs)| self.remove_spilled(*queue, seqs.clone()).is_err())
+            .filter(|(queue, seqs)| self.remove_spilled(*queue, seqs.clone()).is_ok())
             .collect();
-        lock(&self.inner.owed_discards).extend(failed);
+        lock(&self.inner.owed_discards).retain(|owed| !settled.contains(owed));
     }
 
     /// Counts a spill call as running (for [`Store::oldest_spill_wait`]) until the guard is
