@@ -208,9 +208,9 @@ impl ChannelShared {
                 tag,
                 UnackedEntry {
                     seq: item.seq,
+                    stored: item.stored(),
                     message: item.message,
                     source: Source::Consumer(Arc::clone(consumer)),
-                    stored: item.stored,
                     delivered_at: now,
                 },
             );
@@ -263,9 +263,9 @@ impl ChannelShared {
                 tag,
                 UnackedEntry {
                     seq: item.seq,
+                    stored: item.stored(),
                     message: item.message,
                     source: Source::Get(Arc::clone(queue)),
-                    stored: item.stored,
                     delivered_at: now,
                 },
             );

@@ -4,9 +4,13 @@
 //! encoded properties and, unless it is over [`SHARED_BODY_MIN`], the body, back to back (in the
 //! `Arc` itself when they fit, else in one buffer beside it). The server decodes the properties once; the
 //! message keeps only what the broker reads for every message (delivery mode, priority,
-//! expiration) and decodes the rest (headers for dead-lettering, groups, deduplication, headers and
-//! consistent-hash routing; the management API) on demand from the encoded bytes, which a
-//! delivery re-sends as they are.
+//! expiration, packed in one word) and decodes the rest (headers for dead-lettering, groups,
+//! deduplication, headers and consistent-hash routing; the management API) on demand from the
+//! encoded bytes, which a delivery re-sends as they are.
+//!
+//! Its size is what a backlog costs: a million queued messages are a million `Arc<Message>`
+//! allocations. `Message` is 88 octets so that its `Arc` takes a 112-octet malloc chunk (see
+//! [`INLINE_DATA`]); a test holds it there.
 
 use std::borrow::Borrow;
 use std::sync::{Arc, OnceLock};
@@ -34,9 +38,6 @@ use crate::memory::MemoryMonitor;
 /// boxed `Bytes` and reference count of a shared body; and the read chunk, no longer shared
 /// once its frames are handled, is read into again rather than replaced by a new allocation.
 const SHARED_BODY_MIN: usize = 16 * 1024;
-
-/// `Message::expiration` when the message has none.
-const NO_EXPIRATION: u64 = u64::MAX;
 
 /// The largest per-message TTL RabbitMQ 3.10 accepts (rabbit_misc:check_expiry), in
 /// milliseconds: ten years, the bound of `x-message-ttl` and `x-expires` too.
@@ -87,20 +88,16 @@ fn epoch() -> Instant {
 /// Queue code only asks for [`Message::size`], never for the body, so a store can keep the
 /// body on disk.
 pub struct Message {
-    /// Exchange name, routing key, encoded properties, then the body unless it is shared.
+    /// Exchange name, routing key, encoded properties and the body.
     data: Storage,
-    /// A body of [`SHARED_BODY_MIN`] octets or more, shared with the buffer it arrived in
-    /// (boxed: most messages do without these 32 bytes).
-    shared_body: Option<Box<Bytes>>,
     /// The memory accounting [`Message::size`] is charged to once the broker accepts the
     /// message; released when the message drops.
     charge: Option<Arc<MemoryMonitor>>,
     /// When it was assembled (nanoseconds after [`epoch`]), for TTL and the management API's
     /// oldest-message age.
     received: u64,
-    /// The `expiration` property in milliseconds, parsed once ([`NO_EXPIRATION`] when absent
-    /// or not a non-negative integer, which RabbitMQ would have refused).
-    expiration: u64,
+    /// The `expiration`, `priority` and delivery-mode properties, in one word.
+    traits: Traits,
     /// How many times this copy was returned to its queue (nack or reject with requeue,
     /// consumer timeout, channel closed): the `x-delivery-count` it carries. A returned
     /// message is its queue's own copy, so the count is per queue.
@@ -110,23 +107,28 @@ pub struct Message {
     routing_key_at: u32,
     properties_at: u32,
     body_at: u32,
-    /// The `priority` property (0 when absent).
-    priority: u8,
-    /// Delivery mode 2.
-    persistent: bool,
 }
 
-/// Octets a message keeps in its own `Arc` allocation. Most small messages (a queue name, a
-/// few properties, a short body) fit, which saves an allocation and a free per message; the
-/// size makes `Message` 120 octets, so that its `Arc` fills a 144-octet malloc chunk, what a
-/// 96-octet `Arc` plus a small separate buffer took.
-const INLINE_DATA: usize = 62;
+/// Octets a message keeps in its own `Arc` allocation. Small messages (a queue name, the
+/// delivery mode, a body of a few words) fit, which saves an allocation and a free per
+/// message; the rest go to one buffer beside it. With it `Message` is 88 octets, so that its
+/// `Arc` (104 octets) fills a 112-octet malloc chunk (glibc's chunk for a request of n octets
+/// is n + 8 rounded up to 16); one octet more anywhere in `Message` and it takes a 128-octet
+/// chunk. The trade: 16 more inline octets (62, a 128-octet chunk) would keep messages of
+/// 47 to 62 octets in one allocation, but every message, and most are larger than that,
+/// would pay 16 octets more.
+const INLINE_DATA: usize = 46;
 
-/// The bytes of a message: in place when they fit, else on the heap.
+/// The bytes of a message: in place when they fit, else on the heap; a body of
+/// [`SHARED_BODY_MIN`] octets or more stays the `Bytes` it arrived in (shared with the buffer
+/// it was read into), after the rest on the heap (boxed: head and `Bytes` side by side, 48
+/// octets, would not fit in the inline variant's 47 and would make every `Storage` 8 octets
+/// larger).
 #[derive(Clone)]
 enum Storage {
     Inline { len: u8, bytes: [u8; INLINE_DATA] },
     Heap(Box<[u8]>),
+    Shared { head: Box<[u8]>, body: Box<Bytes> },
 }
 
 impl Storage {
@@ -149,43 +151,86 @@ impl Storage {
         }
     }
 
+    /// Everything before the body, and the body when it is stored with the rest.
     fn as_slice(&self) -> &[u8] {
         match self {
             Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Self::Heap(bytes) => bytes,
+            Self::Shared { head, .. } => head,
+        }
+    }
+
+    /// The shared body, if the body is one.
+    fn shared_body(&self) -> Option<&Bytes> {
+        match self {
+            Self::Shared { body, .. } => Some(body),
+            _ => None,
         }
     }
 }
 
-/// The fields of the properties the broker reads for every message.
-struct Parsed {
-    expiration: u64,
-    priority: u8,
-    persistent: bool,
+/// `Traits::expiration` when the message has none: above [`MAX_EXPIRATION`], within
+/// [`Traits::EXPIRATION_BITS`].
+const NO_EXPIRATION: u64 = (1 << Traits::EXPIRATION_BITS) - 1;
+
+/// The `expiration` property in milliseconds (at most [`MAX_EXPIRATION`], 39 bits) in the low
+/// 40 bits, the `priority` property in the next 8 and delivery mode 2 in the one after: the
+/// room of one `u64` where three fields took two words.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Traits(u64);
+
+impl Traits {
+    const EXPIRATION_BITS: u32 = 40;
+    const PRIORITY_AT: u32 = Self::EXPIRATION_BITS;
+    const PERSISTENT_AT: u32 = Self::PRIORITY_AT + 8;
+
+    /// `expiration` is [`NO_EXPIRATION`] or at most [`MAX_EXPIRATION`].
+    fn new(expiration: u64, priority: u8, persistent: bool) -> Self {
+        debug_assert!(expiration == NO_EXPIRATION || expiration <= MAX_EXPIRATION);
+        Self(
+            (expiration & NO_EXPIRATION)
+                | (u64::from(priority) << Self::PRIORITY_AT)
+                | (u64::from(persistent) << Self::PERSISTENT_AT),
+        )
+    }
+
+    /// The per-message TTL in milliseconds, if it has one.
+    fn expiration(self) -> Option<u64> {
+        let ms = self.0 & NO_EXPIRATION;
+        (ms != NO_EXPIRATION).then_some(ms)
+    }
+
+    fn priority(self) -> u8 {
+        (self.0 >> Self::PRIORITY_AT) as u8
+    }
+
+    fn persistent(self) -> bool {
+        (self.0 >> Self::PERSISTENT_AT) & 1 == 1
+    }
 }
 
-impl Parsed {
+impl Traits {
+    /// The traits of properties still encoded.
     fn of_view(view: &PropertiesView<'_>) -> Self {
-        Self {
-            expiration: view
-                .expiration()
+        Self::new(
+            view.expiration()
                 .and_then(|e| parse_expiration(&e).ok())
                 .unwrap_or(NO_EXPIRATION),
-            priority: view.priority().unwrap_or(0),
-            persistent: view.is_persistent(),
-        }
+            view.priority().unwrap_or(0),
+            view.is_persistent(),
+        )
     }
 
     fn of(properties: &BasicProperties) -> Self {
-        Self {
-            expiration: properties
+        Self::new(
+            properties
                 .expiration
                 .as_deref()
                 .and_then(|e| parse_expiration(e).ok())
                 .unwrap_or(NO_EXPIRATION),
-            priority: properties.priority.unwrap_or(0),
-            persistent: properties.is_persistent(),
-        }
+            properties.priority.unwrap_or(0),
+            properties.is_persistent(),
+        )
     }
 }
 
@@ -225,14 +270,14 @@ impl Message {
         received_at: Instant,
     ) -> Self {
         let header = header.into();
-        let parsed = Parsed::of_view(&header.view());
+        let traits = Traits::of_view(&header.view());
         Self::assemble(
             exchange,
             routing_key,
             header.raw,
             &body,
             Some(&body),
-            &parsed,
+            traits,
             received_at,
         )
     }
@@ -245,30 +290,30 @@ impl Message {
         raw: &[u8],
         body: &[u8],
         shared: Option<&Bytes>,
-        parsed: &Parsed,
+        traits: Traits,
         received_at: Instant,
     ) -> Self {
-        let inline = body.len() < SHARED_BODY_MIN;
-        let stored_body: &[u8] = if inline { body } else { &[] };
         let (exchange, routing_key) = (exchange.as_bytes(), routing_key.as_bytes());
         let routing_key_at = exchange.len() as u32;
         let properties_at = routing_key_at + routing_key.len() as u32;
         let body_at = properties_at + raw.len() as u32;
-        let data = Storage::new([exchange, routing_key, raw, stored_body]);
-        let shared_body = (!inline)
-            .then(|| Box::new(shared.map_or_else(|| Bytes::copy_from_slice(body), Bytes::clone)));
+        let data = if body.len() < SHARED_BODY_MIN {
+            Storage::new([exchange, routing_key, raw, body])
+        } else {
+            Storage::Shared {
+                head: [exchange, routing_key, raw].concat().into_boxed_slice(),
+                body: Box::new(shared.map_or_else(|| Bytes::copy_from_slice(body), Bytes::clone)),
+            }
+        };
         Self {
             data,
-            shared_body,
             charge: None,
             received: nanos_since_epoch(received_at),
-            expiration: parsed.expiration,
+            traits,
             returns: 0,
             routing_key_at,
             properties_at,
             body_at,
-            priority: parsed.priority,
-            persistent: parsed.persistent,
         }
     }
 
@@ -352,8 +397,8 @@ impl Message {
             routing_key,
             &raw,
             self.body(),
-            self.shared_body.as_deref(),
-            &Parsed::of(properties),
+            self.data.shared_body(),
+            Traits::of(properties),
             received_at,
         ))
     }
@@ -421,7 +466,7 @@ impl Message {
 
     /// The body.
     pub fn body(&self) -> &[u8] {
-        match &self.shared_body {
+        match self.data.shared_body() {
             Some(body) => body,
             None => &self.data.as_slice()[self.body_at as usize..],
         }
@@ -429,7 +474,7 @@ impl Message {
 
     /// The body as `Bytes`: shared when it is large, a copy of a small one.
     pub fn body_bytes(&self) -> Bytes {
-        match &self.shared_body {
+        match self.data.shared_body() {
             Some(body) => Bytes::clone(body),
             None => Bytes::copy_from_slice(self.body()),
         }
@@ -437,7 +482,7 @@ impl Message {
 
     /// The `priority` property, 0 when absent.
     pub fn priority(&self) -> u8 {
-        self.priority
+        self.traits.priority()
     }
 
     /// When the message arrived (its TTL counts from then).
@@ -459,7 +504,7 @@ impl Message {
     /// earlier of the two TTLs, counted from its arrival (`None` when neither applies or
     /// the deadline is beyond what the clock represents).
     pub(crate) fn expires_at(&self, queue_ttl: Option<u64>) -> Option<Instant> {
-        let own = (self.expiration != NO_EXPIRATION).then_some(self.expiration);
+        let own = self.traits.expiration();
         let ttl = match (queue_ttl, own) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
@@ -474,7 +519,7 @@ impl Message {
 
     /// True when the publisher asked for persistence (delivery-mode 2).
     pub fn is_persistent(&self) -> bool {
-        self.persistent
+        self.traits.persistent()
     }
 
     /// Charges [`Message::size`] to `memory`, released when the message drops. A message is
@@ -505,7 +550,7 @@ impl std::fmt::Debug for Message {
             .field("exchange", &self.exchange())
             .field("routing_key", &self.routing_key())
             .field("size", &self.size())
-            .field("persistent", &self.persistent)
+            .field("persistent", &self.is_persistent())
             .field("returns", &self.returns)
             .finish_non_exhaustive()
     }
@@ -517,16 +562,13 @@ impl Clone for Message {
     fn clone(&self) -> Self {
         Self {
             data: self.data.clone(),
-            shared_body: self.shared_body.clone(),
             charge: None,
             received: nanos_since_epoch(Instant::now()),
-            expiration: self.expiration,
+            traits: self.traits,
             returns: 0,
             routing_key_at: self.routing_key_at,
             properties_at: self.properties_at,
             body_at: self.body_at,
-            priority: self.priority,
-            persistent: self.persistent,
         }
     }
 }
@@ -601,7 +643,61 @@ mod tests {
 
     #[test]
     fn a_queued_message_is_small() {
-        assert_eq!(std::mem::size_of::<Message>(), 120);
+        // 88 + the `Arc`'s two counts = 104: a 112-octet glibc chunk (n + 8 rounded up to
+        // 16). At 89 the chunk is 128.
+        assert_eq!(std::mem::size_of::<Message>(), 88);
+    }
+
+    #[test]
+    fn the_packed_traits_read_back_at_their_limits() {
+        for expiration in [0, 1, 4_294_967_296, MAX_EXPIRATION, NO_EXPIRATION] {
+            for priority in [0, 1, 9, 128, 255] {
+                for persistent in [false, true] {
+                    let traits = Traits::new(expiration, priority, persistent);
+                    let ttl = (expiration != NO_EXPIRATION).then_some(expiration);
+                    assert_eq!(
+                        (traits.expiration(), traits.priority(), traits.persistent()),
+                        (ttl, priority, persistent),
+                        "{expiration} {priority} {persistent}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_keeps_its_expiration_priority_and_delivery_mode() {
+        for (expiration, ttl) in [
+            (None, None),
+            (Some("0"), Some(0)),
+            (Some("315360000000"), Some(MAX_EXPIRATION)),
+            // Refused by the channel; were it queued, it would have no TTL.
+            (Some("315360000001"), None),
+            (Some("-1"), None),
+        ] {
+            for (priority, mode) in [(None, None), (Some(255), Some(2)), (Some(7), Some(1))] {
+                let properties = BasicProperties {
+                    expiration: expiration.map(Into::into),
+                    priority,
+                    delivery_mode: mode,
+                    ..BasicProperties::default()
+                };
+                let h = header(properties.clone(), b"b");
+                let from_wire = Message::new(String::new(), "q".into(), h, Bytes::new());
+                let memory = MemoryMonitor::new(0);
+                let mut rebuilt = from_wire.returned(1, &memory).unwrap();
+                rebuilt.set_properties(&properties).unwrap();
+                for m in [&from_wire, &rebuilt, &from_wire.clone()] {
+                    assert_eq!(m.priority(), priority.unwrap_or(0));
+                    assert_eq!(m.is_persistent(), mode == Some(2));
+                    let own = m.expires_at(None).map(|at| at - m.received_at());
+                    assert_eq!(own, ttl.map(Duration::from_millis), "{expiration:?}");
+                    let queue = m.expires_at(Some(5)).map(|at| at - m.received_at());
+                    let shorter = ttl.map_or(5, |ttl| ttl.min(5));
+                    assert_eq!(queue, Some(Duration::from_millis(shorter)));
+                }
+            }
+        }
     }
 
     #[test]

@@ -252,22 +252,21 @@ fn load_messages(
                 })?;
             let mut message = Message::new(exchange, routing_key, header, paged.record.body);
             message.charge_to(vhost.memory());
-            let size = message.size();
             redelivered += u64::from(paged.redelivered);
-            items.push(Ready {
+            let stored = StoredRef {
+                queue: rq.id,
                 seq: paged.seq,
-                size,
-                message: Arc::new(message),
-                redelivered: paged.redelivered,
-                stored: Some(StoredRef {
-                    queue: rq.id,
-                    seq: paged.seq,
-                    message: message_id,
-                }),
-            });
+                message: message_id,
+            };
+            items.push(Ready::new(
+                paged.seq,
+                Arc::new(message),
+                paged.redelivered,
+                Some(stored),
+            ));
         }
         let loaded = items.len() as u64;
-        let average = items.iter().map(|r| r.size).sum::<u64>() / loaded.max(1);
+        let average = items.iter().map(|r| r.size()).sum::<u64>() / loaded.max(1);
         queue.push_recovered(items);
         let rest = usize::try_from(rq.messages.saturating_sub(loaded)).unwrap_or(usize::MAX);
         queue.set_recovered_tail(store.clone(), rq.id, next..rq.next_seq, rest, average);

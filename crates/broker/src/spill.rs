@@ -262,7 +262,7 @@ async fn write(store: &Store, batch: &SpillBatch) -> Result<(), lockgate_store::
     let mut bytes = 0;
     let mut persistent = false;
     for item in &batch.items {
-        if item.stored.is_some() && !batch.copy_persistent {
+        if item.stored().is_some() && !batch.copy_persistent {
             persistent = true;
             continue;
         }
@@ -339,18 +339,12 @@ fn rebuild(vhost: &VHost, request: &PageRequest, p: PagedMessage) -> Option<Read
     };
     let mut message = Message::new(exchange, routing_key, header, p.record.body);
     message.charge_to(vhost.memory());
-    let size = message.size();
-    Some(Ready {
+    let stored = p.message.map(|message| StoredRef {
+        queue: request.id,
         seq: p.seq,
-        size,
-        message: Arc::new(message),
-        redelivered: p.redelivered,
-        stored: p.message.map(|message| StoredRef {
-            queue: request.id,
-            seq: p.seq,
-            message,
-        }),
-    })
+        message,
+    });
+    Some(Ready::new(p.seq, Arc::new(message), p.redelivered, stored))
 }
 
 #[cfg(test)]

@@ -485,7 +485,7 @@ impl Groups {
                 return Some(seq);
             }
             count += 1;
-            bytes += lists[i][at].size;
+            bytes += lists[i][at].size();
             if let Some(r) = lists[i].get(at + 1) {
                 next.push(Reverse((r.seq, i, at + 1)));
             }

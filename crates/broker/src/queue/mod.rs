@@ -73,16 +73,60 @@ pub(crate) enum Return {
     Close,
 }
 
-/// A message waiting in a queue.
+/// A message waiting in a queue: 32 octets, with a backlog's ready list one of these per
+/// message (a test holds the size).
 pub(crate) struct Ready {
     pub seq: u64,
     pub message: Arc<Message>,
-    pub redelivered: bool,
-    /// The stored copy of a persistent message in a durable queue.
-    pub stored: Option<StoredRef>,
+    /// The stored copy of a persistent message in a durable queue, boxed: a transient message
+    /// has none, and for it the 24 octets would make every entry 8 bytes larger than this
+    /// pointer does. A stored message pays a small allocation beside its store write.
+    stored: Option<Box<StoredRef>>,
     /// `message.size()`, kept here so that counting bytes on delivery does not touch the
-    /// message itself (a cache miss per message in a long queue).
-    pub size: u64,
+    /// message itself (a cache miss per message in a long queue); [`Ready::SIZE_ELSEWHERE`]
+    /// when it does not fit, and then read from the message.
+    size: u32,
+    pub redelivered: bool,
+}
+
+impl Ready {
+    /// `Ready::size` of a message of 4 GiB or more.
+    const SIZE_ELSEWHERE: u32 = u32::MAX;
+
+    pub fn new(
+        seq: u64,
+        message: Arc<Message>,
+        redelivered: bool,
+        stored: Option<StoredRef>,
+    ) -> Self {
+        let size = u32::try_from(message.size()).unwrap_or(Self::SIZE_ELSEWHERE);
+        Self {
+            seq,
+            message,
+            stored: stored.map(Box::new),
+            size,
+            redelivered,
+        }
+    }
+
+    /// `message.size()`.
+    pub fn size(&self) -> u64 {
+        if self.size == Self::SIZE_ELSEWHERE {
+            self.message.size()
+        } else {
+            u64::from(self.size)
+        }
+    }
+
+    /// The stored copy, if the message has one.
+    pub fn stored(&self) -> Option<StoredRef> {
+        self.stored.as_deref().copied()
+    }
+
+    /// Gives the message its stored copy back (a page read from disk).
+    pub fn set_stored(&mut self, stored: StoredRef) {
+        self.stored = Some(Box::new(stored));
+    }
 }
 
 /// Where a durable queue keeps its persistent messages.
@@ -478,13 +522,7 @@ impl Queue {
         let mut dead = Vec::new();
         let now = self.expire_overdue(&mut st, &mut dead);
         let due = self.enqueued(&mut st, seq, &message);
-        let item = Ready {
-            seq,
-            message,
-            redelivered: false,
-            stored: None,
-            size,
-        };
+        let item = Ready::new(seq, message, false, None);
         // Behind a disk tail, it waits in memory for the spill task, in order.
         if let Some(item) = st.hold_behind_tail(item) {
             st.ready.push_back(item);
@@ -605,11 +643,11 @@ impl Queue {
     /// Removes a ready message for good (expired, dropped by the limit): it is
     /// dead-lettered when the queue has a dead-letter exchange, dropped otherwise.
     fn discard(&self, st: &mut QueueState, item: Ready, reason: Reason, dead: &mut Vec<Dead>) {
-        st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(item.size);
+        st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(item.size());
         st.body_bytes = st
             .body_bytes
             .saturating_sub(item.message.body().len() as u64);
-        let stored = match (&self.store, item.stored) {
+        let stored = match (&self.store, item.stored()) {
             // Nothing to republish first: the stored copy's removal is submitted now, so
             // the store agrees with the queue as soon as the message is gone from it.
             (Some(qs), Some(stored)) if st.args.dead_letter_exchange.is_none() => {
@@ -683,15 +721,9 @@ impl Queue {
         let mut dead = Vec::new();
         let now = self.expire_overdue(&mut st, &mut dead);
         let due = self.enqueued(&mut st, stored.seq, &message);
-        let item = Ready {
-            seq: stored.seq,
-            size: message.size(),
-            message,
-            redelivered: false,
-            stored: Some(stored),
-        };
+        let item = Ready::new(stored.seq, message, false, Some(stored));
         st.counters.published += 1;
-        st.counters.ready_bytes += item.size;
+        st.counters.ready_bytes += item.size();
         if let Some(item) = st.hold_behind_tail(item) {
             st.ready.push_back(item);
             drain(&mut st, self.store.as_ref());
@@ -705,7 +737,7 @@ impl Queue {
     pub(crate) fn push_recovered(&self, items: impl IntoIterator<Item = Ready>) {
         let mut st = self.state.lock();
         for item in items {
-            st.counters.ready_bytes += item.size;
+            st.counters.ready_bytes += item.size();
             self.enqueued(&mut st, item.seq, &item.message);
             st.ready.push_back(item);
         }
@@ -770,13 +802,7 @@ impl Queue {
             let size = message.size();
             st.counters.ready_bytes += size;
             self.enqueued(&mut st, seq, &message);
-            let item = Ready {
-                seq,
-                message,
-                redelivered: true,
-                stored,
-                size,
-            };
+            let item = Ready::new(seq, message, true, stored);
             match (cause, args.retry_delay) {
                 (Return::Nack | Return::Timeout, Some(delay)) => {
                     let at = now + retry_delay(delay, args.retry_delay_max, returns);
@@ -1007,13 +1033,13 @@ impl Queue {
         };
         st.request_page_in();
         st.max_delivered = st.max_delivered.max(Some(item.seq));
-        st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(item.size);
+        st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(item.size());
         st.body_bytes = st
             .body_bytes
             .saturating_sub(item.message.body().len() as u64);
         st.counters.delivered += 1;
         st.counters.redelivered += u64::from(item.redelivered);
-        mark_delivered(&mut st.marked, item.stored, no_ack, self.store.as_ref());
+        mark_delivered(&mut st.marked, item.stored(), no_ack, self.store.as_ref());
         let message_count = saturate(st.total_ready());
         let got = channel.record_get(self, item, no_ack, message_count);
         if !no_ack {
@@ -1092,7 +1118,7 @@ impl Queue {
         let mut stored = dropped
             .iter()
             .chain(delayed.values())
-            .filter_map(|r| r.stored)
+            .filter_map(Ready::stored)
             .filter(|r| by_range.is_none_or(|from| r.seq < from))
             .peekable();
         if let (Some(qs), Some(_)) = (&self.store, stored.peek()) {
@@ -1369,9 +1395,9 @@ impl Tally<'_> {
     /// credit, and the message keeps its place.
     #[inline(always)]
     fn deliver(&mut self, consumer: &Arc<Consumer>, item: Ready) -> Result<(), Ready> {
-        let stored = item.stored;
+        let stored = item.stored();
         *self.max_delivered = (*self.max_delivered).max(Some(item.seq));
-        let (size, redelivered) = (item.size, item.redelivered);
+        let (size, redelivered) = (item.size(), item.redelivered);
         let body = item.message.body().len() as u64;
         consumer.channel.deliver(consumer, item)?;
         self.count(size, body, redelivered, consumer.no_ack);
@@ -1382,8 +1408,8 @@ impl Tally<'_> {
     /// Accounts for `item`, handed to `consumer` by [`hand_over`].
     fn delivered(&mut self, consumer: &Consumer, item: &Ready) {
         let body = item.message.body().len() as u64;
-        self.count(item.size, body, item.redelivered, consumer.no_ack);
-        mark_delivered(self.marked, item.stored, consumer.no_ack, self.qs);
+        self.count(item.size(), body, item.redelivered, consumer.no_ack);
+        mark_delivered(self.marked, item.stored(), consumer.no_ack, self.qs);
     }
 
     fn count(&mut self, size: u64, body: u64, redelivered: bool, no_ack: bool) {

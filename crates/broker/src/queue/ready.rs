@@ -351,9 +351,9 @@ impl ReadyList {
                 .get(lane)
                 .into_iter()
                 .flatten()
-                .map(|r| r.size)
+                .map(|r| r.size())
                 .sum(),
-            _ => self.iter().map(|r| r.size).sum(),
+            _ => self.iter().map(|r| r.size()).sum(),
         }
     }
 
@@ -541,7 +541,7 @@ fn cut(
     let min_start = list.partition_point(|r| delivered.is_some_and(|m| r.seq <= m));
     let (mut keep, mut bytes) = (0, 0);
     while keep < list.len() && keep < head_count && bytes < head_bytes {
-        bytes += list[keep].size;
+        bytes += list[keep].size();
         keep += 1;
     }
     list.get(keep.max(min_start)).map(|r| r.seq)
@@ -625,13 +625,34 @@ mod tests {
         };
         let header = ContentHeader::new(60, 0, properties).expect("header");
         let message = Message::new(String::new(), "q".into(), header, Bytes::new());
-        Ready {
-            seq,
-            size: message.size(),
-            message: Arc::new(message),
-            redelivered: false,
-            stored: None,
-        }
+        Ready::new(seq, Arc::new(message), false, None)
+    }
+
+    #[test]
+    fn a_ready_entry_is_four_words() {
+        // A backlog's ready list holds one per message (a `VecDeque` of a power of two).
+        assert_eq!(std::mem::size_of::<Ready>(), 32);
+    }
+
+    #[test]
+    fn a_ready_entry_reads_back_its_size_and_stored_copy() {
+        let mut r = item(7, Some(3), Some("g"));
+        let size = r.message.size();
+        assert!(size > 0);
+        assert_eq!((r.size(), r.stored()), (size, None));
+        let stored = lockgate_store::StoredRef {
+            queue: lockgate_store::QueueId(u64::MAX),
+            seq: 7,
+            message: lockgate_store::MessageId(u64::MAX - 1),
+        };
+        r.set_stored(stored);
+        assert_eq!(r.stored(), Some(stored));
+        let kept = Ready::new(7, Arc::clone(&r.message), true, Some(stored));
+        assert_eq!((kept.size(), kept.stored()), (size, Some(stored)));
+        assert!(kept.redelivered);
+        // A message of 4 GiB or more: its size is read from the message.
+        r.size = Ready::SIZE_ELSEWHERE;
+        assert_eq!(r.size(), size);
     }
 
     fn seqs(list: &ReadyList) -> Vec<u64> {

@@ -283,7 +283,7 @@ impl Tails {
             if let Some(disk) = disks.first_mut() {
                 let waiting = held.iter();
                 disk.copied
-                    .extend(waiting.filter_map(|r| Some((r.stored?, r.redelivered))));
+                    .extend(waiting.filter_map(|r| Some((r.stored()?, r.redelivered))));
             }
             pending.extend(held);
         }
@@ -292,7 +292,7 @@ impl Tails {
                 if Some(disk.id) != durable {
                     let waiting = lane.pending.iter();
                     disk.copied
-                        .extend(waiting.filter_map(|r| Some((r.stored?, r.redelivered))));
+                        .extend(waiting.filter_map(|r| Some((r.stored()?, r.redelivered))));
                 }
                 disks.push(disk);
             }
@@ -352,12 +352,12 @@ impl DiskTail {
             return;
         };
         self.count += items.len();
-        self.bytes += items.iter().map(|r| r.size).sum::<u64>();
+        self.bytes += items.iter().map(|r| r.size()).sum::<u64>();
         self.end_seq = last.seq + 1;
         if copy {
             let copied = items
                 .iter()
-                .filter_map(|r| Some((r.stored?, r.redelivered)));
+                .filter_map(|r| Some((r.stored()?, r.redelivered)));
             self.copied.extend(copied);
         }
     }
@@ -395,12 +395,12 @@ impl DiskTail {
             }
             if self.copied.front().is_some_and(|(r, _)| r.seq == item.seq) {
                 if let Some((stored, redelivered)) = self.copied.pop_front() {
-                    item.stored = Some(stored);
+                    item.set_stored(stored);
                     item.redelivered = redelivered;
                 }
             }
         }
-        let bytes: u64 = paged.iter().map(|r| r.size).sum();
+        let bytes: u64 = paged.iter().map(|r| r.size()).sum();
         match paged.last() {
             _ if complete => self.from_seq = self.end_seq,
             Some(last) => self.from_seq = last.seq + 1,
@@ -470,7 +470,7 @@ fn batch_len(list: &VecDeque<Ready>, max: usize, max_bytes: u64) -> usize {
     let mut n = 0;
     for r in list.iter().take(max) {
         n += 1;
-        bytes += r.size;
+        bytes += r.size();
         if bytes >= max_bytes {
             break;
         }
@@ -690,7 +690,7 @@ impl QueueState {
         // A short page read everything before the end.
         let complete = paged.len() < request.max;
         s.disk.paged(&mut paged, complete);
-        self.counters.ready_bytes += paged.iter().map(|r| r.size).sum::<u64>();
+        self.counters.ready_bytes += paged.iter().map(|r| r.size()).sum::<u64>();
         s.buffer.extend(paged);
         self.advance_refile();
     }
@@ -710,7 +710,7 @@ impl QueueState {
     /// lane's, or the whole ready list's for a recovered tail (it pages into every lane).
     fn head_of(&self, lane: usize) -> (usize, u64) {
         if self.tails.recovered {
-            (self.ready.len(), self.ready.iter().map(|r| r.size).sum())
+            (self.ready.len(), self.ready.iter().map(|r| r.size()).sum())
         } else {
             (self.ready.lane_len(lane), self.ready.lane_bytes(lane))
         }
@@ -945,7 +945,7 @@ impl Queue {
                 id
             }
         };
-        let bytes: u64 = items.iter().map(|r| r.size).sum();
+        let bytes: u64 = items.iter().map(|r| r.size()).sum();
         st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(bytes);
         st.busy = true;
         Some(SpillBatch {
@@ -979,7 +979,7 @@ impl Queue {
             }
         };
         let copy_persistent = self.store.as_ref().is_none_or(|qs| qs.id != id);
-        let bytes: u64 = items.iter().map(|r| r.size).sum();
+        let bytes: u64 = items.iter().map(|r| r.size()).sum();
         st.counters.ready_bytes = st.counters.ready_bytes.saturating_sub(bytes);
         Self::remember_arrivals(st, lane, &items);
         let l = st.tails.lane_mut(lane);
@@ -1035,7 +1035,7 @@ impl Queue {
             return None;
         }
         // The write failed (disk full): keep the messages in memory, in order.
-        let bytes: u64 = items.iter().map(|r| r.size).sum();
+        let bytes: u64 = items.iter().map(|r| r.size()).sum();
         st.counters.ready_bytes += bytes;
         let own = |d: &DiskTail| d.id == batch_id && d.end_seq == range.end;
         if !st
@@ -1120,7 +1120,7 @@ impl Queue {
         let n = paged.len();
         // An empty page means nothing is left in the range, whatever the count said.
         let emptied = disk.count == 0 || n == 0 || disk.from_seq >= disk.end_seq;
-        st.counters.ready_bytes += paged.iter().map(|r| r.size).sum::<u64>();
+        st.counters.ready_bytes += paged.iter().map(|r| r.size()).sum::<u64>();
         st.ready.extend(paged);
         if emptied {
             st.close_tail(lane);
