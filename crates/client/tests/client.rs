@@ -149,9 +149,11 @@ async fn unknown_vhost_is_refused() {
 #[tokio::test]
 async fn connection_refused_is_an_io_error() {
     within(async {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
+        // Bound but not listening: the port stays ours (a dropped listener's port can go to
+        // another test's broker meanwhile), and a connect to it is refused.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
         let err = Connection::connect(&format!("amqp://127.0.0.1:{port}"))
             .await
             .unwrap_err();
