@@ -815,6 +815,32 @@ async fn lost_connection_fails_pending_work_instead_of_hanging() {
     .await;
 }
 
+/// The harness keeps a broker's port while the broker is down, so that it comes back where its
+/// clients reconnect: tests run in parallel, and a freed port can go to another test's broker
+/// (or be a connect's own local port) before the restart binds it.
+#[tokio::test]
+async fn a_broker_that_is_down_keeps_its_port_for_its_restart() {
+    let mut broker = common::TestBroker::start();
+    broker.relay().await;
+    within(async {
+        let options = ConnectionOptions::from_uri(&broker.uri()).unwrap();
+        let addr: std::net::SocketAddr = format!("{}:{}", options.host, options.port)
+            .parse()
+            .unwrap();
+        broker.down().await;
+        let err = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        // A socket that sets no SO_REUSEADDR stands for any other socket the kernel hands a
+        // port to: it cannot have this one.
+        let other = tokio::net::TcpSocket::new_v4().unwrap();
+        assert!(other.bind(addr).is_err(), "{addr} was free while down");
+        broker.up().await;
+        let conn = Connection::connect(&broker.uri()).await.unwrap();
+        conn.close().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn recovery_restores_topology_and_consumers_after_a_restart() {
     let mut broker = common::TestBroker::start();

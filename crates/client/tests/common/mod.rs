@@ -1,8 +1,9 @@
 //! Test harness: a broker to talk to, and ways to break the connection to it.
 //!
-//! Without `LOCKGATE_TEST_URI`, each test starts its own lockgate binary on
-//! `127.0.0.1:0` (from `$LOCKGATE_BIN`, else `<target>/debug/lockgate`) and
-//! reads its address from the `listening ... addr=` log line; the broker's log
+//! Without `LOCKGATE_TEST_URI`, each test starts its own lockgate binary on a
+//! port of 127.0.0.1 the harness reserves for the broker's life (from
+//! `$LOCKGATE_BIN`, else `<target>/debug/lockgate`) and reads its address from
+//! the `listening ... addr=` log line; the broker's log
 //! is printed only if the test fails. With `LOCKGATE_TEST_URI`, every test
 //! uses that broker (e.g. a RabbitMQ node) and names its queues uniquely.
 //! When neither is available the tests fail: `scripts/test.sh` builds the binary
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 /// Fails the test instead of hanging when `fut` takes longer than 30 s.
@@ -51,6 +52,19 @@ fn lockgate_bin() -> Option<PathBuf> {
     }
     candidates.push(manifest.join("../../target/debug/lockgate"));
     candidates.into_iter().find(|p| p.is_file())
+}
+
+/// A port of the test's own for a broker or relay that goes down and comes back: a socket bound
+/// to it with SO_REUSEADDR, not listening. While it is held, a connect to the port is refused when
+/// nothing listens, and the kernel gives the port to no other socket (a bind to port 0 and a
+/// connect's local port skip a bound port), so another test's broker cannot take it while ours is
+/// down; a listener that sets SO_REUSEADDR as well (lockgate's and tokio's do) can still bind it.
+fn reserve_port() -> (TcpSocket, u16) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
 }
 
 /// Removes ANSI colour sequences (`ESC [ ... letter`) from a log line.
@@ -135,16 +149,19 @@ impl Process {
 /// A TCP relay in front of an external broker, so tests can cut connections.
 struct Proxy {
     port: u16,
+    /// Holds `port` while the relay is stopped.
+    _reserved: TcpSocket,
     target: String,
     task: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
     async fn start(target: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (reserved, port) = reserve_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let mut proxy = Proxy {
             port,
+            _reserved: reserved,
             target,
             task: None,
         };
@@ -191,6 +208,8 @@ enum Kind {
         bin: PathBuf,
         process: Option<Process>,
         addr: String,
+        /// Holds `addr`'s port while the broker is down.
+        _reserved: TcpSocket,
         data_dir: PathBuf,
         old_logs: Vec<String>,
     },
@@ -221,12 +240,14 @@ impl TestBroker {
         );
         let data_dir = std::env::temp_dir().join(unique("lockgate-client-test"));
         std::fs::create_dir_all(&data_dir).unwrap();
-        let (process, addr) = Process::spawn(&bin, "127.0.0.1:0", &data_dir);
+        let (reserved, port) = reserve_port();
+        let (process, addr) = Process::spawn(&bin, &format!("127.0.0.1:{port}"), &data_dir);
         TestBroker {
             kind: Kind::Lockgate {
                 bin,
                 process: Some(process),
                 addr,
+                _reserved: reserved,
                 data_dir,
                 old_logs: Vec::new(),
             },
