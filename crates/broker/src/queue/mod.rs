@@ -407,7 +407,9 @@ impl Queue {
     /// Replaces the effective arguments (a policy was set, changed or removed) and applies
     /// them now where that makes sense: a lower length limit trims the queue at once, a new
     /// TTL applies to messages that arrive from now on, a new consumer timeout to deliveries
-    /// made from now on.
+    /// made from now on. A new shape may make messages deliverable to consumers that could
+    /// not take them before (a group held by another consumer, a priority level waiting for
+    /// its page-in): they are handed out now.
     pub fn set_arguments(&self, arguments: QueueArguments, policy: Option<String>) {
         let mut st = self.state.lock();
         let args = Arc::new(arguments);
@@ -426,6 +428,7 @@ impl Queue {
         self.touch_locked(&mut st);
         let mut dead = Vec::new();
         self.trim(&mut st, &mut dead);
+        drain(&mut st, self.store.as_ref());
         self.refresh_room(&st);
         drop(st);
         self.dead_letter(dead);

@@ -23,7 +23,7 @@
 //! the lower levels until it is paged in, so spilling never changes the delivery order.
 //! A reshape with messages on disk keeps in the new shape only those before the first seq
 //! on disk ([`ReadyList::reshape`]); the rest is filed as the old disk tails are re-filed
-//! (`spill.rs`), and a priority list delivers nothing meanwhile ([`ReadyList::set_refiling`]).
+//! (`spill.rs`), and the list delivers what is filed meanwhile.
 
 use std::collections::VecDeque;
 use std::ops::Index;
@@ -58,8 +58,6 @@ struct Levels {
     /// Per level: the highest seq taken from it (delivered, got or dropped); its disk tail
     /// starts after it, so that a requeued message always sorts before the tail.
     popped: Vec<Option<u64>>,
-    /// A reshape's re-filing runs: nothing is delivered ([`ReadyList::set_refiling`]).
-    refiling: bool,
 }
 
 impl Default for ReadyList {
@@ -371,16 +369,6 @@ impl ReadyList {
         }
     }
 
-    /// Holds back (or resumes) the delivery of a priority list while a reshape re-files the
-    /// disk tails of the old shape (`spill.rs`): any message still there may outrank every
-    /// one in memory. No-op for the other shapes: re-filing feeds their one lane in seq
-    /// order, behind everything in memory.
-    pub fn set_refiling(&mut self, refiling: bool) {
-        if let Inner::Priority(p) = &mut self.inner {
-            p.refiling = refiling;
-        }
-    }
-
     /// Where a disk tail of `lane` may start: the seq of the first message beyond a head of
     /// `head_count` messages and `head_bytes` bytes (in the lane's seq order) that was never
     /// taken before, i.e. after `delivered` (the queue's highest delivered seq; a priority
@@ -464,7 +452,6 @@ impl Levels {
             top: 0,
             spilled: vec![false; n],
             popped: vec![None; n],
-            refiling: false,
         }
     }
 
@@ -506,12 +493,9 @@ impl Levels {
 
     /// The level delivery takes from next: the highest one holding messages, unless a
     /// higher one has an empty head and messages on disk (`None`: they go first, once paged
-    /// in), or a re-filing runs.
+    /// in).
     #[inline]
     fn next_level(&self) -> Option<usize> {
-        if self.refiling {
-            return None;
-        }
         for level in (0..=self.top).rev() {
             if !self.levels[level].is_empty() {
                 return Some(level);

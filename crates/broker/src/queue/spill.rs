@@ -41,17 +41,24 @@
 //! that seq on, and arrivals meanwhile), is filed under its new lane once nothing still on
 //! disk comes before it: into the lane's head, or behind its own disk tail if it has one. The
 //! new lanes spill as usual meanwhile, so what was read goes back to disk, per lane, when
-//! memory is short: a page is read only while memory is below the spill threshold, or once
-//! the spill task has looked at the queue since the last page. A priority queue delivers
-//! nothing until the re-filing is done (any message still on disk may outrank those in
-//! memory); a FIFO or grouped queue delivers its head meanwhile, as the sources only feed
-//! its lane behind it. So a reshape keeps FIFO within each priority and puts every message
-//! at its priority, wherever it was. A spill write or page-in in flight during a reshape
-//! finds its tail among the sources when it ends. The messages held in memory spill too, as
-//! any lane's (those published meanwhile are what can grow): the first such spill makes
-//! them a source of their own, under a spill id, and later held messages past its end are
-//! appended to it; it is read back in merged seq order with the others, so they keep their
-//! place.
+//! memory is short: a page is read while memory is below the spill threshold, once the
+//! spill task has looked at the queue since the last page, or when nothing filed is left in
+//! memory (consumers or `basic.get` wait for it, as for a lane's page-in). The queue
+//! delivers what is filed meanwhile, in the new shape's order: for a FIFO or grouped queue
+//! that is its order anyway (the sources feed its lane behind its head). A priority queue
+//! delivers each filed message after every filed one of a higher priority, and the
+//! re-filing files in seq order, so during a re-filing a message is never delivered before
+//! a higher-priority message published before it, and FIFO within a priority holds; but a
+//! message still waiting to be filed (on disk, or published during the re-filing) may come
+//! after lower-priority messages published before it, as if it had been published when it
+//! is filed. Strict priority order over the whole backlog would have to read all of it
+//! before the first delivery, which under sustained publishing may never end. Once the
+//! re-filing is done, every message is at its priority, wherever it was. A spill write or
+//! page-in in flight during a reshape finds its tail among the sources when it ends. The
+//! messages held in memory spill too, as any lane's (those published meanwhile are what can
+//! grow): the first such spill makes them a source of their own, under a spill id, and later
+//! held messages past its end are appended to it; it is read back in merged seq order with
+//! the others, so they keep their place.
 //!
 //! The store I/O runs on the spill task, never under the queue lock: these functions only
 //! move messages between the lists and account for them.
@@ -551,7 +558,6 @@ impl QueueState {
         self.tails.refile = Some(refile);
         self.tails.spilled = 1;
         self.tails.recovered = false;
-        self.ready.set_refiling(true);
     }
 
     /// Files what the re-filing may file now: the messages read and held that no message
@@ -585,7 +591,6 @@ impl QueueState {
         if refile.sources.is_empty() {
             filed.extend(refile.held.drain(..));
             self.tails.spilled -= 1;
-            self.ready.set_refiling(false);
         } else {
             self.tails.refile = Some(refile);
         }
@@ -625,10 +630,12 @@ impl QueueState {
     }
 
     /// The next page of a re-filing, if it runs and may read: memory is below the spill
-    /// threshold (`room`), or the spill task ranked the queue since the last page.
+    /// threshold (`room`), the spill task ranked the queue since the last page, or nothing
+    /// filed is left in memory (the consumers wait for this page, as for a lane's page-in).
     fn refile_request(&mut self, max: usize, room: bool) -> Option<PageRequest> {
+        let starved = self.ready.is_empty();
         let refile = self.tails.refile.as_mut()?;
-        if !room && refile.read {
+        if !room && !starved && refile.read {
             return None;
         }
         let source = refile.next()?;
@@ -731,15 +738,23 @@ impl QueueState {
     }
 
     /// [`Queue::page_request`] under the lock; `room`: memory is below the spill threshold.
+    /// A lane's page-in goes before a re-filing's page: what the lanes hold on disk was
+    /// filed already, and a priority level waiting for its page holds back the lower ones.
     fn page_request_locked(&mut self, max: usize, room: bool) -> Option<PageRequest> {
         self.want_page = false;
         if self.deleted || self.busy {
             return None;
         }
-        if let Some(request) = self.refile_request(max, room) {
-            self.busy = true;
-            return Some(request);
-        }
+        let request = self
+            .lane_request(max)
+            .or_else(|| self.refile_request(max, room))?;
+        self.busy = true;
+        Some(request)
+    }
+
+    /// The page-in of the lane to page next ([`QueueState::lane_to_page`]), if its head has
+    /// room for one.
+    fn lane_request(&self, max: usize) -> Option<PageRequest> {
         let lane = self.lane_to_page()?;
         let (head_len, head_bytes) = self.head_of(lane);
         let disk = self.tails.lanes[lane].disk.as_ref()?;
@@ -750,9 +765,7 @@ impl QueueState {
         if head_len > 0 && (fits == 0 || room < disk.head_bytes / 4) {
             return None;
         }
-        let request = disk.page_request(fits, max, lane, self.epoch);
-        self.busy = true;
-        Some(request)
+        Some(disk.page_request(fits, max, lane, self.epoch))
     }
 
     /// A lane's disk tail is gone (paged in, or its first write failed): its waiting
@@ -1045,9 +1058,11 @@ impl Queue {
             .and_then(|l| l.disk.as_ref())
             .is_some_and(own)
         {
-            // A reshape made the tail a re-filing's source.
+            // A reshape made the tail a re-filing's source: what may be filed now is
+            // deliverable.
             if let Some(source) = st.source_of(batch_id, own) {
                 st.unspill_source(source, items, &range, bytes);
+                drain(st, self.store.as_ref());
             }
             return None;
         }
@@ -1166,7 +1181,13 @@ impl Queue {
                     let paged = crate::spill::page_in_blocking(vhost, &request);
                     let ok = paged.is_some();
                     self.finish_page(&request, paged);
-                    return ok;
+                    if !ok {
+                        return false;
+                    }
+                    // A re-filing's page may file nothing deliverable yet (its messages wait
+                    // for another source, or go behind a lane's disk tail): read on.
+                    st = self.state.lock();
+                    continue;
                 }
                 if !multi_thread {
                     return false;
@@ -1400,12 +1421,10 @@ mod tests {
         vhost.set_policies(vec![policy]);
     }
 
-    /// Pages the re-filing in to its end, checking that nothing is deliverable meanwhile,
-    /// then takes every message with `basic.get`: they must be `0..n` in priority order,
-    /// FIFO within a priority.
+    /// Pages the re-filing in to its end, then takes every message with `basic.get`: they
+    /// must be `0..n` in priority order, FIFO within a priority.
     fn re_file_and_get_in_priority_order(vhost: &Arc<VHost>, queue: &Queue, n: u16) {
         while queue.has_disk_tail() {
-            assert!(queue.state.lock().ready.front().is_none(), "held back");
             let request = queue.page_request(100).expect("the next page");
             queue.finish_page(&request, crate::spill::page_in_blocking(vhost, &request));
             queue.spillable();
@@ -1424,8 +1443,8 @@ mod tests {
 
     /// A policy makes a FIFO queue a priority queue while a page-in of its disk tail runs:
     /// the page comes back to the tail, now a re-filing's source, and is filed by priority;
-    /// nothing is delivered until the whole tail is re-filed, then everything comes in
-    /// priority order, FIFO within a priority.
+    /// once the whole tail is re-filed, everything comes in priority order, FIFO within a
+    /// priority.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reshape_during_a_page_in_files_the_page_by_priority() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1469,5 +1488,82 @@ mod tests {
         assert_eq!((batch.items.len(), batch.items[0].seq), (100, 1500));
         write(&store, &queue, batch).await;
         re_file_and_get_in_priority_order(&vhost, &queue, 1600);
+    }
+
+    /// `basic.get` on a queue made a priority queue while most of it is on disk, with memory
+    /// over the spill threshold (the re-filing may read a page per ranking by the spill
+    /// task, which does not run here) and messages published since waiting for the
+    /// re-filing: every get answers a message while the count says one is left, reading the
+    /// re-filing as far as it needs. They come FIFO within a priority, and none before a
+    /// message of a higher priority published before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn get_answers_a_message_while_a_priority_queue_re_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let config = BrokerConfig {
+            memory_high_watermark: 1,
+            ..BrokerConfig::default()
+        };
+        let (_broker, vhost) = with_queue(&store, config, QueueFlags::default());
+        publish_prioritised(&vhost, 0..1000);
+        let queue = vhost.queue("q").expect("queue");
+        write(&store, &queue, spill(&store, &queue).expect("a batch")).await;
+        make_priority_queue(&vhost);
+        publish_prioritised(&vhost, 1000..1100);
+        let mut channel = Channel::discarding(&vhost);
+        let mut got = Vec::new();
+        for left in (0..1100u32).rev() {
+            let ok = channel.get("q", true).expect("get").unwrap_or_else(|| {
+                panic!("get-empty with {} ready, after {} got", left + 1, got.len())
+            });
+            assert_eq!(ok.message_count, left, "the count after a get");
+            let body = std::str::from_utf8(ok.message.body()).expect("utf-8");
+            got.push(body.parse::<u16>().expect("index"));
+        }
+        assert!(channel.get("q", true).expect("get").is_none(), "empty");
+        let mut seen = got.clone();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1100).collect::<Vec<u16>>(), "every message once");
+        let mut delivered = vec![false; got.len()];
+        for (at, &i) in got.iter().enumerate() {
+            let same_later = (i + 1..1100).any(|j| j % 3 == i % 3 && delivered[usize::from(j)]);
+            let higher_earlier_left = (0..i).any(|j| j % 3 > i % 3 && !delivered[usize::from(j)]);
+            assert!(
+                !same_later && !higher_earlier_left,
+                "message {i} at position {at}: out of order"
+            );
+            delivered[usize::from(i)] = true;
+        }
+    }
+
+    /// A spill write of a FIFO queue's first batch fails (disk full) after a policy made the
+    /// queue a grouped one, so its tail had become a re-filing's only source: the messages
+    /// come back and end the re-filing, and a waiting consumer gets them at once, not at the
+    /// next publish or ack.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_of_a_failed_spill_write_during_a_re_filing_go_to_the_consumers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+        let (_broker, vhost) = with_queue(&store, BrokerConfig::default(), QueueFlags::default());
+        publish_prioritised(&vhost, 0..1000);
+        let queue = vhost.queue("q").expect("queue");
+        let batch = spill(&store, &queue).expect("a batch");
+        let definition = [(
+            "group-header".to_owned(),
+            FieldValue::LongString("k".into()),
+        )]
+        .into_iter()
+        .collect();
+        let policy = crate::Policy::new("/", "p", "^q$", crate::ApplyTo::Queues, 0, definition)
+            .expect("policy");
+        vhost.set_policies(vec![policy]);
+        let mut channel = Channel::discarding(&vhost);
+        channel
+            .consume("q", "c", true, false, &FieldTable::default(), |_| {})
+            .expect("consume");
+        assert_eq!(queue.message_count(), 990, "the head is delivered");
+        assert!(queue.finish_spill(batch, false).is_none());
+        assert!(!queue.has_disk_tail(), "the re-filing ended");
+        assert_eq!(queue.message_count(), 0, "the rest is delivered");
     }
 }
