@@ -27,6 +27,8 @@ class Names:
         # Names that a sequence mostly uses while they do not exist.
         self.rare_queue = f"s{seed}-rare-q"
         self.rare_exchange = f"s{seed}-rare-x"
+        # Quorum queues, declared and used by the extra operations only (see `extra_op`).
+        self.quorum_queues = [f"s{seed}-qq{i}" for i in range(2)]
 
     def queue(self, rng: random.Random):
         r = rng.random()
@@ -158,8 +160,106 @@ def setup(rng: random.Random, names: Names) -> list[dict]:
     return ops
 
 
+# Direct reply-to: the pseudo-queue, and the channel its consumer and the publishes that ask
+# for replies use. The channel is one no other operation uses (4 is the never-opened channel of
+# a frame error), so that the reply deliveries' tags, which lockgate numbers otherwise than
+# RabbitMQ on purpose (top-level README), meet no ack by rule.
+REPLY_TO = "amq.rabbitmq.reply-to"
+REPLY_CHANNEL = 5
+
+
+def quorum_args(rng: random.Random, names: Names) -> dict:
+    """A quorum queue's arguments: mostly valid ones, sometimes one it refuses (those of other
+    queue types) or a bad value."""
+    args = {"x-queue-type": ("S", "quorum")}
+    choices = {
+        "x-max-length": [("I", 2), ("I", 3)],
+        "x-overflow": [("S", "drop-head"), ("S", "reject-publish"),
+                       ("S", "reject-publish-dlx")],
+        "x-dead-letter-exchange": [("S", rng.choice(names.exchanges))],
+        "x-delivery-limit": [("I", 1), ("I", 2)],
+        "x-single-active-consumer": [("t", True)],
+        "x-message-ttl": [("I", 600000)],
+        "x-dead-letter-strategy": [("S", "at-most-once"), ("S", "bogus")],
+        "x-quorum-initial-group-size": [("I", 1), ("I", 0)],
+        "x-max-priority": [("I", 5)],
+        "x-queue-mode": [("S", "lazy")],
+    }
+    weights = [4, 3, 3, 3, 2, 2, 1, 1, 1, 1]
+    for key in set(rng.choices(sorted(choices), weights, k=rng.randrange(3))):
+        args[key] = rng.choice(choices[key])
+    return args
+
+
+def extra_op(rng: random.Random, names: Names) -> dict:
+    """An operation in the areas added after the first generator (direct reply-to, quorum
+    queues), drawn from a random stream of its own so that the main stream of a seed stays
+    what it was."""
+    kind = rng.choices(["reply.consume", "reply.publish", "reply.answer", "reply.declare",
+                        "reply.cancel", "quorum.declare", "quorum.bind", "quorum.consume",
+                        "quorum.get", "frame"],
+                       [2, 3, 3, 1, 1, 3, 2, 2, 2, 1])[0]
+    conn = rng.choice("AAB")
+    if kind == "frame":
+        return {"kind": "frame", "conn": conn, "ch": rng.choice([1, 2, 3]),
+                "error": rng.choice(sorted(LATER_FRAME_ERRORS))}
+    if kind == "reply.consume":
+        # With acks, or a second reply consumer on the channel: 406.
+        return {"kind": "basic.consume", "conn": conn, "ch": REPLY_CHANNEL, "queue": REPLY_TO,
+                "tag": rng.choice(["r1", "r1", ""]), "no_ack": rng.random() < 0.9,
+                "exclusive": False, "args": {}}
+    if kind == "reply.cancel":
+        return {"kind": "basic.cancel", "conn": conn, "ch": REPLY_CHANNEL, "tag": "r1"}
+    if kind == "reply.publish":
+        # A request: routed to the seed's queues, its reply_to rewritten to the channel's
+        # reply address (406 without a reply consumer there).
+        exchange = rng.choice(names.exchanges + [""])
+        key = rng.choice(names.queues) if exchange == "" else rng.choice(["a", "b", "a.b"])
+        props = {"reply_to": REPLY_TO, "correlation_id": rng.choice(["c1", "c2"])}
+        return {"kind": "basic.publish", "conn": conn, "ch": REPLY_CHANNEL,
+                "exchange": exchange, "key": key, "mandatory": False, "immediate": False,
+                "props": props, "body": "req", "count": 1}
+    if kind == "reply.answer":
+        # A reply to the last address a delivery carried, or to one that never existed.
+        # Not mandatory: a delivered mandatory reply is also returned by RabbitMQ 3.10, not
+        # by lockgate (top-level README).
+        return {"kind": "basic.publish", "conn": conn, "ch": rng.choice([1, 2, 3]),
+                "exchange": "", "key": rng.choice([("reply", "last"), ("reply", "last"),
+                                                   ("reply", "bogus")]),
+                "mandatory": False, "immediate": False,
+                "props": {"correlation_id": "c1"}, "body": "reply", "count": 1}
+    if kind == "reply.declare":
+        return {"kind": "queue.declare", "conn": conn, "ch": rng.choice([1, 2, 3]),
+                "name": rng.choice([REPLY_TO, ("reply", "last")]),
+                "passive": rng.random() < 0.5, "durable": False, "exclusive": False,
+                "auto_delete": False, "args": {}}
+    queue = rng.choice(names.quorum_queues)
+    ch = rng.choice([1, 1, 2, 3])
+    if kind == "quorum.declare":
+        # Mostly as a quorum queue must be; sometimes not (refused).
+        proper = rng.random() < 0.7
+        return {"kind": "queue.declare", "conn": conn, "ch": ch,
+                "name": queue if rng.random() < 0.9 else "",
+                "passive": rng.random() < 0.1, "durable": proper or rng.random() < 0.5,
+                "exclusive": not proper and rng.random() < 0.3,
+                "auto_delete": not proper and rng.random() < 0.3,
+                "args": quorum_args(rng, names)}
+    if kind == "quorum.bind":
+        return {"kind": "queue.bind", "conn": conn, "ch": ch, "queue": queue,
+                "exchange": rng.choice(names.exchanges),
+                "key": rng.choice(["a", "b", "#", "a.*"]), "args": {}}
+    if kind == "quorum.consume":
+        return {"kind": "basic.consume", "conn": conn, "ch": ch, "queue": queue,
+                "tag": rng.choice(["", "q1"]), "no_ack": rng.random() < 0.3,
+                "exclusive": False, "args": {}}
+    return {"kind": "basic.get", "conn": conn, "ch": ch, "queue": queue,
+            "no_ack": rng.random() < 0.4}
+
+
 def generate(seed: int, count: int) -> list[dict]:
     rng = random.Random(seed)
+    # The extra operations' own stream (see `extra_op`).
+    extra = random.Random(seed * 7919 + 17)
     names = Names(seed)
     weights = {
         "exchange.declare": 6, "exchange.delete": 2, "exchange.bind": 3, "exchange.unbind": 1,
@@ -235,6 +335,8 @@ def generate(seed: int, count: int) -> list[dict]:
         elif kind == "frame":
             op.update(error=rng.choice(sorted(FRAME_ERRORS)))
         ops.append(op)
+        if extra.random() < 0.25:
+            ops.append(extra_op(extra, names))
     return ops
 
 
@@ -268,6 +370,25 @@ FRAME_ERRORS = {
 }
 
 
+def _header_of(ch: int, class_id: int, weight: int) -> bytes:
+    return frame(FRAME_HEADER, ch, struct.pack(">HHQ", class_id, weight, 1) + b"\x00\x00")
+
+
+# Frame errors added later (generated by `extra_op`, so that the main stream's choice among
+# FRAME_ERRORS stays what it was).
+LATER_FRAME_ERRORS = {
+    # 505 "expected content header for class 60, got one for class 50 instead" (60/40)
+    "header-of-another-class": lambda ch: _publish(ch) + _header_of(ch, 50, 0),
+    # 505 "expected content header for class 60, got non content header frame instead"
+    "header-with-a-weight": lambda ch: _publish(ch) + _header_of(ch, 60, 1),
+    # 505 "expected content body, got non content body frame instead"
+    "header-of-another-class-in-a-body": lambda ch: (_publish(ch) + _header(ch, 3)
+                                                     + _header_of(ch, 50, 0)),
+    # 505 "expected method frame, got non method frame instead" (channel 6 is never opened)
+    "header-on-unopened-channel": lambda ch: _header(6, 1),
+}
+
+
 def describe(op: dict) -> str:
     rest = " ".join(f"{k}={v!r}" if len(repr(v)) < 40 or k != "body" else f"{k}=<{len(v)} octets>"
                     for k, v in op.items() if k not in ("kind", "conn", "ch"))
@@ -275,7 +396,14 @@ def describe(op: dict) -> str:
 
 
 def resolve_queue(session: Session, name) -> str:
+    """A name as sent: `("gen", i)` a server-generated queue's, `("reply", "last")` the reply
+    address the session saw last (in a delivered request's reply_to), `("reply", "bogus")`
+    one no broker handed out."""
     if isinstance(name, tuple):
+        if name[0] == "reply":
+            if name[1] == "last" and session.reply_addresses:
+                return session.reply_addresses[-1]
+            return REPLY_TO + ".bogus"
         gen = session.generated
         return gen[name[1] % len(gen)] if gen else "amq.gen-none"
     return name
@@ -311,7 +439,8 @@ def execute(session: Session, op: dict, rng: random.Random) -> None:
     call = session.call
     if kind == "frame":
         # The connection's close ends the call; nothing else answers these.
-        call(c, 0, FRAME_ERRORS[op["error"]](ch), {"connection.close"})
+        frames = {**FRAME_ERRORS, **LATER_FRAME_ERRORS}[op["error"]](ch)
+        call(c, 0, frames, {"connection.close"})
     elif kind == "channel.close":
         call(c, ch, method(ch, "channel.close", 200, "bye", 0, 0), {"channel.close-ok"})
     elif kind == "channel.flow":
@@ -347,8 +476,8 @@ def execute(session: Session, op: dict, rng: random.Random) -> None:
         body = op["body"].encode()
         frames = b""
         for _ in range(op["count"]):
-            frames += (method(ch, kind, 0, op["exchange"], op["key"], op["mandatory"],
-                              op["immediate"])
+            frames += (method(ch, kind, 0, op["exchange"], resolve_queue(session, op["key"]),
+                              op["mandatory"], op["immediate"])
                        + _content(ch, op["props"], body))
         call(c, ch, frames + sync_frame(ch), {"exchange.declare-ok"})
     elif kind == "basic.get":

@@ -35,7 +35,10 @@ from ops import Names, describe, execute, generate  # noqa: E402
 from session import Session  # noqa: E402
 from wire import method  # noqa: E402
 
-GENERATED = re.compile(r"amq\.(gen|ctag)-[A-Za-z0-9_\-]+")
+# Server-generated queue names and consumer tags, and direct reply-to addresses (whose
+# suffix is the broker's own encoding).
+GENERATED = re.compile(r"amq\.(gen|ctag)-[A-Za-z0-9_\-]+"
+                       r"|amq\.rabbitmq\.(reply)-to\.[A-Za-z0-9_\-.=+/]+")
 # When a message was dead-lettered (x-death's `time`), in seconds: timing.
 DEATH_TIME = re.compile(r"time=T:\d+")
 
@@ -72,7 +75,7 @@ def clean_up(host: str, port: int, names: Names, generated: list[str],
     for op in ops:
         if op["kind"] == "exchange.bind":
             send("exchange.unbind", 0, op["dest"], op["source"], op["key"], False, op["args"])
-    for queue in names.queues + [names.rare_queue] + generated:
+    for queue in names.queues + names.quorum_queues + [names.rare_queue] + generated:
         send("queue.delete", 0, queue, False, False, False)
     for exchange in names.exchanges + [names.rare_exchange]:
         send("exchange.delete", 0, exchange, False, False)
@@ -89,8 +92,9 @@ def normalise(session: Session, ops: list[dict]) -> list[str]:
     def names(text: str) -> str:
         def sub(m: re.Match) -> str:
             if m.group(0) not in mapping:
-                count = sum(1 for v in mapping.values() if v.startswith(f"<{m.group(1)}"))
-                mapping[m.group(0)] = f"<{m.group(1)}{count + 1}>"
+                kind = m.group(1) or m.group(2)
+                count = sum(1 for v in mapping.values() if v.startswith(f"<{kind}"))
+                mapping[m.group(0)] = f"<{kind}{count + 1}>"
             return mapping[m.group(0)]
         return DEATH_TIME.sub("time=T:_", GENERATED.sub(sub, text))
 

@@ -99,6 +99,8 @@ class Session:
         self.op = 0
         self.recording = True
         self.generated: list[str] = []  # server-generated queue names, in order
+        # Direct reply-to addresses seen in delivered messages' reply_to, in order.
+        self.reply_addresses: list[str] = []
         self.selector = selectors.DefaultSelector()
 
     # --- connections and channels
@@ -190,6 +192,9 @@ class Session:
         if kind == FRAME_HEADER:
             pending[2] = decode_properties(payload)
             pending[3] = struct.unpack(">Q", payload[4:12])[0]
+            reply_to = pending[2].get("reply_to", "")
+            if reply_to.startswith("amq.rabbitmq.reply-to."):
+                self.reply_addresses.append(reply_to)
         elif kind == FRAME_BODY:
             pending[4] += payload
         if pending[2] is not None and len(pending[4]) >= pending[3]:

@@ -73,6 +73,38 @@ def test_delivery_mode_other_than_1_or_2_is_refused(ch, mode):
         406, f"PRECONDITION_FAILED - invalid message: {{delivery_mode_unknown,{mode}}}")
 
 
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def test_a_request_for_a_direct_reply_to_a_missing_exchange_is_404(ch, name):
+    """Without a reply consumer on the channel: the exchange is looked up first."""
+    missing = name("missing")
+    assert closed_by(ch, lambda: publish_then_sync(
+        ch, missing, pika.BasicProperties(reply_to=REPLY_TO))) == (
+        404, f"NOT_FOUND - no exchange '{missing}' {VHOST_SUFFIX}")
+
+
+def test_a_request_for_a_direct_reply_to_an_internal_exchange_is_403(conn, ch, name):
+    internal = name("internal")
+    ch.exchange_declare(internal, "fanout", internal=True, auto_delete=True)
+    try:
+        assert closed_by(ch, lambda: publish_then_sync(
+            ch, internal, pika.BasicProperties(reply_to=REPLY_TO))) == (
+            403, f"ACCESS_REFUSED - cannot publish to internal exchange '{internal}' "
+                 f"{VHOST_SUFFIX}")
+    finally:
+        conn.channel().exchange_delete(internal)
+
+
+@pytest.mark.parametrize("prop", sorted(BAD_PROPERTIES))
+def test_a_request_for_a_direct_reply_without_its_consumer_is_refused_before_properties(
+        ch, prop):
+    properties = BAD_PROPERTIES[prop]
+    properties.reply_to = REPLY_TO
+    assert closed_by(ch, lambda: publish_then_sync(ch, "amq.direct", properties)) == (
+        406, "PRECONDITION_FAILED - fast reply consumer does not exist")
+
+
 def test_reserved_exchange_name_is_refused_before_its_alternate_exchange_type(ch, name):
     reserved = "amq." + name("x")
     assert closed_by(ch, lambda: ch.exchange_declare(

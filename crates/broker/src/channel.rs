@@ -28,7 +28,7 @@ use crate::error::BrokerError;
 use crate::exchange::Exchange;
 use crate::ids::{ChannelId, ConnectionId, ConsumerTag, DeliveryTag};
 use crate::message::Message;
-use crate::queue::arguments::consume_priority;
+use crate::queue::arguments::{consume_priority, refuses_get, QueueType};
 use crate::queue::{GetOk, Queue, Ready, Return};
 use crate::sink::{Delivery, DeliverySink, SinkClosed, SinkClosedAll};
 use crate::stats::ChannelSnapshot;
@@ -438,7 +438,8 @@ impl Channel {
     /// # Errors
     /// `NotAllowed` (530, connection) for a tag already used on this channel; `NotFound` for
     /// a missing queue; `ResourceLocked` for another connection's exclusive queue;
-    /// `PreconditionFailed` for an invalid `x-priority`;
+    /// `PreconditionFailed` for an invalid `x-priority`; `NotImplemented` (540, connection)
+    /// for a quorum queue on a channel with a global prefetch limit, as RabbitMQ 3.10;
     /// `AccessRefused` "queue 'q' in vhost '/' in exclusive use" when an exclusive consume
     /// meets other consumers or any consume meets an exclusive consumer.
     pub fn consume(
@@ -462,6 +463,16 @@ impl Channel {
         }
         let queue = self.vhost.queue_for(self.shared.connection, queue)?;
         let priority = consume_priority(arguments, &queue.resource())?;
+        if QueueType::of(queue.raw_arguments()) == QueueType::Quorum
+            && self.shared.global_prefetch.load(Ordering::Acquire) > 0
+        {
+            // RabbitMQ 3.10's quorum queues refuse a consumer under a channel-wide prefetch
+            // limit, for the whole connection.
+            return Err(BrokerError::not_implemented(format_args!(
+                "{} does not support global qos",
+                queue.resource()
+            )));
+        }
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             queue: Arc::clone(&queue),
@@ -685,9 +696,16 @@ impl Channel {
     ///
     /// # Errors
     /// `NotFound` for a missing queue; `ResourceLocked` for another connection's exclusive
-    /// queue.
+    /// queue, and for a quorum queue with a single active consumer (RabbitMQ's refusal).
     pub fn get(&mut self, queue: &str, no_ack: bool) -> Result<Option<GetOk>, BrokerError> {
         let queue = self.vhost.queue_for(self.shared.connection, queue)?;
+        if refuses_get(queue.raw_arguments()) {
+            return Err(BrokerError::ResourceLocked(format!(
+                "RESOURCE_LOCKED - cannot obtain access to locked {}. basic.get operations are \
+                 not supported by quorum queues with single active consumer",
+                queue.resource()
+            )));
+        }
         Ok(queue.get(&self.vhost, &self.shared, no_ack))
     }
 

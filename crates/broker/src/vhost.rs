@@ -27,7 +27,7 @@ use crate::exchange::{BindingEntry, Destination, Exchange, ExchangeFlags, Exchan
 use crate::ids::{random_name, ChannelId, ConnectionId};
 use crate::memory::{MemoryCharge, MemoryMonitor};
 use crate::message::Message;
-use crate::queue::arguments::{assert_equivalent, QueueArguments};
+use crate::queue::arguments::{assert_equivalent, QueueArguments, QueueType};
 use crate::queue::{Admit, Queue, QueueStore};
 
 mod introspect;
@@ -574,6 +574,14 @@ impl VHost {
             });
         }
         let name = if name.is_empty() {
+            // Before anything else, as RabbitMQ's channel (a quorum queue needs a name its
+            // clients agree on).
+            if QueueType::of(&arguments) == QueueType::Quorum {
+                return Err(BrokerError::precondition_failed(format_args!(
+                    "Cannot declare a server-named queue for type {}",
+                    QueueType::Quorum.module()
+                )));
+            }
             random_name("amq.gen")
         } else if name.starts_with("amq.") {
             return Err(BrokerError::access_refused(format_args!(
@@ -618,7 +626,7 @@ impl VHost {
             });
         }
         // Policies (vhost/policies.rs): client arguments over the matching policy.
-        let (parsed, policy) = self.declare_arguments(&name, &arguments)?;
+        let (parsed, policy) = self.declare_arguments(&name, flags, &arguments)?;
         let mut queue = Queue::new(
             name.clone(),
             self.name.clone(),

@@ -6,7 +6,8 @@
 //!   payload) are 501 FRAME_ERROR (`rabbit_reader:handle_input` / `frame_error`);
 //! - a heartbeat on a non-zero channel is 505 UNEXPECTED_FRAME (`rabbit_reader:handle_frame`), and
 //!   so is a content header for another class than basic or with a non-zero weight
-//!   (`rabbit_command_assembler:process`);
+//!   (`rabbit_command_assembler:process`; both name the channel, because what a server answers
+//!   depends on what the channel expected);
 //! - method arguments that do not decode (truncated, a string running past the end, a bad
 //!   field-table tag, trailing octets, invalid UTF-8 in a shortstr) are 501 FRAME_ERROR: RabbitMQ's
 //!   generated `decode_method_fields` falls back to `rabbit_misc:frame_error/2`
@@ -141,12 +142,16 @@ pub enum WireError {
     /// A content header for a class other than basic (the only class with content in 0-9-1).
     #[error("content header for class {class_id}, which has no content")]
     BadContentClass {
+        /// The frame's channel.
+        channel: u16,
         /// The class id found.
         class_id: u16,
     },
     /// A content header with a non-zero weight (unused in 0-9-1; RabbitMQ only accepts 0).
     #[error("content header with weight {weight} (must be 0)")]
     BadContentWeight {
+        /// The frame's channel.
+        channel: u16,
         /// The weight found.
         weight: u16,
     },

@@ -972,7 +972,8 @@ impl Decoder for FrameCodec {
                 if payload_len < 12 {
                     return Err(WireError::ShortHeaderFrame { size });
                 }
-                let fixed = ContentHeader::decode_fixed(src.get(7..19).unwrap_or_default());
+                let fixed =
+                    ContentHeader::decode_fixed(channel, src.get(7..19).unwrap_or_default());
                 // Only the properties are split off (no slice of a slice to drop).
                 src.advance(19);
                 let raw = src.split_to(payload_len - 12).freeze();

@@ -348,13 +348,15 @@ impl ContentHeader {
         HeaderRef::from(self).encode(dst);
     }
 
-    /// Decodes a header frame's payload. `raw` becomes a slice of `payload` (no copy).
+    /// Decodes the payload of a header frame on `channel`. `raw` becomes a slice of `payload`
+    /// (no copy).
     ///
     /// # Errors
-    /// A payload shorter than 12 octets, a class other than basic, a non-zero weight, or
-    /// properties that do not decode.
-    pub fn decode(payload: Bytes) -> Result<Self, WireError> {
-        let (class_id, body_size) = ContentHeader::decode_fixed(&payload)?;
+    /// A payload shorter than 12 octets, a non-zero weight, a class other than basic (in that
+    /// order, as RabbitMQ's `rabbit_command_assembler` tells them apart: a header frame with
+    /// another weight is no content header to it), or properties that do not decode.
+    pub fn decode(channel: u16, payload: Bytes) -> Result<Self, WireError> {
+        let (class_id, body_size) = ContentHeader::decode_fixed(channel, &payload)?;
         ContentHeader::from_raw(class_id, body_size, payload.slice(12..))
     }
 
@@ -362,16 +364,16 @@ impl ContentHeader {
     ///
     /// # Errors
     /// As [`ContentHeader::decode`], the properties aside.
-    pub(crate) fn decode_fixed(payload: &[u8]) -> Result<(u16, u64), WireError> {
+    pub(crate) fn decode_fixed(channel: u16, payload: &[u8]) -> Result<(u16, u64), WireError> {
         let mut r = Reader::new(payload);
         let class_id = r.u16("class-id")?;
         let weight = r.u16("weight")?;
         let body_size = r.u64("body-size")?;
-        if class_id != BASIC_CLASS_ID {
-            return Err(WireError::BadContentClass { class_id });
-        }
         if weight != 0 {
-            return Err(WireError::BadContentWeight { weight });
+            return Err(WireError::BadContentWeight { channel, weight });
+        }
+        if class_id != BASIC_CLASS_ID {
+            return Err(WireError::BadContentClass { channel, class_id });
         }
         Ok((class_id, body_size))
     }
@@ -548,6 +550,13 @@ impl<'a> PropertiesView<'a> {
     #[must_use]
     pub fn user_id(&self) -> Option<Cow<'a, str>> {
         self.text(USER_ID)
+    }
+
+    /// `reply-to`, its octets as sent.
+    #[inline]
+    #[must_use]
+    pub fn reply_to(&self) -> Option<&'a [u8]> {
+        self.field(REPLY_TO)
     }
 }
 

@@ -594,7 +594,13 @@ fn header_for_a_class_without_content_is_unexpected() {
         &raw_frame(2, 1, b"\x00\x3c\x00\x01\0\0\0\0\0\0\0\0\0\0"),
     );
     assert!(
-        matches!(err, WireError::BadContentWeight { weight: 1 }),
+        matches!(
+            err,
+            WireError::BadContentWeight {
+                channel: 1,
+                weight: 1
+            }
+        ),
         "{err}"
     );
     assert_eq!(err.reply_code(), reply_code::UNEXPECTED_FRAME);

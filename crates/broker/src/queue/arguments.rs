@@ -82,9 +82,39 @@ pub struct QueueArguments {
     pub dedup: Option<DedupWindow>,
 }
 
-/// The arguments RabbitMQ compares when a classic queue is redeclared, in its order (the first
-/// that differs is the one reported).
-const COMPARED: &[&str] = &[
+/// Every queue argument RabbitMQ 3.10 knows (`rabbit_queue_type:arguments(queue_arguments)`,
+/// all queue types together). One that the declared queue type does not support is refused
+/// at declare ([`QueueType::supports`]); arguments RabbitMQ does not know are ignored there
+/// and kept in the table here, or are lockgate's own ([`OWN`]).
+const KNOWN: &[&str] = &[
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-delivery-limit",
+    "x-expires",
+    "x-initial-cluster-size",
+    "x-max-age",
+    "x-max-in-memory-bytes",
+    "x-max-in-memory-length",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-message-ttl",
+    "x-overflow",
+    "x-queue-leader-locator",
+    "x-queue-master-locator",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-queue-version",
+    "x-quorum-initial-group-size",
+    "x-single-active-consumer",
+    "x-stream-max-segment-size-bytes",
+];
+
+/// What a classic queue supports of [`KNOWN`], in RabbitMQ 3.10's order
+/// (`rabbit_queue_type:arguments(queue_arguments, rabbit_classic_queue)`): a redeclaration
+/// is compared in it, and the first argument that differs is the one reported.
+const CLASSIC: &[&str] = &[
     "x-expires",
     "x-message-ttl",
     "x-dead-letter-exchange",
@@ -94,9 +124,35 @@ const COMPARED: &[&str] = &[
     "x-max-priority",
     "x-overflow",
     "x-queue-mode",
-    "x-single-active-consumer",
     "x-queue-version",
+    "x-single-active-consumer",
     "x-queue-type",
+    "x-queue-master-locator",
+];
+
+/// What a quorum queue supports of [`KNOWN`], in RabbitMQ 3.10's order (as [`CLASSIC`]).
+const QUORUM: &[&str] = &[
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-overflow",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-message-ttl",
+    "x-queue-leader-locator",
+];
+
+/// lockgate's own settings, which every queue type takes, compared after the type's own
+/// arguments. `x-delivery-limit` is among them because lockgate honours it on classic queues
+/// too (RabbitMQ 3.10 only in quorum queues, which compare it in their place).
+const OWN: &[&str] = &[
     "x-consumer-timeout",
     "x-consumer-timeout-action",
     "x-delivery-limit",
@@ -105,6 +161,89 @@ const COMPARED: &[&str] = &[
     "x-group-header",
     "x-deduplication-window",
 ];
+
+/// The queue type a declaration asks for with `x-queue-type`. Both make the same lockgate
+/// queue; the type decides what a declaration may ask for, and the order in which a
+/// redeclaration is compared, as in RabbitMQ 3.10.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QueueType {
+    /// `classic`, or no `x-queue-type`.
+    Classic,
+    /// `quorum`: durable, neither exclusive nor auto-delete, never server-named.
+    Quorum,
+}
+
+impl QueueType {
+    /// The type `table` declares (classic unless `x-queue-type` is "quorum").
+    pub(crate) fn of(table: &FieldTable) -> Self {
+        match table.get("x-queue-type") {
+            Some(FieldValue::LongString(name)) if &name[..] == b"quorum" => Self::Quorum,
+            _ => Self::Classic,
+        }
+    }
+
+    /// RabbitMQ's module name for the type, as its reply texts show it.
+    pub(crate) fn module(self) -> &'static str {
+        match self {
+            Self::Classic => "rabbit_classic_queue",
+            Self::Quorum => "rabbit_quorum_queue",
+        }
+    }
+
+    /// The arguments of [`KNOWN`] the type supports, in RabbitMQ's order.
+    fn arguments(self) -> &'static [&'static str] {
+        match self {
+            Self::Classic => CLASSIC,
+            Self::Quorum => QUORUM,
+        }
+    }
+
+    /// Whether a declaration of this type may carry `key`: any argument outside [`KNOWN`],
+    /// those of [`KNOWN`] the type supports, and lockgate's own.
+    fn supports(self, key: &str) -> bool {
+        !KNOWN.contains(&key) || self.arguments().contains(&key) || OWN.contains(&key)
+    }
+
+    /// The arguments a redeclaration is compared in, in order: the type's, then lockgate's
+    /// own.
+    fn compared(self) -> impl Iterator<Item = &'static str> {
+        let arguments = self.arguments();
+        arguments
+            .iter()
+            .chain(OWN.iter().filter(move |key| !arguments.contains(key)))
+            .copied()
+    }
+
+    /// RabbitMQ 3.10's refusal of a new quorum queue's flags (`rabbit_quorum_queue:declare`),
+    /// checked after its arguments: auto-delete first, then exclusive, then non-durable (an
+    /// exclusive queue is never durable).
+    ///
+    /// # Errors
+    /// `PreconditionFailed` "invalid property 'auto-delete' for queue 'q' in vhost '/'".
+    pub(crate) fn check_flags(
+        self,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        queue: &Resource<'_>,
+    ) -> Result<(), BrokerError> {
+        if self == Self::Classic {
+            return Ok(());
+        }
+        let refused = if auto_delete {
+            "auto-delete"
+        } else if exclusive {
+            "exclusive-owner"
+        } else if !durable {
+            "non-durable"
+        } else {
+            return Ok(());
+        };
+        Err(BrokerError::precondition_failed(format_args!(
+            "invalid property '{refused}' for {queue}"
+        )))
+    }
+}
 
 /// Policy keys and the queue arguments they set (RabbitMQ's policy names where it has one).
 const POLICY_KEYS: &[(&str, &str)] = &[
@@ -143,13 +282,44 @@ impl QueueArguments {
         POLICY_KEYS.iter().map(|(policy, _)| *policy)
     }
 
-    /// Validates and parses a declaration's arguments. Unknown arguments are kept in the raw
-    /// table and ignored, as RabbitMQ does.
+    /// Validates and parses a table of arguments: a stored queue's, or a client's with a
+    /// policy's over them. Unknown arguments are kept in the raw table and ignored, as
+    /// RabbitMQ does.
     ///
     /// # Errors
     /// `PreconditionFailed` "invalid arg 'x-max-length' for queue 'q' in vhost '/': ..." for a
     /// wrong type or value.
     pub(crate) fn parse(table: &FieldTable, queue: &Resource<'_>) -> Result<Self, BrokerError> {
+        Self::parse_as(table, queue, None)
+    }
+
+    /// Validates and parses a client's declaration as RabbitMQ 3.10 does for the queue type
+    /// it asks for: besides [`QueueArguments::parse`]'s checks, the values of the arguments
+    /// the type supports that lockgate otherwise ignores (`x-queue-version`,
+    /// `x-dead-letter-strategy`, ...), and then a refusal of any argument RabbitMQ knows but
+    /// the type does not support. The values of those are not checked first (RabbitMQ's
+    /// `rabbit_amqqueue:check_declare_arguments`).
+    ///
+    /// # Errors
+    /// As [`QueueArguments::parse`]; "invalid arg 'x-max-priority' for queue 'q' in vhost
+    /// '/' of queue type rabbit_quorum_queue" for an argument the type does not support.
+    pub(crate) fn parse_declared(
+        table: &FieldTable,
+        queue: &Resource<'_>,
+    ) -> Result<Self, BrokerError> {
+        Self::parse_as(table, queue, Some(QueueType::of(table)))
+    }
+
+    /// `declared`: the type of a client's declaration (see [`QueueArguments::parse_declared`]).
+    fn parse_as(
+        table: &FieldTable,
+        queue: &Resource<'_>,
+        declared: Option<QueueType>,
+    ) -> Result<Self, BrokerError> {
+        // Values checked only in a declaration of a type that supports them, and skipped in
+        // one of a type that refuses them.
+        let checked = |key: &str| declared.is_some_and(|t| t.supports(key));
+        let skipped = |key: &str| declared.is_some_and(|t| !t.supports(key));
         let invalid = |key: &str, why: String| {
             BrokerError::precondition_failed(format_args!("invalid arg '{key}' for {queue}: {why}"))
         };
@@ -232,15 +402,34 @@ impl QueueArguments {
                 "routing_key_but_no_dlx_defined".to_owned(),
             ));
         }
+        if checked("x-dead-letter-strategy") {
+            match string("x-dead-letter-strategy")?.as_deref() {
+                None | Some("at-most-once" | "at-least-once") => {}
+                Some(_) => {
+                    return Err(invalid(
+                        "x-dead-letter-strategy",
+                        "invalid_dlx_strategy".to_owned(),
+                    ))
+                }
+            }
+        }
         let max_length = non_negative("x-max-length")?;
         let max_length_bytes = non_negative("x-max-length-bytes")?;
-        let max_priority =
+        for key in ["x-max-in-memory-length", "x-max-in-memory-bytes"] {
+            if checked(key) {
+                non_negative(key)?;
+            }
+        }
+        let max_priority = if skipped("x-max-priority") {
+            None
+        } else {
             match non_negative("x-max-priority")? {
                 None => None,
                 Some(v) => Some(u8::try_from(v).map_err(|_| {
                     invalid("x-max-priority", format!("{{max_value_exceeded,{v}}}"))
                 })?),
-            };
+            }
+        };
         let overflow = match string("x-overflow")?.as_deref() {
             None => None,
             Some("drop-head") => Some(Overflow::DropHead),
@@ -252,13 +441,34 @@ impl QueueArguments {
                 return Err(invalid("x-overflow", "invalid_overflow".to_owned()));
             }
         };
-        match string("x-queue-mode")?.as_deref() {
-            None | Some("default" | "lazy") => {}
-            Some(other) => {
-                return Err(invalid(
-                    "x-queue-mode",
-                    format!("\"unsupported queue mode '{other}'\""),
-                ))
+        if !skipped("x-queue-mode") {
+            match string("x-queue-mode")?.as_deref() {
+                None | Some("default" | "lazy") => {}
+                Some(other) => {
+                    return Err(invalid(
+                        "x-queue-mode",
+                        format!("\"unsupported queue mode '{other}'\""),
+                    ))
+                }
+            }
+        }
+        if checked("x-queue-version") {
+            if let Some(value) = table.get("x-queue-version") {
+                match integer(value) {
+                    Some(1 | 2) => {}
+                    Some(v) => {
+                        return Err(invalid(
+                            "x-queue-version",
+                            format!("\"unsupported queue version '{v}'\""),
+                        ))
+                    }
+                    None => {
+                        return Err(invalid(
+                            "x-queue-version",
+                            format!("\"expected integer, got {}\"", type_name(value)),
+                        ))
+                    }
+                }
             }
         }
         let single_active_consumer = match table.get("x-single-active-consumer") {
@@ -271,6 +481,34 @@ impl QueueArguments {
                 ))
             }
         };
+        if checked("x-quorum-initial-group-size")
+            && non_negative("x-quorum-initial-group-size")? == Some(0)
+        {
+            return Err(invalid(
+                "x-quorum-initial-group-size",
+                "{value_zero,0}".to_owned(),
+            ));
+        }
+        if checked("x-queue-leader-locator") {
+            match string("x-queue-leader-locator")?.as_deref() {
+                None | Some("client-local" | "random" | "least-leaders" | "balanced") => {}
+                Some(_) => {
+                    return Err(invalid(
+                        "x-queue-leader-locator",
+                        "invalid_queue_locator_arg".to_owned(),
+                    ))
+                }
+            }
+        }
+        if let Some(declared) = declared {
+            // In the table's order (RabbitMQ's is the client's; a FieldTable sorts by name).
+            if let Some(key) = table.0.keys().find(|key| !declared.supports(key)) {
+                return Err(BrokerError::precondition_failed(format_args!(
+                    "invalid arg '{key}' for {queue} of queue type {}",
+                    declared.module()
+                )));
+            }
+        }
         let consumer_timeout_action = match string("x-consumer-timeout-action")?.as_deref() {
             None | Some("requeue") => TimeoutAction::Requeue,
             Some("close-channel") => TimeoutAction::CloseChannel,
@@ -392,7 +630,19 @@ pub(crate) fn consume_priority(
     }
 }
 
-/// RabbitMQ's redeclaration check over the compared argument names.
+/// Whether a queue declared with `table` refuses basic.get, as RabbitMQ 3.10 does: a quorum
+/// queue with a single active consumer (`x-single-active-consumer` set by the client; RabbitMQ
+/// applies no such policy to quorum queues).
+pub(crate) fn refuses_get(table: &FieldTable) -> bool {
+    QueueType::of(table) == QueueType::Quorum
+        && matches!(
+            table.get("x-single-active-consumer"),
+            Some(FieldValue::Bool(true))
+        )
+}
+
+/// RabbitMQ's redeclaration check of a queue declared with `current`, over the arguments
+/// its type compares, in their order ([`QueueType::compared`]).
 ///
 /// # Errors
 /// `PreconditionFailed` "inequivalent arg 'x-max-length' for queue 'q' in vhost '/': received
@@ -402,7 +652,8 @@ pub(crate) fn assert_equivalent(
     received: &FieldTable,
     resource: &Resource<'_>,
 ) -> Result<(), BrokerError> {
-    assert_equivalent_args(current, received, resource, COMPARED)
+    let keys: Vec<&str> = QueueType::of(current).compared().collect();
+    assert_equivalent_args(current, received, resource, &keys)
 }
 
 /// RabbitMQ's `rabbit_misc:assert_args_equivalence` over `keys`, in their order (an

@@ -13,7 +13,8 @@ use super::VHost;
 use crate::error::BrokerError;
 use crate::exchange::Exchange;
 use crate::policy::{self, Policy};
-use crate::queue::arguments::QueueArguments;
+use crate::queue::arguments::{QueueArguments, QueueType};
+use crate::vhost::QueueFlags;
 
 /// The policies of one vhost, replaced as a whole.
 #[derive(Debug, Default)]
@@ -92,17 +93,25 @@ impl VHost {
         }
     }
 
-    /// [`VHost::declare_queue`]'s hook: validates the client's arguments, then applies the
-    /// matching policy over them.
+    /// [`VHost::declare_queue`]'s hook: validates the client's arguments, and the flags
+    /// against the queue type they ask for, then applies the matching policy over them.
     ///
     /// # Errors
-    /// `PreconditionFailed` for invalid client arguments.
+    /// `PreconditionFailed` for invalid client arguments, or flags a quorum queue cannot have.
     pub(crate) fn declare_arguments(
         &self,
         name: &str,
+        flags: QueueFlags,
         client: &FieldTable,
     ) -> Result<(QueueArguments, Option<String>), BrokerError> {
-        QueueArguments::parse(client, &self.queue_resource(name))?;
+        let resource = self.queue_resource(name);
+        QueueArguments::parse_declared(client, &resource)?;
+        QueueType::of(client).check_flags(
+            flags.durable && !flags.exclusive,
+            flags.exclusive,
+            flags.auto_delete,
+            &resource,
+        )?;
         Ok(self.effective_arguments(name, client))
     }
 }

@@ -159,6 +159,29 @@ fn refuse_immediate(immediate: bool) -> Result<(), AmqpError> {
     Ok(())
 }
 
+// The frame errors of content out of step, in RabbitMQ's words (rabbit_command_assembler).
+// Those that break a publish's content name the basic.publish.
+
+/// A content frame where a method frame was expected (no publish before it).
+pub(crate) fn not_a_method() -> AmqpError {
+    AmqpError::unexpected_frame("expected method frame, got non method frame instead")
+}
+
+/// Another frame where a basic.publish's content header was expected.
+fn not_a_header() -> AmqpError {
+    AmqpError::unexpected_frame(format!(
+        "expected content header for class {BASIC_CLASS_ID}, got non content header frame \
+         instead"
+    ))
+    .on(60, 40)
+}
+
+/// Another frame where more of a basic.publish's body was expected.
+fn not_a_body() -> AmqpError {
+    AmqpError::unexpected_frame("expected content body, got non content body frame instead")
+        .on(60, 40)
+}
+
 /// Maps a broker error to a protocol error (the broker's text is RabbitMQ's).
 fn broker_error(error: BrokerError) -> AmqpError {
     AmqpError::new(error.reply_code(), error.text())
@@ -167,7 +190,8 @@ fn broker_error(error: BrokerError) -> AmqpError {
 /// What RabbitMQ refuses in the content header of a publish by `user` to `exchange`: a body
 /// over `max_message_size`, a `user_id` other than the publisher's, a bad `expiration`, a
 /// `delivery_mode` other than 1 or 2. The management API's publish goes through it too, as
-/// RabbitMQ's goes through a channel.
+/// RabbitMQ's goes through a channel (its `reply_to` is not checked: see
+/// [`check_publish_content`]).
 ///
 /// # Errors
 /// 406 with RabbitMQ's text; when a property is refused and the exchange is missing or
@@ -179,6 +203,20 @@ pub(crate) fn check_content(
     exchange: &str,
     header: HeaderRef<'_>,
 ) -> Result<(), AmqpError> {
+    check_publish_content(vhost, user, max_message_size, exchange, header, true)
+}
+
+/// [`check_content`], and, before the other properties (RabbitMQ's
+/// `rabbit_channel:maybe_set_fast_reply_to` runs after the exchange's checks and before
+/// theirs), a `reply_to` asking for a direct reply on a channel without a `reply_consumer`.
+fn check_publish_content(
+    vhost: &VHost,
+    user: &str,
+    max_message_size: u64,
+    exchange: &str,
+    header: HeaderRef<'_>,
+    reply_consumer: bool,
+) -> Result<(), AmqpError> {
     if header.body_size > max_message_size {
         // As RabbitMQ (rabbit_channel:check_msg_size); a channel checks at the header, before
         // buffering the body. The body frames that follow are ignored once it is closing.
@@ -188,31 +226,34 @@ pub(crate) fn check_content(
         )));
     }
     let view = header.view();
-    let refused = if let Some(user_id) = view.user_id().filter(|u| **u != *user) {
-        // As RabbitMQ (rabbit_channel:check_user_id_header): no impersonation.
-        AmqpError::precondition_failed(format!(
-            "user_id property set to '{user_id}' but authenticated user was '{user}'"
-        ))
-    } else if let Some((expiration, why)) = view.expiration().and_then(|expiration| {
-        // As RabbitMQ (rabbit_channel:check_expiration_header).
-        lockgate_broker::parse_expiration(&expiration)
-            .err()
-            .map(|why| (expiration, why))
-    }) {
-        AmqpError::precondition_failed(format!("invalid expiration '{expiration}': {why}"))
-    } else if let Some(mode) = view.delivery_mode().filter(|m| !matches!(m, 1 | 2)) {
-        // As RabbitMQ (rabbit_basic:message): a `CC` or `BCC` header that is not an array
-        // is reported before the mode. The broker checks those headers at publish, but
-        // this publish ends here.
-        match lockgate_broker::check_sender_selected(header.raw) {
-            Err(e) => broker_error(e),
-            Ok(()) => AmqpError::precondition_failed(format!(
-                "invalid message: {{delivery_mode_unknown,{mode}}}"
-            )),
-        }
-    } else {
-        return Ok(());
-    };
+    let refused =
+        if !reply_consumer && view.reply_to() == Some(lockgate_broker::REPLY_TO_QUEUE.as_bytes()) {
+            AmqpError::precondition_failed("fast reply consumer does not exist")
+        } else if let Some(user_id) = view.user_id().filter(|u| **u != *user) {
+            // As RabbitMQ (rabbit_channel:check_user_id_header): no impersonation.
+            AmqpError::precondition_failed(format!(
+                "user_id property set to '{user_id}' but authenticated user was '{user}'"
+            ))
+        } else if let Some((expiration, why)) = view.expiration().and_then(|expiration| {
+            // As RabbitMQ (rabbit_channel:check_expiration_header).
+            lockgate_broker::parse_expiration(&expiration)
+                .err()
+                .map(|why| (expiration, why))
+        }) {
+            AmqpError::precondition_failed(format!("invalid expiration '{expiration}': {why}"))
+        } else if let Some(mode) = view.delivery_mode().filter(|m| !matches!(m, 1 | 2)) {
+            // As RabbitMQ (rabbit_basic:message): a `CC` or `BCC` header that is not an array
+            // is reported before the mode. The broker checks those headers at publish, but
+            // this publish ends here.
+            match lockgate_broker::check_sender_selected(header.raw) {
+                Err(e) => broker_error(e),
+                Ok(()) => AmqpError::precondition_failed(format!(
+                    "invalid message: {{delivery_mode_unknown,{mode}}}"
+                )),
+            }
+        } else {
+            return Ok(());
+        };
     // RabbitMQ looks the exchange up before it reads the properties: a publish that fails
     // both gets the exchange's error.
     Err(match vhost.publishable_exchange(exchange) {
@@ -446,15 +487,8 @@ impl Channel {
             Content::Idle => Ok(()),
             // As RabbitMQ's rabbit_command_assembler: the error names the publish whose
             // content the frame broke.
-            Content::Header(_) => Err(AmqpError::unexpected_frame(format!(
-                "expected content header for class {BASIC_CLASS_ID}, got non content header \
-                 frame instead"
-            ))
-            .on(60, 40)),
-            Content::Body { .. } => Err(AmqpError::unexpected_frame(
-                "expected content body, got non content body frame instead",
-            )
-            .on(60, 40)),
+            Content::Header(_) => Err(not_a_header()),
+            Content::Body { .. } => Err(not_a_body()),
         }
     }
 
@@ -466,17 +500,8 @@ impl Channel {
     pub fn on_header(&mut self, header: ContentHeader) -> Result<(), AmqpError> {
         let publish = match std::mem::replace(&mut self.content, Content::Idle) {
             Content::Header(publish) => publish,
-            Content::Idle => {
-                return Err(AmqpError::unexpected_frame(
-                    "expected method frame, got non method frame instead",
-                ))
-            }
-            Content::Body { .. } => {
-                return Err(AmqpError::unexpected_frame(
-                    "expected content body, got non content body frame instead",
-                )
-                .on(60, 40))
-            }
+            Content::Idle => return Err(not_a_method()),
+            Content::Body { .. } => return Err(not_a_body()),
         };
         self.check_header(&publish.exchange, HeaderRef::from(&header))?;
         if header.body_size == 0 {
@@ -498,20 +523,32 @@ impl Channel {
         Ok(())
     }
 
-    /// What a content header is checked for once a basic.publish to `exchange` preceded it.
-    fn check_header(&self, exchange: &str, header: HeaderRef<'_>) -> Result<(), AmqpError> {
-        if header.class_id != BASIC_CLASS_ID {
-            return Err(AmqpError::unexpected_frame(format!(
-                "expected content header for class {BASIC_CLASS_ID}, got one for class {} instead",
-                header.class_id
-            )));
+    /// A header frame the decoder refused for its class (`Some`) or its weight (`None`): the
+    /// error is what the channel expected, as in RabbitMQ's rabbit_command_assembler (a
+    /// header with a non-zero weight is no content header to it).
+    pub fn on_bad_header(&self, class_id: Option<u16>) -> AmqpError {
+        match (&self.content, class_id) {
+            (Content::Idle, _) => not_a_method(),
+            (Content::Header(_), Some(class_id)) => AmqpError::unexpected_frame(format!(
+                "expected content header for class {BASIC_CLASS_ID}, got one for class \
+                 {class_id} instead"
+            ))
+            .on(60, 40),
+            (Content::Header(_), None) => not_a_header(),
+            (Content::Body { .. }, _) => not_a_body(),
         }
-        check_content(
+    }
+
+    /// What a content header (of class basic: the decoder refuses others) is checked for
+    /// once a basic.publish to `exchange` preceded it.
+    fn check_header(&self, exchange: &str, header: HeaderRef<'_>) -> Result<(), AmqpError> {
+        check_publish_content(
             &self.vhost,
             &self.user,
             self.max_message_size,
             exchange,
             header,
+            self.reply_consumer.is_some(),
         )
         .map_err(|e| e.on(60, 40))
     }
@@ -529,14 +566,8 @@ impl Channel {
         } = &mut self.content
         else {
             return Err(match self.content {
-                Content::Header(_) => AmqpError::unexpected_frame(format!(
-                    "expected content header for class {BASIC_CLASS_ID}, got non content header \
-                     frame instead"
-                ))
-                .on(60, 40),
-                _ => AmqpError::unexpected_frame(
-                    "expected method frame, got non method frame instead",
-                ),
+                Content::Header(_) => not_a_header(),
+                _ => not_a_method(),
             });
         };
         let len = payload.len() as u64;

@@ -39,7 +39,7 @@ mod tests;
 use self::handshake::{bad_header_hint, is_supported_header};
 use self::liveness::Liveness;
 use self::read_size::{ReadSize, QUIET_TICK, READ_START};
-use crate::channel::{Channel, ChannelEvent, ChannelInit};
+use crate::channel::{not_a_method, Channel, ChannelEvent, ChannelInit};
 use crate::config::Config;
 use crate::error::{code_name, AmqpError};
 use crate::limits::{ConnectionSlot, LimitTable};
@@ -47,6 +47,9 @@ use crate::metrics::GlobalCounters;
 use crate::permissions::{Access, Permissions, VHostPermissions};
 use crate::tune::{self, Tuning};
 use crate::writer::{self, Outbound};
+
+/// The error for a content frame on channel 0 (RabbitMQ prints the frame's octets instead).
+const CONTENT_ON_CHANNEL_0: &str = "content frame on channel 0";
 
 /// How long a client has from TCP accept to connection.open-ok (RabbitMQ's default).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -840,7 +843,19 @@ impl Connection {
                 if self.closing.is_some() {
                     return Err(End::Done);
                 }
-                Err(self.close_on_wire_error(&e))
+                match e {
+                    // A whole header frame was read: the stream is still in step, and the
+                    // error depends on what its channel expected.
+                    WireError::BadContentClass { channel, class_id } => {
+                        self.on_bad_header(channel, Some(class_id));
+                        Ok(())
+                    }
+                    WireError::BadContentWeight { channel, .. } => {
+                        self.on_bad_header(channel, None);
+                        Ok(())
+                    }
+                    e => Err(self.close_on_wire_error(&e)),
+                }
             }
             Some(Ok(frame)) => {
                 if self.memory_blocked && self.closing.is_none() && publishes(&frame) {
@@ -997,7 +1012,7 @@ impl Connection {
             }
             Frame::Method { channel: 0, method } => self.on_connection_method(method),
             Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => {
-                Err(AmqpError::unexpected_frame("content frame on channel 0"))
+                Err(AmqpError::unexpected_frame(CONTENT_ON_CHANNEL_0))
             }
             frame => self.on_channel_frame(frame),
         };
@@ -1007,6 +1022,21 @@ impl Connection {
             self.close_with(error);
         }
         Ok(())
+    }
+
+    /// A header frame the decoder refused for its class (`Some`) or weight (`None`) on
+    /// channel `number`: a hard error, in the words of what the channel expected (those of
+    /// a header a channel never opened or channel 0 gets, otherwise the channel's own).
+    fn on_bad_header(&mut self, number: u16, class_id: Option<u16>) {
+        let error = match self.channels.get(&number) {
+            _ if number == 0 => AmqpError::unexpected_frame(CONTENT_ON_CHANNEL_0),
+            None => not_a_method(),
+            // What a closing channel gets is dropped, as any frame to it.
+            Some(Slot::Closing | Slot::Crossed) => return,
+            Some(Slot::Open(open)) => open.channel.on_bad_header(class_id),
+        };
+        self.close_all_channels();
+        self.close_with(error);
     }
 
     fn on_connection_method(&mut self, method: Method) -> Result<(), AmqpError> {
@@ -1041,9 +1071,8 @@ impl Connection {
                     Err(AmqpError::channel_error("expected 'channel.open'")
                         .on(method.class_id(), method.method_id()))
                 }
-                _ => Err(AmqpError::unexpected_frame(format!(
-                    "content frame on channel {number}, which is not open"
-                ))),
+                // RabbitMQ's words: a channel never opened expects a method.
+                _ => Err(not_a_method()),
             },
             Some(slot @ (Slot::Closing | Slot::Crossed)) => {
                 if let Frame::Method { method, .. } = frame {
