@@ -1355,15 +1355,7 @@ mod tests {
         let queue = vhost.queue("q").expect("queue");
         let spill = |queue: &Queue| queue.take_spill(&store, 10, u64::MAX, usize::MAX, u64::MAX);
         write(&store, &queue, spill(&queue).expect("a batch")).await;
-        let definition = [(
-            "group-header".to_owned(),
-            FieldValue::LongString("k".into()),
-        )]
-        .into_iter()
-        .collect();
-        let policy = crate::Policy::new("/", "p", "^q$", crate::ApplyTo::Queues, 0, definition)
-            .expect("policy");
-        vhost.set_policies(vec![policy]);
+        make_grouped_queue(&vhost);
         let request = queue.page_request(100).expect("a re-filing page");
         queue.finish_page(&request, crate::spill::page_in_blocking(&vhost, &request));
         write(&store, &queue, spill(&queue).expect("the lane spills")).await;
@@ -1409,6 +1401,19 @@ mod tests {
     /// What the spill task takes from `queue` keeping heads of 10 messages.
     fn spill(store: &Store, queue: &Queue) -> Option<SpillBatch> {
         queue.take_spill(store, 10, u64::MAX, usize::MAX, u64::MAX)
+    }
+
+    /// A policy makes "q" a grouped queue (groups by header "k").
+    fn make_grouped_queue(vhost: &VHost) {
+        let definition = [(
+            "group-header".to_owned(),
+            FieldValue::LongString("k".into()),
+        )]
+        .into_iter()
+        .collect();
+        let policy = crate::Policy::new("/", "p", "^q$", crate::ApplyTo::Queues, 0, definition)
+            .expect("policy");
+        vhost.set_policies(vec![policy]);
     }
 
     /// A policy makes "q" a priority queue (levels 0 to 2).
@@ -1548,15 +1553,7 @@ mod tests {
         publish_prioritised(&vhost, 0..1000);
         let queue = vhost.queue("q").expect("queue");
         let batch = spill(&store, &queue).expect("a batch");
-        let definition = [(
-            "group-header".to_owned(),
-            FieldValue::LongString("k".into()),
-        )]
-        .into_iter()
-        .collect();
-        let policy = crate::Policy::new("/", "p", "^q$", crate::ApplyTo::Queues, 0, definition)
-            .expect("policy");
-        vhost.set_policies(vec![policy]);
+        make_grouped_queue(&vhost);
         let mut channel = Channel::discarding(&vhost);
         channel
             .consume("q", "c", true, false, &FieldTable::default(), |_| {})
