@@ -75,7 +75,7 @@ pub use policy::{ApplyTo, Policy, PolicyError};
 pub use queue::arguments::{DedupWindow, Overflow, QueueArguments, TimeoutAction};
 pub use queue::{GetOk, Queue};
 pub use recovery::{RecoveryError, RecoverySummary};
-pub use reply_to::{ReplyConsumer, REPLY_TO_QUEUE};
+pub use reply_to::{no_reply_consumer, ReplyConsumer, REPLY_TO_QUEUE};
 pub use sink::{Delivery, DeliverySink, SinkClosed, SinkClosedAll};
 pub use stats::{BindingSnapshot, ChannelSnapshot, ConsumerSnapshot, QueueSnapshot};
 pub use vhost::{PublishOutcome, Published, QueueDeclareOk, QueueFlags, VHost};

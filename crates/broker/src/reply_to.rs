@@ -53,6 +53,13 @@ struct Entry {
     consumer_tag: ConsumerTag,
 }
 
+/// RabbitMQ's refusal of a publish that asks for a direct reply ([`REPLY_TO_QUEUE`]) on a
+/// channel without a reply consumer.
+#[must_use]
+pub fn no_reply_consumer() -> BrokerError {
+    BrokerError::precondition_failed("fast reply consumer does not exist")
+}
+
 impl ReplyConsumers {
     pub(crate) fn insert(&self, suffix: &str, channel: Weak<ChannelShared>, tag: ConsumerTag) {
         let entry = Entry {
@@ -169,12 +176,11 @@ impl ReplyConsumer {
         if properties.reply_to.as_deref() != Some(REPLY_TO_QUEUE) {
             return Ok(());
         }
-        let no_consumer = || BrokerError::precondition_failed("fast reply consumer does not exist");
-        let consumer = consumer.ok_or_else(no_consumer)?;
+        let consumer = consumer.ok_or_else(no_reply_consumer)?;
         properties.reply_to = Some(consumer.address.clone());
         message
             .set_properties(&properties)
-            .map_err(|_| no_consumer())
+            .map_err(|_| no_reply_consumer())
     }
 
     /// `queue.declare` of `name`, when it is the pseudo-queue or a reply address: RabbitMQ

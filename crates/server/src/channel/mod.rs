@@ -228,7 +228,7 @@ fn check_publish_content(
     let view = header.view();
     let refused =
         if !reply_consumer && view.reply_to() == Some(lockgate_broker::REPLY_TO_QUEUE.as_bytes()) {
-            AmqpError::precondition_failed("fast reply consumer does not exist")
+            broker_error(lockgate_broker::no_reply_consumer())
         } else if let Some(user_id) = view.user_id().filter(|u| **u != *user) {
             // As RabbitMQ (rabbit_channel:check_user_id_header): no impersonation.
             AmqpError::precondition_failed(format!(
